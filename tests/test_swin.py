@@ -80,12 +80,18 @@ def test_loader_accepts_wrapped_dict_and_reports_problems():
     state_dict.pop("layers.1.downsample.norm.weight")
     state_dict["layers.0.blocks.0.attn.qkv.weight"] = np.zeros((3, 3), np.float32)
     state_dict["absolute_pos_embed"] = np.zeros((1, 256, 8), np.float32)
+    state_dict["patch_embed.proj.weight"] = np.zeros((8, 3, 2, 2), np.float32)
     _, report = swin_variables_from_torch({"model": state_dict}, target)
-    assert report.missing == [
+    assert sorted(report.missing) == [
         "layers_0/blocks_0/attn/qkv/kernel",
         "layers_0/downsample/norm/scale",
+        "patch_embed/proj/kernel",
     ]
-    assert report.mismatched == [("layers.0.blocks.0.attn.qkv.weight", (3, 3), (24, 8))]
+    # Shapes in checkpoint (torch) terms on both sides.
+    assert sorted(report.mismatched) == [
+        ("layers.0.blocks.0.attn.qkv.weight", (3, 3), (24, 8)),
+        ("patch_embed.proj.weight", (8, 3, 2, 2), (8, 3, 4, 4)),
+    ]
     assert "absolute_pos_embed" in report.unexpected
     with pytest.raises(ValueError, match="incomplete"):
         report.raise_if_incomplete("test")

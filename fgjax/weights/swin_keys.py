@@ -81,6 +81,15 @@ def _to_torch(leaf: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
+def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The torch shape of a flax parameter (for reports in checkpoint terms)."""
+    if leaf == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    if leaf == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)
+
+
 def _flax_leaf(path: tuple[str, ...], params: Mapping[tuple[str, ...], Any]) -> tuple[str, ...]:
     """torch `weight` is a flax `kernel` (Dense/Conv) or `scale` (LayerNorm)."""
     if path[-1] != "weight":
@@ -141,10 +150,8 @@ def swin_variables_from_torch(
             continue
         value = _to_flax(path[-1], np.asarray(value, dtype=np.float32))
         if tuple(value.shape) != tuple(params[path].shape):
-            target_torch = _to_torch(path[-1], np.empty(params[path].shape, np.int8)).shape
-            report.mismatched.append(
-                (source_name, tuple(np.shape(backbone[key])), tuple(target_torch))
-            )
+            wanted = _torch_shape(path[-1], tuple(params[path].shape))
+            report.mismatched.append((source_name, tuple(np.shape(backbone[key])), wanted))
             continue
         new_params[path] = jnp.asarray(value)
         loaded_paths.add(path)

@@ -1,0 +1,183 @@
+"""Pretrained weights into fgjax variables (`config.model.init_from`) and back out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from fgjax.weights.checkpoint import read_checkpoint, write_state_dict
+from fgjax.weights.resnet_keys import (
+    infer_resnet_config,
+    resnet_variables_from_torch,
+    resnet_variables_to_torch,
+    to_torch,
+    torch_key,
+)
+from fgjax.weights.variables import (
+    ImportReport,
+    as_import_report,
+    fill,
+    flatten,
+    flatten_to_strings,
+    unflatten,
+)
+
+PathLike = str | os.PathLike
+
+COLLECTIONS = ("params", "batch_stats")
+RESNET_STAGES = {
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+    "resnet152": (3, 8, 36, 3),
+}
+
+
+def is_fgjax_file(tensors: Mapping[str, Any]) -> bool:
+    """True for fgjax's own `.npz` layout (`params/conv1/kernel`, `batch_stats/bn1/mean`)."""
+    return bool(tensors) and all(k.split("/", 1)[0] in COLLECTIONS and "/" in k for k in tensors)
+
+
+def variables_from_fgjax(
+    tensors: Mapping[str, np.ndarray], target: Mapping[str, Any]
+) -> tuple[dict[str, Any], ImportReport]:
+    """Fill `target` from '/'-joined fgjax paths (no key map, no layout change)."""
+    report = ImportReport(notes=["fgjax variables file: paths used as they are"])
+    sources = {tuple(k.split("/")): (k, np.asarray(v)) for k, v in tensors.items()}
+    wanted = set(flatten(target))
+    report.unexpected += [key for path, (key, _) in sources.items() if path not in wanted]
+    return fill(target, sources, report), report
+
+
+def variables_from_torch(
+    state_dict: Mapping[str, np.ndarray],
+    target: Mapping[str, Any],
+    arch: str,
+    prefix: str | None = None,
+) -> tuple[dict[str, Any], ImportReport]:
+    """Dispatch a torch-keyed state dict to the key map of `arch` (`resnet*`, `swin*`)."""
+    if arch.startswith("resnet"):
+        return resnet_variables_from_torch(state_dict, target, prefix=prefix)
+    if arch.startswith("swin"):
+        from fgjax.weights.swin_keys import swin_variables_from_torch
+
+        notes = []
+        if prefix:
+            state_dict = {
+                k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)
+            }
+            notes.append(f"backbone read from keys under prefix {prefix!r} (prefix stripped)")
+        variables, report = swin_variables_from_torch(dict(state_dict), target)
+        report = as_import_report(report)
+        report.notes[:0] = notes
+        return variables, report
+    raise ValueError(f"unknown architecture {arch!r}: expected resnet* or swin*")
+
+
+def variables_to_torch(variables: Mapping[str, Any], arch: str) -> dict[str, np.ndarray]:
+    """fgjax variables -> the torchvision (ResNet) / timm (Swin) state dict."""
+    if arch.startswith("resnet"):
+        return resnet_variables_to_torch(variables)
+    if arch.startswith("swin"):
+        from fgjax.weights import swin_keys
+
+        export = getattr(swin_keys, "swin_variables_to_torch", None)
+        if export is None:
+            raise NotImplementedError("fgjax.weights.swin_keys has no swin_variables_to_torch")
+        return export(variables)
+    raise ValueError(f"unknown architecture {arch!r}: expected resnet* or swin*")
+
+
+def load_pretrained(
+    path: PathLike,
+    target: Mapping[str, Any],
+    arch: str,
+    strict: bool = False,
+    *,
+    prefix: str | None = None,
+) -> tuple[dict[str, Any], ImportReport]:
+    """Weights from `path` into the backbone variables `target`.
+
+    Args:
+      path: torch `.pth`/`.pt` (zip or legacy; training checkpoints are unwrapped),
+        `.safetensors`, a torch-keyed `.npz`, or fgjax's own `.npz`.
+      target: `{'params': ..., 'batch_stats': ...}` of the backbone module (arrays or
+        `jax.ShapeDtypeStruct`s).
+      arch: `resnet*` or `swin*`; picks the key map.
+      strict: raise `ValueError` on any missing, unexpected or mismatched tensor
+        (ignored heads, momentum encoders and BN counters are not errors).
+      prefix: backbone key prefix, found automatically when None.
+    Returns:
+      (variables, report): `target` with every mapped tensor replaced by a float32
+      numpy array of the target's shape; unmapped entries keep the target's value.
+    """
+    notes: list[str] = []
+    tensors = read_checkpoint(path, notes)
+    if is_fgjax_file(tensors):
+        variables, report = variables_from_fgjax(tensors, target)
+    else:
+        variables, report = variables_from_torch(tensors, target, arch, prefix)
+    report.notes[:0] = notes
+    if strict:
+        report.raise_if_incomplete(os.fspath(path))
+    return variables, report
+
+
+def save_variables(path: PathLike, variables: Mapping[str, Any]) -> int:
+    """Write the array leaves of `variables` as fgjax `.npz` ('/'-joined paths).
+
+    Leaves that are not arrays (`jax.ShapeDtypeStruct`s left by a partial import) are
+    skipped; returns how many arrays were written.
+    """
+    flat = {p: v for p, v in flatten(variables).items() if hasattr(v, "__array__")}
+    arrays = flatten_to_strings(unflatten(flat))
+    np.savez(os.fspath(path), **arrays)
+    return len(arrays)
+
+
+def export_torch(path: PathLike, variables: Mapping[str, Any], arch: str) -> dict[str, np.ndarray]:
+    """Write fgjax variables as a torch-keyed `.pth` / `.safetensors` / `.npz`."""
+    flat = {p: v for p, v in flatten(variables).items() if hasattr(v, "__array__")}
+    state_dict = variables_to_torch(unflatten(flat), arch)
+    write_state_dict(path, state_dict)
+    return state_dict
+
+
+def model_for_arch(arch: str, tensors: Mapping[str, np.ndarray] | None = None) -> Any:
+    """The fgjax backbone module named by `arch`.
+
+    `resnet50/101/152`, `swin_*` (timm names), or plain `resnet`, whose stage sizes and
+    width are read from `tensors` (a torch- or fgjax-keyed state dict).
+    """
+    if arch.startswith("resnet"):
+        from fgjax.models.resnet import ResNet
+
+        if arch in RESNET_STAGES:
+            return ResNet(stage_sizes=RESNET_STAGES[arch], width=64)
+        if arch != "resnet" or tensors is None:
+            raise ValueError(f"unknown ResNet {arch!r}: use {sorted(RESNET_STAGES)} or 'resnet'")
+        if is_fgjax_file(tensors):
+            flat = {tuple(k.split("/")): v for k, v in tensors.items()}
+            tensors = {
+                torch_key(p) or "/".join(p): to_torch(np.asarray(v), p) for p, v in flat.items()
+            }
+        return ResNet(**infer_resnet_config(tensors))
+    if arch.startswith("swin"):
+        from fgjax.models.swin import swin_from_name
+
+        return swin_from_name(arch)
+    raise ValueError(f"unknown architecture {arch!r}: expected resnet* or swin*")
+
+
+def target_for_arch(arch: str, tensors: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Abstract variables (`jax.ShapeDtypeStruct` leaves) of `model_for_arch(arch)`."""
+    import jax
+    import jax.numpy as jnp
+
+    model = model_for_arch(arch, tensors)
+    size = int(getattr(model, "img_size", 224))  # Swin fixes its input size
+    x = jnp.zeros((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    return {k: v for k, v in variables.items() if k in COLLECTIONS}

@@ -1,0 +1,611 @@
+"""PyTorch checkpoints (`.pth` / `.pt`) read and written without torch.
+
+Reading: both the zip format (torch >= 1.6: `<root>/data.pkl` + `<root>/data/<key>`
+storage records + `<root>/byteorder`) and the legacy stream (magic number, protocol
+1001, sys-info dict, the object pickle, the storage-key list, then every storage as an
+int64 element count followed by its raw bytes). The object pickle is read by
+`SafeUnpickler`, which resolves only the globals a tensor container needs
+(`torch._utils._rebuild_tensor_v2`/`_v3`/`_rebuild_parameter*`, `torch.*Storage`,
+`torch.<dtype>`, `collections.OrderedDict` and a few inert builtins) and refuses every
+other global with `UnsafeCheckpointError` naming it, so loading a file never runs code.
+Tensors come back as numpy arrays (bfloat16/float8 through `ml_dtypes`); views keep
+their offsets/strides and tensors sharing a storage are rebuilt from the same bytes.
+
+Writing (`save_pth`): a flat `{name: array}` dict as a zip checkpoint that
+`torch.load(path, weights_only=True)` accepts: the pickle is emitted opcode by opcode
+(an `OrderedDict` of `_rebuild_tensor_v2(storage, 0, shape, stride, False,
+OrderedDict())` calls, storages as persistent ids), one little-endian record per tensor,
+64-byte aligned so `torch.load(..., mmap=True)` works too.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import os
+import pickle
+import struct
+import sys
+import tarfile
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
+
+import ml_dtypes
+import numpy as np
+
+PathLike = str | os.PathLike
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+# torch storage class name -> numpy dtype (`torch.FloatStorage` ...).
+_STORAGE_DTYPES: dict[str, np.dtype] = {
+    "DoubleStorage": np.dtype(np.float64),
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+    "ComplexFloatStorage": np.dtype(np.complex64),
+    "ComplexDoubleStorage": np.dtype(np.complex128),
+    "UntypedStorage": np.dtype(np.uint8),
+}
+
+# torch dtype attribute name -> numpy dtype (`torch.float32` pickles as `torch float32`).
+_TORCH_DTYPES: dict[str, np.dtype] = {
+    "float64": np.dtype(np.float64),
+    "double": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "half": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+    "float8_e4m3fnuz": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "float8_e5m2fnuz": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "int64": np.dtype(np.int64),
+    "long": np.dtype(np.int64),
+    "int32": np.dtype(np.int32),
+    "int": np.dtype(np.int32),
+    "int16": np.dtype(np.int16),
+    "short": np.dtype(np.int16),
+    "int8": np.dtype(np.int8),
+    "uint8": np.dtype(np.uint8),
+    "uint16": np.dtype(np.uint16),
+    "uint32": np.dtype(np.uint32),
+    "uint64": np.dtype(np.uint64),
+    "bool": np.dtype(np.bool_),
+    "complex64": np.dtype(np.complex64),
+    "cfloat": np.dtype(np.complex64),
+    "complex128": np.dtype(np.complex128),
+    "cdouble": np.dtype(np.complex128),
+}
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """The checkpoint's pickle references a global outside the tensor-rebuild allowlist."""
+
+
+class CheckpointFormatError(ValueError):
+    """The file is not a readable checkpoint (corrupt, truncated, unsupported layout)."""
+
+
+# --------------------------------------------------------------------------- unpickling
+
+
+class _DType:
+    """Stand-in for a `torch.<dtype>` global."""
+
+    __slots__ = ("np",)
+
+    def __init__(self, dtype: np.dtype):
+        self.np = dtype
+
+
+class _StorageType:
+    """Stand-in for a `torch.<X>Storage` class global."""
+
+    __slots__ = ("name", "np")
+
+    def __init__(self, name: str, dtype: np.dtype):
+        self.name, self.np = name, dtype
+
+
+class _TensorClass:
+    """Stand-in for `torch.Tensor` / `torch.nn.Parameter` (only ever compared, never called)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+
+class _Storage:
+    """A storage: `numel` elements of `dtype`, bytes fetched lazily by `key`.
+
+    `base`/`byte_offset` describe legacy storage views (a slice of another storage)."""
+
+    __slots__ = ("key", "dtype", "numel", "base", "byte_offset", "_data", "_fetch")
+
+    def __init__(self, key: str, dtype: np.dtype, numel: int, fetch: Callable[[str], bytes]):
+        self.key, self.dtype, self.numel = key, dtype, numel
+        self.base: _Storage | None = None
+        self.byte_offset = 0
+        self._data: bytes | None = None
+        self._fetch = fetch
+
+    def data(self) -> memoryview:
+        if self.base is not None:
+            start = self.byte_offset
+            return self.base.data()[start : start + self.numel * self.dtype.itemsize]
+        if self._data is None:
+            self._data = self._fetch(self.key)
+        return memoryview(self._data)
+
+
+class _TensorRef:
+    """A tensor as the pickle describes it; turned into an ndarray after unpickling."""
+
+    __slots__ = ("storage", "dtype", "offset", "shape", "stride", "metadata")
+
+    def __init__(self, storage, dtype, offset, shape, stride, metadata=None):
+        if not isinstance(storage, _Storage):
+            raise CheckpointFormatError(
+                f"tensor rebuilt from {type(storage).__name__}, not a storage"
+            )
+        shape, stride = _int_tuple(shape, "size"), _int_tuple(stride, "stride")
+        if len(shape) != len(stride) or not isinstance(offset, int) or offset < 0:
+            raise CheckpointFormatError(f"bad tensor geometry: size {shape} stride {stride}")
+        if not isinstance(dtype, np.dtype):
+            raise CheckpointFormatError(f"bad tensor dtype {dtype!r}")
+        self.storage, self.dtype, self.offset = storage, dtype, offset
+        self.shape, self.stride, self.metadata = shape, stride, metadata
+
+
+def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
+    ):
+        raise CheckpointFormatError(f"bad tensor {what}: {value!r}")
+    return tuple(value)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride):
+    dtype = storage.dtype if isinstance(storage, _Storage) else None
+    return _TensorRef(storage, dtype, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
+    dtype = storage.dtype if isinstance(storage, _Storage) else None
+    return _TensorRef(storage, dtype, storage_offset, size, stride, metadata)
+
+
+def _rebuild_tensor_v3(
+    storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None
+):
+    if not isinstance(dtype, _DType):
+        raise CheckpointFormatError(f"_rebuild_tensor_v3 with dtype {dtype!r}")
+    return _TensorRef(storage, dtype.np, storage_offset, size, stride, metadata)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
+    if not isinstance(data, _TensorRef):
+        raise CheckpointFormatError("parameter rebuilt from something that is not a tensor")
+    return data
+
+
+_REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    if func not in _REBUILDERS or not isinstance(new_type, _TensorClass):
+        raise CheckpointFormatError("_rebuild_from_type_v2 only rebuilds plain tensors/parameters")
+    return func(*args)
+
+
+def _torch_size(dims=()):
+    return tuple(dims)
+
+
+def _device(*args):
+    return "device"
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    table: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("builtins", "set"): set,
+        ("builtins", "frozenset"): frozenset,
+        ("builtins", "complex"): complex,
+        ("builtins", "bytearray"): bytearray,
+        ("builtins", "slice"): slice,
+        ("_codecs", "encode"): _codecs_encode,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+        ("torch", "Size"): _torch_size,
+        ("torch", "device"): _device,
+    }
+    for module, name in (
+        ("torch", "Tensor"),
+        ("torch._tensor", "Tensor"),
+        ("torch.nn.parameter", "Parameter"),
+    ):
+        table[(module, name)] = _TensorClass(name)
+    for name, dtype in _STORAGE_DTYPES.items():
+        table[("torch", name)] = _StorageType(name, dtype)
+    table[("torch.storage", "UntypedStorage")] = table[("torch", "UntypedStorage")]
+    table[("torch.storage", "TypedStorage")] = _StorageType("TypedStorage", np.dtype(np.uint8))
+    for name, dtype in _TORCH_DTYPES.items():
+        table[("torch", name)] = _DType(dtype)
+    return table
+
+
+def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles use it for `bytes` (latin1 round trip only)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
+        raise CheckpointFormatError(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode(encoding)
+
+
+_ALLOWED = _allowed_globals()
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only the tensor-container allowlist.
+
+    Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) goes
+    through `find_class`; anything outside the allowlist raises `UnsafeCheckpointError`
+    before it is imported, let alone called. Storage persistent ids are answered by
+    `storage_loader(pid)`.
+    """
+
+    def __init__(self, file: BinaryIO, storage_loader: Callable[[tuple], Any] | None = None):
+        super().__init__(file)
+        self._storage_loader = storage_loader
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)  # protocol-2 pickles use Python 2 names (__builtin__.eval)
+        if key in _compat_pickle.NAME_MAPPING:
+            key = _compat_pickle.NAME_MAPPING[key]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            key = (_compat_pickle.IMPORT_MAPPING[module], name)
+        if key in _ALLOWED:
+            return _ALLOWED[key]
+        raise UnsafeCheckpointError(
+            f"refusing to load global '{key[0]}.{key[1]}': a checkpoint may only reference "
+            "tensor-rebuild functions, storage/dtype types and OrderedDict "
+            "(this file would run code when loaded)"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._storage_loader is None:
+            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+        return self._storage_loader(pid)
+
+
+def _parse_storage_pid(pid: Any) -> tuple[_StorageType, str, int, tuple | None]:
+    """('storage', type, key, location, numel[, view_metadata]) -> (type, key, numel, view)."""
+    if not isinstance(pid, tuple) or not pid:
+        raise CheckpointFormatError(f"bad persistent id {pid!r}")
+    kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+    if kind == "module":
+        raise UnsafeCheckpointError("checkpoint pickles a whole nn.Module; save its state_dict()")
+    if kind != "storage" or len(pid) not in (5, 6):
+        raise CheckpointFormatError(f"bad persistent id {pid!r}")
+    storage_type, key, _location, numel = pid[1:5]
+    view = pid[5] if len(pid) == 6 else None
+    if not isinstance(storage_type, _StorageType):
+        raise CheckpointFormatError(f"storage of unknown type {storage_type!r}")
+    if isinstance(key, bytes):
+        key = key.decode("ascii")
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        raise CheckpointFormatError(f"bad storage record {pid!r}")
+    return storage_type, key, numel, view
+
+
+def _materialize(obj: Any, byteorder: str) -> Any:
+    """Replace every `_TensorRef` in lists/tuples/dicts by an ndarray."""
+    if isinstance(obj, _TensorRef):
+        return _to_array(obj, byteorder)
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, _materialize(v, byteorder)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: _materialize(v, byteorder) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_materialize(v, byteorder) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_materialize(v, byteorder) for v in obj)
+    if isinstance(obj, (_Storage, _StorageType, _DType, _TensorClass)):
+        raise CheckpointFormatError("checkpoint holds a bare storage or type, not a tensor")
+    return obj
+
+
+def _to_array(ref: _TensorRef, byteorder: str) -> np.ndarray:
+    dtype, itemsize = ref.dtype, ref.dtype.itemsize
+    raw = ref.storage.data()
+    if len(raw) % itemsize:
+        raise CheckpointFormatError(f"storage {ref.storage.key}: {len(raw)} bytes, not {dtype}")
+    count = len(raw) // itemsize
+    if any(d == 0 for d in ref.shape):
+        return np.zeros(ref.shape, dtype)
+    last = ref.offset + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride, strict=True))
+    if last >= count:
+        raise CheckpointFormatError(
+            f"tensor on storage {ref.storage.key} reaches element {last} of {count}"
+        )
+    flat = _frombuffer(raw, dtype, byteorder)
+    view = np.lib.stride_tricks.as_strided(
+        flat[ref.offset :], ref.shape, [s * itemsize for s in ref.stride], writeable=False
+    )
+    out = np.array(view, dtype=dtype, copy=True)
+    meta = ref.metadata or {}
+    if meta.get("neg"):
+        out = -out
+    if meta.get("conj"):
+        out = np.conj(out)
+    return out
+
+
+def _frombuffer(raw: memoryview, dtype: np.dtype, byteorder: str) -> np.ndarray:
+    """Storage bytes written in `byteorder` as a native-order array of `dtype`."""
+    if byteorder == sys.byteorder or dtype.itemsize == 1:
+        return np.frombuffer(raw, dtype)
+    order = ">" if byteorder == "big" else "<"
+    if dtype.kind in "biuf":
+        return np.frombuffer(raw, dtype.newbyteorder(order)).astype(dtype)
+    if dtype.kind == "c":  # swap the real and imaginary halves separately
+        half = np.dtype(f"{order}f{dtype.itemsize // 2}")
+        return np.frombuffer(raw, half).astype(half.newbyteorder("=")).view(dtype)
+    unsigned = np.dtype(f"{order}u{dtype.itemsize}")  # ml_dtypes floats
+    return np.frombuffer(raw, unsigned).astype(unsigned.newbyteorder("=")).view(dtype)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def load_pth(path: PathLike) -> Any:
+    """Unpickle a torch checkpoint safely; tensors become numpy arrays.
+
+    Returns whatever was saved (usually a dict of arrays, or a dict holding one, e.g.
+    `{'epoch': 3, 'state_dict': {...}}`). Raises `UnsafeCheckpointError` for any global
+    outside the allowlist and `CheckpointFormatError` for malformed files; both name
+    `path`.
+    """
+    path = os.fspath(path)
+    try:
+        if zipfile.is_zipfile(path):
+            return _load_zip(path)
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] == b"\x80":
+            return _load_legacy(path)
+        if tarfile.is_tarfile(path):
+            raise CheckpointFormatError(
+                "tar-based torch checkpoints (torch < 0.4) are not supported"
+            )
+        raise CheckpointFormatError("not a torch checkpoint (neither a zip archive nor a pickle)")
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except CheckpointFormatError as e:
+        raise CheckpointFormatError(f"{path}: {e}") from None
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        struct.error,
+        KeyError,
+        IndexError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        OverflowError,
+        MemoryError,
+    ) as e:
+        raise CheckpointFormatError(f"{path}: corrupt torch checkpoint ({e!r})") from None
+
+
+def _load_zip(path: str) -> Any:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pkls) != 1:
+            if any(n.endswith(".npy") for n in names):
+                raise CheckpointFormatError("this is a numpy .npz archive, not a torch checkpoint")
+            raise CheckpointFormatError(
+                f"zip archive without a single <root>/data.pkl: {names[:5]}"
+            )
+        root = pkls[0][: -len("/data.pkl")]
+        byteorder = "little"
+        if f"{root}/byteorder" in names:
+            byteorder = zf.read(f"{root}/byteorder").decode("ascii").strip()
+            if byteorder not in ("little", "big"):
+                raise CheckpointFormatError(f"unknown byteorder {byteorder!r}")
+        storages: dict[str, _Storage] = {}
+
+        def fetch(key: str) -> bytes:
+            return zf.read(f"{root}/data/{key}")
+
+        def storage_loader(pid: Any) -> _Storage:
+            storage_type, key, numel, _ = _parse_storage_pid(pid)
+            if key not in storages:
+                storages[key] = _Storage(key, storage_type.np, numel, fetch)
+            return storages[key]
+
+        obj = SafeUnpickler(io.BytesIO(zf.read(pkls[0])), storage_loader).load()
+        return _materialize(obj, byteorder)
+
+
+def _load_legacy(path: str) -> Any:
+    with open(path, "rb") as f:
+        magic = SafeUnpickler(f).load()
+        if magic != LEGACY_MAGIC:
+            raise CheckpointFormatError("pickle file without the torch magic number")
+        protocol = SafeUnpickler(f).load()
+        if protocol != LEGACY_PROTOCOL:
+            raise CheckpointFormatError(f"unsupported legacy protocol {protocol!r}")
+        sys_info = SafeUnpickler(f).load()
+        little = sys_info.get("little_endian", True) if isinstance(sys_info, dict) else True
+        byteorder = "little" if little else "big"
+        storages: dict[str, _Storage] = {}
+        views: dict[str, _Storage] = {}
+        blobs: dict[str, bytes] = {}
+
+        def storage_loader(pid: Any) -> _Storage:
+            storage_type, key, numel, view = _parse_storage_pid(pid)
+            if key not in storages:
+                storages[key] = _Storage(key, storage_type.np, numel, blobs.__getitem__)
+            if view is None:
+                return storages[key]
+            view_key, offset, size = view
+            if view_key not in views:
+                sub = _Storage(view_key, storage_type.np, size, blobs.__getitem__)
+                sub.base, sub.byte_offset = storages[key], offset * storage_type.np.itemsize
+                views[view_key] = sub
+            return views[view_key]
+
+        obj = SafeUnpickler(f, storage_loader).load()
+        keys = SafeUnpickler(f).load()
+        if not isinstance(keys, list):
+            raise CheckpointFormatError("legacy checkpoint without a storage key list")
+        fmt = "<q" if little else ">q"
+        for key in keys:
+            if key not in storages:
+                raise CheckpointFormatError(f"storage {key!r} listed but never referenced")
+            (numel,) = struct.unpack(fmt, f.read(8))
+            nbytes = numel * storages[key].dtype.itemsize
+            blob = f.read(nbytes)
+            if numel < 0 or len(blob) != nbytes:
+                raise CheckpointFormatError(f"truncated storage {key!r}")
+            blobs[key] = blob
+        return _materialize(obj, byteorder)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _storage_name(dtype: np.dtype) -> str:
+    dtype = dtype.newbyteorder("=") if dtype.kind in "biufc" else dtype
+    for name, candidate in _STORAGE_DTYPES.items():
+        if candidate == dtype and name != "UntypedStorage":
+            return name
+    raise ValueError(f"dtype {dtype} has no torch storage type")
+
+
+class _PickleWriter:
+    """Protocol-2 opcodes for the handful of values a state dict pickle needs."""
+
+    def __init__(self) -> None:
+        self.out = bytearray(b"\x80\x02")
+
+    def global_(self, module: str, name: str) -> None:
+        self.out += b"c" + f"{module}\n{name}\n".encode("ascii")
+
+    def value(self, v: Any) -> None:
+        if v is True or v is False:
+            self.out += b"\x88" if v else b"\x89"
+        elif isinstance(v, int):
+            if 0 <= v < 256:
+                self.out += b"K" + bytes([v])
+            elif 0 <= v < 65536:
+                self.out += b"M" + struct.pack("<H", v)
+            elif -(2**31) <= v < 2**31:
+                self.out += b"J" + struct.pack("<i", v)
+            else:
+                raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+                self.out += b"\x8a" + bytes([len(raw)]) + raw
+        elif isinstance(v, str):
+            raw = v.encode("utf-8")
+            self.out += b"X" + struct.pack("<I", len(raw)) + raw
+        elif isinstance(v, tuple):
+            if not v:
+                self.out += b")"
+                return
+            self.out += b"("
+            for item in v:
+                self.value(item)
+            self.out += b"t"
+        else:
+            raise TypeError(f"cannot write {type(v).__name__}")
+
+    def empty_ordered_dict(self) -> None:
+        self.global_("collections", "OrderedDict")
+        self.out += b")R"
+
+    def tensor(self, storage_name: str, key: str, array: np.ndarray) -> None:
+        """`_rebuild_tensor_v2(storage, 0, shape, stride, False, OrderedDict())`."""
+        strides = np.zeros(array.ndim, np.int64)
+        running = 1
+        for axis in range(array.ndim - 1, -1, -1):
+            strides[axis] = running
+            running *= array.shape[axis]
+        self.global_("torch._utils", "_rebuild_tensor_v2")
+        self.out += b"("  # args tuple
+        self.out += b"("  # persistent id tuple
+        self.value("storage")
+        self.global_("torch", storage_name)
+        self.value(key)
+        self.value("cpu")
+        self.value(int(array.size))
+        self.out += b"tQ"  # TUPLE, BINPERSID
+        self.value(0)
+        self.value(tuple(int(d) for d in array.shape))
+        self.value(tuple(int(s) for s in strides))
+        self.value(False)
+        self.empty_ordered_dict()
+        self.out += b"tR"  # TUPLE, REDUCE
+
+
+def _aligned_info(zf: zipfile.ZipFile, name: str, alignment: int = 64) -> zipfile.ZipInfo:
+    """ZipInfo whose data starts on an `alignment` boundary (padding in the extra field)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    header = 30 + len(name.encode("utf-8")) + 4
+    pad = (-(zf.fp.tell() + header)) % alignment
+    info.extra = struct.pack("<HH", 0x4650, pad) + b"\0" * pad
+    return info
+
+
+def save_pth(path: PathLike, tensors: Mapping[str, np.ndarray], root: str = "archive") -> None:
+    """Write `{name: array}` as a torch zip checkpoint (an `OrderedDict` of tensors).
+
+    Arrays keep their dtype (float32/64/16, bfloat16, ints, bool) and shape; data is
+    stored little-endian and C-contiguous, one storage per tensor.
+    """
+    writer = _PickleWriter()
+    writer.global_("collections", "OrderedDict")
+    writer.out += b")R"
+    records: list[tuple[str, np.ndarray]] = []
+    if tensors:
+        writer.out += b"("
+        for i, (name, value) in enumerate(tensors.items()):
+            array = np.asarray(value)
+            if array.dtype.kind in "biufc":  # stored little-endian whatever the host
+                array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+            if not isinstance(name, str):
+                raise TypeError(f"state dict keys must be str, got {name!r}")
+            key = str(i)
+            writer.value(name)
+            writer.tensor(_storage_name(array.dtype), key, array)
+            records.append((key, array))
+        writer.out += b"u"  # SETITEMS
+    writer.out += b"."
+    with zipfile.ZipFile(os.fspath(path), "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(_aligned_info(zf, f"{root}/data.pkl"), bytes(writer.out))
+        zf.writestr(_aligned_info(zf, f"{root}/byteorder"), b"little")
+        for key, array in records:
+            data = np.ascontiguousarray(array)
+            zf.writestr(_aligned_info(zf, f"{root}/data/{key}"), data.tobytes())
+        zf.writestr(_aligned_info(zf, f"{root}/version"), b"3\n")

@@ -1,0 +1,108 @@
+"""Flax variable trees as flat '/'-joined paths, and filling them from a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fgjax.weights.report import LoadReport
+
+Path = tuple[str, ...]
+
+
+@dataclass
+class ImportReport(LoadReport):
+    """`LoadReport` plus what was deliberately left out.
+
+    `ignored` holds checkpoint keys that are recognised but not part of the backbone
+    (classifier/projection heads, the momentum encoder, queues, `num_batches_tracked`);
+    they do not make `ok` false. `notes` says, in words, which prefix was stripped, which
+    wrapper key the state dict came from and why each ignored group was dropped.
+    """
+
+    ignored: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [super().__str__()]
+        lines += [f"note: {n}" for n in self.notes]
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} checkpoint tensors (see notes)")
+        return "\n".join(lines)
+
+
+def as_import_report(report: LoadReport) -> ImportReport:
+    """An `ImportReport` with the fields of `report` (itself if it already is one)."""
+    if isinstance(report, ImportReport):
+        return report
+    return ImportReport(
+        loaded=list(report.loaded),
+        missing=list(report.missing),
+        unexpected=list(report.unexpected),
+        mismatched=list(report.mismatched),
+    )
+
+
+def flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+    """`{'params': {'conv1': {'kernel': x}}}` -> `{('params', 'conv1', 'kernel'): x}`."""
+    out: dict[Path, Any] = {}
+    for key, value in tree.items():
+        path = prefix + (str(key),)
+        if isinstance(value, Mapping):
+            out.update(flatten(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
+    """Inverse of `flatten` (plain nested dicts)."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def flatten_to_strings(tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """`{'params/conv1/kernel': array, 'batch_stats/bn1/mean': array, ...}` (fgjax .npz)."""
+    return {"/".join(path): np.asarray(value) for path, value in flatten(tree).items()}
+
+
+def unflatten_strings(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Inverse of `flatten_to_strings`."""
+    return unflatten({tuple(key.split("/")): value for key, value in flat.items()})
+
+
+def fill(
+    target: Mapping[str, Any],
+    sources: Mapping[Path, tuple[str, np.ndarray]],
+    report: LoadReport,
+) -> dict[str, Any]:
+    """Copy of `target` with every path in `sources` replaced by its float32 array.
+
+    `sources[path] = (checkpoint key, array already in the flax layout)`. Shape
+    mismatches keep the target value and are reported as `(f"{key} -> {path}", source
+    shape, target shape)`; target paths absent from `sources` are reported missing.
+    Target leaves may be arrays or `jax.ShapeDtypeStruct`s.
+    """
+    out: dict[Path, Any] = {}
+    for path, leaf in flatten(target).items():
+        name = "/".join(path)
+        if path not in sources:
+            out[path] = leaf
+            report.missing.append(name)
+            continue
+        key, array = sources[path]
+        if tuple(array.shape) != tuple(leaf.shape):
+            out[path] = leaf
+            report.mismatched.append((f"{key} -> {name}", tuple(array.shape), tuple(leaf.shape)))
+            continue
+        out[path] = np.asarray(array, dtype=np.float32)
+        report.loaded.append(name)
+    return unflatten(out)

@@ -1,5 +1,15 @@
 """Datasets (sources), grain input pipelines and on-device photometric augmentation."""
 
+from fgjax.data.augment import (
+    PhotometricSpec,
+    byol_view1_spec,
+    byol_view2_spec,
+    moco_v2_spec,
+    no_augment_spec,
+    photometric,
+    photometric_per_example,
+    photometric_unnormalised,
+)
 from fgjax.data.pipeline import (
     EvalLoader,
     ImageDecodeError,
@@ -15,9 +25,17 @@ __all__ = [
     "EvalLoader",
     "ImageDecodeError",
     "ImageFolderSource",
+    "PhotometricSpec",
     "ProceduralFineGrained",
     "build_source",
+    "byol_view1_spec",
+    "byol_view2_spec",
     "make_eval_loader",
     "make_train_loader",
+    "moco_v2_spec",
+    "no_augment_spec",
+    "photometric",
+    "photometric_per_example",
+    "photometric_unnormalised",
     "steps_per_epoch",
 ]

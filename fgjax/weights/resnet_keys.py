@@ -78,6 +78,17 @@ def to_flax(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
+def _to_flax(path: Path, array: np.ndarray) -> np.ndarray:
+    return to_flax(array, path)
+
+
+def torch_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A flax-layout shape of `path` in torch layout (conv `[kh, kw, I, O]` -> `[O, I, kh, kw]`)."""
+    if path[-1] == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return shape
+
+
 def to_torch(array: np.ndarray, path: Path) -> np.ndarray:
     """Flax layout -> torch layout (inverse of `to_flax`)."""
     if path[-1] == "kernel" and array.ndim == 4:
@@ -172,7 +183,7 @@ def resnet_variables_from_torch(
         rest = _canonical(key[len(prefix) :], sequential)
         if rest in expected:
             path = expected[rest]
-            sources[path] = (key, to_flax(np.asarray(value), path))
+            sources[path] = (key, value)
         elif rest.endswith("num_batches_tracked"):
             counters.append(key)
         elif rest.split(".")[0] in _HEADS or rest.startswith("queue"):
@@ -180,7 +191,7 @@ def resnet_variables_from_torch(
         else:
             report.unexpected.append(key)
 
-    variables = fill(target, sources, report)
+    variables = fill(target, sources, report, _to_flax, torch_shape)
     if counters:
         report.notes.append(f"dropped {len(counters)} BatchNorm num_batches_tracked counters")
     if heads:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,26 +83,33 @@ def fill(
     target: Mapping[str, Any],
     sources: Mapping[Path, tuple[str, np.ndarray]],
     report: LoadReport,
+    convert: Callable[[Path, np.ndarray], np.ndarray] | None = None,
+    source_shape: Callable[[Path, tuple[int, ...]], tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
     """Copy of `target` with every path in `sources` replaced by its float32 array.
 
-    `sources[path] = (checkpoint key, array already in the flax layout)`. Shape
-    mismatches keep the target value and are reported as `(f"{key} -> {path}", source
-    shape, target shape)`; target paths absent from `sources` are reported missing.
-    Target leaves may be arrays or `jax.ShapeDtypeStruct`s.
+    `sources[path] = (checkpoint key, array as stored in the checkpoint)`;
+    `convert(path, array)` turns it into the flax layout and `source_shape(path, shape)`
+    expresses a target shape in the checkpoint's layout (both identity by default).
+    `report.loaded` gets the checkpoint keys; a shape mismatch keeps the target value and
+    is reported as `(checkpoint key, checkpoint shape, target shape)`, both in the
+    checkpoint's layout; target paths absent from `sources` are reported missing
+    ('/'-joined). Target leaves may be arrays or `jax.ShapeDtypeStruct`s.
     """
     out: dict[Path, Any] = {}
     for path, leaf in flatten(target).items():
-        name = "/".join(path)
         if path not in sources:
             out[path] = leaf
-            report.missing.append(name)
+            report.missing.append("/".join(path))
             continue
         key, array = sources[path]
-        if tuple(array.shape) != tuple(leaf.shape):
+        array = np.asarray(array)
+        value = convert(path, array) if convert else array
+        if tuple(value.shape) != tuple(leaf.shape):
+            wanted = source_shape(path, tuple(leaf.shape)) if source_shape else tuple(leaf.shape)
+            report.mismatched.append((key, tuple(array.shape), wanted))
             out[path] = leaf
-            report.mismatched.append((f"{key} -> {name}", tuple(array.shape), tuple(leaf.shape)))
             continue
-        out[path] = np.asarray(array, dtype=np.float32)
-        report.loaded.append(name)
+        out[path] = np.asarray(value, dtype=np.float32)
+        report.loaded.append(key)
     return unflatten(out)

@@ -22,6 +22,7 @@ computed in original coordinates and mapped to the drafted image.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Sequence
 
@@ -141,27 +142,27 @@ def random_crop_views(
     Per view, in order: crop box from `sample_crop`, then one uniform draw for the flip.
     """
     img, path = _open(record)
-    width, height = img.size
-    boxes, flips = [], []
-    for _ in range(num_views):
-        boxes.append(sample_crop(rng, height, width, crop_scale, crop_ratio))
-        flips.append(bool(rng.uniform() < 0.5))
-    img, sx, sy = _decode(img, path, min(min(b[2], b[3]) for b in boxes), image_size)
-    out = np.empty((num_views, image_size, image_size, 3), np.uint8)
-    resample = _resample(interpolation)
-    for v, ((top, left, h, w), flip) in enumerate(zip(boxes, flips, strict=True)):
-        # Crop first (as torchvision's resized_crop: the filter sees no pixels outside the
-        # box); on a drafted image crop the enclosing pixels and resize the exact sub-box.
-        x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
-        c0, r0 = math.floor(x0), math.floor(y0)
-        c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
-        view = img.crop((c0, r0, c1, r1)).resize(
-            (image_size, image_size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
-        )
-        if flip:
-            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        out[v] = np.asarray(view)
-    img.close()
+    with img:
+        width, height = img.size
+        boxes, flips = [], []
+        for _ in range(num_views):
+            boxes.append(sample_crop(rng, height, width, crop_scale, crop_ratio))
+            flips.append(bool(rng.uniform() < 0.5))
+        img, sx, sy = _decode(img, path, min(min(b[2], b[3]) for b in boxes), image_size)
+        out = np.empty((num_views, image_size, image_size, 3), np.uint8)
+        resample = _resample(interpolation)
+        for v, ((top, left, h, w), flip) in enumerate(zip(boxes, flips, strict=True)):
+            # Crop first (as torchvision's resized_crop: the filter sees no pixel outside
+            # the box); on a drafted image crop the enclosing pixels, resize the sub-box.
+            x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
+            c0, r0 = math.floor(x0), math.floor(y0)
+            c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
+            view = img.crop((c0, r0, c1, r1)).resize(
+                (image_size, image_size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
+            )
+            if flip:
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out[v] = np.asarray(view)
     return out
 
 
@@ -177,27 +178,27 @@ def resize_center_crop(
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     img, path = _open(record)
-    width, height = img.size
-    short = int(round(image_size / resize_ratio))
-    if width <= height:
-        new_w, new_h = short, int(short * height / width)
-    else:
-        new_w, new_h = int(short * width / height), short
-    top = int(round((new_h - image_size) / 2.0))
-    left = int(round((new_w - image_size) / 2.0))
-    img, sx, sy = _decode(img, path, min(width, height) * image_size / short, image_size)
-    fx, fy = width / new_w * sx, height / new_h * sy  # resized px -> decoded px
-    box = (left * fx, top * fy, (left + image_size) * fx, (top + image_size) * fy)
-    out = np.asarray(img.resize((image_size, image_size), _resample(interpolation), box=box))
-    img.close()
-    return out
+    with img:
+        width, height = img.size
+        short = int(round(image_size / resize_ratio))
+        if width <= height:
+            new_w, new_h = short, int(short * height / width)
+        else:
+            new_w, new_h = int(short * width / height), short
+        top = int(round((new_h - image_size) / 2.0))
+        left = int(round((new_w - image_size) / 2.0))
+        img, sx, sy = _decode(img, path, min(width, height) * image_size / short, image_size)
+        fx, fy = width / new_w * sx, height / new_h * sy  # resized px -> decoded px
+        box = (left * fx, top * fy, (left + image_size) * fx, (top + image_size) * fy)
+        resample = _resample(interpolation)
+        return np.asarray(img.resize((image_size, image_size), resample, box=box))
 
 
 def _absl_flags_workaround(num_workers: int) -> None:
     """grain 0.2.18 reads an absl flag when starting workers once JAX is imported, which
     fails in programs that never parse absl flags (google/grain#1355, fixed upstream in
     #1362): mark the flags as parsed (keeping their defaults) if nobody has."""
-    if num_workers > 0:
+    if num_workers != 0:  # None: grain picks a worker count
         from absl import flags
 
         if not flags.FLAGS.is_parsed():
@@ -339,8 +340,9 @@ def make_train_loader(
         raise ValueError("num_views and image_size must be >= 1")
     if not 0 < crop_scale[0] <= crop_scale[1] <= 1 or not 0 < crop_ratio[0] <= crop_ratio[1]:
         raise ValueError(f"bad crop_scale={crop_scale} / crop_ratio={crop_ratio}")
-    if not isinstance(seed, int) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
     _resample(interpolation)
     steps = steps_per_epoch(len(source), global_batch_size)
     if steps == 0:

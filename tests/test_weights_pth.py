@@ -186,6 +186,23 @@ def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
         load_pth(path)
 
 
+def test_pickle_cannot_rewrite_a_validated_tensor(tmp_path):
+    writer = _PickleWriter()
+    writer.tensor("FloatStorage", "0", np.zeros(4, np.float32))
+    writer.out += b"N}"  # BUILD state (None, {'stride': (-1000,)}) on the tensor
+    writer.value("stride")
+    writer.value((-1000,))
+    writer.out += b"s\x86b."
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", bytes(writer.out))
+        zf.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
+    path = tmp_path / "build.pth"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointFormatError, match="set the state of a _TensorRef"):
+        load_pth(path)
+
+
 @pytest.mark.parametrize(
     "content",
     [b"", b"not a checkpoint", b"\x80\x02K\x05.", _torch_zip(b"\x80\x02garbage")],

@@ -100,7 +100,16 @@ class CheckpointFormatError(ValueError):
 # --------------------------------------------------------------------------- unpickling
 
 
-class _DType:
+class _Sealed:
+    """Refuses the pickle BUILD opcode, so a file cannot rewrite a validated object."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise CheckpointFormatError(f"pickle tries to set the state of a {type(self).__name__}")
+
+
+class _DType(_Sealed):
     """Stand-in for a `torch.<dtype>` global."""
 
     __slots__ = ("np",)
@@ -109,7 +118,7 @@ class _DType:
         self.np = dtype
 
 
-class _StorageType:
+class _StorageType(_Sealed):
     """Stand-in for a `torch.<X>Storage` class global."""
 
     __slots__ = ("name", "np")
@@ -118,7 +127,7 @@ class _StorageType:
         self.name, self.np = name, dtype
 
 
-class _TensorClass:
+class _TensorClass(_Sealed):
     """Stand-in for `torch.Tensor` / `torch.nn.Parameter` (only ever compared, never called)."""
 
     __slots__ = ("name",)
@@ -127,7 +136,7 @@ class _TensorClass:
         self.name = name
 
 
-class _Storage:
+class _Storage(_Sealed):
     """A storage: `numel` elements of `dtype`, bytes fetched lazily by `key`.
 
     `base`/`byte_offset` describe legacy storage views (a slice of another storage)."""
@@ -150,7 +159,7 @@ class _Storage:
         return memoryview(self._data)
 
 
-class _TensorRef:
+class _TensorRef(_Sealed):
     """A tensor as the pickle describes it; turned into an ndarray after unpickling."""
 
     __slots__ = ("storage", "dtype", "offset", "shape", "stride", "metadata")

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 
 from fgjax.models.norm import BatchNorm
 
-# torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+# torchvision's init: kaiming_normal_(mode="fan_out", nonlinearity="relu") (jax "normal"
+# is untruncated).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 

@@ -1,0 +1,67 @@
+"""Command line: `python -m fgjax.main --config configs/<recipe>.py --workdir DIR`.
+
+Any config field can be overridden, e.g. `--config.optim.lr=0.1
+--config.train.batch_size=128`; unknown fields and values of the wrong type are
+errors that name the field. Rerunning the same command resumes from the latest
+checkpoint in DIR. `--multihost` calls `jax.distributed.initialize()` first (TPU
+pods, SLURM, or the JAX_COORDINATOR_ADDRESS/... environment variables).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from fgjax.config import check_override_names, load_config_file
+
+_DEMO = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
+)
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEMO, "Recipe file in configs/ (default: the embedded demo).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", "runs/demo", "Checkpoints, metrics.jsonl and eval.json go here."
+)
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    if _MULTIHOST.value:
+        jax.distributed.initialize()
+    from fgjax.train.loop import train_and_evaluate
+
+    devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
+    print(f"devices: {devices}, processes: {jax.process_count()}")
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+def _config_path(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return _DEMO
+
+
+def run(argv: list[str]) -> None:
+    """Validate override names against the recipe, then parse flags and train."""
+    try:
+        check_override_names(load_config_file(_config_path(argv)), argv)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    app.run(main, argv=argv)
+
+
+if __name__ == "__main__":
+    run(sys.argv)

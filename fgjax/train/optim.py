@@ -1,0 +1,116 @@
+"""Optimisers, learning-rate schedules and weight-decay masks from the config.
+
+`config.optim` fields:
+  name: 'sgd' | 'lars' | 'adamw'
+  lr: learning rate; if `lr_batch_reference > 0` it is a *base* lr and the actual
+      peak is `lr * global_batch / lr_batch_reference` (the `0.3 * B / 256` rule).
+  schedule: 'cosine' | 'constant'; `schedule_unit`: 'step' or 'epoch' (MoCo's
+      per-epoch cosine keeps the lr constant inside an epoch).
+  warmup_epochs: linear warm-up from 0 to the peak (step-wise).
+  cosine_epochs: length of the cosine in epochs (0 = the training length); LCR's
+      CUB BYOL recipe lays the cosine over 800 epochs but stops at 100.
+  final_lr: value the cosine decays to.
+  weight_decay, weight_decay_mask: 'all' (PyTorch SGD semantics) or 'kernels'
+      (conv/dense kernels only: no BN parameters, no biases).
+  momentum, nesterov (sgd, lars), trust_coefficient (lars), b1, b2 (adamw).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def kernel_mask(params: Any) -> Any:
+    """True for conv/dense kernels, False for biases and BatchNorm scale/bias."""
+
+    def is_kernel(path: tuple, leaf: Any) -> bool:
+        return getattr(path[-1], "key", None) == "kernel"
+
+    return jax.tree_util.tree_map_with_path(is_kernel, params)
+
+
+def peak_lr(optim: ml_collections.ConfigDict, global_batch: int) -> float:
+    if optim.lr_batch_reference > 0:
+        return optim.lr * global_batch / optim.lr_batch_reference
+    return optim.lr
+
+
+def make_schedule(
+    optim: ml_collections.ConfigDict, global_batch: int, steps_per_epoch: int, num_epochs: int
+) -> optax.Schedule:
+    """Linear warm-up (per step) then cosine or constant, per step or per epoch."""
+    peak = peak_lr(optim, global_batch)
+    warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
+    cosine_epochs = optim.cosine_epochs or num_epochs
+    if optim.schedule not in ("cosine", "constant"):
+        raise ValueError(
+            f"config.optim.schedule must be 'cosine' or 'constant', got {optim.schedule!r}"
+        )
+    if optim.schedule_unit not in ("step", "epoch"):
+        raise ValueError(
+            f"config.optim.schedule_unit must be 'step' or 'epoch', got {optim.schedule_unit!r}"
+        )
+
+    def schedule(step: jax.Array) -> jax.Array:
+        step = jnp.asarray(step, jnp.float32)
+        if optim.schedule == "constant":
+            decayed = jnp.asarray(peak, jnp.float32)
+        else:
+            if optim.schedule_unit == "epoch":
+                progress = jnp.floor(step / steps_per_epoch) * steps_per_epoch
+            else:
+                progress = step
+            total = max(cosine_epochs * steps_per_epoch - warmup_steps, 1)
+            t = jnp.clip((progress - warmup_steps) / total, 0.0, 1.0)
+            decayed = optim.final_lr + (peak - optim.final_lr) * 0.5 * (1 + jnp.cos(math.pi * t))
+        if warmup_steps > 0:
+            warm = peak * step / warmup_steps
+            return jnp.where(step < warmup_steps, warm, decayed)
+        return decayed
+
+    return schedule
+
+
+def make_optimizer(
+    optim: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
+    """The optax transformation for `config.optim`; weight-decay masks applied to params."""
+    if optim.weight_decay_mask == "all":
+        mask = None
+    elif optim.weight_decay_mask == "kernels":
+        mask = kernel_mask
+    else:
+        raise ValueError(
+            "config.optim.weight_decay_mask must be 'all' or 'kernels', "
+            f"got {optim.weight_decay_mask!r}"
+        )
+
+    if optim.name == "sgd":
+        # PyTorch SGD: decay is added to the gradient before momentum.
+        return optax.chain(
+            optax.add_decayed_weights(optim.weight_decay, mask),
+            optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
+        )
+    if optim.name == "lars":
+        lars_mask = mask if mask is not None else True
+        return optax.lars(
+            schedule,
+            weight_decay=optim.weight_decay,
+            weight_decay_mask=lars_mask,
+            trust_coefficient=optim.trust_coefficient,
+            eps=0.0,
+            trust_ratio_mask=lars_mask,
+            momentum=optim.momentum,
+            nesterov=optim.nesterov,
+        )
+    if optim.name == "adamw":
+        return optax.adamw(
+            schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=mask
+        )
+    raise ValueError(f"config.optim.name must be 'sgd', 'lars' or 'adamw', got {optim.name!r}")

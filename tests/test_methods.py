@@ -1,0 +1,157 @@
+"""MoCo v2, BYOL and supervised objectives against independent numpy computations,
+plus queue, EMA and shuffling-BN semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from fgjax.methods import build_method
+from fgjax.methods.byol import byol_loss, ema_decay
+from fgjax.methods.moco import info_nce
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_info_nce_matches_numpy():
+    rng = np.random.default_rng(0)
+    q, k, queue = (_unit(rng.normal(size=s)) for s in [(6, 5), (6, 5), (20, 5)])
+    loss, logits = info_nce(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), 0.2)
+    ref_logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / 0.2
+    shifted = ref_logits - ref_logits.max(1, keepdims=True)
+    ref = np.mean(-shifted[:, 0] + np.log(np.exp(shifted).sum(1)))
+    np.testing.assert_allclose(np.asarray(logits), ref_logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+
+
+def test_byol_loss_matches_numpy_and_ignores_target_gradients():
+    rng = np.random.default_rng(1)
+    p1, p2, z1, z2 = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(4))
+    cos = lambda a, b: np.mean(np.sum(_unit(a) * _unit(b), 1))
+    expected = -0.5 * (cos(p1, z2) + cos(p2, z1))
+    np.testing.assert_allclose(float(byol_loss(p1, p2, z1, z2)), expected, rtol=1e-5)
+    grad_z = jax.grad(lambda z: byol_loss(p1, p2, z, z2))(jnp.asarray(z1))
+    assert np.all(np.asarray(grad_z) == 0)
+
+
+def test_byol_ema_schedule():
+    assert float(ema_decay(0.99, "cosine", 0, 100)) == pytest.approx(0.99)
+    assert float(ema_decay(0.99, "cosine", 50, 100)) == pytest.approx(0.995)
+    assert float(ema_decay(0.99, "cosine", 100, 100)) == pytest.approx(1.0)
+    assert float(ema_decay(0.996, "constant", 70, 100)) == pytest.approx(0.996)
+
+
+def _init(method_name: str, **overrides):
+    config = tiny_config(method_name)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    method = build_method(config, num_classes=3, total_steps=10)
+    params, stats = jax.jit(method.init_variables, static_argnums=1)(
+        jax.random.PRNGKey(0), (8, 16, 16, 3)
+    )
+    state = method.init_state(params, stats, jax.random.PRNGKey(1))
+    return config, method, params, stats, state
+
+
+def test_moco_queue_is_a_ring_buffer_and_key_encoder_an_ema():
+    config, method, params, stats, state = _init("moco")
+    queue_size, dim = config.moco.queue_size, config.moco.dim
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(state["queue"]), axis=1), 1, rtol=1e-5)
+    expected = np.asarray(state["queue"]).copy()
+    rng = np.random.default_rng(0)
+    for i in range(5):  # 5 batches of 8 into a queue of 32: wraps around once
+        keys = rng.normal(size=(8, dim)).astype(np.float32)
+        state = method.after_step(state, {"keys": keys, "key_batch_stats": stats})
+        start = (i * 8) % queue_size
+        expected[start : start + 8] = keys
+        np.testing.assert_array_equal(np.asarray(state["queue"]), expected)
+        assert int(state["queue_ptr"]) == ((i + 1) * 8) % queue_size
+
+    moved = jax.tree.map(lambda p: p + 1.0, params)
+    updated = method.before_step(moved, state, jnp.asarray(0))
+    m = config.moco.momentum
+    for new, old, online in zip(
+        jax.tree.leaves(updated["key_params"]),
+        jax.tree.leaves(state["key_params"]),
+        jax.tree.leaves(moved),
+        strict=True,
+    ):
+        np.testing.assert_allclose(
+            np.asarray(new), m * np.asarray(old) + (1 - m) * np.asarray(online), rtol=1e-6
+        )
+
+
+def test_moco_shuffled_keys_use_their_own_bn_groups():
+    """Key BN statistics come from randomly permuted groups, never the query's grouping:
+    the result equals running each permuted group alone (groups=1) and un-permuting."""
+    config, method, params, stats, state = _init("moco")
+    # Per-image brightness and contrast differ, so different groupings give different stats.
+    scale = jnp.linspace(0.5, 3.0, 8)[:, None, None, None]
+    images = jax.random.normal(jax.random.PRNGKey(3), (8, 16, 16, 3)) * scale + 2 * scale
+    rng = jax.random.PRNGKey(5)
+    keys, _ = method.key_embeddings(state, images, rng)
+
+    single = build_method(tiny_config("moco").copy_and_resolve_references(), 3, 10)
+    single.net = single.net.clone(backbone=single.net.backbone.clone(bn_groups=1))
+    perm = np.asarray(jax.random.permutation(rng, 8))
+    variables = {"params": state["key_params"], "batch_stats": state["key_batch_stats"]}
+    expected = np.zeros((8, config.moco.dim), np.float32)
+    for group in perm.reshape(2, 4):
+        out, _ = single.net.apply(variables, images[group], train=True, mutable=["batch_stats"])
+        expected[group] = _unit(np.asarray(out))
+    np.testing.assert_allclose(np.asarray(keys), expected, atol=1e-5)
+
+    # The query-style contiguous grouping gives different keys: the shuffle matters.
+    assert {frozenset(perm[:4]), frozenset(perm[4:])} != {
+        frozenset(range(4)),
+        frozenset(range(4, 8)),
+    }
+    contiguous, _ = method.net.apply(variables, images, train=True, mutable=["batch_stats"])
+    assert not np.allclose(_unit(np.asarray(contiguous)), np.asarray(keys), atol=1e-4)
+
+
+def test_byol_target_is_ema_of_backbone_and_projector_only():
+    config, method, params, stats, state = _init("byol", **{"byol.ema_schedule": "constant"})
+    assert set(state["target_params"]) == {"backbone", "projector"}
+    moved = jax.tree.map(lambda p: p * 2.0, params)
+    updated = method.before_step(moved, state, jnp.asarray(3))
+    tau = config.byol.ema_base
+    for new, old, online in zip(
+        jax.tree.leaves(updated["target_params"]),
+        jax.tree.leaves(state["target_params"]),
+        jax.tree.leaves({k: moved[k] for k in ("backbone", "projector")}),
+        strict=True,
+    ):
+        np.testing.assert_allclose(
+            np.asarray(new), tau * np.asarray(old) + (1 - tau) * np.asarray(online), rtol=1e-6
+        )
+
+
+def test_supervised_loss_is_cross_entropy():
+    config, method, params, stats, state = _init("supervised")
+    images = jax.random.normal(jax.random.PRNGKey(5), (8, 16, 16, 3))
+    labels = jnp.arange(8) % 3
+    loss, aux = method.loss(
+        params, stats, state, [images], {"label": labels}, jax.random.PRNGKey(0)
+    )
+    logits, _ = method.net.apply(
+        {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+    )
+    logits = np.asarray(logits, np.float64)
+    log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    expected = -np.mean(log_probs[np.arange(8), np.asarray(labels)])
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    assert float(aux.metrics["accuracy"]) == pytest.approx(
+        np.mean(logits.argmax(1) == np.asarray(labels))
+    )
+
+
+def test_moco_rejects_queue_not_multiple_of_batch():
+    config = tiny_config("moco")
+    config.moco.queue_size = 30
+    with pytest.raises(ValueError, match="config.moco.queue_size"):
+        build_method(config, 3, 10)

@@ -1,0 +1,102 @@
+"""Schedules, weight-decay masks and optimiser updates against hand-computed values."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from fgjax.config import default_config
+from fgjax.models import ResNet
+from fgjax.train import optim
+
+
+def _optim(**fields) -> ml_collections.ConfigDict:
+    c = default_config().optim
+    for k, v in fields.items():
+        c[k] = v
+    return c
+
+
+def test_warmup_then_cosine_per_step():
+    o = _optim(lr=0.3, lr_batch_reference=256, warmup_epochs=2, schedule_unit="step")
+    sched = optim.make_schedule(o, global_batch=128, steps_per_epoch=10, num_epochs=12)
+    peak = 0.15
+    assert float(sched(0)) == pytest.approx(0.0)
+    assert float(sched(10)) == pytest.approx(peak / 2)
+    assert float(sched(20)) == pytest.approx(peak)
+    assert float(sched(70)) == pytest.approx(peak * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert float(sched(120)) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_per_epoch_cosine_is_constant_within_an_epoch():
+    o = _optim(lr=0.03, schedule_unit="epoch")
+    sched = optim.make_schedule(o, global_batch=128, steps_per_epoch=46, num_epochs=100)
+    assert float(sched(46)) == float(sched(91))
+    expected = 0.03 * 0.5 * (1 + math.cos(math.pi * 1 / 100))
+    assert float(sched(50)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_lcr_cub_byol_quirk_cosine_over_800_epochs_barely_decays_in_100():
+    o = _optim(lr=0.3, lr_batch_reference=256, warmup_epochs=10, cosine_epochs=800)
+    sched = optim.make_schedule(o, global_batch=128, steps_per_epoch=46, num_epochs=100)
+    t = (100 * 46 - 460) / (800 * 46 - 460)
+    assert float(sched(100 * 46)) == pytest.approx(
+        0.15 * 0.5 * (1 + math.cos(math.pi * t)), rel=1e-5
+    )
+    assert 0.14 < float(sched(100 * 46)) < 0.15
+
+
+def test_kernel_mask_excludes_batchnorm_and_biases():
+    model = ResNet(stage_sizes=(1,), width=2)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)["params"]
+    mask = optim.kernel_mask({"backbone": params, "head": {"fc0": {"kernel": 1.0, "bias": 1.0}}})
+    flat = jax.tree_util.tree_flatten_with_path(mask)[0]
+    for path, is_kernel in flat:
+        assert is_kernel == (path[-1].key == "kernel"), path
+    assert any(v for _, v in flat) and not all(v for _, v in flat)
+
+
+def _one_step(o, params, grads):
+    tx = optim.make_optimizer(o, lambda step: o.lr)
+    state = tx.init(params)
+    updates, _ = tx.update(grads, state, params)
+    return jax.tree.map(lambda p, u: np.asarray(p + u), params, updates)
+
+
+def test_sgd_weight_decay_is_added_to_the_gradient_like_pytorch():
+    o = _optim(name="sgd", lr=0.1, momentum=0.9, weight_decay=0.01, weight_decay_mask="all")
+    params = {"w": {"kernel": jnp.array([1.0, -2.0])}, "bn": {"scale": jnp.array([3.0])}}
+    grads = {"w": {"kernel": jnp.array([0.5, 0.5])}, "bn": {"scale": jnp.array([1.0])}}
+    new = _one_step(o, params, grads)
+    np.testing.assert_allclose(
+        new["w"]["kernel"], [1 - 0.1 * (0.5 + 0.01), -2 - 0.1 * (0.5 - 0.02)], rtol=1e-6
+    )
+    np.testing.assert_allclose(new["bn"]["scale"], [3 - 0.1 * (1 + 0.03)], rtol=1e-6)
+
+
+def test_lars_without_momentum_matches_the_lcr_update():
+    o = _optim(
+        name="lars",
+        lr=0.15,
+        momentum=0.0,
+        weight_decay=1.5e-6,
+        weight_decay_mask="kernels",
+        trust_coefficient=1e-3,
+    )
+    w = np.array([[0.3, -0.4], [1.2, 0.5]], np.float32)
+    g = np.array([[0.01, 0.02], [-0.03, 0.04]], np.float32)
+    params = {"conv": {"kernel": jnp.asarray(w)}, "bn": {"bias": jnp.array([0.5])}}
+    grads = {"conv": {"kernel": jnp.asarray(g)}, "bn": {"bias": jnp.array([2.0])}}
+    new = _one_step(o, params, grads)
+    g_wd = g + 1.5e-6 * w
+    trust = 1e-3 * np.linalg.norm(w) / np.linalg.norm(g_wd)
+    np.testing.assert_allclose(new["conv"]["kernel"], w - 0.15 * trust * g_wd, rtol=1e-5)
+    np.testing.assert_allclose(new["bn"]["bias"], [0.5 - 0.15 * 2.0], rtol=1e-6)
+
+
+def test_unknown_optimizer_names_the_field():
+    with pytest.raises(ValueError, match="config.optim.name"):
+        optim.make_optimizer(_optim(name="rmsprop"), lambda s: 0.1)

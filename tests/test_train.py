@@ -1,0 +1,166 @@
+"""The generic trainer: multi-device equivalence, kill-and-resume, SIGTERM, CLI errors."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
+from run_steps import run  # noqa: E402
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _env(devices: int = 1) -> dict[str, str]:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+@pytest.mark.parametrize("method", ["moco", "byol"])
+def test_eight_device_step_equals_single_device_step(method, tmp_path):
+    out = tmp_path / "eight.npz"
+    subprocess.run(
+        [sys.executable, os.path.join(TESTS, "scripts", "run_steps.py"), method, str(out)],
+        check=True,
+        env=_env(8),
+        cwd=REPO,
+    )
+    eight = dict(np.load(out))
+    assert int(eight.pop("__devices__")) == 8
+    assert jax.device_count() == 1
+    single = run(method)
+    assert set(single) == set(eight)
+    for name, value in single.items():
+        np.testing.assert_allclose(eight[name], value, rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+def _write_recipe(tmp_path, **fields) -> str:
+    lines = "\n".join(f"    c.{k} = {v!r}" for k, v in fields.items())
+    path = tmp_path / "recipe.py"
+    path.write_text(
+        f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom conftest import tiny_config\n\n"
+        f"def get_config():\n    c = tiny_config('moco')\n{lines}\n    return c\n"
+    )
+    return str(path)
+
+
+def _main(recipe: str, workdir, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={workdir}", *extra],
+        env=_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _final_state(workdir) -> dict[str, np.ndarray]:
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
+    return {"step": step, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}}
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=120.0) -> None:
+    ckpt = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt)):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read())
+        time.sleep(0.02)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_sigkill_and_sigterm_then_resume_equal_an_uninterrupted_run(tmp_path):
+    # 16 epochs x 2 steps of 8 images; checkpoints every 2 steps.
+    recipe = _write_recipe(
+        tmp_path, **{"train.num_epochs": 16, "eval.enabled": False, "data.num_workers": 2}
+    )
+    straight = _main(recipe, tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+    total = _final_state(tmp_path / "straight")["step"]
+    assert total == 16 * 2
+
+    workdir = tmp_path / "interrupted"
+    proc = _main(recipe, workdir)
+    _wait_for_checkpoint(workdir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    killed_at = _final_state(workdir)["step"]
+    assert killed_at < total, "the run finished before it could be killed"
+
+    proc = _main(recipe, workdir)  # resumes; stop it politely this time
+    out = ""
+    while True:
+        line = proc.stdout.readline()
+        out += line
+        if "resumed from step" in line or not line:
+            break
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, out + proc.stdout.read()
+
+    proc = _main(recipe, workdir)
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0 and "resumed from step" in log, log
+
+    expected, got = _final_state(tmp_path / "straight"), _final_state(workdir)
+    assert expected["step"] == got["step"] == total
+    assert set(expected) == set(got)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_unknown_config_field_is_an_error_naming_it():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgjax.main", "--config=configs/demo.py", "--config.optim.lrr=0.1"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "unknown config field config.optim.lrr" in proc.stderr
+    assert "config.optim.lr" in proc.stderr.split("did you mean")[1]
+
+
+def test_wrong_type_override_is_an_error_naming_the_field():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fgjax.main",
+            "--config=configs/demo.py",
+            "--config.train.batch_size=many",
+        ],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode != 0
+    assert "config.train.batch_size" in proc.stderr
+
+
+def test_every_recipe_loads_and_accepts_overrides():
+    from ml_collections import config_flags  # noqa: F401  (the flag machinery main uses)
+
+    from fgjax.config import check_override_names, load_config_file
+
+    for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
+        if name.endswith(".py"):
+            config = load_config_file(os.path.join(REPO, "configs", name))
+            check_override_names(config, ["--config.optim.lr=0.5", "--config.data.root=x"])
+            assert config.method in ("moco", "byol", "supervised"), name

@@ -81,9 +81,11 @@ class Setup:
         self.step, self.unit, self.detail = step, unit, detail
 
 
-def make_optimizer(params, lr: float, weight_decay: float, device: torch.device):
+def make_optimizer(params, base_lr: float, batch: int, weight_decay: float, device: torch.device):
+    """SGD, momentum 0.9, lr = base_lr * batch / 256 (keeps tiny smoke-test batches finite)."""
     # fused (CUDA) / foreach (CPU) SGD: the fastest stock implementation in both modes.
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    lr = base_lr * batch / 256
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **fast)
 
 
@@ -98,7 +100,7 @@ def views(args, device: torch.device, n: int) -> list[torch.Tensor]:
 def supervised(args, device, amp, compile_fn) -> Setup:
     model = torchvision.models.resnet50(weights=None, num_classes=args.num_classes)
     model = model.to(device, memory_format=torch.channels_last)
-    opt = make_optimizer(model.parameters(), 0.1, 1e-4, device)
+    opt = make_optimizer(model.parameters(), 0.1, args.batch, 1e-4, device)
     (x,) = views(args, device, 1)
     y = torch.randint(0, args.num_classes, (args.batch,), device=device)
 
@@ -127,7 +129,7 @@ def moco(args, device, amp, compile_fn) -> Setup:
     query = query.to(device, memory_format=torch.channels_last)
     key = copy.deepcopy(query).requires_grad_(False)
     q_params, k_params = list(query.parameters()), list(key.parameters())
-    opt = make_optimizer(q_params, 0.03, 1e-4, device)
+    opt = make_optimizer(q_params, 0.03, args.batch, 1e-4, device)
     queue = F.normalize(torch.randn(queue_len, dim, device=device), dim=1)
     ptr = [0]
     x_q, x_k = views(args, device, 2)
@@ -174,7 +176,7 @@ def byol(args, device, amp, compile_fn) -> Setup:
     predictor = predictor.to(device)
     target = copy.deepcopy(online).requires_grad_(False)  # stays in train mode: batch-stat BN
     o_params, t_params = list(online.parameters()), list(target.parameters())
-    opt = make_optimizer(o_params + list(predictor.parameters()), 0.15, 1.5e-6, device)
+    opt = make_optimizer(o_params + list(predictor.parameters()), 0.05, args.batch, 1.5e-6, device)
     x1, x2 = views(args, device, 2)
 
     def target_fn(images):

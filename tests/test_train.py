@@ -164,3 +164,37 @@ def test_every_recipe_loads_and_accepts_overrides():
             config = load_config_file(os.path.join(REPO, "configs", name))
             check_override_names(config, ["--config.optim.lr=0.5", "--config.data.root=x"])
             assert config.method in ("moco", "byol", "supervised"), name
+
+
+def test_init_from_torchvision_file_seeds_online_and_key_encoders(tmp_path):
+    """`config.model.init_from` loads a torchvision-layout .pth into the backbone before
+    the key encoder is copied from it."""
+    from conftest import tiny_config
+
+    from fgjax.methods import build_method
+    from fgjax.models.factory import backbone_from_config
+    from fgjax.train import optim
+    from fgjax.train.state import create_train_state
+    from fgjax.weights import export_torch
+
+    config = tiny_config("moco")
+    donor = backbone_from_config(config.model).init(
+        jax.random.PRNGKey(42), np.zeros((1, 16, 16, 3), np.float32), train=False
+    )
+    donor = jax.tree.map(lambda x: np.asarray(x) + 0.5, dict(donor))  # distinct stats too
+    path = str(tmp_path / "backbone.pth")
+    export_torch(path, donor, "resnet")
+    config.model.init_from = path
+    config.model.arch = "resnet"
+    method = build_method(config, num_classes=2, total_steps=4)
+    tx = optim.make_optimizer(config.optim, lambda s: 0.1)
+    state = create_train_state(method, tx, (2, 16, 16, 3), seed=0, init_from=path)
+    for tree in (
+        {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]},
+        {
+            "params": state.method_state["key_params"]["backbone"],
+            "batch_stats": state.method_state["key_batch_stats"]["backbone"],
+        },
+    ):
+        for got, want in zip(jax.tree.leaves(tree), jax.tree.leaves(donor), strict=True):
+            np.testing.assert_array_equal(np.asarray(got), want)

@@ -228,9 +228,9 @@ def test_procedural_is_fast():
 def test_procedural_fine_classes_differ_only_in_small_details():
     """Same nuisances, different fine code: pixels differ only where the markings are."""
     s = 32
-    a, det_a = procedural.render("square", ("red", 1, "none"), s, np.random.default_rng(5))
-    b, det_b = procedural.render("square", ("cyan", 3, "low"), s, np.random.default_rng(5))
-    c, _ = procedural.render("triangle", ("red", 1, "none"), s, np.random.default_rng(5))
+    a, det_a = procedural.render("square", ("disc", 1, "none"), s, np.random.default_rng(5))
+    b, det_b = procedural.render("square", ("ring", 3, "low"), s, np.random.default_rng(5))
+    c, _ = procedural.render("triangle", ("disc", 1, "none"), s, np.random.default_rng(5))
     changed = np.abs(a.astype(int) - b.astype(int)).max(-1) > 0
     assert changed.any()
     assert not (changed & (np.maximum(det_a, det_b) == 0)).any()

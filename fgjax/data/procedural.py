@@ -9,14 +9,19 @@ Generative recipe (all lengths relative to the object radius r, image side S):
 * Coarse class c -> the object's shape, from SHAPES in order: disc, square, triangle,
   cross, star, ellipse, diamond, hexagon (so num_coarse <= 8). Every shape contains the
   central "detail zone" (radius ~0.55 r) where the markings live.
-* Fine class -> a detail code (mark colour, spot count, stripe) drawn without
+* Fine class -> a detail code (mark shape, spot count, stripe) drawn without
   replacement from the 4 x 3 x 3 = 36 codes by a permutation seeded by (seed, c):
-  - mark: a disc of radius 0.2 r at (0, -0.3 r) in the object frame, colour one of
-    MARK_COLOURS (saturated, hues 90 degrees apart);
+  - mark: none, or a disc (radius 0.2 r), ring (outer radius 0.2 r, width 0.1 r) or
+    square (half-side 0.17 r) at (0, -0.3 r) in the object frame;
   - spots: 1, 2 or 3 near-black discs of radius 0.11 r in a row at v = +0.22 r,
     0.3 r apart;
   - stripe: none, or a light bar of half-width 0.05 r (|u| <= 0.42 r) at v = 0.03 r
     ("mid") or v = 0.45 r ("low").
+  Every code is geometric and left-right symmetric, so a class survives the colour
+  jitter and horizontal flips of self-supervised augmentation; the mark's colour is a
+  nuisance (one of MARK_COLOURS, hues 90 degrees apart, drawn per image), like the
+  body and background colours: an untrained network is distracted by colour, a
+  network trained for colour invariance is not.
   The markings cover ~3-5 % of the image, so they are not the dominant pixel statistic.
 * Nuisances, drawn per image from (seed, coarse, fine, image number): radius
   r ~ U(0.33, 0.42) S; centre S/2 + U(-0.08, 0.08) S on each axis; rotation
@@ -47,7 +52,8 @@ MARK_COLOURS = {  # name -> RGB in [0, 1]
 }
 SPOT_COUNTS = (1, 2, 3)
 STRIPES = {"none": None, "mid": 0.03, "low": 0.45}
-DETAIL_CODES = tuple(itertools.product(MARK_COLOURS, SPOT_COUNTS, STRIPES))
+MARK_SHAPES = ("none", "disc", "ring", "square")
+DETAIL_CODES = tuple(itertools.product(MARK_SHAPES, SPOT_COUNTS, STRIPES))
 
 _MARK_CENTRE, _MARK_RADIUS = (0.0, -0.3), 0.2
 _SPOT_V, _SPOT_RADIUS, _SPOT_SPACING = 0.22, 0.11, 0.3
@@ -90,6 +96,19 @@ def _coverage(sdf: np.ndarray, radius_px: float) -> np.ndarray:
     return np.clip(0.5 - sdf * radius_px, 0.0, 1.0)
 
 
+def _mark_sdf(mark: str, du: np.ndarray, dv: np.ndarray) -> np.ndarray:
+    """Signed distance (object-radius units) to the mark, centred at (du, dv) = 0."""
+    if mark == "none":
+        return np.full_like(du, np.inf)
+    if mark == "disc":
+        return np.hypot(du, dv) - _MARK_RADIUS
+    if mark == "ring":
+        return np.abs(np.hypot(du, dv) - 0.75 * _MARK_RADIUS) - 0.25 * _MARK_RADIUS
+    if mark == "square":
+        return np.maximum(np.abs(du), np.abs(dv)) - 0.85 * _MARK_RADIUS
+    raise ValueError(f"unknown mark {mark!r}; expected one of {MARK_SHAPES}")
+
+
 def _hsv(h, s, v) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(h, s, v))
 
@@ -116,6 +135,7 @@ def render(
     wave_phase = rng.uniform(0, 2 * np.pi, size=3)
     wave_rgb = rng.uniform(-1.0, 1.0, size=(3, 3)) * 0.05
     brightness = rng.uniform(0.75, 1.2)
+    mark_rgb = np.asarray(list(MARK_COLOURS.values())[rng.integers(len(MARK_COLOURS))])
     noise = rng.normal(0.0, 0.025, size=(s, s, 3))
 
     y, x = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
@@ -125,21 +145,20 @@ def render(
     v = (-sn * dx + c * dy) / r
 
     # Background: flat colour + three plane waves.
-    proj = (np.cos(wave_dir)[:, None, None] * x + np.sin(wave_dir)[:, None, None] * y)
+    proj = np.cos(wave_dir)[:, None, None] * x + np.sin(wave_dir)[:, None, None] * y
     waves = np.sin(wave_k[:, None, None] * proj + wave_phase[:, None, None])  # [3, S, S]
     img = bg + np.einsum("kyx,kc->yxc", waves, wave_rgb)
 
     a_body = _coverage(shape_sdf(shape, u, v), r)
     img += a_body[..., None] * (body - img)
 
-    colour, n_spots, stripe = code
-    mu, mv = _MARK_CENTRE
-    a_mark = _coverage(np.hypot(u - mu, v - mv) - _MARK_RADIUS, r) * a_body
+    mark, n_spots, stripe = code
+    a_mark = _coverage(_mark_sdf(mark, u - _MARK_CENTRE[0], v - _MARK_CENTRE[1]), r) * a_body
     spot_u = (np.arange(n_spots) - (n_spots - 1) / 2) * _SPOT_SPACING
     spot_sdf = np.min(np.hypot(u[None] - spot_u[:, None, None], v[None] - _SPOT_V), axis=0)
     a_spots = _coverage(spot_sdf - _SPOT_RADIUS, r) * a_body
     detail = np.maximum(a_mark, a_spots)
-    img += a_mark[..., None] * (np.asarray(MARK_COLOURS[colour]) - img)
+    img += a_mark[..., None] * (mark_rgb - img)
     img += a_spots[..., None] * (_SPOT_RGB - img)
     if STRIPES[stripe] is not None:
         stripe_sdf = np.maximum(
@@ -215,7 +234,8 @@ class ProceduralFineGrained:
             for f in fine_ids:
                 self._classes.append((c, f, DETAIL_CODES[order[f]]))
         self.class_names = [
-            f"{SHAPES[c]}/{col}-{n}spot-{stripe}stripe" for c, _, (col, n, stripe) in self._classes
+            f"{SHAPES[c]}/{mark}mark-{n}spot-{stripe}stripe"
+            for c, _, (mark, n, stripe) in self._classes
         ]
         self.coarse_names = list(SHAPES[:num_coarse])
         self.num_classes = len(self._classes)

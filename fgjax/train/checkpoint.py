@@ -15,8 +15,7 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-    def __init__(self, workdir: str, keep: int, every_steps: int):
-        self.every_steps = every_steps
+    def __init__(self, workdir: str, keep: int):
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True
         )

@@ -91,9 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_count=jax.process_count(),
     )
     iterator = iter(loader)
-    checkpointer = Checkpointer(
-        workdir, config.train.keep_checkpoints, config.train.checkpoint_every_steps
-    )
+    checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
     config_json = config.to_json_best_effort()
     evaluate = lambda st: evaluate_backbone(
         method, st.params, st.batch_stats, config, sources, mesh

@@ -82,6 +82,7 @@ def default_config() -> ml_collections.ConfigDict:
             image_size=32,
             holdout_fraction=0.5,
             seed=0,
+            nuisance=1.0,
         )
     )
 

@@ -258,3 +258,14 @@ def test_procedural_detail_survives_random_resized_crop():
             inside = detail[top : top + h, left : left + w].sum()
             visible.append(inside / detail.sum() >= 0.75)
     assert np.mean(visible) > 0.6, np.mean(visible)
+
+
+def test_procedural_nuisance_scale_shrinks_within_class_variation():
+    def within_class_std(nuisance):
+        ds = ProceduralFineGrained("train", images_per_class=12, nuisance=nuisance)
+        x = np.stack([ds[i]["image"] for i in range(len(ds))]).astype(np.float32)
+        return x.reshape(ds.num_classes, 12, -1).std(axis=1).mean()
+
+    assert within_class_std(0.0) < 0.8 * within_class_std(1.0)
+    with pytest.raises(ValueError, match="nuisance"):
+        ProceduralFineGrained("train", nuisance=1.5)

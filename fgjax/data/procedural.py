@@ -118,22 +118,36 @@ def render(
     code: tuple[str, int, str],
     image_size: int,
     rng: np.random.Generator,
+    nuisance: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One image: (uint8 [S, S, 3], detail coverage float [S, S] in [0, 1]).
 
     All randomness (the nuisances) comes from `rng`; `shape` and `code` fix the class.
+    `nuisance` in [0, 1] shrinks the rotation, the body and background colours and the
+    background waves towards fixed centres (1 = the full ranges of the recipe, 0 = a
+    cyan-grey body on a dark background; position, scale and brightness still vary).
     """
     s = image_size
     r = rng.uniform(0.33, 0.42) * s
     cx, cy = s / 2 + rng.uniform(-0.08, 0.08, size=2) * s
-    theta = np.deg2rad(rng.uniform(-15.0, 15.0))
-    body = _hsv(rng.uniform(), rng.uniform(0.15, 0.4), rng.uniform(0.45, 0.8))
+    theta = np.deg2rad(rng.uniform(-15.0, 15.0) * nuisance)
+
+    def shrink(value: float, centre: float) -> float:
+        return centre + (value - centre) * nuisance
+
+    body = _hsv(
+        shrink(rng.uniform(), 0.5),
+        shrink(rng.uniform(0.15, 0.4), 0.275),
+        shrink(rng.uniform(0.45, 0.8), 0.625),
+    )
     bg_value = rng.uniform(0.1, 0.3) if rng.uniform() < 0.5 else rng.uniform(0.85, 1.0)
-    bg = _hsv(rng.uniform(), rng.uniform(0.0, 0.5), bg_value)
+    bg = _hsv(
+        shrink(rng.uniform(), 0.0), shrink(rng.uniform(0.0, 0.5), 0.25), shrink(bg_value, 0.2)
+    )
     wave_k = rng.uniform(1.0, 4.0, size=3) * 2 * np.pi / s
     wave_dir = rng.uniform(0, 2 * np.pi, size=3)
     wave_phase = rng.uniform(0, 2 * np.pi, size=3)
-    wave_rgb = rng.uniform(-1.0, 1.0, size=(3, 3)) * 0.05
+    wave_rgb = rng.uniform(-1.0, 1.0, size=(3, 3)) * 0.05 * nuisance
     brightness = rng.uniform(0.75, 1.2)
     mark_rgb = np.asarray(list(MARK_COLOURS.values())[rng.integers(len(MARK_COLOURS))])
     noise = rng.normal(0.0, 0.025, size=(s, s, 3))
@@ -184,6 +198,7 @@ class ProceduralFineGrained:
       image_size: side S of the square images.
       holdout_fraction: fraction of every coarse class's fine classes held out for 'test'.
       seed: fixes the class codes and every image.
+      nuisance: scale of the colour/rotation/texture nuisances (see `render`).
     Records: {'image': uint8 [S, S, 3], 'label', 'coarse_label', 'index'}.
     """
 
@@ -196,7 +211,10 @@ class ProceduralFineGrained:
         image_size: int = 32,
         holdout_fraction: float = 0.5,
         seed: int = 0,
+        nuisance: float = 1.0,
     ):
+        if not 0.0 <= nuisance <= 1.0:
+            raise ValueError(f"nuisance must be in [0, 1], got {nuisance}")
         if not 1 <= num_coarse <= len(SHAPES):
             raise ValueError(f"num_coarse must be in [1, {len(SHAPES)}], got {num_coarse}")
         if not 1 <= fine_per_coarse <= len(DETAIL_CODES):
@@ -226,6 +244,7 @@ class ProceduralFineGrained:
         self.image_size = image_size
         self.holdout_fraction = holdout_fraction
         self.seed = seed
+        self.nuisance = nuisance
 
         # (coarse, fine-within-coarse, code) for every class of this split.
         self._classes = []
@@ -253,7 +272,7 @@ class ProceduralFineGrained:
             f"ProceduralFineGrained(split={self.split!r}, num_coarse={self.num_coarse}, "
             f"fine_per_coarse={self.fine_per_coarse}, images_per_class={self.images_per_class}, "
             f"image_size={self.image_size}, holdout_fraction={self.holdout_fraction}, "
-            f"seed={self.seed})"
+            f"seed={self.seed}, nuisance={self.nuisance})"
         )
 
     def render(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,7 +284,7 @@ class ProceduralFineGrained:
         label, k = divmod(i, self.images_per_class)
         c, f, code = self._classes[label]
         rng = np.random.default_rng([self.seed, 7919, c, f, k])
-        return render(SHAPES[c], code, self.image_size, rng)
+        return render(SHAPES[c], code, self.image_size, rng, self.nuisance)
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)

@@ -51,9 +51,10 @@ def _write_json(path: str, payload: Any) -> None:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate.
 
-    Returns `{'step': last step, 'finished': bool, 'eval': {...}}`; the evaluation
-    is also written to `workdir/eval.json` (with the untrained network's numbers
-    under 'initial' when `config.eval.at_start`).
+    Returns `{'step': last step, 'finished': bool, 'state': TrainState, 'eval': {...}}`
+    ('eval' only when training finished). The evaluation is also written to
+    `workdir/eval.json`, with the untrained network's numbers under 'initial' when
+    `config.eval.at_start`.
     """
     os.makedirs(workdir, exist_ok=True)
     batch_size = config.train.batch_size

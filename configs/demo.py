@@ -29,7 +29,7 @@ def get_config():
     c.optim.lr = 0.06
     c.optim.warmup_epochs = 2.0
     c.train.batch_size = 64
-    c.train.num_epochs = 120
+    c.train.num_epochs = 200  # 3,000 steps: about 3.5 minutes on 2 CPU cores
     c.train.log_every_steps = 10
     c.train.checkpoint_every_steps = 100
     c.eval.at_start = True

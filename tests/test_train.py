@@ -155,8 +155,6 @@ def test_wrong_type_override_is_an_error_naming_the_field():
 
 
 def test_every_recipe_loads_and_accepts_overrides():
-    from ml_collections import config_flags  # noqa: F401  (the flag machinery main uses)
-
     from fgjax.config import check_override_names, load_config_file
 
     for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
@@ -198,3 +196,46 @@ def test_init_from_torchvision_file_seeds_online_and_key_encoders(tmp_path):
     ):
         for got, want in zip(jax.tree.leaves(tree), jax.tree.leaves(donor), strict=True):
             np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_end_of_training_eval_matches_a_brute_force_recomputation(tmp_path):
+    """eval.json's Recall@1 and kNN equal numpy on features recomputed image by image."""
+    import json
+
+    from conftest import tiny_config
+
+    from fgjax.data.pipeline import resize_center_crop
+    from fgjax.data.sources import build_source
+    from fgjax.methods import build_method
+    from fgjax.train.loop import train_and_evaluate
+
+    config = tiny_config("moco")
+    config.train.max_steps = 2
+    config.eval.at_start = True
+    config.eval.batch_size = 6  # does not divide the 16 test images: exercises the padding
+    result = train_and_evaluate(config, str(tmp_path))
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["step"] == 2 and set(saved["initial"]) == set(result["eval"])
+
+    state, source = result["state"], build_source(config.data, "test")
+    method = build_method(config, source.num_classes, 4)
+    mean, std = np.array(config.augment.view1.mean), np.array(config.augment.view1.std)
+    feats = []
+    for i in range(len(source)):
+        image = resize_center_crop(source[i], image_size=config.data.image_size)
+        x = ((image.astype(np.float32) / 255 - mean) / std)[None].astype(np.float32)
+        feats.append(np.asarray(method.embed(state.params, state.batch_stats, x))[0])
+    f = np.stack(feats)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)
+    sim = f @ f.T
+    np.fill_diagonal(sim, -np.inf)
+    labels = source.labels
+    recall1 = np.mean(labels[sim.argmax(1)] == labels)
+    np.testing.assert_allclose(saved["retrieval_recall@1"], recall1, atol=1e-6)
+    # Leave-one-out weighted kNN, k=3, T=0.1 (tiny_config).
+    top = np.argsort(-sim, axis=1)[:, :3]
+    votes = np.zeros((len(f), source.num_classes))
+    for q in range(len(f)):
+        for j in top[q]:
+            votes[q, labels[j]] += np.exp(sim[q, j] / 0.1)
+    np.testing.assert_allclose(saved["knn_top1"], np.mean(votes.argmax(1) == labels), atol=1e-6)

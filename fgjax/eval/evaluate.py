@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -13,26 +14,35 @@ from fgjax.eval.knn import knn_top1
 from fgjax.eval.retrieval import retrieval_metrics
 
 
-def evaluate_backbone(
+def make_evaluator(
     method: Any,
-    params: dict,
-    batch_stats: dict,
     config: ml_collections.ConfigDict,
     sources: dict[str, Any],
     mesh: Mesh,
-) -> dict[str, float]:
-    """kNN top-1 (bank: train split, or leave-one-out on test) and leave-one-out
-    retrieval Recall@K / mAP on the test split, all on the pooled backbone feature."""
+) -> Callable[[dict, dict], dict[str, float]]:
+    """`evaluate(params, batch_stats)`: kNN top-1 (bank: train split, or leave-one-out
+    on test) and leave-one-out retrieval Recall@K / mAP on the test split, all on the
+    pooled backbone feature. The embedding is compiled and the loaders built once."""
     view = config.augment.view1
     embed_fn = make_embed_fn(method.embed, view.mean, view.std, mesh)
-
-    def features(split: str):
-        loader = make_eval_loader(
-            sources[split],
-            batch_size=config.eval.batch_size,
-            image_size=config.data.image_size,
+    loaders = {
+        split: make_eval_loader(
+            source, batch_size=config.eval.batch_size, image_size=config.data.image_size
         )
-        return extract_features(embed_fn, params, batch_stats, loader, mesh)
+        for split, source in sources.items()
+    }
+    if config.eval.knn_bank not in ("train", "test"):
+        raise ValueError(
+            f"config.eval.knn_bank must be 'train' or 'test', got {config.eval.knn_bank!r}"
+        )
+    return lambda params, batch_stats: _evaluate(
+        embed_fn, params, batch_stats, loaders, sources, config, mesh
+    )
+
+
+def _evaluate(embed_fn, params, batch_stats, loaders, sources, config, mesh):
+    def features(split: str):
+        return extract_features(embed_fn, params, batch_stats, loaders[split], mesh)
 
     test_feats, test_labels = features("test")
     results = {
@@ -52,7 +62,7 @@ def evaluate_backbone(
             num_classes=sources["train"].num_classes,
             **knn_args,
         )
-    elif config.eval.knn_bank == "test":
+    else:  # 'test': leave-one-out on the test split
         knn = knn_top1(
             test_feats,
             test_labels,
@@ -61,10 +71,6 @@ def evaluate_backbone(
             num_classes=sources["test"].num_classes,
             leave_one_out=True,
             **knn_args,
-        )
-    else:
-        raise ValueError(
-            f"config.eval.knn_bank must be 'train' or 'test', got {config.eval.knn_bank!r}"
         )
     results["knn_top1"] = float(knn)
     return results

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.methods.base import l2_normalize as unit_rows
+
 ArrayLike = np.ndarray | jax.Array
 
 
@@ -53,10 +55,9 @@ def as_replicated(x: ArrayLike) -> jax.Array:
     return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
-def l2_normalize(x: ArrayLike, eps: float = 1e-12) -> jax.Array:
+def l2_normalize(x: ArrayLike) -> jax.Array:
     """Rows of `x: [N, D]` scaled to unit L2 norm, in float32 (all-zero rows stay zero)."""
-    x = jnp.asarray(x, jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+    return unit_rows(jnp.asarray(x, jnp.float32))
 
 
 def prepare_queries(feats: ArrayLike, chunk_size: int) -> tuple[jax.Array, int, int]:

@@ -18,7 +18,7 @@ import ml_collections
 from fgjax.config import photometric_specs
 from fgjax.data.pipeline import make_train_loader, steps_per_epoch
 from fgjax.data.sources import build_source
-from fgjax.eval.evaluate import evaluate_backbone
+from fgjax.eval.evaluate import make_evaluator
 from fgjax.methods import build_method
 from fgjax.train import optim
 from fgjax.train.checkpoint import Checkpointer
@@ -94,18 +94,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     iterator = iter(loader)
     checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
     config_json = config.to_json_best_effort()
-    evaluate = lambda st: evaluate_backbone(
-        method, st.params, st.batch_stats, config, sources, mesh
-    )
+    evaluate = make_evaluator(method, config, sources, mesh)
 
-    initial_eval = None
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state, iterator)
         print(f"resumed from step {int(state.step)} in {workdir}")
     else:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config_json))
         if config.eval.enabled and config.eval.at_start:
-            initial_eval = evaluate(state)
+            initial_eval = evaluate(state.params, state.batch_stats)
             _write_json(os.path.join(workdir, "eval_initial.json"), initial_eval)
             print("untrained:", _format(initial_eval))
 
@@ -150,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finished = step >= stop_step
     result: dict[str, Any] = {"step": step, "finished": finished}
     if finished and config.eval.enabled:
-        final = evaluate(state)
+        final = evaluate(state.params, state.batch_stats)
         result["eval"] = final
         payload = {"step": step, **final}
         initial_path = os.path.join(workdir, "eval_initial.json")

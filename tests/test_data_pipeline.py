@@ -7,17 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from fgjax.data.pipeline import (
-    ImageDecodeError,
-    make_eval_loader,
-    make_train_loader,
-    random_crop_views,
-    resize_center_crop,
-    sample_crop,
-    steps_per_epoch,
-)
+from fgjax.data.decode import ImageDecodeError, random_crop_views, resize_center_crop, sample_crop
+from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import CsvManifestSource
+from fgjax.data.train_loader import make_train_loader, steps_per_epoch
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fgjax.data import procedural
-from fgjax.data.pipeline import sample_crop
+from fgjax.data.decode import sample_crop
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import (
     COARSE_RULES,

@@ -10,15 +10,11 @@ from fgjax.data.augment import (
     photometric_per_example,
     photometric_unnormalised,
 )
-from fgjax.data.pipeline import (
-    EvalLoader,
-    ImageDecodeError,
-    make_eval_loader,
-    make_train_loader,
-    steps_per_epoch,
-)
+from fgjax.data.decode import ImageDecodeError
+from fgjax.data.eval_loader import EvalLoader, make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource, build_source
+from fgjax.data.train_loader import make_train_loader, steps_per_epoch
 
 __all__ = [
     "CsvManifestSource",

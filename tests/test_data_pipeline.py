@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from fgjax.data.decode import ImageDecodeError, random_crop_views, resize_center_crop, sample_crop
+from fgjax.data.decode import (
+    ImageDecodeError,
+    random_crop_views,
+    resize_center_crop,
+    sample_crop,
+)
 from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import CsvManifestSource
 from fgjax.data.train_loader import make_train_loader, steps_per_epoch
+from fgjax.data.views import ViewSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -67,10 +73,11 @@ def test_identity_crop_reproduces_the_image_or_its_mirror():
     flips = 0
     for seed in range(40):
         views = random_crop_views(
-            {"image": img}, np.random.default_rng(seed), image_size=24, num_views=2,
-            crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+            {"image": img}, np.random.default_rng(seed),
+            [ViewSpec(n, 24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)) for n in "ab"],
         )
-        for v in views:
+        assert list(views) == ["a", "b"]
+        for v in views.values():
             if np.array_equal(v, img[:, ::-1]):
                 flips += 1
             else:
@@ -80,10 +87,10 @@ def test_identity_crop_reproduces_the_image_or_its_mirror():
 
 def test_random_crop_matches_an_independent_pil_crop():
     img = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
-    views = random_crop_views({"image": img}, np.random.default_rng(7), image_size=16,
-                              num_views=3, crop_scale=(0.3, 1.0), interpolation="bicubic")
+    specs = [ViewSpec(n, 16, crop_scale=(0.3, 1.0), interpolation="bicubic") for n in "abc"]
+    views = random_crop_views({"image": img}, np.random.default_rng(7), specs)
     rng = np.random.default_rng(7)  # replay: per view, the box then the flip draw
-    for v in views:
+    for v in views.values():
         top, left, h, w = sample_crop(rng, 40, 52, (0.3, 1.0), (3 / 4, 4 / 3))
         flip = rng.uniform() < 0.5
         ref = Image.fromarray(img[top : top + h, left : left + w]).resize((16, 16), Image.BICUBIC)
@@ -109,12 +116,12 @@ def test_jpeg_draft_decoding_for_strong_downsampling(tmp_path, monkeypatch):
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     record = {"path": str(path)}
-    views = random_crop_views(record, np.random.default_rng(0), image_size=32, num_views=2,
-                              crop_scale=(0.5, 1.0))
+    views = random_crop_views(record, np.random.default_rng(0),
+                              [ViewSpec(n, 32, crop_scale=(0.5, 1.0)) for n in "ab"])
     assert drafts and drafts[0][0] <= 640 // 2  # decoded at 1/2 .. 1/8 scale
     rng = np.random.default_rng(0)
     full = Image.open(path).convert("RGB")
-    for v in views:
+    for v in views.values():
         top, left, h, w = sample_crop(rng, 512, 640, (0.5, 1.0), (3 / 4, 4 / 3))
         flip = rng.uniform() < 0.5
         ref = np.asarray(full.resize((32, 32), Image.BILINEAR, box=(left, top, left + w, top + h)))
@@ -122,16 +129,16 @@ def test_jpeg_draft_decoding_for_strong_downsampling(tmp_path, monkeypatch):
         assert np.abs(v.astype(int) - ref.astype(int)).mean() < 3.0
     # Small crops of a small image: no draft.
     drafts.clear()
-    random_crop_views(record, np.random.default_rng(0), image_size=224, num_views=1)
+    random_crop_views(record, np.random.default_rng(0), [ViewSpec("a", 224)])
     assert not drafts
 
 
 def test_greyscale_and_corrupt_files(tmp_path):
     grey = tmp_path / "grey.jpg"
     Image.fromarray(_smooth_image(30, 30)[..., 0]).save(grey)  # mode 'L', as some CUB images
-    views = random_crop_views({"path": str(grey)}, np.random.default_rng(0), image_size=8,
-                              num_views=1)
-    assert views.shape == (1, 8, 8, 3)
+    views = random_crop_views({"path": str(grey)}, np.random.default_rng(0),
+                              [ViewSpec("a", 8)])["a"]
+    assert views.shape == (8, 8, 3)
     assert (views[..., 0] == views[..., 1]).all() and (views[..., 1] == views[..., 2]).all()
     out = resize_center_crop({"path": str(grey)}, image_size=8)
     assert out.shape == (8, 8, 3)
@@ -139,8 +146,7 @@ def test_greyscale_and_corrupt_files(tmp_path):
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"this is not a jpeg")
     with pytest.raises(ImageDecodeError, match="garbage.jpg"):
-        random_crop_views({"path": str(garbage)}, np.random.default_rng(0), image_size=8,
-                          num_views=1)
+        random_crop_views({"path": str(garbage)}, np.random.default_rng(0), [ViewSpec("a", 8)])
     truncated = tmp_path / "truncated.jpg"
     Image.fromarray(_smooth_image(64, 64)).save(tmp_path / "ok.jpg")
     data = (tmp_path / "ok.jpg").read_bytes()
@@ -150,19 +156,36 @@ def test_greyscale_and_corrupt_files(tmp_path):
     # Through the loader too.
     (tmp_path / "m.csv").write_text("path,label\nok.jpg,0\ngarbage.jpg,1\n")
     src = CsvManifestSource(str(tmp_path / "m.csv"))
-    loader = make_train_loader(src, global_batch_size=2, image_size=8, num_views=1, seed=0,
+    loader = make_train_loader(src, global_batch_size=2, views=[ViewSpec("a", 8)], seed=0,
                                num_workers=0)
     with pytest.raises(ImageDecodeError, match="garbage.jpg"):
         next(iter(loader))
 
 
+def _assert_batches_equal(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if k == "views":
+                assert x[k].keys() == y[k].keys()
+                for name in x[k]:
+                    np.testing.assert_array_equal(x[k][name], y[k][name])
+            else:
+                np.testing.assert_array_equal(x[k], y[k])
+
+
 def test_train_loader_epochs_shapes_and_determinism():
     src = ArraySource(23)
-    kw = dict(global_batch_size=5, image_size=12, num_views=3, seed=3, num_workers=0)
+    views = [ViewSpec("q", 12), ViewSpec("k", 12), ViewSpec("small", 6, crop_scale=(0.5, 1))]
+    kw = dict(global_batch_size=5, views=views, seed=3, num_workers=0)
     batches = list(make_train_loader(src, num_epochs=2, **kw))
     assert len(batches) == 2 * steps_per_epoch(23, 5) == 8
     b = batches[0]
-    assert b["images"].shape == (5, 3, 12, 12, 3) and b["images"].dtype == np.uint8
+    assert list(b["views"]) == ["q", "k", "small"]
+    assert b["views"]["q"].shape == b["views"]["k"].shape == (5, 12, 12, 3)
+    assert b["views"]["small"].shape == (5, 6, 6, 3)
+    assert all(v.dtype == np.uint8 for v in b["views"].values())
     for k in ("label", "coarse_label", "index"):
         assert b[k].shape == (5,) and b[k].dtype == np.int32
     for batch in batches:
@@ -171,11 +194,9 @@ def test_train_loader_epochs_shapes_and_determinism():
     for idx in epochs:  # an epoch: 20 distinct records (remainder of 3 dropped)
         assert len(set(idx.tolist())) == 20
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
-    assert not np.array_equal(b["images"][:, 0], b["images"][:, 1])  # independent views
+    assert not np.array_equal(b["views"]["q"], b["views"]["k"])  # independent views
     again = list(make_train_loader(src, num_epochs=2, **kw))
-    for x, y in zip(batches, again, strict=True):
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
+    _assert_batches_equal(batches, again)
     other = next(iter(make_train_loader(src, num_epochs=2, **{**kw, "seed": 4})))
     assert not np.array_equal(other["index"], b["index"])
     # Infinite stream by default.
@@ -185,34 +206,30 @@ def test_train_loader_epochs_shapes_and_determinism():
 
 def test_train_loader_process_shards_concatenate_to_the_global_batch():
     src = ArraySource(30)
-    kw = dict(global_batch_size=6, image_size=8, num_views=2, seed=11, num_workers=0,
-              num_epochs=1)
+    views = [ViewSpec("a", 8), ViewSpec("b", 5, crop_scale=(0.3, 0.9), interpolation="nearest")]
+    kw = dict(global_batch_size=6, views=views, seed=11, num_workers=0, num_epochs=1)
     full = list(make_train_loader(src, **kw))
     parts = [list(make_train_loader(src, process_index=p, process_count=3, **kw))
              for p in range(3)]
     assert len(full) == 5 and all(len(p) == 5 for p in parts)
     for t, batch in enumerate(full):
-        for k in batch:
+        for k in ("label", "coarse_label", "index"):
             np.testing.assert_array_equal(
                 batch[k], np.concatenate([parts[p][t][k] for p in range(3)]))
+        for name, v in batch["views"].items():
+            np.testing.assert_array_equal(
+                v, np.concatenate([parts[p][t]["views"][name] for p in range(3)]))
     with pytest.raises(ValueError, match="multiple of process_count"):
         make_train_loader(src, process_count=4, **kw)
     with pytest.raises(ValueError, match="fewer than global_batch_size"):
         make_train_loader(ArraySource(4), **kw)
 
 
-def _assert_batches_equal(xs, ys):
-    assert len(xs) == len(ys)
-    for x, y in zip(xs, ys, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
-
-
 def test_train_loader_state_resume_and_worker_independence():
     src = ProceduralFineGrained("train", num_coarse=2, fine_per_coarse=4, images_per_class=8,
                                 image_size=16)
-    kw = dict(global_batch_size=8, image_size=16, num_views=2, crop_scale=(0.2, 1.0), seed=5)
+    views = [ViewSpec("a", 16, crop_scale=(0.2, 1.0)), ViewSpec("b", 12)]
+    kw = dict(global_batch_size=8, views=views, seed=5)
     reference = None
     for workers in (0, 2):
         loader = make_train_loader(src, num_workers=workers, **kw)
@@ -293,9 +310,10 @@ def test_real_cub_crops_through_the_train_loader(tmp_path):
     test = CsvManifestSource(str(csv_path), split="test", root=str(root))
     assert len(train) + len(test) == 5902 and train.num_classes == 100
     assert 2500 < len(train) < 3400
-    loader = make_train_loader(train, global_batch_size=8, image_size=64, num_views=2,
-                               crop_scale=(0.2, 1.0), seed=0, num_workers=2, num_epochs=1)
+    views = [ViewSpec(n, 64, crop_scale=(0.2, 1.0)) for n in ("q", "k")]
+    loader = make_train_loader(train, global_batch_size=8, views=views, seed=0, num_workers=2,
+                               num_epochs=1)
     batch = next(iter(loader))
-    assert batch["images"].shape == (8, 2, 64, 64, 3)
+    assert batch["views"]["q"].shape == batch["views"]["k"].shape == (8, 64, 64, 3)
     np.testing.assert_array_equal(batch["label"], train.labels[batch["index"]])
-    assert batch["images"].std() > 10  # real pixels, not zeros
+    assert batch["views"]["q"].std() > 10  # real pixels, not zeros

@@ -1,18 +1,26 @@
-"""Image decoding and crop geometry (RandomResizedCrop + flip for training,
-Resize + CenterCrop for evaluation), on records of a source.
+"""Image decoding and crop geometry on a source's records: RandomResizedCrop + flip
+views for training (`random_crop_views`, one per ViewSpec; a view may read the same
+relative path under a parallel root) and Resize + CenterCrop for evaluation
+(`resize_center_crop`).
 
 JPEG files are decoded in draft mode (DCT scaling by 1/2, 1/4, 1/8) whenever the
-reduced image still gives every crop at least the output resolution; crop boxes are
-computed in original coordinates and mapped to the drafted image.
+reduced image still gives every crop taken from it at least its output resolution; crop
+boxes are computed in original coordinates and mapped to the drafted image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from fgjax.data.views import ViewSpec
 
 INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -79,20 +87,49 @@ def _open(record: dict) -> tuple[Image.Image, str | None]:
                 f"got {arr.dtype} {arr.shape}"
             )
         return Image.fromarray(arr), None
-    path = record["path"]
+    return _open_path(record["path"]), record["path"]
+
+
+def _open_path(path: str) -> Image.Image:
     try:
-        return Image.open(path), path
+        return Image.open(path)
     except Exception as e:  # noqa: BLE001 - PIL raises many kinds
         raise ImageDecodeError(f"cannot open image {path!r}: {type(e).__name__}: {e}") from e
 
 
-def _decode(img: Image.Image, path: str | None, min_crop_side: float, out_side: int):
-    """Decodes (with JPEG draft when `min_crop_side` allows) to RGB; returns (image, sx, sy)."""
+def parallel_path(record: dict, view: ViewSpec, source_root: str | None) -> str:
+    """The file of `record` under `view.root`: root / (record path relative to source_root)."""
+    if "path" not in record:
+        raise ValueError(
+            f"view {view.name!r}: root={view.root!r} needs records with a 'path', but record "
+            f"{record.get('index')} holds an in-memory image"
+        )
+    if not source_root:
+        raise ValueError(
+            f"view {view.name!r}: root={view.root!r} needs a source with a `root` (the folder "
+            "its relative paths hang from)"
+        )
+    rel = os.path.relpath(record["path"], source_root)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(
+            f"view {view.name!r}: image {record['path']!r} is not under the source root "
+            f"{source_root!r}, so it has no counterpart under {view.root!r}"
+        )
+    return os.path.join(view.root, rel)
+
+
+def _decode(img: Image.Image, path: str | None, crops: Sequence[tuple[float, int]]):
+    """Decodes to RGB; returns (image, sx, sy), sx/sy = decoded px per original px.
+
+    `crops` lists (shortest crop side in original px, output side) of every crop that will
+    be taken: a JPEG is drafted at the largest factor f in (8, 4, 2) that leaves every crop
+    at least its output side (side / f >= output side), else decoded in full.
+    """
     width, height = img.size
     try:
         if path is not None and img.format == "JPEG":
             for f in _DRAFT_FACTORS:
-                if min_crop_side / f >= out_side:
+                if all(side / f >= out for side, out in crops):
                     img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
                     break
         img.load()
@@ -103,43 +140,59 @@ def _decode(img: Image.Image, path: str | None, min_crop_side: float, out_side: 
     return img, img.size[0] / width, img.size[1] / height
 
 
+def _crop_resize(img, sx, sy, box, size, resample, flip) -> np.ndarray:
+    """Resizes the original-coordinates `box` (top, left, h, w) of the decoded `img`.
+
+    Crops first (as torchvision's resized_crop: the filter sees no pixel outside the box);
+    on a drafted image crops the enclosing pixels and resizes the sub-box.
+    """
+    top, left, h, w = box
+    x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
+    c0, r0 = math.floor(x0), math.floor(y0)
+    c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
+    view = img.crop((c0, r0, c1, r1)).resize(
+        (size, size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
+    )
+    if flip:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(view)
+
+
 def random_crop_views(
     record: dict,
     rng: np.random.Generator,
+    views: Sequence[ViewSpec],
     *,
-    image_size: int,
-    num_views: int,
-    crop_scale: Sequence[float] = (0.08, 1.0),
-    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    interpolation: str = "bilinear",
-) -> np.ndarray:
-    """`num_views` RandomResizedCrop + horizontal-flip(p=0.5) views: uint8 [V, S, S, 3].
+    source_root: str | None = None,
+) -> dict[str, np.ndarray]:
+    """RandomResizedCrop + horizontal flip (p=0.5) per view: {name: uint8 [size, size, 3]}.
 
-    Per view, in order: crop box from `sample_crop`, then one uniform draw for the flip.
+    Per view, in order: the crop box from `sample_crop` (on the dimensions of the view's
+    file), then one uniform draw for the flip. A view with `root` reads `parallel_path`
+    of the record; the views of one root share one decode of its file.
     """
-    img, path = _open(record)
-    with img:
-        width, height = img.size
-        boxes, flips = [], []
-        for _ in range(num_views):
-            boxes.append(sample_crop(rng, height, width, crop_scale, crop_ratio))
-            flips.append(bool(rng.uniform() < 0.5))
-        img, sx, sy = _decode(img, path, min(min(b[2], b[3]) for b in boxes), image_size)
-        out = np.empty((num_views, image_size, image_size, 3), np.uint8)
-        resample = resample_filter(interpolation)
-        for v, ((top, left, h, w), flip) in enumerate(zip(boxes, flips, strict=True)):
-            # Crop first (as torchvision's resized_crop: the filter sees no pixel outside
-            # the box); on a drafted image crop the enclosing pixels, resize the sub-box.
-            x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
-            c0, r0 = math.floor(x0), math.floor(y0)
-            c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
-            view = img.crop((c0, r0, c1, r1)).resize(
-                (image_size, image_size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
-            )
-            if flip:
-                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            out[v] = np.asarray(view)
-    return out
+    with contextlib.ExitStack() as stack:
+        opened: dict[str, tuple[Image.Image, str | None]] = {}
+        draws = []
+        for view in views:
+            if view.root not in opened:
+                if view.root:
+                    path = parallel_path(record, view, source_root)
+                    opened[view.root] = _open_path(path), path
+                else:
+                    opened[view.root] = _open(record)
+                stack.enter_context(opened[view.root][0])
+            width, height = opened[view.root][0].size
+            box = sample_crop(rng, height, width, view.crop_scale, view.crop_ratio)
+            draws.append((view, box, bool(rng.uniform() < 0.5)))
+        out = {}
+        for root, (img, path) in opened.items():
+            mine = [d for d in draws if d[0].root == root]
+            img, sx, sy = _decode(img, path, [(min(b[2], b[3]), v.size) for v, b, _ in mine])
+            for view, box, flip in mine:
+                resample = resample_filter(view.interpolation)
+                out[view.name] = _crop_resize(img, sx, sy, box, view.size, resample, flip)
+    return {view.name: out[view.name] for view in views}
 
 
 def resize_center_crop(
@@ -163,7 +216,7 @@ def resize_center_crop(
             new_w, new_h = int(short * width / height), short
         top = int(round((new_h - image_size) / 2.0))
         left = int(round((new_w - image_size) / 2.0))
-        img, sx, sy = _decode(img, path, min(width, height) * image_size / short, image_size)
+        img, sx, sy = _decode(img, path, [(min(width, height) * image_size / short, image_size)])
         fx, fy = width / new_w * sx, height / new_h * sy  # resized px -> decoded px
         box = (left * fx, top * fy, (left + image_size) * fx, (top + image_size) * fy)
         resample = resample_filter(interpolation)

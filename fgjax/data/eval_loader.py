@@ -19,7 +19,8 @@ from fgjax.data.grain_utils import (
 
 
 class _EvalBatches:
-    """Random-access 'source' of this process's eval batches (records or None = padding)."""
+    """Random-access 'source' of this process's eval batches (the last may be short: the
+    transform pads it)."""
 
     def __init__(self, source, *, batch_size, process_index, process_count):
         n = len(source)

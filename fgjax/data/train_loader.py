@@ -1,4 +1,5 @@
-"""grain training loader: shuffled drop-last epochs of RandomResizedCrop + flip views.
+"""grain training loader: shuffled drop-last epochs of RandomResizedCrop + flip views,
+one per `ViewSpec` (each with its own size, crop parameters and image root).
 
 Every epoch is a fresh permutation of the source (seeded by (seed, epoch)) cut into
 `steps_per_epoch` global batches; the remainder of each epoch is dropped (PyTorch
@@ -6,9 +7,9 @@ Every epoch is a fresh permutation of the source (seeded by (seed, epoch)) cut i
 takes the rows [p b, (p + 1) b) of every global batch (b = global_batch_size / P). Each
 element of the grain pipeline is one whole per-process batch, so a batch's content does
 not depend on `num_workers`, and every random crop/flip is drawn from a generator seeded
-by (seed, position in the global stream): the output is bitwise reproducible for any
-`num_workers`, and the concatenation of all processes' batches equals the
-single-process batch.
+by (seed, position in the global stream), which draws, per view in order, the crop box
+then the flip: the output is bitwise reproducible for any `num_workers`, and the
+concatenation of all processes' batches equals the single-process batch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import grain.python as grain
 import numpy as np
 
-from fgjax.data.decode import random_crop_views, resample_filter
+from fgjax.data.decode import parallel_path, random_crop_views
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
@@ -28,6 +29,7 @@ from fgjax.data.grain_utils import (
     int32_field,
     stable_repr,
 )
+from fgjax.data.views import ViewSpec
 
 _TAG_SHUFFLE, _TAG_CROP = 0, 1
 
@@ -85,40 +87,49 @@ class _TrainBatches:
 class _TrainTransform(grain.MapTransform):
     """Decodes a batch of records into views; rng per example from (seed, position)."""
 
-    def __init__(self, *, seed, image_size, num_views, crop_scale, crop_ratio, interpolation):
+    def __init__(self, *, seed: int, views: tuple[ViewSpec, ...], source_root: str | None):
         self._seed = seed
-        self._kwargs = dict(
-            image_size=image_size,
-            num_views=num_views,
-            crop_scale=tuple(crop_scale),
-            crop_ratio=tuple(crop_ratio),
-            interpolation=interpolation,
-        )
+        self._views = views
+        self._source_root = source_root
 
     def map(self, element: dict) -> dict:
         records, positions = element["records"], element["positions"]
-        s, v = self._kwargs["image_size"], self._kwargs["num_views"]
-        images = np.empty((len(records), v, s, s, 3), np.uint8)
+        views = {v.name: np.empty((len(records), v.size, v.size, 3), np.uint8) for v in self._views}
         for i, (record, pos) in enumerate(zip(records, positions, strict=True)):
             rng = np.random.default_rng([self._seed, _TAG_CROP, int(pos)])
-            images[i] = random_crop_views(record, rng, **self._kwargs)
+            crops = random_crop_views(record, rng, self._views, source_root=self._source_root)
+            for name, crop in crops.items():
+                views[name][i] = crop
         return {
-            "images": images,
+            "views": views,
             "label": int32_field(records, "label"),
             "coarse_label": int32_field(records, "coarse_label"),
             "index": int32_field(records, "index"),
         }
 
 
+def _check_views(views: Sequence[ViewSpec], source) -> tuple[ViewSpec, ...]:
+    views = tuple(views)
+    if not views:
+        raise ValueError("views must hold at least one ViewSpec")
+    for view in views:
+        if not isinstance(view, ViewSpec):
+            raise TypeError(f"views must be ViewSpec instances, got {view!r}")
+    names = [v.name for v in views]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"view names must be unique; repeated: {repeated}")
+    for view in views:
+        if view.root:  # fail here, not in a worker: the first record must map to the root
+            parallel_path(source[0], view, getattr(source, "root", None))
+    return views
+
+
 def make_train_loader(
     source,
     *,
     global_batch_size: int,
-    image_size: int,
-    num_views: int,
-    crop_scale: Sequence[float] = (0.08, 1.0),
-    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-    interpolation: str = "bilinear",
+    views: Sequence[ViewSpec],
     seed: int,
     num_workers: int,
     process_index: int = 0,
@@ -129,10 +140,12 @@ def make_train_loader(
     """Training loader over `source` (see the module docstring for the semantics).
 
     Yields dicts for THIS process (b = global_batch_size // process_count):
-      'images': uint8 [b, num_views, image_size, image_size, 3] (independent
-        RandomResizedCrop(crop_scale, crop_ratio, interpolation) + flip(p=0.5) per view),
+      'views': {view.name: uint8 [b, view.size, view.size, 3]} for every ViewSpec
+        (RandomResizedCrop + flip(p=0.5), independent per view),
       'label', 'coarse_label', 'index': int32 [b].
-    `num_epochs=None` repeats forever. `iter(loader)` supports get_state()/set_state().
+    A view with a `root` needs a source with a `root` attribute and records with
+    'path' (ImageFolderSource, CsvManifestSource). `num_epochs=None` repeats forever.
+    `iter(loader)` supports get_state()/set_state().
     """
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(
@@ -140,20 +153,16 @@ def make_train_loader(
             f"process_count={process_count}"
         )
     check_process(process_index, process_count)
-    if num_views < 1 or image_size < 1:
-        raise ValueError("num_views and image_size must be >= 1")
-    if not 0 < crop_scale[0] <= crop_scale[1] <= 1 or not 0 < crop_ratio[0] <= crop_ratio[1]:
-        raise ValueError(f"bad crop_scale={crop_scale} / crop_ratio={crop_ratio}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
-    resample_filter(interpolation)
     steps = steps_per_epoch(len(source), global_batch_size)
     if steps == 0:
         raise ValueError(
             f"the source has {len(source)} records, fewer than global_batch_size="
             f"{global_batch_size}: no full batch (batches drop the remainder)"
         )
+    views = _check_views(views, source)
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
     num_batches = None if num_epochs is None else num_epochs * steps
@@ -166,12 +175,7 @@ def make_train_loader(
         num_batches=num_batches,
     )
     transform = _TrainTransform(
-        seed=seed,
-        image_size=image_size,
-        num_views=num_views,
-        crop_scale=crop_scale,
-        crop_ratio=crop_ratio,
-        interpolation=interpolation,
+        seed=seed, views=views, source_root=getattr(source, "root", None)
     )
     absl_flags_workaround(num_workers)
     return grain.DataLoader(

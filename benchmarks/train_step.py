@@ -116,8 +116,8 @@ def main() -> None:
         results.append(row)
 
         if args.jpeg_csv:
-            from fgjax.data.pipeline import make_train_loader
             from fgjax.data.sources import CsvManifestSource
+            from fgjax.data.train_loader import make_train_loader
 
             loader = make_train_loader(
                 CsvManifestSource(args.jpeg_csv),

@@ -1,23 +1,28 @@
 """grain train/eval loaders: crops, decoding, determinism, sharding, resumable state."""
 
+import dataclasses
+import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from fgjax.data.pipeline import (
+from fgjax.data.decode import (
+    INTERPOLATIONS,
     ImageDecodeError,
-    make_eval_loader,
-    make_train_loader,
+    parallel_path,
     random_crop_views,
     resize_center_crop,
     sample_crop,
-    steps_per_epoch,
 )
+from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
-from fgjax.data.sources import CsvManifestSource
+from fgjax.data.sources import CsvManifestSource, ImageFolderSource
+from fgjax.data.train_loader import make_train_loader, steps_per_epoch
+from fgjax.data.views import ViewSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -73,10 +78,11 @@ def test_identity_crop_reproduces_the_image_or_its_mirror():
     flips = 0
     for seed in range(40):
         views = random_crop_views(
-            {"image": img}, np.random.default_rng(seed), image_size=24, num_views=2,
-            crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+            {"image": img}, np.random.default_rng(seed),
+            [ViewSpec(n, 24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)) for n in "ab"],
         )
-        for v in views:
+        assert list(views) == ["a", "b"]
+        for v in views.values():
             if np.array_equal(v, img[:, ::-1]):
                 flips += 1
             else:
@@ -86,10 +92,10 @@ def test_identity_crop_reproduces_the_image_or_its_mirror():
 
 def test_random_crop_matches_an_independent_pil_crop():
     img = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
-    views = random_crop_views({"image": img}, np.random.default_rng(7), image_size=16,
-                              num_views=3, crop_scale=(0.3, 1.0), interpolation="bicubic")
+    specs = [ViewSpec(n, 16, crop_scale=(0.3, 1.0), interpolation="bicubic") for n in "abc"]
+    views = random_crop_views({"image": img}, np.random.default_rng(7), specs)
     rng = np.random.default_rng(7)  # replay: per view, the box then the flip draw
-    for v in views:
+    for v in views.values():
         top, left, h, w = sample_crop(rng, 40, 52, (0.3, 1.0), (3 / 4, 4 / 3))
         flip = rng.uniform() < 0.5
         ref = Image.fromarray(img[top : top + h, left : left + w]).resize((16, 16), Image.BICUBIC)
@@ -115,12 +121,12 @@ def test_jpeg_draft_decoding_for_strong_downsampling(tmp_path, monkeypatch):
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     record = {"path": str(path)}
-    views = random_crop_views(record, np.random.default_rng(0), image_size=32, num_views=2,
-                              crop_scale=(0.5, 1.0))
+    views = random_crop_views(record, np.random.default_rng(0),
+                              [ViewSpec(n, 32, crop_scale=(0.5, 1.0)) for n in "ab"])
     assert drafts and drafts[0][0] <= 640 // 2  # decoded at 1/2 .. 1/8 scale
     rng = np.random.default_rng(0)
     full = Image.open(path).convert("RGB")
-    for v in views:
+    for v in views.values():
         top, left, h, w = sample_crop(rng, 512, 640, (0.5, 1.0), (3 / 4, 4 / 3))
         flip = rng.uniform() < 0.5
         ref = np.asarray(full.resize((32, 32), Image.BILINEAR, box=(left, top, left + w, top + h)))
@@ -128,16 +134,16 @@ def test_jpeg_draft_decoding_for_strong_downsampling(tmp_path, monkeypatch):
         assert np.abs(v.astype(int) - ref.astype(int)).mean() < 3.0
     # Small crops of a small image: no draft.
     drafts.clear()
-    random_crop_views(record, np.random.default_rng(0), image_size=224, num_views=1)
+    random_crop_views(record, np.random.default_rng(0), [ViewSpec("a", 224)])
     assert not drafts
 
 
 def test_greyscale_and_corrupt_files(tmp_path):
     grey = tmp_path / "grey.jpg"
     Image.fromarray(_smooth_image(30, 30)[..., 0]).save(grey)  # mode 'L', as some CUB images
-    views = random_crop_views({"path": str(grey)}, np.random.default_rng(0), image_size=8,
-                              num_views=1)
-    assert views.shape == (1, 8, 8, 3)
+    views = random_crop_views({"path": str(grey)}, np.random.default_rng(0),
+                              [ViewSpec("a", 8)])["a"]
+    assert views.shape == (8, 8, 3)
     assert (views[..., 0] == views[..., 1]).all() and (views[..., 1] == views[..., 2]).all()
     out = resize_center_crop({"path": str(grey)}, image_size=8)
     assert out.shape == (8, 8, 3)
@@ -145,8 +151,7 @@ def test_greyscale_and_corrupt_files(tmp_path):
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"this is not a jpeg")
     with pytest.raises(ImageDecodeError, match="garbage.jpg"):
-        random_crop_views({"path": str(garbage)}, np.random.default_rng(0), image_size=8,
-                          num_views=1)
+        random_crop_views({"path": str(garbage)}, np.random.default_rng(0), [ViewSpec("a", 8)])
     truncated = tmp_path / "truncated.jpg"
     Image.fromarray(_smooth_image(64, 64)).save(tmp_path / "ok.jpg")
     data = (tmp_path / "ok.jpg").read_bytes()
@@ -156,19 +161,36 @@ def test_greyscale_and_corrupt_files(tmp_path):
     # Through the loader too.
     (tmp_path / "m.csv").write_text("path,label\nok.jpg,0\ngarbage.jpg,1\n")
     src = CsvManifestSource(str(tmp_path / "m.csv"))
-    loader = make_train_loader(src, global_batch_size=2, image_size=8, num_views=1, seed=0,
+    loader = make_train_loader(src, global_batch_size=2, views=[ViewSpec("a", 8)], seed=0,
                                num_workers=0)
     with pytest.raises(ImageDecodeError, match="garbage.jpg"):
         next(iter(loader))
 
 
+def _assert_batches_equal(xs, ys):
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if k == "views":
+                assert x[k].keys() == y[k].keys()
+                for name in x[k]:
+                    np.testing.assert_array_equal(x[k][name], y[k][name])
+            else:
+                np.testing.assert_array_equal(x[k], y[k])
+
+
 def test_train_loader_epochs_shapes_and_determinism():
     src = ArraySource(23)
-    kw = dict(global_batch_size=5, image_size=12, num_views=3, seed=3, num_workers=0)
+    views = [ViewSpec("q", 12), ViewSpec("k", 12), ViewSpec("small", 6, crop_scale=(0.5, 1))]
+    kw = dict(global_batch_size=5, views=views, seed=3, num_workers=0)
     batches = list(make_train_loader(src, num_epochs=2, **kw))
     assert len(batches) == 2 * steps_per_epoch(23, 5) == 8
     b = batches[0]
-    assert b["images"].shape == (5, 3, 12, 12, 3) and b["images"].dtype == np.uint8
+    assert list(b["views"]) == ["q", "k", "small"]
+    assert b["views"]["q"].shape == b["views"]["k"].shape == (5, 12, 12, 3)
+    assert b["views"]["small"].shape == (5, 6, 6, 3)
+    assert all(v.dtype == np.uint8 for v in b["views"].values())
     for k in ("label", "coarse_label", "index"):
         assert b[k].shape == (5,) and b[k].dtype == np.int32
     for batch in batches:
@@ -177,11 +199,9 @@ def test_train_loader_epochs_shapes_and_determinism():
     for idx in epochs:  # an epoch: 20 distinct records (remainder of 3 dropped)
         assert len(set(idx.tolist())) == 20
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled every epoch
-    assert not np.array_equal(b["images"][:, 0], b["images"][:, 1])  # independent views
+    assert not np.array_equal(b["views"]["q"], b["views"]["k"])  # independent views
     again = list(make_train_loader(src, num_epochs=2, **kw))
-    for x, y in zip(batches, again, strict=True):
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
+    _assert_batches_equal(batches, again)
     other = next(iter(make_train_loader(src, num_epochs=2, **{**kw, "seed": 4})))
     assert not np.array_equal(other["index"], b["index"])
     # Infinite stream by default.
@@ -191,34 +211,30 @@ def test_train_loader_epochs_shapes_and_determinism():
 
 def test_train_loader_process_shards_concatenate_to_the_global_batch():
     src = ArraySource(30)
-    kw = dict(global_batch_size=6, image_size=8, num_views=2, seed=11, num_workers=0,
-              num_epochs=1)
+    views = [ViewSpec("a", 8), ViewSpec("b", 5, crop_scale=(0.3, 0.9), interpolation="nearest")]
+    kw = dict(global_batch_size=6, views=views, seed=11, num_workers=0, num_epochs=1)
     full = list(make_train_loader(src, **kw))
     parts = [list(make_train_loader(src, process_index=p, process_count=3, **kw))
              for p in range(3)]
     assert len(full) == 5 and all(len(p) == 5 for p in parts)
     for t, batch in enumerate(full):
-        for k in batch:
+        for k in ("label", "coarse_label", "index"):
             np.testing.assert_array_equal(
                 batch[k], np.concatenate([parts[p][t][k] for p in range(3)]))
+        for name, v in batch["views"].items():
+            np.testing.assert_array_equal(
+                v, np.concatenate([parts[p][t]["views"][name] for p in range(3)]))
     with pytest.raises(ValueError, match="multiple of process_count"):
         make_train_loader(src, process_count=4, **kw)
     with pytest.raises(ValueError, match="fewer than global_batch_size"):
         make_train_loader(ArraySource(4), **kw)
 
 
-def _assert_batches_equal(xs, ys):
-    assert len(xs) == len(ys)
-    for x, y in zip(xs, ys, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k])
-
-
 def test_train_loader_state_resume_and_worker_independence():
     src = ProceduralFineGrained("train", num_coarse=2, fine_per_coarse=4, images_per_class=8,
                                 image_size=16)
-    kw = dict(global_batch_size=8, image_size=16, num_views=2, crop_scale=(0.2, 1.0), seed=5)
+    views = [ViewSpec("a", 16, crop_scale=(0.2, 1.0)), ViewSpec("b", 12)]
+    kw = dict(global_batch_size=8, views=views, seed=5)
     reference = None
     for workers in (0, 2):
         loader = make_train_loader(src, num_workers=workers, **kw)
@@ -233,6 +249,225 @@ def test_train_loader_state_resume_and_worker_independence():
             reference = first + after
         else:  # bitwise the same stream whatever the number of workers
             _assert_batches_equal(reference, first + after)
+
+
+def test_view_spec_validates_fields_naming_the_view():
+    v = ViewSpec("key", 8, crop_scale=[0.2, 1], crop_ratio=[0.5, 2])  # config lists -> tuples
+    assert v.crop_scale == (0.2, 1.0) and v.crop_ratio == (0.5, 2.0)
+    assert v.root == "" and v.interpolation == "bilinear"
+    same = ViewSpec("key", 8, (0.2, 1.0), (0.5, 2.0))
+    assert v == same and hash(v) == hash(same)
+    assert ViewSpec("d", 8, root=Path("/data/ddt")).root == "/data/ddt"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        v.size = 16
+    for kwargs, match in [
+        (dict(size=0), "view 'key': size must be >= 1"),
+        (dict(size=True), "view 'key': size must be an integer"),
+        (dict(size=8.0), "view 'key': size must be an integer"),
+        (dict(size=8, crop_scale=(0.5, 0.2)), "view 'key': crop_scale"),
+        (dict(size=8, crop_scale=(0.0, 1.0)), "view 'key': crop_scale"),
+        (dict(size=8, crop_scale=(0.2, 1.5)), "view 'key': crop_scale"),
+        (dict(size=8, crop_scale=(0.5,)), "view 'key': crop_scale must be two numbers"),
+        (dict(size=8, crop_ratio=(2.0, 1.0)), "view 'key': crop_ratio"),
+        (dict(size=8, crop_ratio=(0.0, 1.0)), "view 'key': crop_ratio"),
+        (dict(size=8, interpolation="cubic"), "view 'key': interpolation"),
+        (dict(size=8, root=None), "view 'key': root"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            ViewSpec("key", **kwargs)
+    with pytest.raises(ValueError, match="view name"):
+        ViewSpec("", 8)
+
+
+def _previous_random_crop_views(record, rng, *, image_size, num_views, crop_scale, crop_ratio,
+                                interpolation):
+    """`random_crop_views` as it was before ViewSpec (d0f6d1d:fgjax/data/pipeline.py, minus
+    its error handling): one image size, crop and interpolation for every view."""
+    if "image" in record:
+        img, path = Image.fromarray(record["image"]), None
+    else:
+        img, path = Image.open(record["path"]), record["path"]
+    with img:
+        width, height = img.size
+        boxes, flips = [], []
+        for _ in range(num_views):
+            boxes.append(sample_crop(rng, height, width, crop_scale, crop_ratio))
+            flips.append(bool(rng.uniform() < 0.5))
+        min_crop_side = min(min(b[2], b[3]) for b in boxes)
+        if path is not None and img.format == "JPEG":
+            for f in (8, 4, 2):
+                if min_crop_side / f >= image_size:
+                    img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
+                    break
+        img.load()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        sx, sy = img.size[0] / width, img.size[1] / height
+        out = np.empty((num_views, image_size, image_size, 3), np.uint8)
+        resample = INTERPOLATIONS[interpolation]
+        for v, ((top, left, h, w), flip) in enumerate(zip(boxes, flips, strict=True)):
+            x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
+            c0, r0 = math.floor(x0), math.floor(y0)
+            c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
+            view = img.crop((c0, r0, c1, r1)).resize(
+                (image_size, image_size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
+            )
+            if flip:
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            out[v] = np.asarray(view)
+    return out
+
+
+def _write_folder(root, images, fmt="png"):
+    """root/train/<class>/<name>.<fmt> for every (class, name) -> uint8 image."""
+    for (cls, name), img in images.items():
+        path = root / "train" / cls / f"{name}.{fmt}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path, **({"quality": 90} if fmt == "jpg" else {}))
+    return root
+
+
+def test_two_equal_views_are_bit_identical_to_the_previous_two_view_output(
+        tmp_path, monkeypatch):
+    sizes = [(240, 320), (300, 200), (90, 120), (64, 64), (400, 300), (50, 80)]
+    jpegs = ImageFolderSource(str(_write_folder(tmp_path / "cub", {
+        (f"c{k % 2}", f"i{k}"): _smooth_image(*hw) for k, hw in enumerate(sizes)}, "jpg")),
+        "train")
+    drafts = []
+    original = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append(size) or original(self, mode, size))
+    for src in (jpegs, ArraySource(6)):
+        for crop in (dict(crop_scale=(0.3, 1.0), crop_ratio=(3 / 4, 4 / 3),
+                          interpolation="bilinear"),
+                     dict(crop_scale=(0.08, 0.5), crop_ratio=(0.5, 2.0),
+                          interpolation="bicubic")):
+            views = [ViewSpec(name, 24, **crop) for name in ("q", "k")]
+            loader = make_train_loader(src, global_batch_size=4, views=views, seed=9,
+                                       num_workers=0, num_epochs=2)
+            for t, batch in enumerate(loader):
+                for i, index in enumerate(batch["index"]):
+                    rng = np.random.default_rng([9, 1, 4 * t + i])  # (seed, crop tag, position)
+                    ref = _previous_random_crop_views(src[int(index)], rng, image_size=24,
+                                                      num_views=2, **crop)
+                    np.testing.assert_array_equal(batch["views"]["q"][i], ref[0])
+                    np.testing.assert_array_equal(batch["views"]["k"][i], ref[1])
+    assert drafts  # the JPEG draft path was exercised
+
+
+def test_views_of_one_root_share_one_decode_drafted_for_the_largest_view(
+        tmp_path, monkeypatch):
+    src = ImageFolderSource(str(_write_folder(
+        tmp_path / "cub", {("c", "a"): _smooth_image(512, 640)}, "jpg")), "train")
+    ddt = _write_folder(tmp_path / "ddt", {("c", "a"): _smooth_image(300, 400)}, "jpg")
+    opened, drafts = [], []
+    original_open, original_draft = Image.open, JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(Image, "open", lambda p, *a: opened.append(p) or original_open(p, *a))
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append(size) or original_draft(
+                            self, mode, size))
+
+    def crop(*views):
+        opened.clear()
+        drafts.clear()
+        return random_crop_views(src[0], np.random.default_rng(0), views, source_root=src.root)
+
+    big = ViewSpec("big", 200, crop_scale=(0.9, 1.0))  # every crop side >= 470 px
+    small = ViewSpec("small", 16, crop_scale=(0.9, 1.0))
+    crop(small)
+    assert opened == [src[0]["path"]] and drafts == [(80, 64)]  # 1/8: 470 / 8 >= 16
+    out = crop(big, small)
+    assert opened == [src[0]["path"]] and drafts == [(320, 256)]  # one decode, 1/2 for big
+    assert out["big"].shape == (200, 200, 3) and out["small"].shape == (16, 16, 3)
+    out = crop(big, dataclasses.replace(small, root=str(ddt)))
+    ddt_path = str(ddt / "train" / "c" / "a.jpg")
+    assert opened == [src[0]["path"], ddt_path]  # each root its own file, own draft factor
+    assert drafts == [(320, 256), (50, 38)]  # ddt 400 x 300: crop sides >= 284, 284 / 8 >= 16
+
+
+def test_a_view_with_a_root_reads_the_parallel_file(tmp_path):
+    rng = np.random.default_rng(0)
+    originals, parallels = {}, {}
+    for k in range(6):
+        key = (f"{k % 3:03d}.bird", f"img{k}")
+        originals[key] = np.full((30, 40, 3), (200, 10 * k, 30), np.uint8)  # solid colours
+        h, w = 50 + 7 * k, 70 - 4 * k  # other sizes, asymmetric gradients
+        grad = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
+        parallels[key] = (grad * (1, 0.5, 0.2) + rng.integers(0, 3, (h, w, 3))).astype(np.uint8)
+    src = ImageFolderSource(str(_write_folder(tmp_path / "CUB", originals)), "train")
+    ddt = _write_folder(tmp_path / "CUB_ddt", parallels)
+    views = [
+        ViewSpec("orig", 16),
+        ViewSpec("ddt", 12, crop_scale=(1.0, 1.0), crop_ratio=(0.1, 10.0), root=str(ddt)),
+        ViewSpec("ddt_small", 5, crop_scale=(0.2, 0.5), interpolation="nearest", root=str(ddt)),
+    ]
+    flips = 0
+    for batch in make_train_loader(src, global_batch_size=3, views=views, seed=1,
+                                   num_workers=0, num_epochs=2):
+        assert batch["views"]["orig"].shape == (3, 16, 16, 3)
+        assert batch["views"]["ddt"].shape == (3, 12, 12, 3)
+        assert batch["views"]["ddt_small"].shape == (3, 5, 5, 3)
+        for i, index in enumerate(batch["index"]):
+            record = src[int(index)]
+            rel = os.path.relpath(record["path"], src.root)
+            assert rel.startswith("train" + os.sep)
+            whole = Image.open(ddt / rel).convert("RGB").resize((12, 12), Image.BILINEAR)
+            ref, view = np.asarray(whole), batch["views"]["ddt"][i]
+            flipped = np.array_equal(view, ref[:, ::-1])
+            assert flipped or np.array_equal(view, ref)
+            flips += flipped
+            # The own-root view: the solid colour of the original file.
+            colour = np.asarray(Image.open(record["path"]).convert("RGB"))[0, 0]
+            assert (batch["views"]["orig"][i] == colour).all()
+            # Parallel pixels have G = R / 2 (+ noise); no original colour (200, 10 k, 30) has.
+            px = batch["views"]["ddt_small"][i].astype(int)
+            assert (np.abs(px[..., 1] - px[..., 0] / 2) <= 3).all()
+    assert 0 < flips < 12
+
+
+def test_view_root_errors(tmp_path):
+    procedural = ProceduralFineGrained("train", num_coarse=2, fine_per_coarse=2,
+                                       images_per_class=2, image_size=16)
+    ddt = ViewSpec("ddt", 8, root=str(tmp_path))
+    kw = dict(global_batch_size=2, seed=0, num_workers=0)
+    with pytest.raises(ValueError, match="view 'ddt'.*in-memory image"):
+        make_train_loader(procedural, views=[ViewSpec("a", 8), ddt], **kw)
+
+    class NoRoot(ArraySource):  # path records, no `root`
+        def __getitem__(self, i):
+            return {"path": f"/x/{i}.png", "label": 0, "index": i}
+
+    with pytest.raises(ValueError, match="view 'ddt'.*needs a source with a `root`"):
+        make_train_loader(NoRoot(4), views=[ddt], **kw)
+    with pytest.raises(ValueError, match="not under the source root"):
+        parallel_path({"path": "/elsewhere/a.jpg"}, ddt, "/data/CUB")
+    assert parallel_path({"path": "/data/CUB/train/001.x/a.jpg"}, ViewSpec(
+        "d", 8, root="/data/CUB_ddt"), "/data/CUB") == "/data/CUB_ddt/train/001.x/a.jpg"
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+        make_train_loader(ArraySource(4), views=[ViewSpec("a", 8), ViewSpec("a", 4)], **kw)
+    with pytest.raises(ValueError, match="at least one ViewSpec"):
+        make_train_loader(ArraySource(4), views=[], **kw)
+    with pytest.raises(TypeError, match="ViewSpec instances"):
+        make_train_loader(ArraySource(4), views=[("a", 8)], **kw)
+
+
+def test_a_missing_parallel_file_names_its_path(tmp_path):
+    images = {(c, n): _smooth_image(20, 20) for c in ("a", "b") for n in ("x", "y")}
+    src = ImageFolderSource(str(_write_folder(tmp_path / "CUB", images)), "train")
+    ddt = _write_folder(tmp_path / "ddt", images)
+    (ddt / "train" / "b" / "y.png").unlink()
+    views = [ViewSpec("orig", 8), ViewSpec("ddt", 8, root=str(ddt))]
+    loader = make_train_loader(src, global_batch_size=4, views=views, seed=0, num_workers=0)
+    missing = str(ddt / "train" / "b" / "y.png")
+    with pytest.raises(ImageDecodeError, match=re.escape(repr(missing))):
+        next(iter(loader))
+    # The same through a CSV manifest, whose relative paths hang from its csv_root.
+    (tmp_path / "m.csv").write_text("path,label\ntrain/a/x.png,0\ntrain/b/y.png,1\n")
+    csv = CsvManifestSource(str(tmp_path / "m.csv"), root=str(tmp_path / "CUB"))
+    assert csv.root == str(tmp_path / "CUB")
+    loader = make_train_loader(csv, global_batch_size=2, views=views, seed=0, num_workers=0)
+    with pytest.raises(ImageDecodeError, match=re.escape(repr(missing))):
+        next(iter(loader))
 
 
 def test_eval_resize_center_crop_matches_torchvision_geometry():
@@ -299,9 +534,10 @@ def test_real_cub_crops_through_the_train_loader(tmp_path):
     test = CsvManifestSource(str(csv_path), split="test", root=str(root))
     assert len(train) + len(test) == 5902 and train.num_classes == 100
     assert 2500 < len(train) < 3400
-    loader = make_train_loader(train, global_batch_size=8, image_size=64, num_views=2,
-                               crop_scale=(0.2, 1.0), seed=0, num_workers=2, num_epochs=1)
+    views = [ViewSpec(n, 64, crop_scale=(0.2, 1.0)) for n in ("q", "k")]
+    loader = make_train_loader(train, global_batch_size=8, views=views, seed=0, num_workers=2,
+                               num_epochs=1)
     batch = next(iter(loader))
-    assert batch["images"].shape == (8, 2, 64, 64, 3)
+    assert batch["views"]["q"].shape == batch["views"]["k"].shape == (8, 64, 64, 3)
     np.testing.assert_array_equal(batch["label"], train.labels[batch["index"]])
-    assert batch["images"].std() > 10  # real pixels, not zeros
+    assert batch["views"]["q"].std() > 10  # real pixels, not zeros

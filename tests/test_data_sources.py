@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fgjax.data import procedural
-from fgjax.data.pipeline import sample_crop
+from fgjax.data.decode import sample_crop
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import (
     COARSE_RULES,
@@ -52,6 +52,9 @@ def test_image_folder_labels_are_sorted_class_folders(folder_root):
     assert [r["index"] for r in recs] == list(range(5))
     assert all(r["coarse_label"] == -1 for r in recs)
     assert recs[3]["path"].endswith("003.Cape_May_Warbler/a.jpg")  # files sorted too
+    assert src.root == str(folder_root)  # the folder the paths hang from (parallel views)
+    assert recs[3]["path"] == str(folder_root / "train" / "003.Cape_May_Warbler" / "a.jpg")
+    assert ImageFolderSource(folder_root, "train").root == str(folder_root)  # a Path is fine
     np.testing.assert_array_equal(src.labels, [0, 1, 1, 2, 2])
     assert src[-1]["index"] == 4
     with pytest.raises(IndexError):
@@ -104,6 +107,7 @@ def test_csv_manifest_int_labels_split_and_relative_paths(tmp_path):
     assert [train[i]["label"] for i in range(3)] == [2, 1, 4]
     assert [train[i]["coarse_label"] for i in range(3)] == [0, 1, 0]
     assert train[0]["path"] == str(tmp_path / "a.png")  # relative to the CSV's folder
+    assert train.root == str(tmp_path)
     assert train[2]["path"] == str(tmp_path / "sub/d.png")  # absolute kept
     assert train.num_classes == 5 and train.num_coarse_classes == 2
     test = CsvManifestSource(csv_path, split="test")
@@ -126,6 +130,7 @@ def test_csv_manifest_string_labels_root_and_no_split_column(tmp_path):
     assert [src[i]["label"] for i in range(3)] == [1, 0, 1]
     assert src[0]["coarse_label"] == -1 and src.num_coarse_classes == 0
     assert src[1]["path"] == str(images / "b.png")
+    assert src.root == str(images)
 
 
 def test_csv_manifest_errors_name_file_row_and_column(tmp_path):

@@ -10,15 +10,12 @@ from fgjax.data.augment import (
     photometric_per_example,
     photometric_unnormalised,
 )
-from fgjax.data.pipeline import (
-    EvalLoader,
-    ImageDecodeError,
-    make_eval_loader,
-    make_train_loader,
-    steps_per_epoch,
-)
+from fgjax.data.decode import ImageDecodeError
+from fgjax.data.eval_loader import EvalLoader, make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource, build_source
+from fgjax.data.train_loader import make_train_loader, steps_per_epoch
+from fgjax.data.views import ViewSpec
 
 __all__ = [
     "CsvManifestSource",
@@ -27,6 +24,7 @@ __all__ = [
     "ImageFolderSource",
     "PhotometricSpec",
     "ProceduralFineGrained",
+    "ViewSpec",
     "build_source",
     "byol_view1_spec",
     "byol_view2_spec",

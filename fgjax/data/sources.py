@@ -8,7 +8,9 @@ without decoding a single image).
 A record is a dict with
   'label': int, 'coarse_label': int (-1 when absent), 'index': int (position in the source),
 and either 'path': str (an image file, decoded later in the pipeline worker) or
-'image': uint8 `[H, W, 3]`.
+'image': uint8 `[H, W, 3]`. Sources of 'path' records also have `root`, the folder their
+paths hang from: a training view with its own root (`ViewSpec.root`) reads the same
+relative path under that root.
 
 Sources:
   ImageFolderSource  root/<split>/<class>/*.{jpg,jpeg,png}, labels = sorted class folders
@@ -95,7 +97,8 @@ class ImageFolderSource(_PathSource):
     """`root/<split>/<class>/*.{jpg,jpeg,png}`; labels are the sorted class folder names.
 
     Args:
-      root: dataset root holding one folder per split (e.g. CUB200/ with train/ and test/).
+      root: dataset root holding one folder per split (e.g. CUB200/ with train/ and test/);
+        kept as the `root` attribute (paths are root/<split>/<class>/<file>).
       split: the split folder name.
       coarse_of: optional map class folder name -> coarse name; coarse labels index the
         sorted coarse names. Without it, 'coarse_label' is -1 and num_coarse_classes 0.
@@ -170,7 +173,8 @@ class CsvManifestSource(_PathSource):
     """Images listed in a CSV manifest.
 
     The CSV has a header; required columns `path,label`; optional `coarse_label`, `split`.
-    Relative paths resolve against `root` (default: the CSV's folder). Labels may be
+    Relative paths resolve against `root` (default: the CSV's folder), kept as the `root`
+    attribute. Labels may be
     integers (used as given; num_classes = max + 1) or strings (index into the sorted
     distinct names). Label maps are built over ALL rows before the split filter, so the
     splits of one manifest agree on label ids (a held-out-class test split keeps the

@@ -1,0 +1,223 @@
+"""Image decoding and crop geometry on a source's records: RandomResizedCrop + flip
+views for training (`random_crop_views`, one per ViewSpec; a view may read the same
+relative path under a parallel root) and Resize + CenterCrop for evaluation
+(`resize_center_crop`).
+
+JPEG files are decoded in draft mode (DCT scaling by 1/2, 1/4, 1/8) whenever the
+reduced image still gives every crop taken from it at least its output resolution; crop
+boxes are computed in original coordinates and mapped to the drafted image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    from fgjax.data.views import ViewSpec
+
+INTERPOLATIONS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_DRAFT_FACTORS = (8, 4, 2)
+
+
+class ImageDecodeError(OSError):
+    """An image file could not be read or decoded; the message names the path."""
+
+
+def resample_filter(interpolation: str) -> Image.Resampling:
+    try:
+        return INTERPOLATIONS[interpolation]
+    except KeyError:
+        raise ValueError(
+            f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {interpolation!r}"
+        ) from None
+
+
+def sample_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """RandomResizedCrop box (top, left, h, w) in pixels of a height x width image.
+
+    Area fraction ~ U(scale), aspect ratio w/h log-uniform in `ratio`; up to 10 tries
+    to fit in the image, then the largest centred box with the aspect clamped to `ratio`.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    aspect = width / height
+    if aspect < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif aspect > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _open(record: dict) -> tuple[Image.Image, str | None]:
+    """A PIL image for the record, not yet decoded for 'path' records."""
+    if "image" in record:
+        arr = np.asarray(record["image"])
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+            raise ValueError(
+                f"record {record.get('index')}: 'image' must be uint8 [H, W, 3], "
+                f"got {arr.dtype} {arr.shape}"
+            )
+        return Image.fromarray(arr), None
+    return _open_path(record["path"]), record["path"]
+
+
+def _open_path(path: str) -> Image.Image:
+    try:
+        return Image.open(path)
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds
+        raise ImageDecodeError(f"cannot open image {path!r}: {type(e).__name__}: {e}") from e
+
+
+def parallel_path(record: dict, view: ViewSpec, source_root: str | None) -> str:
+    """The file of `record` under `view.root`: root / (record path relative to source_root)."""
+    if "path" not in record:
+        raise ValueError(
+            f"view {view.name!r}: root={view.root!r} needs records with a 'path', but record "
+            f"{record.get('index')} holds an in-memory image"
+        )
+    if not source_root:
+        raise ValueError(
+            f"view {view.name!r}: root={view.root!r} needs a source with a `root` (the folder "
+            "its relative paths hang from)"
+        )
+    rel = os.path.relpath(record["path"], source_root)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(
+            f"view {view.name!r}: image {record['path']!r} is not under the source root "
+            f"{source_root!r}, so it has no counterpart under {view.root!r}"
+        )
+    return os.path.join(view.root, rel)
+
+
+def _decode(img: Image.Image, path: str | None, crops: Sequence[tuple[float, int]]):
+    """Decodes to RGB; returns (image, sx, sy), sx/sy = decoded px per original px.
+
+    `crops` lists (shortest crop side in original px, output side) of every crop that will
+    be taken: a JPEG is drafted at the largest factor f in (8, 4, 2) that leaves every crop
+    at least its output side (side / f >= output side), else decoded in full.
+    """
+    width, height = img.size
+    try:
+        if path is not None and img.format == "JPEG":
+            for f in _DRAFT_FACTORS:
+                if all(side / f >= out for side, out in crops):
+                    img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
+                    break
+        img.load()
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+    except Exception as e:  # noqa: BLE001
+        raise ImageDecodeError(f"cannot decode image {path!r}: {type(e).__name__}: {e}") from e
+    return img, img.size[0] / width, img.size[1] / height
+
+
+def _crop_resize(img, sx, sy, box, size, resample, flip) -> np.ndarray:
+    """Resizes the original-coordinates `box` (top, left, h, w) of the decoded `img`.
+
+    Crops first (as torchvision's resized_crop: the filter sees no pixel outside the box);
+    on a drafted image crops the enclosing pixels and resizes the sub-box.
+    """
+    top, left, h, w = box
+    x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
+    c0, r0 = math.floor(x0), math.floor(y0)
+    c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
+    view = img.crop((c0, r0, c1, r1)).resize(
+        (size, size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
+    )
+    if flip:
+        view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(view)
+
+
+def random_crop_views(
+    record: dict,
+    rng: np.random.Generator,
+    views: Sequence[ViewSpec],
+    *,
+    source_root: str | None = None,
+) -> dict[str, np.ndarray]:
+    """RandomResizedCrop + horizontal flip (p=0.5) per view: {name: uint8 [size, size, 3]}.
+
+    Per view, in order: the crop box from `sample_crop` (on the dimensions of the view's
+    file), then one uniform draw for the flip. A view with `root` reads `parallel_path`
+    of the record; the views of one root share one decode of its file.
+    """
+    with contextlib.ExitStack() as stack:
+        opened: dict[str, tuple[Image.Image, str | None]] = {}
+        draws = []
+        for view in views:
+            if view.root not in opened:
+                if view.root:
+                    path = parallel_path(record, view, source_root)
+                    opened[view.root] = _open_path(path), path
+                else:
+                    opened[view.root] = _open(record)
+                stack.enter_context(opened[view.root][0])
+            width, height = opened[view.root][0].size
+            box = sample_crop(rng, height, width, view.crop_scale, view.crop_ratio)
+            draws.append((view, box, bool(rng.uniform() < 0.5)))
+        out = {}
+        for root, (img, path) in opened.items():
+            mine = [d for d in draws if d[0].root == root]
+            img, sx, sy = _decode(img, path, [(min(b[2], b[3]), v.size) for v, b, _ in mine])
+            for view, box, flip in mine:
+                resample = resample_filter(view.interpolation)
+                out[view.name] = _crop_resize(img, sx, sy, box, view.size, resample, flip)
+    return {view.name: out[view.name] for view in views}
+
+
+def resize_center_crop(
+    record: dict, *, image_size: int, resize_ratio: float = 0.875, interpolation="bilinear"
+) -> np.ndarray:
+    """Resize(short side = round(image_size / resize_ratio)) + CenterCrop: uint8 [S, S, 3].
+
+    Same geometry as torchvision's Resize(int) + CenterCrop on PIL images (long side
+    int(short * long / short_in), crop offsets int(round((side - S) / 2))), computed as
+    one resize of the crop box (mapped to original coordinates).
+    """
+    if not 0 < resize_ratio <= 1:
+        raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+    img, path = _open(record)
+    with img:
+        width, height = img.size
+        short = int(round(image_size / resize_ratio))
+        if width <= height:
+            new_w, new_h = short, int(short * height / width)
+        else:
+            new_w, new_h = int(short * width / height), short
+        top = int(round((new_h - image_size) / 2.0))
+        left = int(round((new_w - image_size) / 2.0))
+        img, sx, sy = _decode(img, path, [(min(width, height) * image_size / short, image_size)])
+        fx, fy = width / new_w * sx, height / new_h * sy  # resized px -> decoded px
+        box = (left * fx, top * fy, (left + image_size) * fx, (top + image_size) * fy)
+        resample = resample_filter(interpolation)
+        return np.asarray(img.resize((image_size, image_size), resample, box=box))

@@ -1,0 +1,126 @@
+"""grain evaluation loader: Resize(short side = round(image_size / resize_ratio)) +
+CenterCrop(image_size), in source order, each process a contiguous share, the last
+batch padded (rows with 'mask' False, image 0, label/coarse_label/index -1).
+"""
+
+from __future__ import annotations
+
+import grain.python as grain
+import numpy as np
+
+from fgjax.data.decode import resample_filter, resize_center_crop
+from fgjax.data.grain_utils import (
+    IndexSampler,
+    absl_flags_workaround,
+    check_process,
+    int32_field,
+    stable_repr,
+)
+
+
+class _EvalBatches:
+    """Random-access 'source' of this process's eval batches (the last may be short: the
+    transform pads it)."""
+
+    def __init__(self, source, *, batch_size, process_index, process_count):
+        n = len(source)
+        per_process = -(-n // process_count)
+        self._source = source
+        self._batch_size = batch_size
+        self._start = min(n, process_index * per_process)
+        self._stop = min(n, (process_index + 1) * per_process)
+        self._process = (process_index, process_count)
+        self.num_batches = max(1, -(-per_process // batch_size))
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __getitem__(self, t: int) -> dict:
+        first = self._start + int(t) * self._batch_size
+        ids = range(first, min(first + self._batch_size, self._stop))
+        return {"records": [self._source[i] for i in ids], "batch_size": self._batch_size}
+
+    def __repr__(self) -> str:
+        return (
+            f"_EvalBatches(source={stable_repr(self._source)}, batch_size={self._batch_size}, "
+            f"process={self._process[0]}/{self._process[1]})"
+        )
+
+
+class _EvalTransform(grain.MapTransform):
+    def __init__(self, *, image_size, resize_ratio, interpolation):
+        self._kwargs = dict(
+            image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
+        )
+
+    def map(self, element: dict) -> dict:
+        records, b = element["records"], element["batch_size"]
+        s = self._kwargs["image_size"]
+        images = np.zeros((b, s, s, 3), np.uint8)
+        for i, record in enumerate(records):
+            images[i] = resize_center_crop(record, **self._kwargs)
+        pad = np.full(b - len(records), -1, np.int32)
+        return {
+            "images": images,
+            "label": np.concatenate([int32_field(records, "label"), pad]),
+            "coarse_label": np.concatenate([int32_field(records, "coarse_label"), pad]),
+            "index": np.concatenate([int32_field(records, "index"), pad]),
+            "mask": np.arange(b) < len(records),
+        }
+
+
+class EvalLoader:
+    """Re-iterable eval loader; `len()` = batches per process (equal on all processes)."""
+
+    def __init__(self, loader: grain.DataLoader, num_batches: int, num_examples: int):
+        self._loader = loader
+        self.num_batches = num_batches
+        self.num_examples = num_examples
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        return iter(self._loader)
+
+
+def make_eval_loader(
+    source,
+    *,
+    batch_size: int,
+    image_size: int,
+    resize_ratio: float = 0.875,
+    process_index: int = 0,
+    process_count: int = 1,
+    interpolation: str = "bilinear",
+    num_workers: int = 0,
+) -> EvalLoader:
+    """Deterministic eval loader: Resize(round(S / resize_ratio)) + CenterCrop(S).
+
+    Process p gets the contiguous records [p m, (p + 1) m), m = ceil(N / P); every process
+    yields the same number of batches; padded rows have mask False, zero images and
+    label/coarse_label/index -1. Batches: 'images' uint8 [b, S, S, 3], 'label',
+    'coarse_label', 'index' int32 [b], 'mask' bool [b].
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_process(process_index, process_count)
+    if not 0 < resize_ratio <= 1:
+        raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+    resample_filter(interpolation)
+    plan = _EvalBatches(
+        source, batch_size=batch_size, process_index=process_index, process_count=process_count
+    )
+    absl_flags_workaround(num_workers)
+    loader = grain.DataLoader(
+        data_source=plan,
+        sampler=IndexSampler(plan.num_batches),
+        operations=[
+            _EvalTransform(
+                image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
+            )
+        ],
+        worker_count=num_workers,
+        shard_options=grain.NoSharding(),
+    )
+    return EvalLoader(loader, plan.num_batches, len(source))

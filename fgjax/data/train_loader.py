@@ -1,0 +1,188 @@
+"""grain training loader: shuffled drop-last epochs of RandomResizedCrop + flip views,
+one per `ViewSpec` (each with its own size, crop parameters and image root).
+
+Every epoch is a fresh permutation of the source (seeded by (seed, epoch)) cut into
+`steps_per_epoch` global batches; the remainder of each epoch is dropped (PyTorch
+`drop_last=True` per epoch, so epochs line up with `steps_per_epoch`). Process p of P
+takes the rows [p b, (p + 1) b) of every global batch (b = global_batch_size / P). Each
+element of the grain pipeline is one whole per-process batch, so a batch's content does
+not depend on `num_workers`, and every random crop/flip is drawn from a generator seeded
+by (seed, position in the global stream), which draws, per view in order, the crop box
+then the flip: the output is bitwise reproducible for any `num_workers`, and the
+concatenation of all processes' batches equals the single-process batch.
+"""
+
+from __future__ import annotations
+
+import numbers
+import sys
+from collections.abc import Sequence
+
+import grain.python as grain
+import numpy as np
+
+from fgjax.data.decode import parallel_path, random_crop_views
+from fgjax.data.grain_utils import (
+    IndexSampler,
+    absl_flags_workaround,
+    check_process,
+    int32_field,
+    stable_repr,
+)
+from fgjax.data.views import ViewSpec
+
+_TAG_SHUFFLE, _TAG_CROP = 0, 1
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    """Training steps per epoch with drop-last semantics (CUB 5994 @ 128 -> 46)."""
+    if global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    return num_examples // global_batch_size
+
+
+class _TrainBatches:
+    """Random-access 'source' of per-process training batches (raw records + positions)."""
+
+    def __init__(self, source, *, seed, global_batch_size, process_index, process_count,
+                 num_batches):
+        self._source = source
+        self._n = len(source)
+        self._seed = seed
+        self._global = global_batch_size
+        self._local = global_batch_size // process_count
+        self._process_index = process_index
+        self._process_count = process_count
+        self._steps = steps_per_epoch(self._n, global_batch_size)
+        self._num_batches = num_batches
+        self._perm_cache: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return sys.maxsize if self._num_batches is None else self._num_batches
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            rng = np.random.default_rng([self._seed, _TAG_SHUFFLE, epoch])
+            self._perm_cache = (epoch, rng.permutation(self._n))
+        return self._perm_cache[1]
+
+    def __getitem__(self, t: int) -> dict:
+        epoch, j = divmod(int(t), self._steps)
+        start = j * self._global + self._process_index * self._local
+        keys = self.permutation(epoch)[start : start + self._local]
+        first = int(t) * self._global + self._process_index * self._local
+        return {
+            "records": [self._source[int(k)] for k in keys],
+            "positions": np.arange(first, first + self._local, dtype=np.int64),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"_TrainBatches(source={stable_repr(self._source)}, seed={self._seed}, "
+            f"global_batch_size={self._global}, process={self._process_index}/"
+            f"{self._process_count}, num_batches={self._num_batches})"
+        )
+
+
+class _TrainTransform(grain.MapTransform):
+    """Decodes a batch of records into views; rng per example from (seed, position)."""
+
+    def __init__(self, *, seed: int, views: tuple[ViewSpec, ...], source_root: str | None):
+        self._seed = seed
+        self._views = views
+        self._source_root = source_root
+
+    def map(self, element: dict) -> dict:
+        records, positions = element["records"], element["positions"]
+        views = {v.name: np.empty((len(records), v.size, v.size, 3), np.uint8) for v in self._views}
+        for i, (record, pos) in enumerate(zip(records, positions, strict=True)):
+            rng = np.random.default_rng([self._seed, _TAG_CROP, int(pos)])
+            crops = random_crop_views(record, rng, self._views, source_root=self._source_root)
+            for name, crop in crops.items():
+                views[name][i] = crop
+        return {
+            "views": views,
+            "label": int32_field(records, "label"),
+            "coarse_label": int32_field(records, "coarse_label"),
+            "index": int32_field(records, "index"),
+        }
+
+
+def _check_views(views: Sequence[ViewSpec], source) -> tuple[ViewSpec, ...]:
+    views = tuple(views)
+    if not views:
+        raise ValueError("views must hold at least one ViewSpec")
+    for view in views:
+        if not isinstance(view, ViewSpec):
+            raise TypeError(f"views must be ViewSpec instances, got {view!r}")
+    names = [v.name for v in views]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"view names must be unique; repeated: {repeated}")
+    for view in views:
+        if view.root:  # fail here, not in a worker: the first record must map to the root
+            parallel_path(source[0], view, getattr(source, "root", None))
+    return views
+
+
+def make_train_loader(
+    source,
+    *,
+    global_batch_size: int,
+    views: Sequence[ViewSpec],
+    seed: int,
+    num_workers: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    worker_buffer_size: int = 2,
+) -> grain.DataLoader:
+    """Training loader over `source` (see the module docstring for the semantics).
+
+    Yields dicts for THIS process (b = global_batch_size // process_count):
+      'views': {view.name: uint8 [b, view.size, view.size, 3]} for every ViewSpec
+        (RandomResizedCrop + flip(p=0.5), independent per view),
+      'label', 'coarse_label', 'index': int32 [b].
+    A view with a `root` needs a source with a `root` attribute and records with
+    'path' (ImageFolderSource, CsvManifestSource). `num_epochs=None` repeats forever.
+    `iter(loader)` supports get_state()/set_state().
+    """
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a positive multiple of "
+            f"process_count={process_count}"
+        )
+    check_process(process_index, process_count)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
+    steps = steps_per_epoch(len(source), global_batch_size)
+    if steps == 0:
+        raise ValueError(
+            f"the source has {len(source)} records, fewer than global_batch_size="
+            f"{global_batch_size}: no full batch (batches drop the remainder)"
+        )
+    views = _check_views(views, source)
+    if num_epochs is not None and num_epochs < 1:
+        raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
+    num_batches = None if num_epochs is None else num_epochs * steps
+    plan = _TrainBatches(
+        source,
+        seed=seed,
+        global_batch_size=global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+        num_batches=num_batches,
+    )
+    transform = _TrainTransform(
+        seed=seed, views=views, source_root=getattr(source, "root", None)
+    )
+    absl_flags_workaround(num_workers)
+    return grain.DataLoader(
+        data_source=plan,
+        sampler=IndexSampler(num_batches),
+        operations=[transform],
+        worker_count=num_workers,
+        worker_buffer_size=worker_buffer_size,
+        shard_options=grain.NoSharding(),
+    )

@@ -27,7 +27,7 @@ from fgjax.weights.load import (
     variables_from_torch,
 )
 from fgjax.weights.load import save_variables as save_fgjax_npz
-from fgjax.weights.pth import CheckpointFormatError, UnsafeCheckpointError
+from fgjax.weights.pth_reader import CheckpointFormatError, UnsafeCheckpointError
 from fgjax.weights.resnet_keys import find_backbone
 
 

@@ -1,10 +1,13 @@
-"""Full-size weight-import parity: fgjax vs torchvision ResNet-50 @224, timm Swin-L @384.
+"""Full-size weight-import parity: fgjax vs torchvision ResNets @224, timm Swin-L @384.
 
 Needs one environment with torch, torchvision, timm and fgjax's dependencies (jax, flax);
 run from the repository root, on the GPU host:
 
     python benchmarks/weights_parity.py                          # resnet50 and swin
-    python benchmarks/weights_parity.py --which resnet50 --device cpu --batch 2
+    python benchmarks/weights_parity.py --which resnet18,resnet50 --device cpu --batch 2
+
+Any `fgjax.models.registry` name works: resnet18/34/50/101/152 (torchvision) and timm
+Swin names; the fgjax side is `fgjax.models.build_backbone(arch)`.
 
 For each model: random torch weights (ResNet: random BN running stats too), eval mode,
 float32 (TF32 off in torch, `jax_default_matmul_precision=highest` in JAX).
@@ -15,11 +18,11 @@ float32 (TF32 off in torch, `jax_default_matmul_precision=highest` in JAX).
 Prints one JSON line per model: max |diff| per feature, the feature scale, the load
 report counts and the export's missing/unexpected keys.
 
-Features compared: ResNet `pooled` [B, 2048], `stage3`, `stage4` (torchvision layer3/4);
-Swin `pooled` [B, 1536] (final norm + token mean, timm's pre-logits) and `layer4` (last
-stage output before the final norm, timm `layers[-1]`). The Swin half calls
-`fgjax.models.swin.swin_from_name` and `fgjax.weights.swin_keys` (through
-`load_pretrained` / `export_torch`).
+Features compared: ResNet `pooled` [B, 2048] (ResNet-18/34: [B, 512]) and `stage1..4`
+(torchvision layer1..4, NHWC); Swin `pooled` [B, 1536] (final norm + token mean, timm's
+pre-logits) and `layer4` (last stage output before the final norm, timm `layers[-1]`).
+The weights go through `load_pretrained` / `export_torch` (`fgjax.weights.resnet_keys`,
+`fgjax.weights.swin_keys`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import jax
 import numpy as np
 import torch
 
+from fgjax.models import arch_family, build_backbone
 from fgjax.weights import export_torch, load_pretrained, target_for_arch
 
 SWIN = "swin_large_patch4_window12_384"
@@ -64,13 +68,10 @@ def _run(model, x, taps: dict[str, torch.nn.Module]) -> tuple[dict[str, np.ndarr
 
 
 def _resnet_torch(model, x) -> dict[str, np.ndarray]:
-    taps = {"stage3": model.layer3, "stage4": model.layer4, "pooled": model.avgpool}
-    out, _ = _run(model, x, taps)
-    return {
-        "stage3": out["stage3"].transpose(0, 2, 3, 1),  # NCHW -> NHWC
-        "stage4": out["stage4"].transpose(0, 2, 3, 1),
-        "pooled": out["pooled"].reshape(out["pooled"].shape[0], -1),
-    }
+    taps = {f"stage{s}": getattr(model, f"layer{s}") for s in range(1, 5)}
+    out, _ = _run(model, x, {**taps, "pooled": model.avgpool})
+    maps = {k: out[k].transpose(0, 2, 3, 1) for k in taps}  # NCHW -> NHWC
+    return {**maps, "pooled": out["pooled"].reshape(out["pooled"].shape[0], -1)}
 
 
 def _swin_torch(model, x) -> dict[str, np.ndarray]:
@@ -82,10 +83,10 @@ def _swin_torch(model, x) -> dict[str, np.ndarray]:
 def _case(arch: str, device: str, batch: int, seed: int) -> dict:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    if arch == "resnet50":
+    if arch_family(arch) == "resnet":
         import torchvision
 
-        make = torchvision.models.resnet50
+        make = getattr(torchvision.models, arch)
         model = make()
         _randomize_bn(model, gen)
         size, features, strict = 224, _resnet_torch, True
@@ -106,8 +107,8 @@ def _case(arch: str, device: str, batch: int, seed: int) -> dict:
         torch.save(model.state_dict(), src)
         target = target_for_arch(arch)
         variables, report = load_pretrained(src, target, arch, strict=strict)
-        fgjax_model = _fgjax_model(arch)
-        apply = jax.jit(lambda v, x: fgjax_model.apply(v, x, train=False, **_kwargs(arch)))
+        fgjax_model = build_backbone(arch)
+        apply = jax.jit(lambda v, x: fgjax_model.apply(v, x, train=False))
         got = apply(variables, np.asarray(x.numpy().transpose(0, 2, 3, 1)))
         import_diff = {
             k: float(np.abs(np.asarray(got[k], np.float32) - v).max()) for k, v in want.items()
@@ -140,23 +141,13 @@ def _case(arch: str, device: str, batch: int, seed: int) -> dict:
     }
 
 
-def _fgjax_model(arch: str):
-    if arch.startswith("swin"):
-        from fgjax.models.swin import swin_from_name
-
-        return swin_from_name(arch)
-    from fgjax.models import resnet50
-
-    return resnet50()
-
-
-def _kwargs(arch: str) -> dict:
-    return {} if arch.startswith("swin") else {"return_maps": True}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--which", default=f"resnet50,{SWIN}", help="comma list: resnet50, swin_*")
+    parser.add_argument(
+        "--which",
+        default=f"resnet50,{SWIN}",
+        help="comma list of arch names (resnet18..152, swin_*)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
@@ -166,7 +157,7 @@ def main() -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
     for arch in args.which.split(","):
         arch = "swin_large_patch4_window12_384" if arch == "swin" else arch
-        batch = args.batch if arch == "resnet50" else max(1, args.batch // 4)
+        batch = args.batch if arch_family(arch) == "resnet" else max(1, args.batch // 4)
         print(json.dumps(_case(arch, args.device, batch, args.seed)), flush=True)
 
 

@@ -11,15 +11,14 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from fgjax.weights.pth import (
+from fgjax.weights.pth_reader import (
     LEGACY_MAGIC,
     LEGACY_PROTOCOL,
     CheckpointFormatError,
     UnsafeCheckpointError,
-    _PickleWriter,
     load_pth,
-    save_pth,
 )
+from fgjax.weights.pth_writer import _PickleWriter, save_pth
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 

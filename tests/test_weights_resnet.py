@@ -1,16 +1,19 @@
-"""torchvision ResNet <-> fgjax: numerical parity on the torch fixture, key maps of the
-methods' checkpoints, export round trips, load_pretrained and the command line."""
+"""torchvision ResNet <-> fgjax: numerical parity on the torch fixtures (Bottleneck and
+BasicBlock), key maps of the methods' checkpoints, export round trips, load_pretrained and
+the command line."""
 
+import functools
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fgjax.models import ResNet
+from fgjax.models import build_backbone
 from fgjax.weights import (
     export_torch,
     load_pretrained,
@@ -19,41 +22,64 @@ from fgjax.weights import (
     resnet_variables_to_torch,
     save_variables,
     target_for_arch,
+    unflatten_strings,
 )
 from fgjax.weights.__main__ import main
 from fgjax.weights.variables import flatten
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 SMALL = os.path.join(FIXTURES, "resnet_small.npz")
+# fixture (see fixtures/make_resnet_fixtures.py) -> the registry arch of its block type
+CASES = {"resnet_small": "resnet50", "resnet_basic_small": "resnet18"}
+
+
+@functools.cache
+def _case(name):
+    """The torch fixture `name`, the fgjax model of its layout, its abstract variables
+    and the variables imported from its state dict (built once per test session)."""
+    with np.load(os.path.join(FIXTURES, f"{name}.npz")) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["sd"] = {k[3:]: v for k, v in arrays.items() if k.startswith("sd/")}
+    stage_sizes, width = tuple(int(n) for n in arrays["stage_sizes"]), int(arrays["width"])
+    model = build_backbone(CASES[name], stage_sizes=stage_sizes, width=width)
+    # Abstract variables: a real init costs ~3 s per kernel shape on CPU.
+    target = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    )
+    variables, report = resnet_variables_from_torch(arrays["sd"], target)
+    return SimpleNamespace(
+        name=name, arch=CASES[name], data=arrays, model=model, target=target,
+        variables=variables, report=report,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request):
+    return _case(request.param)
 
 
 @pytest.fixture(scope="module")
 def fixture():
-    with np.load(SMALL) as data:
-        out = {k: data[k] for k in data.files}
-    out["sd"] = {k[3:]: v for k, v in out.items() if k.startswith("sd/")}
-    return out
+    return _case("resnet_small").data
 
 
 @pytest.fixture(scope="module")
-def model(fixture):
-    return ResNet(stage_sizes=tuple(fixture["stage_sizes"]), width=int(fixture["width"]))
+def target():
+    return _case("resnet_small").target
 
 
 @pytest.fixture(scope="module")
-def target(fixture):
-    # Abstract variables: a real init costs ~3 s per kernel shape on CPU (truncated normal).
-    return _abstract(int(fixture["width"]), tuple(fixture["stage_sizes"]))
-
-
-@pytest.fixture(scope="module")
-def loaded(fixture, target):
-    variables, report = resnet_variables_from_torch(fixture["sd"], target)
-    return variables, report
+def loaded():
+    small = _case("resnet_small")
+    return small.variables, small.report
 
 
 def _backbone(sd):
     return {k: v for k, v in sd.items() if not k.startswith("fc.")}
+
+
+def _shapes(tree):
+    return {path: (leaf.shape, leaf.dtype) for path, leaf in flatten(tree).items()}
 
 
 def _assert_same(a, b):
@@ -63,75 +89,87 @@ def _assert_same(a, b):
         np.testing.assert_array_equal(np.asarray(fa[path]), np.asarray(fb[path]), err_msg=str(path))
 
 
-def test_state_dict_maps_every_variable(loaded, target, fixture):
-    variables, report = loaded
+def test_state_dict_maps_every_variable(case):
+    variables, report, sd = case.variables, case.report, case.data["sd"]
     assert report.ok, str(report)
-    counters = [k for k in fixture["sd"] if k.endswith("num_batches_tracked")]
-    assert len(report.loaded) == len(flatten(target))
-    assert sorted(report.loaded) == sorted(set(_backbone(fixture["sd"])) - set(counters))
+    counters = [k for k in sd if k.endswith("num_batches_tracked")]
+    assert len(report.loaded) == len(flatten(case.target))
+    assert sorted(report.loaded) == sorted(set(_backbone(sd)) - set(counters))
     assert sorted(report.ignored) == sorted(counters + ["fc.weight", "fc.bias"])
     assert any("num_batches_tracked" in n for n in report.notes)
     assert any("fc.* (2)" in n for n in report.notes)
-    conv = fixture["sd"]["layer2.0.conv2.weight"]  # [O, I, kh, kw]
+    conv = sd["layer2.0.conv2.weight"]  # [O, I, kh, kw]
     kernel = variables["params"]["layer2_0"]["conv2"]["kernel"]
     assert kernel.dtype == np.float32 and kernel.shape == (3, 3, conv.shape[1], conv.shape[0])
     np.testing.assert_array_equal(kernel[1, 2], conv[:, :, 1, 2].T)
     np.testing.assert_array_equal(
         variables["batch_stats"]["layer2_0"]["downsample_bn"]["var"],
-        fixture["sd"]["layer2.0.downsample.1.running_var"],
+        sd["layer2.0.downsample.1.running_var"],
     )
+    # torchvision: BasicBlock layer1.0 keeps the identity shortcut, Bottleneck widens 4x
+    assert ("layer1.0.downsample.0.weight" in sd) == (case.arch == "resnet50")
 
 
-def test_outputs_match_torchvision_eval_mode(loaded, model, fixture):
-    variables, _ = loaded
-    x = jnp.asarray(fixture["input"].transpose(0, 2, 3, 1))  # NCHW -> NHWC
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))
-    out, state = apply(variables, x)
-    np.testing.assert_allclose(np.asarray(out["pooled"]), fixture["pooled"], atol=1e-4, rtol=0)
-    stages = fixture["stage_sizes"]
+def test_outputs_match_torchvision_eval_mode(case):
+    x = jnp.asarray(case.data["input"].transpose(0, 2, 3, 1))  # NCHW -> NHWC
+    out = jax.jit(lambda v, x: case.model.apply(v, x, train=False))(case.variables, x)
+    np.testing.assert_allclose(out["pooled"], case.data["pooled"], atol=1e-4, rtol=0)
+    assert set(out) == {"pooled", "stage1", "stage2", "stage3", "stage4"}
     for s in range(1, 5):
-        last = f"layer{s}_{stages[s - 1] - 1}"
-        got = np.asarray(state["intermediates"][last]["__call__"][0])
-        want = fixture[f"stage{s}"].transpose(0, 2, 3, 1)
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f"stage{s}")
+        want = case.data[f"stage{s}"].transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(out[f"stage{s}"], want, atol=1e-4, rtol=0, err_msg=f"stage{s}")
 
 
-@pytest.mark.parametrize("name", ["resnet_small.pth", "resnet_small_legacy.pth"])
-def test_real_torch_save_files_load_strictly(loaded, target, name):
-    variables, report = load_pretrained(
-        os.path.join(FIXTURES, name), target, "resnet50", strict=True
-    )
+@pytest.mark.parametrize(
+    "name", ["resnet_small.pth", "resnet_small_legacy.pth", "resnet_basic_small.pth"]
+)
+def test_real_torch_save_files_load_strictly(name):
+    small = _case(name.removesuffix(".pth").removesuffix("_legacy"))
+    path = os.path.join(FIXTURES, name)
+    variables, report = load_pretrained(path, small.target, small.arch, strict=True)
     assert report.ok
-    _assert_same(variables, loaded[0])
+    _assert_same(variables, small.variables)
+    # `resnet`: the layout (block included) is read from the file itself
+    tensors = read_checkpoint(path)
+    assert _shapes(target_for_arch("resnet", tensors)) == _shapes(small.target)
+    _assert_same(load_pretrained(path, small.target, "resnet", strict=True)[0], small.variables)
 
 
-def test_round_trip_to_torchvision_and_back_is_exact(loaded, target, fixture):
-    variables, _ = loaded
-    sd = resnet_variables_to_torch(variables)
-    expected_keys = list(_backbone(fixture["sd"]))
+def test_basicblock_checkpoint_into_a_bottleneck_model_fails_strictly():
+    basic, bottleneck = _case("resnet_basic_small"), _case("resnet_small")
+    path = os.path.join(FIXTURES, "resnet_basic_small.pth")
+    with pytest.raises(ValueError, match="missing .*params/layer1_0/conv3/kernel"):
+        load_pretrained(path, bottleneck.target, "resnet50", strict=True)
+    _, report = load_pretrained(path, bottleneck.target, basic.arch)
+    assert report.mismatched and report.missing and not report.ok
+
+
+def test_round_trip_to_torchvision_and_back_is_exact(case):
+    sd = resnet_variables_to_torch(case.variables)
+    expected_keys = list(_backbone(case.data["sd"]))
     assert list(sd) == expected_keys  # torchvision's order, num_batches_tracked included
     for key in expected_keys:
         if key.endswith("num_batches_tracked"):
             assert sd[key].dtype == np.int64 and sd[key].shape == ()
         else:
             assert sd[key].dtype == np.float32 and sd[key].flags.c_contiguous
-            np.testing.assert_array_equal(sd[key], fixture["sd"][key], err_msg=key)
-    again, report = resnet_variables_from_torch(sd, target)
+            np.testing.assert_array_equal(sd[key], case.data["sd"][key], err_msg=key)
+    again, report = resnet_variables_from_torch(sd, case.target)
     assert report.ok
-    _assert_same(again, variables)
+    _assert_same(again, case.variables)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
-def test_export_file_reads_back_as_the_exported_arrays(tmp_path, loaded, target, suffix):
+def test_export_file_reads_back_as_the_exported_arrays(tmp_path, case, suffix):
     path = tmp_path / f"export{suffix}"
-    exported = export_torch(path, loaded[0], "resnet50")
+    exported = export_torch(path, case.variables, case.arch)
     back = read_checkpoint(path)
     assert list(back) == list(exported)
     for key, value in exported.items():
         assert back[key].dtype == value.dtype
         np.testing.assert_array_equal(back[key], value, err_msg=key)
-    variables, report = load_pretrained(path, target, "resnet50", strict=True)
-    _assert_same(variables, loaded[0])
+    variables, report = load_pretrained(path, case.target, case.arch, strict=True)
+    _assert_same(variables, case.variables)
 
 
 # --------------------------------------------------------------------------- key maps
@@ -262,7 +300,7 @@ def test_strict_load_of_a_different_architecture_fails(tmp_path, fixture):
 
 
 def _abstract(width, stage_sizes=(1, 2, 1, 1)):
-    model = ResNet(stage_sizes=stage_sizes, width=width)
+    model = build_backbone("resnet50", stage_sizes=stage_sizes, width=width)
     return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), False))
 
 
@@ -276,11 +314,24 @@ def test_fgjax_npz_loads_without_key_map(tmp_path, loaded, target):
     assert "fgjax variables file" in report.notes[0]
 
 
-def test_resnet50_target_shapes():
-    target = target_for_arch("resnet50")
+@pytest.mark.parametrize(
+    "arch, params, last_bn",
+    [("resnet50", 25_557_032 - 2_049_000, "layer4_2/bn3")]
+    + [("resnet18", 11_689_512 - 513_000, "layer4_1/bn2")],
+)
+def test_registry_target_shapes(arch, params, last_bn):
+    target = target_for_arch(arch)
     n = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(target["params"]))
-    assert n == 25_557_032 - 2_049_000
-    assert target["batch_stats"]["layer4_2"]["bn3"]["var"].shape == (2048,)
+    assert n == params  # torchvision's count without the fc
+    block, bn = last_bn.split("/")
+    assert target["batch_stats"][block][bn]["var"].shape == (512 if arch == "resnet18" else 2048,)
+
+
+def test_unknown_arch_is_an_error_naming_the_known_ones():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet200'.*resnet18"):
+        target_for_arch("resnet200")
+    with pytest.raises(ValueError, match="pass its tensors"):
+        target_for_arch("resnet")
 
 
 # --------------------------------------------------------------------------- command line
@@ -308,6 +359,25 @@ def test_cli_convert_both_directions(tmp_path, capsys, loaded):
         exported["layer3.0.conv2.weight"],
         np.load(SMALL)["sd/layer3.0.conv2.weight"],
     )
+
+
+def test_cli_converts_basicblock_resnets(tmp_path, capsys):
+    basic = _case("resnet_basic_small")
+    src = os.path.join(FIXTURES, "resnet_basic_small.pth")
+    out = tmp_path / "basic.npz"
+    assert main(["convert", src, str(out), "--arch", "resnet", "--strict"]) == 0
+    assert "loaded 70 tensors" in capsys.readouterr().out
+    with np.load(out) as data:
+        assert data["params/layer1_0/conv1/kernel"].shape == (3, 3, 4, 4)
+        assert "params/layer1_0/downsample_conv/kernel" not in data.files
+        _assert_same(unflatten_strings(dict(data)), basic.variables)
+    back = tmp_path / "back.pth"
+    assert main(["convert", str(out), str(back), "--arch", "resnet", "--strict"]) == 0
+    exported = read_checkpoint(back)
+    assert list(exported) == list(_backbone(basic.data["sd"]))
+    for key, value in exported.items():
+        if not key.endswith("num_batches_tracked"):
+            np.testing.assert_array_equal(value, basic.data["sd"][key], err_msg=key)
 
 
 def test_cli_reports_bad_inputs_by_name(tmp_path, capsys):

@@ -1,12 +1,20 @@
-"""Build the backbone a config names."""
+"""Build the backbone a config names (through `fgjax.models.registry`)."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fgjax.models.resnet import ResNet
+from fgjax.models.registry import arch_family, build_backbone
+
+# Module fields that have their own `config.model` entry, per architecture family;
+# they are applied only to that family (a ResNet has no drop path, a Swin no BN).
+FAMILY_FIELDS = {
+    "resnet": ("stem_maxpool", "bn_momentum", "bn_epsilon", "zero_init_last_bn"),
+    "swin": ("drop_path_rate", "remat"),
+}
 
 
 def compute_dtype(name: str) -> jnp.dtype:
@@ -18,17 +26,28 @@ def compute_dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def backbone_from_config(model: ml_collections.ConfigDict, bn_groups: int = 1) -> ResNet:
-    """The ResNet of `config.model`; `bn_groups` is the method's BatchNorm grouping."""
-    if not model.arch.startswith("resnet"):
-        raise ValueError(f"config.model.arch={model.arch!r}: only ResNet backbones train today")
-    return ResNet(
-        stage_sizes=tuple(model.stage_sizes),
-        width=model.width,
-        stem_maxpool=model.stem_maxpool,
-        bn_momentum=model.bn_momentum,
-        bn_epsilon=model.bn_epsilon,
-        bn_groups=bn_groups,
-        zero_init_last_bn=model.zero_init_last_bn,
+def backbone_from_config(model: ml_collections.ConfigDict, bn_groups: int = 1) -> nn.Module:
+    """The backbone of `config.model`; `bn_groups` is the method's BatchNorm grouping.
+
+    Reads `model.arch` (a `fgjax.models.registry` name), `model.dtype` (see
+    `compute_dtype`), `model.overrides` (module field overrides, e.g. `stage_sizes` and
+    `width` of a tiny ResNet; possibly empty) and the fields of the arch's family in
+    `FAMILY_FIELDS` (ResNet: `stem_maxpool, bn_momentum, bn_epsilon, zero_init_last_bn`;
+    Swin: `drop_path_rate, remat`). An override of a field that has its own config entry
+    (those, `dtype`, `bn_groups`) is a ValueError: set the entry instead.
+    """
+    own = FAMILY_FIELDS.get(arch_family(model.arch), ())
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in model.overrides.items()}
+    clash = sorted(set(overrides) & {*own, "dtype", "bn_groups"})
+    if clash:
+        raise ValueError(
+            f"config.model.overrides sets {clash}: use config.model.<field> (or the method's "
+            "bn_groups) for these"
+        )
+    return build_backbone(
+        model.arch,
         dtype=compute_dtype(model.dtype),
+        bn_groups=bn_groups,
+        **{name: model[name] for name in own},
+        **overrides,
     )

@@ -360,7 +360,7 @@ class Swin(nn.Module):
         return out
 
 
-# --------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------- timm names
 
 # Sizes from the Swin paper / timm model cards (herbs.md table 2.2).
 _SIZES = {
@@ -369,7 +369,11 @@ _SIZES = {
     "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
     "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 }
-_NAME = re.compile(r"swin_(tiny|small|base|large)_patch(\d+)_window(\d+)_(\d+)")
+# A timm architecture name, with the timm 0.4.12 `_in22k` suffix or a new-timm pretrained
+# tag (`.ms_in22k`) allowed; groups: size, patch, window, image size.
+SWIN_NAME = re.compile(
+    r"swin_(tiny|small|base|large)_patch(\d+)_window(\d+)_(\d+)(?:_in22k)?(?:\..+)?"
+)
 
 
 def swin_from_name(arch: str, **kwargs: Any) -> Swin:
@@ -379,8 +383,7 @@ def swin_from_name(arch: str, **kwargs: Any) -> Swin:
     (`swin_large_patch4_window12_384.ms_in22k`); `kwargs` override fields (e.g. `dtype`,
     `drop_path_rate`).
     """
-    base = arch.split(".", 1)[0].removesuffix("_in22k")
-    match = _NAME.fullmatch(base)
+    match = SWIN_NAME.fullmatch(arch)
     if match is None:
         raise ValueError(f"unknown Swin architecture {arch!r}")
     size, patch, window, img = match.groups()

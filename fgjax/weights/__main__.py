@@ -8,8 +8,9 @@
            Prints the load report; `--strict` fails on anything missing/unexpected.
   inspect  lists IN's tensors (name, dtype, shape) and where a ResNet backbone sits.
 
-ARCH: resnet50 | resnet101 | resnet152 | resnet (layout read from IN) | swin_* (timm name,
-e.g. swin_large_patch4_window12_384).
+ARCH: a `fgjax.models.registry` name (resnet18/34/50/101/152, timm Swin names such as
+swin_large_patch4_window12_384; `--help` lists them), or resnet (block, depth and width
+read from IN).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from fgjax.models.registry import arch_names
 from fgjax.weights.checkpoint import read_checkpoint
 from fgjax.weights.load import (
     export_torch,
@@ -27,7 +29,7 @@ from fgjax.weights.load import (
     variables_from_torch,
 )
 from fgjax.weights.load import save_variables as save_fgjax_npz
-from fgjax.weights.pth import CheckpointFormatError, UnsafeCheckpointError
+from fgjax.weights.pth_reader import CheckpointFormatError, UnsafeCheckpointError
 from fgjax.weights.resnet_keys import find_backbone
 
 
@@ -39,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert a checkpoint to fgjax or torchvision layout")
     convert.add_argument("input")
     convert.add_argument("output")
-    convert.add_argument("--arch", required=True)
+    convert.add_argument(
+        "--arch",
+        required=True,
+        help=f"{', '.join(arch_names())}, or resnet (block, depth and width read from IN)",
+    )
     convert.add_argument("--to", choices=("fgjax", "torchvision"), default=None)
     convert.add_argument("--prefix", default=None, help="backbone key prefix (auto when unset)")
     convert.add_argument("--strict", action="store_true")

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fgjax.weights.pth import CheckpointFormatError, load_pth, save_pth
+from fgjax.weights.pth_reader import CheckpointFormatError, load_pth
+from fgjax.weights.pth_writer import save_pth
 from fgjax.weights.safetensors_io import MAX_HEADER_BYTES, load_safetensors, save_safetensors
 
 PathLike = str | os.PathLike

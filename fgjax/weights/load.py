@@ -28,11 +28,19 @@ from fgjax.weights.variables import (
 PathLike = str | os.PathLike
 
 COLLECTIONS = ("params", "batch_stats")
-RESNET_STAGES = {
-    "resnet50": (3, 4, 6, 3),
-    "resnet101": (3, 4, 23, 3),
-    "resnet152": (3, 8, 36, 3),
-}
+# `--arch resnet`: a torchvision ResNet whose block, depth and width are read from the
+# checkpoint; every other arch is a `fgjax.models.registry` name.
+ANY_RESNET = "resnet"
+
+
+def _family(arch: str) -> str:
+    """The key-map family of `arch` ('resnet', 'swin'): `fgjax.models.registry.arch_family`,
+    plus the bare `resnet`. ValueError for an unknown arch."""
+    if arch == ANY_RESNET:
+        return "resnet"
+    from fgjax.models.registry import arch_family  # imports jax
+
+    return arch_family(arch)
 
 
 def is_fgjax_file(tensors: Mapping[str, Any]) -> bool:
@@ -57,10 +65,11 @@ def variables_from_torch(
     arch: str,
     prefix: str | None = None,
 ) -> tuple[dict[str, Any], ImportReport]:
-    """Dispatch a torch-keyed state dict to the key map of `arch` (`resnet*`, `swin*`)."""
-    if arch.startswith("resnet"):
+    """Dispatch a torch-keyed state dict to the key map of `arch`'s family."""
+    family = _family(arch)
+    if family == "resnet":
         return resnet_variables_from_torch(state_dict, target, prefix=prefix)
-    if arch.startswith("swin"):
+    if family == "swin":
         from fgjax.weights.swin_keys import swin_variables_from_torch
 
         notes = []
@@ -73,21 +82,19 @@ def variables_from_torch(
         report = as_import_report(report)
         report.notes[:0] = notes
         return variables, report
-    raise ValueError(f"unknown architecture {arch!r}: expected resnet* or swin*")
+    raise ValueError(f"architecture {arch!r} ({family}) has no torch key map")
 
 
 def variables_to_torch(variables: Mapping[str, Any], arch: str) -> dict[str, np.ndarray]:
     """fgjax variables -> the torchvision (ResNet) / timm (Swin) state dict."""
-    if arch.startswith("resnet"):
+    family = _family(arch)
+    if family == "resnet":
         return resnet_variables_to_torch(variables)
-    if arch.startswith("swin"):
-        from fgjax.weights import swin_keys
+    if family == "swin":
+        from fgjax.weights.swin_keys import swin_variables_to_torch
 
-        export = getattr(swin_keys, "swin_variables_to_torch", None)
-        if export is None:
-            raise NotImplementedError("fgjax.weights.swin_keys has no swin_variables_to_torch")
-        return export(variables)
-    raise ValueError(f"unknown architecture {arch!r}: expected resnet* or swin*")
+        return swin_variables_to_torch(variables)
+    raise ValueError(f"architecture {arch!r} ({family}) has no torch key map")
 
 
 def load_pretrained(
@@ -105,7 +112,8 @@ def load_pretrained(
         `.safetensors`, a torch-keyed `.npz`, or fgjax's own `.npz`.
       target: `{'params': ..., 'batch_stats': ...}` of the backbone module (arrays or
         `jax.ShapeDtypeStruct`s).
-      arch: `resnet*` or `swin*`; picks the key map.
+      arch: a `fgjax.models.registry` name or `resnet`; its family picks the key map
+        (not needed for fgjax's own `.npz`).
       strict: raise `ValueError` on any missing, unexpected or mismatched tensor
         (ignored heads, momentum encoders and BN counters are not errors).
       prefix: backbone key prefix, found automatically when None.
@@ -145,38 +153,32 @@ def export_torch(path: PathLike, variables: Mapping[str, Any], arch: str) -> dic
     return state_dict
 
 
-def model_for_arch(arch: str, tensors: Mapping[str, np.ndarray] | None = None) -> Any:
-    """The fgjax backbone module named by `arch`.
+def backbone_for_arch(arch: str, tensors: Mapping[str, np.ndarray] | None = None) -> Any:
+    """The fgjax backbone module named by `arch` (`fgjax.models.build_backbone`).
 
-    `resnet50/101/152`, `swin_*` (timm names), or plain `resnet`, whose stage sizes and
-    width are read from `tensors` (a torch- or fgjax-keyed state dict).
+    `arch` is a registry name (`resnet18` ... `resnet152`, `swin_*` timm names) or the
+    bare `resnet`, whose block, stage sizes and width are read from `tensors` (a torch-
+    or fgjax-keyed state dict).
     """
-    if arch.startswith("resnet"):
-        from fgjax.models.resnet import ResNet
+    from fgjax.models.registry import build_backbone  # imports jax
 
-        if arch in RESNET_STAGES:
-            return ResNet(stage_sizes=RESNET_STAGES[arch], width=64)
-        if arch != "resnet" or tensors is None:
-            raise ValueError(f"unknown ResNet {arch!r}: use {sorted(RESNET_STAGES)} or 'resnet'")
-        if is_fgjax_file(tensors):
-            flat = {tuple(k.split("/")): v for k, v in tensors.items()}
-            tensors = {
-                torch_key(p) or "/".join(p): to_torch(np.asarray(v), p) for p, v in flat.items()
-            }
-        return ResNet(**infer_resnet_config(tensors))
-    if arch.startswith("swin"):
-        from fgjax.models.swin import swin_from_name
-
-        return swin_from_name(arch)
-    raise ValueError(f"unknown architecture {arch!r}: expected resnet* or swin*")
+    if arch != ANY_RESNET:
+        return build_backbone(arch)
+    if tensors is None:
+        raise ValueError("arch 'resnet' reads its layout from a checkpoint: pass its tensors")
+    if is_fgjax_file(tensors):
+        flat = {tuple(k.split("/")): v for k, v in tensors.items()}
+        tensors = {torch_key(p) or "/".join(p): to_torch(np.asarray(v), p) for p, v in flat.items()}
+    # Any registered ResNet: the inferred fields (block included) replace its own.
+    return build_backbone("resnet50", **infer_resnet_config(tensors))
 
 
 def target_for_arch(arch: str, tensors: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Abstract variables (`jax.ShapeDtypeStruct` leaves) of `model_for_arch(arch)`."""
+    """Abstract variables (`jax.ShapeDtypeStruct` leaves) of `backbone_for_arch(arch)`."""
     import jax
     import jax.numpy as jnp
 
-    model = model_for_arch(arch, tensors)
+    model = backbone_for_arch(arch, tensors)
     size = int(getattr(model, "img_size", 224))  # Swin fixes its input size
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))

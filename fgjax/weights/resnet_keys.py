@@ -1,6 +1,8 @@
 """torchvision-layout ResNet state dicts <-> fgjax `ResNet` variables.
 
-One rule per tensor (fgjax names mirror torchvision, see `fgjax.models.resnet`):
+BasicBlock (resnet18/34: conv1..2, bn1..2 per block) and Bottleneck (resnet50/101/152:
+conv1..3, bn1..3) share one rule per tensor (fgjax names mirror torchvision, see
+`fgjax.models.resnet`):
 
   conv1.weight [O, I, kh, kw]            params/conv1/kernel [kh, kw, I, O]
   bn1.weight / bn1.bias                  params/bn1/scale / params/bn1/bias
@@ -249,8 +251,9 @@ def _torchvision_order(key: str) -> tuple[int, ...]:
 
 
 def infer_resnet_config(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """`{'stage_sizes': (...), 'width': w}` of the torchvision ResNet in `state_dict`
-    (bottleneck layout: width = stem channels = first block's mid channels)."""
+    """`{'block': 'basic' | 'bottleneck', 'stage_sizes': (...), 'width': w}`: the
+    `fgjax.models.ResNet` fields of the torchvision ResNet in `state_dict` (Bottleneck
+    blocks have a conv3; width = stem channels = the first stage's 3x3 channels)."""
     prefix, sequential, _ = find_backbone(state_dict)
     keys = [_canonical(k[len(prefix) :], sequential) for k in state_dict if k.startswith(prefix)]
     stages: dict[int, int] = {}
@@ -262,4 +265,8 @@ def infer_resnet_config(state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
     if not stages or sorted(stages) != list(range(1, len(stages) + 1)):
         raise ValueError("cannot infer a ResNet layout from the checkpoint keys")
     width = int(np.shape(state_dict[prefix + ("0.weight" if sequential else "conv1.weight")])[0])
-    return {"stage_sizes": tuple(stages[s] for s in sorted(stages)), "width": width}
+    return {
+        "block": "bottleneck" if "layer1.0.conv3.weight" in keys else "basic",
+        "stage_sizes": tuple(stages[s] for s in sorted(stages)),
+        "width": width,
+    }

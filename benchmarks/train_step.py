@@ -27,43 +27,56 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fgjax.config import load_config_file, photometric_specs  # noqa: E402
-from fgjax.methods import build_method  # noqa: E402
+from fgjax.config import default_config, load_config_file, photometric_spec  # noqa: E402
+from fgjax.core.sharding import global_batch, make_mesh, put_replicated  # noqa: E402
+from fgjax.methods import RunInfo, build_method  # noqa: E402
 from fgjax.train import optim  # noqa: E402
-from fgjax.train.sharding import global_batch, make_mesh, put_replicated  # noqa: E402
+from fgjax.train.loop import view_spec  # noqa: E402
 from fgjax.train.state import create_train_state  # noqa: E402
 from fgjax.train.step import jit_train_step, make_train_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = {"supervised": "cub_moco.py", "moco": "cub_moco.py", "byol": "cub_byol.py"}
+RECIPES = {"moco": "cub_moco.py", "byol": "cub_byol.py"}  # supervised: the library default
 
 
 def build(which: str, batch: int, image_size: int, dtype: str, num_classes: int = 200):
-    config = load_config_file(os.path.join(REPO, "configs", RECIPES[which]))
-    config.method = which
+    if which in RECIPES:
+        config = load_config_file(os.path.join(REPO, "configs", RECIPES[which]))
+    else:
+        config = default_config(which)
     config.train.batch_size = batch
     config.data.image_size = image_size
     config.model.dtype = dtype
     config.model.stem_maxpool = True  # the standard ResNet-50 for every step
-    method = build_method(config, num_classes=num_classes, total_steps=10_000)
+    run = RunInfo(
+        steps_per_epoch=100,
+        total_steps=10_000,
+        batch_size=batch,
+        num_classes=num_classes,
+        num_coarse_classes=0,
+        num_train_examples=100 * batch,
+    )
+    method = build_method(config, run)
     schedule = optim.make_schedule(config.optim, batch, steps_per_epoch=100, num_epochs=100)
     tx = optim.make_optimizer(config.optim, schedule)
     mesh = make_mesh()
     state = put_replicated(
         create_train_state(method, tx, (2, image_size, image_size, 3), seed=0), mesh
     )
-    step = jit_train_step(make_train_step(method, tx, photometric_specs(config)), mesh)
+    specs = {name: photometric_spec(config, name) for name in method.view_names}
+    step = jit_train_step(make_train_step(method, tx, specs, run), mesh)
     return config, method, mesh, state, step
 
 
 def time_steps(step, state, batches, warmup: int, steps: int) -> tuple[float, object]:
     """Seconds for `steps` steps after `warmup` untimed ones; `batches` is an iterator."""
+    frozen = {}
     for _ in range(warmup):
-        state, metrics = step(state, next(batches))
+        state, metrics = step(state, frozen, next(batches))
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, next(batches))
+        state, metrics = step(state, frozen, next(batches))
     jax.block_until_ready(metrics)
     return time.perf_counter() - start, state
 
@@ -94,11 +107,15 @@ def main() -> None:
     for which in args.which.split(","):
         config, method, mesh, state, step = build(which, args.batch, args.image_size, args.dtype)
         rng = np.random.default_rng(0)
-        shape = (args.batch, method.num_views, args.image_size, args.image_size, 3)
+        shape = (args.batch, args.image_size, args.image_size, 3)
         synthetic = global_batch(
             {
-                "images": rng.integers(0, 256, shape, dtype=np.uint8),
+                "views": {
+                    name: rng.integers(0, 256, shape, dtype=np.uint8) for name in method.view_names
+                },
                 "label": rng.integers(0, 200, args.batch).astype(np.int32),
+                "coarse_label": np.zeros(args.batch, np.int32),
+                "index": np.arange(args.batch, dtype=np.int32),
             },
             mesh,
         )
@@ -122,13 +139,11 @@ def main() -> None:
             loader = make_train_loader(
                 CsvManifestSource(args.jpeg_csv),
                 global_batch_size=args.batch,
-                image_size=args.image_size,
-                num_views=method.num_views,
-                crop_scale=tuple(config.data.crop_scale),
+                views=[view_spec(config, name) for name in method.view_names],
                 seed=0,
                 num_workers=args.workers,
             )
-            feed = (global_batch({k: b[k] for k in ("images", "label")}, mesh) for b in loader)
+            feed = (global_batch(b, mesh) for b in loader)
             seconds, state = time_steps(step, state, feed, args.warmup, args.steps)
             row = {
                 **row,

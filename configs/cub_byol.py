@@ -16,16 +16,15 @@ from fgjax.data.augment import byol_view1_spec, byol_view2_spec
 
 
 def get_config():
-    c = default_config()
-    c.method = "byol"
+    c = default_config("byol")
     c.model.stem_maxpool = False
     c.data.kind = "image_folder"
     c.data.root = "data/CUB200"
     c.data.image_size = 224
-    c.data.crop_scale = (0.08, 1.0)
-    c.data.interpolation = "bicubic"
-    c.augment.view1 = photometric_config(byol_view1_spec())
-    c.augment.view2 = photometric_config(byol_view2_spec())
+    for view, spec in ((c.views.view1, byol_view1_spec()), (c.views.view2, byol_view2_spec())):
+        view.crop_scale = (0.08, 1.0)
+        view.interpolation = "bicubic"
+        view.photometric = photometric_config(spec)
     c.byol.hidden_dim = 4096
     c.byol.dim = 256
     c.byol.ema_base = 0.996

@@ -17,15 +17,14 @@ from fgjax.data.augment import moco_v2_spec
 
 
 def get_config():
-    c = default_config()
-    c.method = "moco"
+    c = default_config("moco")
     c.data.kind = "image_folder"
     c.data.root = "data/CUB200"
     c.data.image_size = 224
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.interpolation = "bilinear"
-    c.augment.view1 = photometric_config(moco_v2_spec())
-    c.augment.view2 = photometric_config(moco_v2_spec())
+    for view in c.views.values():  # 'view1' queries, 'view2' keys
+        view.crop_scale = (0.2, 1.0)
+        view.interpolation = "bilinear"
+        view.photometric = photometric_config(moco_v2_spec())
     c.moco.dim = 256
     c.moco.queue_size = 65536
     c.moco.momentum = 0.999

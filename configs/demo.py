@@ -11,14 +11,14 @@ from fgjax.config import default_config
 
 
 def get_config():
-    c = default_config()
-    c.method = "moco"
-    c.model.stage_sizes = (1, 1, 1, 1)
-    c.model.width = 8
+    c = default_config("moco")
+    c.model.overrides.stage_sizes = (1, 1, 1, 1)
+    c.model.overrides.width = 8
     c.model.dtype = "float32"
     c.data.kind = "procedural"
     c.data.image_size = 32
-    c.data.crop_scale = (0.3, 1.0)
+    for view in c.views.values():
+        view.crop_scale = (0.3, 1.0)
     c.data.num_workers = 2
     c.data.procedural.images_per_class = 80  # 12 train classes: 960 images, 15 steps/epoch
     c.moco.hidden_dim = 256

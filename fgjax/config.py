@@ -22,57 +22,63 @@ def photometric_config(spec: PhotometricSpec) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(vars(spec)))
 
 
-def photometric_specs(config: ml_collections.ConfigDict) -> list[PhotometricSpec]:
-    """`[view1, view2]` specs from `config.augment`."""
-    views = (config.augment.view1, config.augment.view2)
-    return [PhotometricSpec(**{k: v for k, v in view.items()}) for view in views]
+def view_config(config: ml_collections.ConfigDict, **fields) -> ml_collections.ConfigDict:
+    """One entry of `config.views`: how the CPU crops a view and the device augments it.
+
+    Fields: `size` (output side in pixels; by default follows `config.data.image_size`),
+    `crop_scale`, `crop_ratio` (RandomResizedCrop), `interpolation`, `root` ('' = the
+    dataset's own files, or a parallel root holding the same relative paths, e.g.
+    LEAD++'s DDT crops) and `photometric` (a `PhotometricSpec`, on the device).
+    """
+    view = ml_collections.ConfigDict(
+        dict(
+            size=config.data.get_ref("image_size"),
+            crop_scale=(0.2, 1.0),
+            crop_ratio=(3 / 4, 4 / 3),
+            interpolation="bilinear",
+            root="",
+            photometric=photometric_config(PhotometricSpec()),
+        )
+    )
+    for key, value in fields.items():
+        if key not in view:
+            raise ValueError(f"unknown view field {key!r}; fields: {sorted(view)}")
+        view[key] = photometric_config(value) if isinstance(value, PhotometricSpec) else value
+    return view
 
 
-def default_config() -> ml_collections.ConfigDict:
+def photometric_spec(config: ml_collections.ConfigDict, view: str) -> PhotometricSpec:
+    """The `PhotometricSpec` of `config.views.<view>`."""
+    return PhotometricSpec(**dict(config.views[view].photometric.items()))
+
+
+def default_config(method: str = "moco") -> ml_collections.ConfigDict:
+    """Library defaults with the section and default views of `method` (a registered name)."""
+    from fgjax.methods import method_class
+
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.method = "moco"  # 'moco' | 'byol' | 'supervised'
+    c.method = method
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "resnet50"
-    c.model.stage_sizes = (3, 4, 6, 3)
-    c.model.width = 64
+    c.model.arch = "resnet50"  # any name of fgjax.models.registry: resnet18..152, swin_*
+    c.model.overrides = ml_collections.ConfigDict()  # module fields, e.g. width=8 (tiny nets)
+    c.model.dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32'/'bfloat16'
+    c.model.init_from = ""  # a .pth/.safetensors/.npz backbone checkpoint (see fgjax.weights)
+    # ResNet only
     c.model.stem_maxpool = True
     c.model.bn_momentum = 0.9  # Flax convention; PyTorch momentum 0.1
     c.model.bn_epsilon = 1e-5
     c.model.zero_init_last_bn = False
-    c.model.dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32'/'bfloat16'
-    c.model.init_from = ""  # a .pth/.safetensors/.npz backbone checkpoint (see fgjax.weights)
-
-    c.moco = ml_collections.ConfigDict()
-    c.moco.hidden_dim = 2048
-    c.moco.dim = 128
-    c.moco.queue_size = 65536
-    c.moco.momentum = 0.999
-    c.moco.temperature = 0.2
-    # Shuffling BN: BatchNorm statistics are computed in this many groups of the
-    # global batch (one per "GPU" of the original recipe); keys are permuted across
-    # groups so a key never shares statistics with its own query.
-    c.moco.bn_groups = 8
-
-    c.byol = ml_collections.ConfigDict()
-    c.byol.hidden_dim = 4096
-    c.byol.dim = 256
-    c.byol.ema_base = 0.996
-    c.byol.ema_schedule = "cosine"  # 'cosine' (BYOL paper: base -> 1) | 'constant' (LCR code)
-    c.byol.bn_groups = 1
-
-    c.supervised = ml_collections.ConfigDict()
-    c.supervised.label_smoothing = 0.0
+    # Swin only
+    c.model.drop_path_rate = 0.1
+    c.model.remat = False
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "procedural"  # 'procedural' | 'image_folder' | 'csv'
     c.data.root = ""  # image-folder root (root/train/<class>/...) or CSV manifest path
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
-    c.data.image_size = 224
-    c.data.crop_scale = (0.2, 1.0)
-    c.data.crop_ratio = (3 / 4, 4 / 3)
-    c.data.interpolation = "bilinear"
+    c.data.image_size = 224  # evaluation crop, and the default size of every view
     c.data.num_workers = 4
     c.data.procedural = ml_collections.ConfigDict(
         dict(
@@ -86,9 +92,12 @@ def default_config() -> ml_collections.ConfigDict:
         )
     )
 
-    c.augment = ml_collections.ConfigDict()
-    c.augment.view1 = photometric_config(PhotometricSpec())
-    c.augment.view2 = photometric_config(PhotometricSpec())
+    cls = method_class(method)
+    c[method] = cls.config_section()
+    # Views by name (the method reads `method.view_names` of them).
+    c.views = ml_collections.ConfigDict()
+    for name, fields in cls.default_views().items():
+        c.views[name] = view_config(c, **fields)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"
@@ -109,16 +118,20 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global, over all processes and devices
-    c.train.num_epochs = 100
+    c.train.accumulate_steps = 1  # micro-batches per optimiser step (batch_size / this each)
+    c.train.num_epochs = 100  # 0: evaluate only (no optimiser, no train loader)
     c.train.max_steps = 0  # > 0 stops early (smoke tests); schedules still use num_epochs
+    c.train.max_bad_steps = 20  # stop after this many non-finite steps in a row
     c.train.log_every_steps = 10
     c.train.checkpoint_every_steps = 500
     c.train.keep_checkpoints = 3
-    c.train.progress_bar = True
+    c.train.progress_bar = True  # a live bar on a terminal, one line per log otherwise
 
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
     c.eval.at_start = False  # also evaluate the untrained network (written to eval.json)
+    c.eval.every_epochs = 0  # > 0: also evaluate every this many epochs, track the best
+    c.eval.best_metric = "retrieval_recall@1"  # higher is better
     c.eval.batch_size = 256
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
@@ -127,7 +140,7 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-# Sequences are tuples so that `--config.data.crop_scale='(0.08, 1.0)'` can override them.
+# Sequences are tuples so that `--config.views.view1.crop_scale='(0.08, 1.0)'` can override them.
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

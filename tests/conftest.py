@@ -11,13 +11,13 @@ SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
 
 
 def tiny_config(method: str = "moco"):
-    """A default config shrunk to a 2-stage width-4 ResNet on 16 px procedural images."""
+    """A default config of `method` shrunk to a 2-stage width-4 ResNet on 16 px
+    procedural images."""
     from fgjax.config import default_config
 
-    c = default_config()
-    c.method = method
-    c.model.stage_sizes = (1, 1)
-    c.model.width = 4
+    c = default_config(method)
+    c.model.overrides.stage_sizes = (1, 1)
+    c.model.overrides.width = 4
     c.model.dtype = "float32"
     c.data.kind = "procedural"
     c.data.image_size = 16
@@ -26,12 +26,14 @@ def tiny_config(method: str = "moco"):
     c.data.procedural.fine_per_coarse = 2
     c.data.procedural.images_per_class = 8
     c.data.procedural.image_size = 16
-    c.moco.hidden_dim = 16
-    c.moco.dim = 8
-    c.moco.queue_size = 32
-    c.moco.bn_groups = 2
-    c.byol.hidden_dim = 16
-    c.byol.dim = 8
+    if method == "moco":
+        c.moco.hidden_dim = 16
+        c.moco.dim = 8
+        c.moco.queue_size = 32
+        c.moco.bn_groups = 2
+    if method == "byol":
+        c.byol.hidden_dim = 16
+        c.byol.dim = 8
     c.train.batch_size = 8
     c.train.num_epochs = 2
     c.train.log_every_steps = 1
@@ -48,3 +50,59 @@ def shared_data() -> str:
     if not os.path.isdir(SHARED_DATA):
         pytest.skip(f"real sample data not found at {SHARED_DATA} (../shared/data beside the repo)")
     return SHARED_DATA
+
+
+def run_info(config, num_classes: int = 4, steps_per_epoch: int = 5, num_epochs: int = 2):
+    """A RunInfo for unit tests that build a method without a dataset."""
+    from fgjax.methods import RunInfo
+
+    return RunInfo(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * num_epochs,
+        batch_size=config.train.batch_size,
+        num_classes=num_classes,
+        num_coarse_classes=2,
+        num_train_examples=steps_per_epoch * config.train.batch_size,
+    )
+
+
+def jitted_step(config, run, schedule=None, seed: int = 0):
+    """`(method, state, frozen, step, mesh)` of `config` on the default mesh: the real
+    `create_train_state` + `make_train_step` + `jit_train_step`."""
+    from fgjax.config import photometric_spec
+    from fgjax.core.sharding import make_mesh, put_replicated
+    from fgjax.methods import build_method
+    from fgjax.train import optim
+    from fgjax.train.state import create_train_state
+    from fgjax.train.step import jit_train_step, make_train_step
+
+    method = build_method(config, run)
+    if schedule is None:
+        schedule = optim.make_schedule(
+            config.optim, config.train.batch_size, run.steps_per_epoch, config.train.num_epochs
+        )
+    tx = optim.make_optimizer(config.optim, schedule)
+    mesh = make_mesh()
+    size = config.views[method.view_names[0]].size
+    state = put_replicated(create_train_state(method, tx, (2, size, size, 3), seed=seed), mesh)
+    frozen = put_replicated(method.init_frozen(), mesh)
+    specs = {name: photometric_spec(config, name) for name in method.view_names}
+    step = jit_train_step(
+        make_train_step(method, tx, specs, run, config.train.accumulate_steps), mesh
+    )
+    return method, state, frozen, step, mesh
+
+
+def random_batch(rng, view_names, batch_size: int, size: int, num_classes: int = 4) -> dict:
+    """A batch of random uint8 views and labels in the loader's layout."""
+    import numpy as np
+
+    return {
+        "views": {
+            name: rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
+            for name in view_names
+        },
+        "label": rng.integers(0, num_classes, batch_size).astype(np.int32),
+        "coarse_label": np.zeros(batch_size, np.int32),
+        "index": np.arange(batch_size, dtype=np.int32),
+    }

@@ -111,25 +111,33 @@ def test_per_example_keys_make_results_independent_of_sharding():
 
 
 def test_probabilities_are_respected():
-    spec = PhotometricSpec(jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5,
-                           solarize_prob=0.3)
+    spec = PhotometricSpec(jitter_prob=0.8, grayscale_prob=0.2, blur_prob=0.5, solarize_prob=0.3)
     n = 4000
-    params = jax.tree.map(np.asarray, jax.vmap(augment.sample_params, in_axes=(0, None))(
-        jax.random.split(jax.random.key(3), n), spec))
+    params = jax.tree.map(
+        np.asarray,
+        jax.vmap(augment.sample_params, in_axes=(0, None))(
+            jax.random.split(jax.random.key(3), n), spec
+        ),
+    )
     for name, p in [("jitter", 0.8), ("grayscale", 0.2), ("blur", 0.5), ("solarize", 0.3)]:
         assert abs(params[name].mean() - p) < 0.03, (name, params[name].mean())
     orders = {tuple(o) for o in params["order"]}
     assert orders == set(itertools.permutations(range(4)))  # all 24 orders occur
     assert abs(np.mean(params["order"][:, 0] == 3) - 0.25) < 0.03  # hue first 1/4 of the time
-    for name, lo, hi in [("brightness", 0.6, 1.4), ("saturation", 0.6, 1.4),
-                         ("hue", -0.1, 0.1), ("sigma", 0.1, 2.0)]:
+    for name, lo, hi in [
+        ("brightness", 0.6, 1.4),
+        ("saturation", 0.6, 1.4),
+        ("hue", -0.1, 0.1),
+        ("sigma", 0.1, 2.0),
+    ]:
         v = params[name]
         assert lo <= v.min() < lo + 0.01 and hi - 0.01 < v.max() <= hi, name
         assert abs(v.mean() - (lo + hi) / 2) < 0.03 * (hi - lo), name
     # End to end: p = 1 always applies (all channels equal), p = 0 never.
     x = _images(64, 4, 4)
-    gray = photometric_unnormalised(x, jax.random.key(4),
-                                    PhotometricSpec(**{**OFF, "grayscale_prob": 1.0}))
+    gray = photometric_unnormalised(
+        x, jax.random.key(4), PhotometricSpec(**{**OFF, "grayscale_prob": 1.0})
+    )
     assert np.allclose(gray[..., 0], gray[..., 1]) and np.allclose(gray[..., 1], gray[..., 2])
     never = photometric_unnormalised(x, jax.random.key(4), no_augment_spec())
     np.testing.assert_allclose(never, x / 255.0, atol=1e-7)
@@ -146,14 +154,15 @@ def test_color_ops_match_numpy_formulas():
     x = _float(3)
     f = np.array([0.5, 1.0, 1.4], np.float32)
     fb = f.reshape(-1, 1, 1, 1)
-    np.testing.assert_allclose(augment.adjust_brightness(x, f), np.clip(x * fb, 0, 1),
-                               atol=1e-6)
+    np.testing.assert_allclose(augment.adjust_brightness(x, f), np.clip(x * fb, 0, 1), atol=1e-6)
     g = _np_gray(x)
-    np.testing.assert_allclose(augment.adjust_saturation(x, f),
-                               np.clip(fb * x + (1 - fb) * g, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        augment.adjust_saturation(x, f), np.clip(fb * x + (1 - fb) * g, 0, 1), atol=1e-6
+    )
     m = g.mean(axis=(1, 2, 3), keepdims=True)
-    np.testing.assert_allclose(augment.adjust_contrast(x, f),
-                               np.clip(fb * x + (1 - fb) * m, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(
+        augment.adjust_contrast(x, f), np.clip(fb * x + (1 - fb) * m, 0, 1), atol=1e-6
+    )
     # Grayscale vs PIL's 'L' conversion (integer ITU-R 601 luma, rounded).
     u8 = _images(1, 8, 8, seed=5)[0]
     pil = np.asarray(Image.fromarray(u8).convert("L"), np.float32)
@@ -187,8 +196,9 @@ def test_gaussian_blur_matches_scipy():
     for b in range(2):
         ref = x[b]
         for axis in (0, 1):  # 'mirror' = reflect without repeating the edge (torch 'reflect')
-            ref = ndimage.gaussian_filter1d(ref, float(sigma[b]), axis=axis, mode="mirror",
-                                            radius=k // 2)
+            ref = ndimage.gaussian_filter1d(
+                ref, float(sigma[b]), axis=axis, mode="mirror", radius=k // 2
+            )
         np.testing.assert_allclose(ours[b], ref, atol=1e-5)
     assert np.array_equal(augment.gaussian_blur(x, sigma, 1), x)
 
@@ -236,8 +246,9 @@ def _np_chain(x, p, spec):
             y = np.repeat(_np_gray(y), 3, -1)
         if p["blur"][i] and k > 1:
             for axis in (0, 1):
-                y = ndimage.gaussian_filter1d(y, float(p["sigma"][i]), axis=axis,
-                                              mode="mirror", radius=k // 2)
+                y = ndimage.gaussian_filter1d(
+                    y, float(p["sigma"][i]), axis=axis, mode="mirror", radius=k // 2
+                )
             y = np.clip(y, 0, 1)
         if p["solarize"][i]:
             y = np.where(y >= spec.solarize_threshold, 1 - y, y)
@@ -246,13 +257,19 @@ def _np_chain(x, p, spec):
 
 
 def test_full_chain_matches_numpy_replay():
-    spec = PhotometricSpec(jitter_prob=0.7, grayscale_prob=0.3, blur_prob=0.5,
-                           solarize_prob=0.3, blur_kernel_fraction=0.5)
+    spec = PhotometricSpec(
+        jitter_prob=0.7,
+        grayscale_prob=0.3,
+        blur_prob=0.5,
+        solarize_prob=0.3,
+        blur_kernel_fraction=0.5,
+    )
     x = _images(24, 6, 6, seed=8)
     keys = jax.random.split(jax.random.key(11), 24)
     ours = np.asarray(photometric_per_example(x, keys, spec, normalise=False))
-    params = jax.tree.map(np.asarray, jax.vmap(augment.sample_params, in_axes=(0, None))(
-        keys, spec))
+    params = jax.tree.map(
+        np.asarray, jax.vmap(augment.sample_params, in_axes=(0, None))(keys, spec)
+    )
     assert params["jitter"].any() and params["grayscale"].any() and params["blur"].any()
     assert params["solarize"].any() and not params["jitter"].all()
     ref = _np_chain(x.astype(np.float32) / 255.0, params, spec)

@@ -42,8 +42,12 @@ class ArraySource:
         return len(self.images)
 
     def __getitem__(self, i):
-        return {"image": self.images[i], "label": int(self.labels[i]), "coarse_label": -1,
-                "index": i}
+        return {
+            "image": self.images[i],
+            "label": int(self.labels[i]),
+            "coarse_label": -1,
+            "index": i,
+        }
 
     def __repr__(self):
         return f"ArraySource(n={len(self)})"
@@ -78,7 +82,8 @@ def test_identity_crop_reproduces_the_image_or_its_mirror():
     flips = 0
     for seed in range(40):
         views = random_crop_views(
-            {"image": img}, np.random.default_rng(seed),
+            {"image": img},
+            np.random.default_rng(seed),
             [ViewSpec(n, 24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)) for n in "ab"],
         )
         assert list(views) == ["a", "b"]
@@ -121,8 +126,9 @@ def test_jpeg_draft_decoding_for_strong_downsampling(tmp_path, monkeypatch):
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     record = {"path": str(path)}
-    views = random_crop_views(record, np.random.default_rng(0),
-                              [ViewSpec(n, 32, crop_scale=(0.5, 1.0)) for n in "ab"])
+    views = random_crop_views(
+        record, np.random.default_rng(0), [ViewSpec(n, 32, crop_scale=(0.5, 1.0)) for n in "ab"]
+    )
     assert drafts and drafts[0][0] <= 640 // 2  # decoded at 1/2 .. 1/8 scale
     rng = np.random.default_rng(0)
     full = Image.open(path).convert("RGB")
@@ -141,8 +147,9 @@ def test_jpeg_draft_decoding_for_strong_downsampling(tmp_path, monkeypatch):
 def test_greyscale_and_corrupt_files(tmp_path):
     grey = tmp_path / "grey.jpg"
     Image.fromarray(_smooth_image(30, 30)[..., 0]).save(grey)  # mode 'L', as some CUB images
-    views = random_crop_views({"path": str(grey)}, np.random.default_rng(0),
-                              [ViewSpec("a", 8)])["a"]
+    views = random_crop_views({"path": str(grey)}, np.random.default_rng(0), [ViewSpec("a", 8)])[
+        "a"
+    ]
     assert views.shape == (8, 8, 3)
     assert (views[..., 0] == views[..., 1]).all() and (views[..., 1] == views[..., 2]).all()
     out = resize_center_crop({"path": str(grey)}, image_size=8)
@@ -161,8 +168,9 @@ def test_greyscale_and_corrupt_files(tmp_path):
     # Through the loader too.
     (tmp_path / "m.csv").write_text("path,label\nok.jpg,0\ngarbage.jpg,1\n")
     src = CsvManifestSource(str(tmp_path / "m.csv"))
-    loader = make_train_loader(src, global_batch_size=2, views=[ViewSpec("a", 8)], seed=0,
-                               num_workers=0)
+    loader = make_train_loader(
+        src, global_batch_size=2, views=[ViewSpec("a", 8)], seed=0, num_workers=0
+    )
     with pytest.raises(ImageDecodeError, match="garbage.jpg"):
         next(iter(loader))
 
@@ -214,16 +222,17 @@ def test_train_loader_process_shards_concatenate_to_the_global_batch():
     views = [ViewSpec("a", 8), ViewSpec("b", 5, crop_scale=(0.3, 0.9), interpolation="nearest")]
     kw = dict(global_batch_size=6, views=views, seed=11, num_workers=0, num_epochs=1)
     full = list(make_train_loader(src, **kw))
-    parts = [list(make_train_loader(src, process_index=p, process_count=3, **kw))
-             for p in range(3)]
+    parts = [list(make_train_loader(src, process_index=p, process_count=3, **kw)) for p in range(3)]
     assert len(full) == 5 and all(len(p) == 5 for p in parts)
     for t, batch in enumerate(full):
         for k in ("label", "coarse_label", "index"):
             np.testing.assert_array_equal(
-                batch[k], np.concatenate([parts[p][t][k] for p in range(3)]))
+                batch[k], np.concatenate([parts[p][t][k] for p in range(3)])
+            )
         for name, v in batch["views"].items():
             np.testing.assert_array_equal(
-                v, np.concatenate([parts[p][t]["views"][name] for p in range(3)]))
+                v, np.concatenate([parts[p][t]["views"][name] for p in range(3)])
+            )
     with pytest.raises(ValueError, match="multiple of process_count"):
         make_train_loader(src, process_count=4, **kw)
     with pytest.raises(ValueError, match="fewer than global_batch_size"):
@@ -231,8 +240,9 @@ def test_train_loader_process_shards_concatenate_to_the_global_batch():
 
 
 def test_train_loader_state_resume_and_worker_independence():
-    src = ProceduralFineGrained("train", num_coarse=2, fine_per_coarse=4, images_per_class=8,
-                                image_size=16)
+    src = ProceduralFineGrained(
+        "train", num_coarse=2, fine_per_coarse=4, images_per_class=8, image_size=16
+    )
     views = [ViewSpec("a", 16, crop_scale=(0.2, 1.0)), ViewSpec("b", 12)]
     kw = dict(global_batch_size=8, views=views, seed=5)
     reference = None
@@ -279,8 +289,9 @@ def test_view_spec_validates_fields_naming_the_view():
         ViewSpec("", 8)
 
 
-def _previous_random_crop_views(record, rng, *, image_size, num_views, crop_scale, crop_ratio,
-                                interpolation):
+def _previous_random_crop_views(
+    record, rng, *, image_size, num_views, crop_scale, crop_ratio, interpolation
+):
     """`random_crop_views` as it was before ViewSpec (d0f6d1d:fgjax/data/pipeline.py, minus
     its error handling): one image size, crop and interpolation for every view."""
     if "image" in record:
@@ -327,45 +338,58 @@ def _write_folder(root, images, fmt="png"):
     return root
 
 
-def test_two_equal_views_are_bit_identical_to_the_previous_two_view_output(
-        tmp_path, monkeypatch):
+def test_two_equal_views_are_bit_identical_to_the_previous_two_view_output(tmp_path, monkeypatch):
     sizes = [(240, 320), (300, 200), (90, 120), (64, 64), (400, 300), (50, 80)]
-    jpegs = ImageFolderSource(str(_write_folder(tmp_path / "cub", {
-        (f"c{k % 2}", f"i{k}"): _smooth_image(*hw) for k, hw in enumerate(sizes)}, "jpg")),
-        "train")
+    jpegs = ImageFolderSource(
+        str(
+            _write_folder(
+                tmp_path / "cub",
+                {(f"c{k % 2}", f"i{k}"): _smooth_image(*hw) for k, hw in enumerate(sizes)},
+                "jpg",
+            )
+        ),
+        "train",
+    )
     drafts = []
     original = JpegImagePlugin.JpegImageFile.draft
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
-                        lambda self, mode, size: drafts.append(size) or original(self, mode, size))
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile,
+        "draft",
+        lambda self, mode, size: drafts.append(size) or original(self, mode, size),
+    )
     for src in (jpegs, ArraySource(6)):
-        for crop in (dict(crop_scale=(0.3, 1.0), crop_ratio=(3 / 4, 4 / 3),
-                          interpolation="bilinear"),
-                     dict(crop_scale=(0.08, 0.5), crop_ratio=(0.5, 2.0),
-                          interpolation="bicubic")):
+        for crop in (
+            dict(crop_scale=(0.3, 1.0), crop_ratio=(3 / 4, 4 / 3), interpolation="bilinear"),
+            dict(crop_scale=(0.08, 0.5), crop_ratio=(0.5, 2.0), interpolation="bicubic"),
+        ):
             views = [ViewSpec(name, 24, **crop) for name in ("q", "k")]
-            loader = make_train_loader(src, global_batch_size=4, views=views, seed=9,
-                                       num_workers=0, num_epochs=2)
+            loader = make_train_loader(
+                src, global_batch_size=4, views=views, seed=9, num_workers=0, num_epochs=2
+            )
             for t, batch in enumerate(loader):
                 for i, index in enumerate(batch["index"]):
                     rng = np.random.default_rng([9, 1, 4 * t + i])  # (seed, crop tag, position)
-                    ref = _previous_random_crop_views(src[int(index)], rng, image_size=24,
-                                                      num_views=2, **crop)
+                    ref = _previous_random_crop_views(
+                        src[int(index)], rng, image_size=24, num_views=2, **crop
+                    )
                     np.testing.assert_array_equal(batch["views"]["q"][i], ref[0])
                     np.testing.assert_array_equal(batch["views"]["k"][i], ref[1])
     assert drafts  # the JPEG draft path was exercised
 
 
-def test_views_of_one_root_share_one_decode_drafted_for_the_largest_view(
-        tmp_path, monkeypatch):
-    src = ImageFolderSource(str(_write_folder(
-        tmp_path / "cub", {("c", "a"): _smooth_image(512, 640)}, "jpg")), "train")
+def test_views_of_one_root_share_one_decode_drafted_for_the_largest_view(tmp_path, monkeypatch):
+    src = ImageFolderSource(
+        str(_write_folder(tmp_path / "cub", {("c", "a"): _smooth_image(512, 640)}, "jpg")), "train"
+    )
     ddt = _write_folder(tmp_path / "ddt", {("c", "a"): _smooth_image(300, 400)}, "jpg")
     opened, drafts = [], []
     original_open, original_draft = Image.open, JpegImagePlugin.JpegImageFile.draft
     monkeypatch.setattr(Image, "open", lambda p, *a: opened.append(p) or original_open(p, *a))
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
-                        lambda self, mode, size: drafts.append(size) or original_draft(
-                            self, mode, size))
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile,
+        "draft",
+        lambda self, mode, size: drafts.append(size) or original_draft(self, mode, size),
+    )
 
     def crop(*views):
         opened.clear()
@@ -402,8 +426,9 @@ def test_a_view_with_a_root_reads_the_parallel_file(tmp_path):
         ViewSpec("ddt_small", 5, crop_scale=(0.2, 0.5), interpolation="nearest", root=str(ddt)),
     ]
     flips = 0
-    for batch in make_train_loader(src, global_batch_size=3, views=views, seed=1,
-                                   num_workers=0, num_epochs=2):
+    for batch in make_train_loader(
+        src, global_batch_size=3, views=views, seed=1, num_workers=0, num_epochs=2
+    ):
         assert batch["views"]["orig"].shape == (3, 16, 16, 3)
         assert batch["views"]["ddt"].shape == (3, 12, 12, 3)
         assert batch["views"]["ddt_small"].shape == (3, 5, 5, 3)
@@ -426,8 +451,9 @@ def test_a_view_with_a_root_reads_the_parallel_file(tmp_path):
 
 
 def test_view_root_errors(tmp_path):
-    procedural = ProceduralFineGrained("train", num_coarse=2, fine_per_coarse=2,
-                                       images_per_class=2, image_size=16)
+    procedural = ProceduralFineGrained(
+        "train", num_coarse=2, fine_per_coarse=2, images_per_class=2, image_size=16
+    )
     ddt = ViewSpec("ddt", 8, root=str(tmp_path))
     kw = dict(global_batch_size=2, seed=0, num_workers=0)
     with pytest.raises(ValueError, match="view 'ddt'.*in-memory image"):
@@ -441,8 +467,14 @@ def test_view_root_errors(tmp_path):
         make_train_loader(NoRoot(4), views=[ddt], **kw)
     with pytest.raises(ValueError, match="not under the source root"):
         parallel_path({"path": "/elsewhere/a.jpg"}, ddt, "/data/CUB")
-    assert parallel_path({"path": "/data/CUB/train/001.x/a.jpg"}, ViewSpec(
-        "d", 8, root="/data/CUB_ddt"), "/data/CUB") == "/data/CUB_ddt/train/001.x/a.jpg"
+    assert (
+        parallel_path(
+            {"path": "/data/CUB/train/001.x/a.jpg"},
+            ViewSpec("d", 8, root="/data/CUB_ddt"),
+            "/data/CUB",
+        )
+        == "/data/CUB_ddt/train/001.x/a.jpg"
+    )
     with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
         make_train_loader(ArraySource(4), views=[ViewSpec("a", 8), ViewSpec("a", 4)], **kw)
     with pytest.raises(ValueError, match="at least one ViewSpec"):
@@ -497,14 +529,17 @@ def test_eval_loader_covers_every_example_once_with_padding():
     assert (last["label"][3:] == -1).all() and (last["images"][3:] == 0).all()
     assert last["images"].shape == (5, 10, 10, 3) and last["mask"].dtype == bool
     np.testing.assert_array_equal(
-        batches[0]["images"][1], resize_center_crop(src[1], image_size=10))
+        batches[0]["images"][1], resize_center_crop(src[1], image_size=10)
+    )
     for b in batches:
         np.testing.assert_array_equal(b["label"][b["mask"]], src.labels[b["index"][b["mask"]]])
     # Re-iterable and deterministic.
     _assert_batches_equal(batches, list(loader))
     # Processes: disjoint shares, same number of batches, union = everything.
-    shares = [list(make_eval_loader(src, batch_size=4, image_size=10, process_index=p,
-                                    process_count=3)) for p in range(3)]
+    shares = [
+        list(make_eval_loader(src, batch_size=4, image_size=10, process_index=p, process_count=3))
+        for p in range(3)
+    ]
     assert {len(s) for s in shares} == {2}
     seen = np.concatenate([b["index"][b["mask"]] for s in shares for b in s])
     np.testing.assert_array_equal(np.sort(seen), np.arange(23))
@@ -535,8 +570,9 @@ def test_real_cub_crops_through_the_train_loader(tmp_path):
     assert len(train) + len(test) == 5902 and train.num_classes == 100
     assert 2500 < len(train) < 3400
     views = [ViewSpec(n, 64, crop_scale=(0.2, 1.0)) for n in ("q", "k")]
-    loader = make_train_loader(train, global_batch_size=8, views=views, seed=0, num_workers=2,
-                               num_epochs=1)
+    loader = make_train_loader(
+        train, global_batch_size=8, views=views, seed=0, num_workers=2, num_epochs=1
+    )
     batch = next(iter(loader))
     assert batch["views"]["q"].shape == batch["views"]["k"].shape == (8, 64, 64, 3)
     np.testing.assert_array_equal(batch["label"], train.labels[batch["index"]])

@@ -1,6 +1,5 @@
 """Sources: image folders, CSV manifests, build_source, and the procedural dataset."""
 
-
 import ml_collections
 import numpy as np
 import pytest

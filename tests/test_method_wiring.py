@@ -10,15 +10,11 @@ sees are known; BatchNorm uses one group so the key shuffle does not change keys
 
 import jax
 import numpy as np
-from conftest import tiny_config
+from conftest import jitted_step, run_info, tiny_config
 
-from fgjax.config import photometric_config, photometric_specs
+from fgjax.config import photometric_config
+from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
-from fgjax.methods import build_method
-from fgjax.train import optim
-from fgjax.train.sharding import global_batch, make_mesh, put_replicated
-from fgjax.train.state import create_train_state
-from fgjax.train.step import jit_train_step, make_train_step
 
 B, S = 8, 16
 
@@ -35,14 +31,16 @@ def _log_softmax(logits):
 
 def _config(method: str):
     config = tiny_config(method)
-    config.moco.bn_groups = 1
-    config.moco.temperature = 0.07  # not the default 0.2: a hard-coded T fails
-    config.moco.momentum = 0.9  # far from 1 so the EMA visibly moves the key encoder
-    config.byol.ema_schedule = "constant"
-    config.byol.ema_base = 0.5
+    if method == "moco":
+        config.moco.bn_groups = 1
+        config.moco.temperature = 0.07  # not the default 0.2: a hard-coded T fails
+        config.moco.momentum = 0.9  # far from 1 so the EMA visibly moves the key encoder
+    if method == "byol":
+        config.byol.ema_schedule = "constant"
+        config.byol.ema_base = 0.5
     config.train.batch_size = B
-    config.augment.view1 = photometric_config(no_augment_spec())
-    config.augment.view2 = photometric_config(no_augment_spec())
+    for view in config.views.values():
+        view.photometric = photometric_config(no_augment_spec())
     return config
 
 
@@ -51,20 +49,22 @@ def _images(seed: int) -> np.ndarray:
 
 
 def _normalised(images: np.ndarray, config) -> np.ndarray:
-    spec = config.augment.view1
+    spec = config.views.view1.photometric
     return ((images / 255.0 - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
 
 
 def _one_step(config, images):
-    """(state before, state after, metrics) of one jitted train step on `images`."""
-    method = build_method(config, num_classes=4, total_steps=10)
-    tx = optim.make_optimizer(config.optim, lambda step: 0.1)
-    mesh = make_mesh()
-    state = put_replicated(create_train_state(method, tx, (2, S, S, 3), seed=0), mesh)
+    """(method, state before, state after, metrics) of one real jitted train step."""
+    method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 0.1)
     before = jax.device_get(state)
-    step = jit_train_step(make_train_step(method, tx, photometric_specs(config)), mesh)
-    batch = {"images": images, "label": np.arange(B, dtype=np.int32) % 4}
-    after, metrics = step(state, global_batch(batch, mesh))
+    views = {name: images[:, v] for v, name in enumerate(method.view_names)}
+    batch = {
+        "views": views,
+        "label": np.arange(B, dtype=np.int32) % 4,
+        "coarse_label": np.zeros(B, np.int32),
+        "index": np.arange(B, dtype=np.int32),
+    }
+    after, metrics = step(state, frozen, global_batch(batch, mesh))
     return method, before, jax.device_get(after), jax.device_get(metrics)
 
 
@@ -74,11 +74,11 @@ def _ema(target, online, decay):
     )
 
 
-def _moco_forward(method, params, stats, x):
+def _forward(method, params, model_state, x, **kwargs):
     out, _ = method.net.apply(
-        {"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats"]
+        {"params": params, **model_state}, x, train=True, mutable=list(model_state), **kwargs
     )
-    return _unit(out)
+    return out
 
 
 def _info_nce(q, k, queue, temperature):
@@ -99,8 +99,8 @@ def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two
     ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
-    q = _moco_forward(method, before.params, before.batch_stats, x1)
-    k = _moco_forward(method, key_params, before.method_state["key_batch_stats"], x2)
+    q = _unit(_forward(method, before.params, before.model_state, x1)["proj"])
+    k = _unit(_forward(method, key_params, before.method_state["key_model_state"], x2)["proj"])
     queue = np.asarray(before.method_state["queue"], np.float64)
     expected = _info_nce(q, k, queue, config.moco.temperature)
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-4)
@@ -122,21 +122,14 @@ def test_byol_step_pairs_online_predictions_with_the_other_views_targets():
     online = {k: before.params[k] for k in ("backbone", "projector")}
     target = _ema(before.method_state["target_params"], online, config.byol.ema_base)
 
-    def forward(params, stats, x, predict):
-        out, _ = method.net.apply(
-            {"params": params, "batch_stats": stats},
-            x,
-            train=True,
-            predict=predict,
-            mutable=["batch_stats"],
-        )
-        return _unit(out)
-
     # Each view is its own BatchNorm batch (as BYOL), target stats advance view 1 then 2.
-    p1 = forward(before.params, before.batch_stats, x1, True)
-    p2 = forward(before.params, before.batch_stats, x2, True)
-    z1 = forward(target, before.method_state["target_batch_stats"], x1, False)
-    z2 = forward(target, before.method_state["target_batch_stats"], x2, False)
+    p1, p2 = (
+        _unit(_forward(method, before.params, before.model_state, x)["pred"]) for x in (x1, x2)
+    )
+    target_state = before.method_state["target_model_state"]
+    z1, z2 = (
+        _unit(_forward(method, target, target_state, x, predict=False)["proj"]) for x in (x1, x2)
+    )
     cos = lambda a, b: np.mean(np.sum(a * b, 1))
     expected = -(cos(p1, z2) + cos(p2, z1)) / 2
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-4, atol=1e-6)
@@ -150,12 +143,7 @@ def test_supervised_step_loss_is_smoothed_cross_entropy_of_view_one():
     images = _images(2)
     method, before, after, metrics = _one_step(config, images)
     x = _normalised(images[:, 0], config)
-    logits, _ = method.net.apply(
-        {"params": before.params, "batch_stats": before.batch_stats},
-        x,
-        train=True,
-        mutable=["batch_stats"],
-    )
+    logits = _forward(method, before.params, before.model_state, x)["logits"]
     logp = _log_softmax(np.asarray(logits, np.float64))
     labels = np.arange(B) % 4
     eps, c = 0.2, 4

@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import run_info, tiny_config
 
-from fgjax.methods import build_method
-from fgjax.methods.byol import byol_loss, ema_decay
-from fgjax.methods.moco import info_nce
+from fgjax.core.objectives import cross_entropy, info_nce, negative_cosine
+from fgjax.methods import StepContext, build_method
+from fgjax.methods.byol import ema_decay
 
 
 def _unit(x):
@@ -27,14 +27,26 @@ def test_info_nce_matches_numpy():
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
 
 
-def test_byol_loss_matches_numpy_and_ignores_target_gradients():
+def test_negative_cosine_matches_numpy_and_ignores_target_gradients():
     rng = np.random.default_rng(1)
-    p1, p2, z1, z2 = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(4))
-    cos = lambda a, b: np.mean(np.sum(_unit(a) * _unit(b), 1))
-    expected = -0.5 * (cos(p1, z2) + cos(p2, z1))
-    np.testing.assert_allclose(float(byol_loss(p1, p2, z1, z2)), expected, rtol=1e-5)
-    grad_z = jax.grad(lambda z: byol_loss(p1, p2, z, z2))(jnp.asarray(z1))
+    p, z = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(2))
+    expected = -np.mean(np.sum(_unit(p) * _unit(z), 1))
+    np.testing.assert_allclose(float(negative_cosine(p, z)), expected, rtol=1e-5)
+    grad_z = jax.grad(lambda z: negative_cosine(p, z))(jnp.asarray(z))
     assert np.all(np.asarray(grad_z) == 0)
+    assert np.any(np.asarray(jax.grad(lambda p: negative_cosine(p, z))(jnp.asarray(p))) != 0)
+
+
+def test_cross_entropy_with_label_smoothing_matches_numpy():
+    rng = np.random.default_rng(2)
+    logits, labels = rng.normal(size=(5, 7)), rng.integers(0, 7, 5)
+    shifted = logits - logits.max(1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    targets = np.full((5, 7), 0.3 / 7)
+    targets[np.arange(5), labels] += 0.7
+    expected = -np.mean(np.sum(targets * logp, 1))
+    got = cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), 0.3)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 
 def test_byol_ema_schedule():
@@ -44,12 +56,16 @@ def test_byol_ema_schedule():
     assert float(ema_decay(0.996, "constant", 70, 100)) == pytest.approx(0.996)
 
 
+def _ctx(config, step: int = 0) -> StepContext:
+    return StepContext(step=jnp.asarray(step), epoch=jnp.asarray(step / 5.0), run=run_info(config))
+
+
 def _init(method_name: str, **overrides):
     config = tiny_config(method_name)
     for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value
-    method = build_method(config, num_classes=3, total_steps=10)
+    method = build_method(config, run_info(config, num_classes=3))
     params, stats = jax.jit(method.init_variables, static_argnums=1)(
         jax.random.PRNGKey(0), (8, 16, 16, 3)
     )
@@ -65,14 +81,14 @@ def test_moco_queue_is_a_ring_buffer_and_key_encoder_an_ema():
     rng = np.random.default_rng(0)
     for i in range(5):  # 5 batches of 8 into a queue of 32: wraps around once
         keys = rng.normal(size=(8, dim)).astype(np.float32)
-        state = method.after_step(state, {"keys": keys, "key_batch_stats": stats})
+        state = method.after_step(state, {"keys": keys, "key_model_state": stats}, _ctx(config))
         start = (i * 8) % queue_size
         expected[start : start + 8] = keys
         np.testing.assert_array_equal(np.asarray(state["queue"]), expected)
         assert int(state["queue_ptr"]) == ((i + 1) * 8) % queue_size
 
     moved = jax.tree.map(lambda p: p + 1.0, params)
-    updated = method.before_step(moved, state, jnp.asarray(0))
+    updated = method.before_step(moved, state, _ctx(config))
     m = config.moco.momentum
     for new, old, online in zip(
         jax.tree.leaves(updated["key_params"]),
@@ -95,14 +111,14 @@ def test_moco_shuffled_keys_use_their_own_bn_groups():
     rng = jax.random.PRNGKey(5)
     keys, _ = method.key_embeddings(state, images, rng)
 
-    single = build_method(tiny_config("moco").copy_and_resolve_references(), 3, 10)
+    single = build_method(config, run_info(config, num_classes=3))
     single.net = single.net.clone(backbone=single.net.backbone.clone(bn_groups=1))
     perm = np.asarray(jax.random.permutation(rng, 8))
-    variables = {"params": state["key_params"], "batch_stats": state["key_batch_stats"]}
+    variables = {"params": state["key_params"], **state["key_model_state"]}
     expected = np.zeros((8, config.moco.dim), np.float32)
     for group in perm.reshape(2, 4):
         out, _ = single.net.apply(variables, images[group], train=True, mutable=["batch_stats"])
-        expected[group] = _unit(np.asarray(out))
+        expected[group] = _unit(np.asarray(out["proj"]))
     np.testing.assert_allclose(np.asarray(keys), expected, atol=1e-5)
 
     # The query-style contiguous grouping gives different keys: the shuffle matters.
@@ -111,14 +127,14 @@ def test_moco_shuffled_keys_use_their_own_bn_groups():
         frozenset(range(4, 8)),
     }
     contiguous, _ = method.net.apply(variables, images, train=True, mutable=["batch_stats"])
-    assert not np.allclose(_unit(np.asarray(contiguous)), np.asarray(keys), atol=1e-4)
+    assert not np.allclose(_unit(np.asarray(contiguous["proj"])), np.asarray(keys), atol=1e-4)
 
 
 def test_byol_target_is_ema_of_backbone_and_projector_only():
     config, method, params, stats, state = _init("byol", **{"byol.ema_schedule": "constant"})
     assert set(state["target_params"]) == {"backbone", "projector"}
     moved = jax.tree.map(lambda p: p * 2.0, params)
-    updated = method.before_step(moved, state, jnp.asarray(3))
+    updated = method.before_step(moved, state, _ctx(config, 3))
     tau = config.byol.ema_base
     for new, old, online in zip(
         jax.tree.leaves(updated["target_params"]),
@@ -136,12 +152,19 @@ def test_supervised_loss_is_cross_entropy():
     images = jax.random.normal(jax.random.PRNGKey(5), (8, 16, 16, 3))
     labels = jnp.arange(8) % 3
     loss, aux = method.loss(
-        params, stats, state, [images], {"label": labels}, jax.random.PRNGKey(0)
+        params,
+        stats,
+        state,
+        {},
+        {"view1": images},
+        {"label": labels},
+        _ctx(config),
+        jax.random.PRNGKey(0),
     )
-    logits, _ = method.net.apply(
-        {"params": params, "batch_stats": stats}, images, train=True, mutable=["batch_stats"]
+    out, _ = method.net.apply(
+        {"params": params, **stats}, images, train=True, mutable=["batch_stats"]
     )
-    logits = np.asarray(logits, np.float64)
+    logits = np.asarray(out["logits"], np.float64)
     log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     expected = -np.mean(log_probs[np.arange(8), np.asarray(labels)])
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
@@ -154,4 +177,4 @@ def test_moco_rejects_queue_not_multiple_of_batch():
     config = tiny_config("moco")
     config.moco.queue_size = 30
     with pytest.raises(ValueError, match="config.moco.queue_size"):
-        build_method(config, 3, 10)
+        build_method(config, run_info(config))

@@ -156,20 +156,21 @@ def test_wrong_type_override_is_an_error_naming_the_field():
 
 def test_every_recipe_loads_and_accepts_overrides():
     from fgjax.config import check_override_names, load_config_file
+    from fgjax.methods import registered_methods
 
     for name in sorted(os.listdir(os.path.join(REPO, "configs"))):
         if name.endswith(".py"):
             config = load_config_file(os.path.join(REPO, "configs", name))
             check_override_names(config, ["--config.optim.lr=0.5", "--config.data.root=x"])
-            assert config.method in ("moco", "byol", "supervised"), name
+            assert config.method in registered_methods(), name
 
 
 def test_init_from_torchvision_file_seeds_online_and_key_encoders(tmp_path):
     """`config.model.init_from` loads a torchvision-layout .pth into the backbone before
     the key encoder is copied from it."""
-    from conftest import tiny_config
+    from conftest import run_info, tiny_config
 
-    from fgjax.methods import build_method
+    from fgjax.methods import backbone_variables, build_method
     from fgjax.models.factory import backbone_from_config
     from fgjax.train import optim
     from fgjax.train.state import create_train_state
@@ -183,16 +184,13 @@ def test_init_from_torchvision_file_seeds_online_and_key_encoders(tmp_path):
     path = str(tmp_path / "backbone.pth")
     export_torch(path, donor, "resnet")
     config.model.init_from = path
-    config.model.arch = "resnet"
-    method = build_method(config, num_classes=2, total_steps=4)
+    method = build_method(config, run_info(config, num_classes=2))
     tx = optim.make_optimizer(config.optim, lambda s: 0.1)
     state = create_train_state(method, tx, (2, 16, 16, 3), seed=0, init_from=path)
+    key = state.method_state
     for tree in (
-        {"params": state.params["backbone"], "batch_stats": state.batch_stats["backbone"]},
-        {
-            "params": state.method_state["key_params"]["backbone"],
-            "batch_stats": state.method_state["key_batch_stats"]["backbone"],
-        },
+        backbone_variables(state.params, state.model_state),
+        backbone_variables(key["key_params"], key["key_model_state"]),
     ):
         for got, want in zip(jax.tree.leaves(tree), jax.tree.leaves(donor), strict=True):
             np.testing.assert_array_equal(np.asarray(got), want)
@@ -202,9 +200,9 @@ def test_end_of_training_eval_matches_a_brute_force_recomputation(tmp_path):
     """eval.json's Recall@1 and kNN equal numpy on features recomputed image by image."""
     import json
 
-    from conftest import tiny_config
+    from conftest import run_info, tiny_config
 
-    from fgjax.data.pipeline import resize_center_crop
+    from fgjax.data.decode import resize_center_crop
     from fgjax.data.sources import build_source
     from fgjax.methods import build_method
     from fgjax.train.loop import train_and_evaluate
@@ -218,13 +216,14 @@ def test_end_of_training_eval_matches_a_brute_force_recomputation(tmp_path):
     assert saved["step"] == 2 and set(saved["initial"]) == set(result["eval"])
 
     state, source = result["state"], build_source(config.data, "test")
-    method = build_method(config, source.num_classes, 4)
-    mean, std = np.array(config.augment.view1.mean), np.array(config.augment.view1.std)
+    method = build_method(config, run_info(config, num_classes=source.num_classes))
+    spec = config.views.view1.photometric
+    mean, std = np.array(spec.mean), np.array(spec.std)
     feats = []
     for i in range(len(source)):
         image = resize_center_crop(source[i], image_size=config.data.image_size)
         x = ((image.astype(np.float32) / 255 - mean) / std)[None].astype(np.float32)
-        feats.append(np.asarray(method.embed(state.params, state.batch_stats, x))[0])
+        feats.append(np.asarray(method.embed(state.params, state.model_state, x))[0])
     f = np.stack(feats)
     f /= np.linalg.norm(f, axis=1, keepdims=True)
     sim = f @ f.T

@@ -30,7 +30,6 @@ import numpy as np
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-
 def _words(class_name: str) -> list[str]:
     """'001.Black_footed_Albatross' -> ['Black', 'footed', 'Albatross'] (drops a NNN. prefix)."""
     head, dot, tail = class_name.partition(".")

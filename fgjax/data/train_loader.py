@@ -44,8 +44,9 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 class _TrainBatches:
     """Random-access 'source' of per-process training batches (raw records + positions)."""
 
-    def __init__(self, source, *, seed, global_batch_size, process_index, process_count,
-                 num_batches):
+    def __init__(
+        self, source, *, seed, global_batch_size, process_index, process_count, num_batches
+    ):
         self._source = source
         self._n = len(source)
         self._seed = seed
@@ -174,9 +175,7 @@ def make_train_loader(
         process_count=process_count,
         num_batches=num_batches,
     )
-    transform = _TrainTransform(
-        seed=seed, views=views, source_root=getattr(source, "root", None)
-    )
+    transform = _TrainTransform(seed=seed, views=views, source_root=getattr(source, "root", None))
     absl_flags_workaround(num_workers)
     return grain.DataLoader(
         data_source=plan,

@@ -1,76 +1,71 @@
-"""End-of-training evaluation: kNN top-1 and retrieval Recall@K of backbone features."""
+"""Evaluation of a train state: retrieval Recall@K / mAP and kNN top-1 of an embedding,
+plus any evaluators a method adds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
-from jax.sharding import Mesh
 
-from fgjax.data.pipeline import make_eval_loader
-from fgjax.eval.features import extract_features, make_embed_fn
+from fgjax.eval.features import Embed, FeatureExtractor
 from fgjax.eval.knn import knn_top1
 from fgjax.eval.retrieval import retrieval_metrics
 
 
-def make_evaluator(
-    method: Any,
-    config: ml_collections.ConfigDict,
-    sources: dict[str, Any],
-    mesh: Mesh,
-) -> Callable[[dict, dict], dict[str, float]]:
-    """`evaluate(params, batch_stats)`: kNN top-1 (bank: train split, or leave-one-out
-    on test) and leave-one-out retrieval Recall@K / mAP on the test split, all on the
-    pooled backbone feature. The embedding is compiled and the loaders built once."""
-    view = config.augment.view1
-    embed_fn = make_embed_fn(method.embed, view.mean, view.std, mesh)
-    loaders = {
-        split: make_eval_loader(
-            source, batch_size=config.eval.batch_size, image_size=config.data.image_size
-        )
-        for split, source in sources.items()
-    }
-    if config.eval.knn_bank not in ("train", "test"):
-        raise ValueError(
-            f"config.eval.knn_bank must be 'train' or 'test', got {config.eval.knn_bank!r}"
-        )
-    return lambda params, batch_stats: _evaluate(
-        embed_fn, params, batch_stats, loaders, sources, config, mesh
-    )
+class Evaluator:
+    """`evaluate(state)`: leave-one-out retrieval Recall@K / mAP on the test split and
+    weighted kNN top-1 (bank: the train split, or leave-one-out on test) of `embed`,
+    then every `extra` evaluator `fn(state, extractor) -> {metric: value}` with its
+    results prefixed `name/`."""
 
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        extractor: FeatureExtractor,
+        embed: Embed,
+        extra: Mapping[str, Callable[[Any, FeatureExtractor], dict[str, float]]] | None = None,
+    ):
+        if config.eval.knn_bank not in ("train", "test"):
+            raise ValueError(
+                f"config.eval.knn_bank must be 'train' or 'test', got {config.eval.knn_bank!r}"
+            )
+        self.config, self.extractor, self.embed = config.eval, extractor, embed
+        self.extra = dict(extra or {})
 
-def _evaluate(embed_fn, params, batch_stats, loaders, sources, config, mesh):
-    def features(split: str):
-        return extract_features(embed_fn, params, batch_stats, loaders[split], mesh)
-
-    test_feats, test_labels = features("test")
-    results = {
-        f"retrieval_{k}": float(v)
-        for k, v in retrieval_metrics(
-            test_feats, test_labels, ks=tuple(config.eval.recall_ks)
-        ).items()
-    }
-    knn_args = dict(k=config.eval.knn_k, temperature=config.eval.knn_temperature)
-    if config.eval.knn_bank == "train":
-        train_feats, train_labels = features("train")
-        knn = knn_top1(
-            train_feats,
-            train_labels,
-            test_feats,
-            test_labels,
-            num_classes=sources["train"].num_classes,
-            **knn_args,
-        )
-    else:  # 'test': leave-one-out on the test split
-        knn = knn_top1(
-            test_feats,
-            test_labels,
-            None,
-            None,
-            num_classes=sources["test"].num_classes,
-            leave_one_out=True,
-            **knn_args,
-        )
-    results["knn_top1"] = float(knn)
-    return results
+    def __call__(self, state: Any) -> dict[str, float]:
+        c = self.config
+        test = self.extractor.extract("test", self.embed, state)
+        results = {
+            f"retrieval_{k}": float(v)
+            for k, v in retrieval_metrics(test.features, test.labels, ks=tuple(c.recall_ks)).items()
+        }
+        knn_args = dict(k=c.knn_k, temperature=c.knn_temperature)
+        if c.knn_bank == "train":
+            train = self.extractor.extract("train", self.embed, state)
+            num_classes = self.extractor.sources["train"].num_classes
+            knn = knn_top1(
+                train.features,
+                train.labels,
+                test.features,
+                test.labels,
+                num_classes=num_classes,
+                **knn_args,
+            )
+        else:  # leave-one-out on the test split
+            num_classes = self.extractor.sources["test"].num_classes
+            knn = knn_top1(
+                test.features,
+                test.labels,
+                None,
+                None,
+                num_classes=num_classes,
+                leave_one_out=True,
+                **knn_args,
+            )
+        results["knn_top1"] = float(knn)
+        for name, evaluate in self.extra.items():
+            results.update(
+                {f"{name}/{k}": float(v) for k, v in evaluate(state, self.extractor).items()}
+            )
+        return results

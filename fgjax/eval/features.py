@@ -1,8 +1,16 @@
-"""Backbone features of a whole split, extracted with the sharded, jitted model."""
+"""Features of a whole split, extracted with the sharded, jitted model.
+
+`FeatureExtractor.extract(split, embed, state)` runs any embedding
+`embed(state, images [B, H, W, 3] normalised float32) -> [B, D]` over a split
+(Resize + CenterCrop), each process reading its own contiguous share; the features
+are gathered across processes once, at the end. Used by evaluation and by methods'
+host hooks (e.g. clustering the training set at every epoch).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +18,20 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from fgjax.core.progress import progress
+from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replicated
 from fgjax.data.augment import normalize
-from fgjax.train.sharding import batch_sharded, global_batch, replicated
+from fgjax.data.eval_loader import make_eval_loader
+
+Embed = Callable[[Any, jax.Array], jax.Array]
+
+
+class Features(NamedTuple):
+    """One row per example of the split, in source order."""
+
+    features: np.ndarray  # [N, D] float32
+    labels: np.ndarray  # [N] int32
+    coarse_labels: np.ndarray  # [N] int32, -1 where the dataset has no coarse level
 
 
 def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
@@ -19,45 +39,71 @@ def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[flo
     return normalize(images.astype(jnp.float32) / 255.0, mean, std)
 
 
-def make_embed_fn(
-    embed: Callable[[dict, dict, jax.Array], jax.Array],
-    mean: Sequence[float],
-    std: Sequence[float],
-    mesh: Mesh,
-) -> Callable:
-    """jit `embed(params, batch_stats, normalised images) -> [B, D]` over the mesh."""
+class FeatureExtractor:
+    """Extracts features of the splits in `sources`; loaders and compiled embeddings are
+    built once and reused (one compile per embedding function)."""
 
-    def embed_uint8(params, batch_stats, images):
-        return embed(params, batch_stats, normalize_images(images, mean, std))
-
-    return jax.jit(
-        embed_uint8,
-        in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
-        out_shardings=batch_sharded(mesh),
-    )
-
-
-def extract_features(
-    embed_fn: Callable, params: dict, batch_stats: dict, loader: Iterable[dict], mesh: Mesh
-) -> tuple[np.ndarray, np.ndarray]:
-    """Features `[N, D]` float32 and labels `[N]` of every real (unpadded) example,
-    ordered by source index."""
-    feats, labels, indices = [], [], []
-    for local in loader:
-        batch = global_batch({k: local[k] for k in ("images", "label", "index", "mask")}, mesh)
-        out = embed_fn(params, batch_stats, batch["images"])
-        if jax.process_count() > 1:
-            out, lab, idx, mask = (
-                multihost_utils.process_allgather(a, tiled=True)
-                for a in (out, batch["label"], batch["index"], batch["mask"])
+    def __init__(
+        self,
+        sources: Mapping[str, Any],
+        mesh: Mesh,
+        *,
+        image_size: int,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        show_progress: bool = True,
+    ):
+        self.sources, self.mesh = sources, mesh
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.show_progress = show_progress
+        self._loaders = {
+            split: make_eval_loader(
+                source,
+                batch_size=batch_size,
+                image_size=image_size,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
             )
-        else:
-            out, lab, idx, mask = (
-                np.asarray(a) for a in (out, batch["label"], batch["index"], batch["mask"])
+            for split, source in sources.items()
+        }
+        self._compiled: dict[Embed, Callable] = {}
+
+    def _jit(self, embed: Embed) -> Callable:
+        if embed not in self._compiled:
+            mean, std = self.mean, self.std
+            self._compiled[embed] = jax.jit(
+                lambda state, images: embed(state, normalize_images(images, mean, std)),
+                in_shardings=(replicated(self.mesh), batch_sharded(self.mesh)),
+                out_shardings=batch_sharded(self.mesh),
             )
+        return self._compiled[embed]
+
+    def extract(self, split: str, embed: Embed, state: Any) -> Features:
+        """`embed` over every (unpadded) example of `split`, gathered on every process."""
+        if split not in self._loaders:
+            raise ValueError(f"no split {split!r}; have {sorted(self._loaders)}")
+        fn, loader = self._jit(embed), self._loaders[split]
+        rows: dict[str, list[np.ndarray]] = {k: [] for k in ("out", "label", "coarse", "index")}
+        masks = []
+        bar = progress(len(loader), desc=f"features {split}", enabled=self.show_progress)
+        for local in loader:
+            batch = global_batch({"images": local["images"]}, self.mesh)
+            rows["out"].append(local_rows(fn(state, batch["images"])))
+            rows["label"].append(local["label"])
+            rows["coarse"].append(local["coarse_label"])
+            rows["index"].append(local["index"])
+            masks.append(local["mask"])
+            bar.update(1)
+        bar.close()
+        local_arrays = [np.concatenate(rows[k]) for k in rows] + [np.concatenate(masks)]
+        if jax.process_count() > 1:  # one gather of every process's share
+            local_arrays = [
+                np.asarray(multihost_utils.process_allgather(a, tiled=True)) for a in local_arrays
+            ]
+        out, labels, coarse, index, mask = local_arrays
         mask = mask.astype(bool)
-        feats.append(np.asarray(out)[mask])
-        labels.append(lab[mask])
-        indices.append(idx[mask])
-    order = np.argsort(np.concatenate(indices), kind="stable")
-    return np.concatenate(feats)[order], np.concatenate(labels)[order]
+        order = np.argsort(index[mask], kind="stable")
+        return Features(
+            out[mask][order].astype(np.float32), labels[mask][order], coarse[mask][order]
+        )

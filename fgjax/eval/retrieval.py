@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fgjax.methods.base import l2_normalize as unit_rows
+from fgjax.core.objectives import l2_normalize as unit_rows
 
 ArrayLike = np.ndarray | jax.Array
 

@@ -1,22 +1,37 @@
 """The contract between a method (an objective) and the generic trainer.
 
-The trainer owns the loop, sharding, optimiser and checkpoints; a method owns its
-modules, its loss and its extra state. One step of training is
+The trainer owns the loop, sharding, optimiser, checkpoints and evaluation; a method
+owns its modules, its config section, its loss and its extra state. One train step is
 
-    method_state = method.before_step(params, method_state, step)       # e.g. EMA
-    loss, aux    = method.loss(params, batch_stats, method_state, views, batch, rng)
-    params       = optimiser update from d loss / d params
-    method_state = method.after_step(method_state, aux)                  # e.g. enqueue
+    views        = {name: photometric(batch['views'][name]) for name in method.view_names}
+    method_state = method.before_step(params, method_state, ctx)            # e.g. EMA
+    loss, aux    = method.loss(params, model_state, method_state, frozen, views, batch, ctx, rng)
+    params       = optimiser update from d loss / d params   (skipped when not finite)
+    method_state = method.after_step(method_state, aux.state_update, ctx)  # e.g. enqueue
 
-All methods keep the backbone under `params['backbone']` / `batch_stats['backbone']`
-so weight import, feature extraction and export work the same for every method.
+Four kinds of state, each with its own lifetime:
+  params        trained by the optimiser; the backbone sits under `params['backbone']`.
+  model_state   the online network's non-trained collections, e.g. `{'batch_stats': ...}`
+                for BatchNorm networks and `{}` for Swin/ViT (`apply(..., mutable=...)`).
+  method_state  updated by the method, checkpointed: EMA targets, queues, per-example
+                targets written by `on_epoch_start` (indexed by `batch['index']`).
+  frozen        read-only, not checkpointed, reloaded from files at every start
+                (`init_frozen`): teachers, text prototypes.
+
+A method registers itself by name with `@register` and declares its config section
+(`config_section`) and the views it reads (`default_views`); recipes pick it with
+`config.method`. Adding a method is one new file in `fgjax/methods/`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, NamedTuple
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
+import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,66 +41,173 @@ from fgjax.models.factory import backbone_from_config
 PyTree = Any
 
 
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """Static facts of a run, known before the first step."""
+
+    steps_per_epoch: int
+    total_steps: int
+    batch_size: int  # global
+    num_classes: int  # fine classes of the training split
+    num_coarse_classes: int  # 0 when the dataset has no coarse level
+    num_train_examples: int
+
+
+@flax.struct.dataclass
+class StepContext:
+    """What a step knows about where it is: traced `step` (int32) and `epoch` (float32,
+    `step / steps_per_epoch`, e.g. 2.5 in the middle of the third epoch), and the run."""
+
+    step: jax.Array
+    epoch: jax.Array
+    run: RunInfo = flax.struct.field(pytree_node=False)
+
+
 class LossAux(NamedTuple):
     """What `Method.loss` returns beside the scalar loss."""
 
-    batch_stats: PyTree  # the online network's updated BatchNorm statistics
+    model_state: PyTree  # the online network's updated non-trained collections
     metrics: dict[str, jax.Array]  # scalars, averaged over the global batch
     state_update: PyTree  # whatever `after_step` needs (keys to enqueue, target stats)
 
 
+def apply_train(
+    module: nn.Module, params: PyTree, model_state: PyTree, *args: Any, rngs=None, **kwargs: Any
+) -> tuple[Any, PyTree]:
+    """`module(*args, train=True)` with its non-trained collections mutable; returns
+    `(output, new model_state)` (`{}` for networks without such collections)."""
+    out, updates = module.apply(
+        {"params": params, **model_state},
+        *args,
+        train=True,
+        mutable=list(model_state),
+        rngs=rngs,
+        **kwargs,
+    )
+    return out, dict(updates)
+
+
+def apply_eval(module: nn.Module, params: PyTree, model_state: PyTree, *args: Any, **kw: Any):
+    """`module(*args, train=False)`: running statistics, no state change."""
+    return module.apply({"params": params, **model_state}, *args, train=False, **kw)
+
+
+def backbone_variables(params: PyTree, model_state: PyTree) -> dict[str, PyTree]:
+    """The backbone's Flax variables `{'params': ..., 'batch_stats': ...}` (no
+    'batch_stats' for networks without BatchNorm): what weight import/export read."""
+    return {"params": params["backbone"], **{c: t["backbone"] for c, t in model_state.items()}}
+
+
+def replace_backbone(
+    params: PyTree, model_state: PyTree, variables: dict[str, PyTree]
+) -> tuple[PyTree, PyTree]:
+    """`(params, model_state)` with the backbone's variables replaced by `variables`."""
+    params = {**params, "backbone": variables["params"]}
+    model_state = {c: {**t, "backbone": variables[c]} for c, t in model_state.items()}
+    return params, model_state
+
+
 class Method(abc.ABC):
-    """Base class: subclasses define `num_views` and the abstract methods."""
+    """Subclasses set `name` and `self.net` (or override `init_variables`), implement
+    `loss`, and override the hooks they need. `self.config` is the whole run config,
+    `self.run` its RunInfo."""
 
-    num_views: int = 2
+    name: ClassVar[str]
+    view_names: tuple[str, ...] = ("view1", "view2")
 
-    def __init__(self, config: ml_collections.ConfigDict, num_classes: int, total_steps: int):
+    def __init__(self, config: ml_collections.ConfigDict, run: RunInfo):
         self.config = config
-        self.num_classes = num_classes
-        self.total_steps = total_steps
+        self.run = run
 
-    @abc.abstractmethod
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        """Defaults of `config.<name>` (the method's own hyperparameters)."""
+        return ml_collections.ConfigDict()
+
+    @classmethod
+    def default_views(cls) -> dict[str, dict[str, Any]]:
+        """Per view name, overrides of the default view (see `fgjax.config.view_config`),
+        e.g. `{'view1': {'photometric': byol_view1_spec()}}`. Must cover `view_names`."""
+        return {name: {} for name in cls.view_names}
+
+    @property
+    def section(self) -> ml_collections.ConfigDict:
+        return self.config[self.name]
+
+    # ------------------------------------------------------------------ state
     def init_variables(self, rng: jax.Array, image_shape: tuple[int, ...]) -> tuple[PyTree, PyTree]:
-        """Online `(params, batch_stats)` for images of `image_shape` = [B, H, W, 3]."""
+        """Online `(params, model_state)` for images of `image_shape` = [B, H, W, 3];
+        by default those of `self.net` (an `Encoder` or any module with `train=`)."""
+        variables = dict(self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=False))
+        params = variables.pop("params")
+        return params, variables
 
-    def init_state(self, params: PyTree, batch_stats: PyTree, rng: jax.Array) -> PyTree:
-        """Extra state (target network, queue), built after pretrained weights are loaded."""
+    def init_state(self, params: PyTree, model_state: PyTree, rng: jax.Array) -> PyTree:
+        """Checkpointed method state (targets, queues), built after pretrained weights load."""
         return {}
 
+    def init_frozen(self) -> PyTree:
+        """Read-only inputs loaded from files at every start; never checkpointed."""
+        return {}
+
+    # ------------------------------------------------------------------ the step
     @abc.abstractmethod
     def loss(
         self,
         params: PyTree,
-        batch_stats: PyTree,
-        state: PyTree,
-        views: list[jax.Array],
+        model_state: PyTree,
+        method_state: PyTree,
+        frozen: PyTree,
+        views: dict[str, jax.Array],
         batch: dict[str, jax.Array],
+        ctx: StepContext,
         rng: jax.Array,
     ) -> tuple[jax.Array, LossAux]:
-        """Scalar loss to minimise over `params`; `views[i]` is [B, H, W, 3] float."""
+        """Scalar loss to minimise over `params`. `views[name]` is float32 [B, H, W, 3]
+        (normalised); `batch` has 'label', 'coarse_label', 'index' int32 [B]."""
 
-    def before_step(self, params: PyTree, state: PyTree, step: jax.Array) -> PyTree:
-        return state
+    def before_step(self, params: PyTree, method_state: PyTree, ctx: StepContext) -> PyTree:
+        return method_state
 
-    def after_step(self, state: PyTree, state_update: PyTree) -> PyTree:
-        return state
+    def after_step(self, method_state: PyTree, state_update: PyTree, ctx: StepContext) -> PyTree:
+        return method_state
 
-    def backbone(self):
-        """The backbone module in inference form (used by evaluation)."""
+    # ------------------------------------------------------------------ host hooks
+    def on_epoch_start(self, epoch: int, state: Any, tools: Any) -> dict[str, Any] | None:
+        """Host-side work before the first step of `epoch` (0-based), e.g. clustering
+        features extracted with `tools.extract(split, embed)`. Returned entries replace
+        those of `state.method_state` (same shapes) and are checkpointed with it."""
+        return None
+
+    # ------------------------------------------------------------------ evaluation
+    def backbone(self) -> nn.Module:
+        """The backbone module (evaluation and export)."""
         return backbone_from_config(self.config.model)
 
-    def embed(self, params: PyTree, batch_stats: PyTree, images: jax.Array) -> jax.Array:
+    def embed(self, params: PyTree, model_state: PyTree, images: jax.Array) -> jax.Array:
         """Eval-mode pooled backbone features `[B, D]` (float32) of normalised images."""
-        variables = {"params": params["backbone"], "batch_stats": batch_stats["backbone"]}
+        variables = backbone_variables(params, model_state)
         return self.backbone().apply(variables, images, train=False)["pooled"]
 
+    def evaluators(self) -> dict[str, Callable[[Any, Any], dict[str, float]]]:
+        """Extra evaluations `name -> fn(state, tools) -> {metric: value}`, run beside
+        the standard retrieval/kNN evaluation; results are prefixed with `name/`."""
+        return {}
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """PyTorch `F.normalize`: x / max(||x||, eps)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+
+_REGISTRY: dict[str, type[Method]] = {}
 
 
-def ema(target: PyTree, online: PyTree, decay: jax.Array | float) -> PyTree:
-    """`target <- decay * target + (1 - decay) * online`, leaf by leaf."""
-    return jax.tree.map(lambda t, o: decay * t + (1.0 - decay) * o, target, online)
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make `cls` selectable as `config.method = cls.name`."""
+    if not getattr(cls, "name", None):
+        raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        previous = _REGISTRY[cls.name]
+        if (previous.__module__, previous.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(
+                f"method name {cls.name!r} is already taken by {previous.__qualname__}"
+            )
+    _REGISTRY[cls.name] = cls
+    return cls

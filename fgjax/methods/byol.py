@@ -1,7 +1,8 @@
 """BYOL: predict a slowly moving target network's projection of the other view.
 
-Loss (symmetric, as LCR's code): `-1/2 [mean cos(p1, sg z2') + mean cos(p2, sg z1')]`,
-range [-1, 1]; it equals `(L_paper - 4) / 4` of the BYOL paper's summed `2 - 2 cos`
+Loss (symmetric, as LCR's code): `-1/2 [mean cos(p1, sg z2') + mean cos(p2, sg z1')]`
+with `p_i` the online prediction of view i and `z_j'` the target projection of view j;
+range [-1, 1], it equals `(L_paper - 4) / 4` of the BYOL paper's summed `2 - 2 cos`
 form, so the same learning rate is 4x smaller there. The target (backbone and
 projector, no predictor) is an EMA of the online network, updated at the start of
 each step with a decay that rises from `ema_base` to 1 along a cosine
@@ -12,32 +13,18 @@ from __future__ import annotations
 
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from fgjax.methods.base import LossAux, Method, ema, l2_normalize
+from fgjax.core.objectives import ema, negative_cosine
+from fgjax.data.augment import byol_view1_spec, byol_view2_spec
+from fgjax.methods.base import LossAux, Method, apply_train, register
+from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config, compute_dtype
 from fgjax.models.heads import MLP
 
-
-class BYOLNetwork(nn.Module):
-    """Backbone -> projector -> (predictor). `[B, H, W, 3] -> [B, dim]`."""
-
-    backbone: nn.Module
-    projector: nn.Module
-    predictor: nn.Module
-
-    def __call__(self, x: jax.Array, train: bool, predict: bool = True) -> jax.Array:
-        z = self.projector(self.backbone(x, train)["pooled"], train)
-        return self.predictor(z, train) if predict else z
-
-
-def byol_loss(p1, p2, z1_target, z2_target) -> jax.Array:
-    """Symmetric negative cosine; all inputs `[B, D]`, targets are not differentiated."""
-    cos = lambda p, z: jnp.mean(jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1))
-    z1_target, z2_target = jax.lax.stop_gradient((z1_target, z2_target))
-    return -0.5 * (cos(p1, z2_target) + cos(p2, z1_target))
+_TARGET = ("backbone", "projector")
 
 
 def ema_decay(base: float, schedule: str, step: jax.Array, total_steps: int) -> jax.Array:
@@ -52,59 +39,78 @@ def ema_decay(base: float, schedule: str, step: jax.Array, total_steps: int) -> 
     return 1.0 - (1.0 - base) * (jnp.cos(math.pi * t) + 1.0) / 2.0
 
 
-class BYOL(Method):
-    num_views = 2
+def _target_part(tree: dict) -> dict:
+    """The backbone + projector share of a params tree (no predictor)."""
+    return {k: tree[k] for k in _TARGET}
 
-    def __init__(self, config, num_classes, total_steps):
-        super().__init__(config, num_classes, total_steps)
-        b = config.byol
-        dtype = compute_dtype(config.model.dtype)
+
+@register
+class BYOL(Method):
+    name = "byol"
+    view_names = ("view1", "view2")
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(
+            dict(
+                hidden_dim=4096,
+                dim=256,
+                ema_base=0.996,
+                ema_schedule="cosine",  # 'cosine' (BYOL paper: base -> 1) | 'constant' (LCR)
+                bn_groups=1,
+            )
+        )
+
+    @classmethod
+    def default_views(cls):
+        view = dict(crop_scale=(0.08, 1.0), interpolation="bicubic")
+        return {
+            "view1": dict(view, photometric=byol_view1_spec()),
+            "view2": dict(view, photometric=byol_view2_spec()),
+        }
+
+    def __init__(self, config, run):
+        super().__init__(config, run)
+        b = self.section
         mlp = lambda: MLP(
             (b.hidden_dim, b.dim),
             use_bn=True,
             bn_groups=b.bn_groups,
             bn_momentum=config.model.bn_momentum,
-            dtype=dtype,
+            dtype=compute_dtype(config.model.dtype),
         )
-        self.net = BYOLNetwork(
+        self.net = Encoder(
             backbone=backbone_from_config(config.model, bn_groups=b.bn_groups),
             projector=mlp(),
             predictor=mlp(),
         )
 
-    def init_variables(self, rng, image_shape):
-        variables = self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
-        return variables["params"], variables["batch_stats"]
+    def init_state(self, params, model_state, rng):
+        return {
+            "target_params": _target_part(params),
+            "target_model_state": {c: _target_part(t) for c, t in model_state.items()},
+        }
 
-    def init_state(self, params, batch_stats, rng):
-        target = lambda tree: {"backbone": tree["backbone"], "projector": tree["projector"]}
-        return {"target_params": target(params), "target_batch_stats": target(batch_stats)}
-
-    def _forward(self, params, stats, images, predict):
-        out, updates = self.net.apply(
-            {"params": params, "batch_stats": stats},
-            images,
-            train=True,
-            predict=predict,
-            mutable=["batch_stats"],
-        )
-        return out, updates["batch_stats"]
-
-    def loss(self, params, batch_stats, state, views, batch, rng):
-        v1, v2 = views
+    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
         # Views go through separately so BatchNorm sees one view per batch, as in BYOL.
-        p1, stats = self._forward(params, batch_stats, v1, predict=True)
-        p2, stats = self._forward(params, stats, v2, predict=True)
-        z1, tstats = self._forward(state["target_params"], state["target_batch_stats"], v1, False)
-        z2, tstats = self._forward(state["target_params"], tstats, v2, False)
-        loss = byol_loss(p1, p2, z1, z2)
-        return loss, LossAux(stats, {"loss": loss}, {"target_batch_stats": tstats})
+        online, target = [], []
+        target_state = method_state["target_model_state"]
+        for name in self.view_names:
+            out, model_state = apply_train(self.net, params, model_state, views[name])
+            online.append(out["pred"])
+            out, target_state = apply_train(
+                self.net, method_state["target_params"], target_state, views[name], predict=False
+            )
+            target.append(out["proj"])
+        (p1, p2), (z1, z2) = online, target
+        loss = (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2
+        return loss, LossAux(model_state, {"loss": loss}, {"target_model_state": target_state})
 
-    def before_step(self, params, state, step):
-        b = self.config.byol
-        decay = ema_decay(b.ema_base, b.ema_schedule, step, self.total_steps)
-        online = {"backbone": params["backbone"], "projector": params["projector"]}
-        return {**state, "target_params": ema(state["target_params"], online, decay)}
+    def before_step(self, params, method_state, ctx):
+        b = self.section
+        decay = ema_decay(b.ema_base, b.ema_schedule, ctx.step, ctx.run.total_steps)
+        target = ema(method_state["target_params"], _target_part(params), decay)
+        return {**method_state, "target_params": target}
 
-    def after_step(self, state, state_update):
-        return {**state, "target_batch_stats": state_update["target_batch_stats"]}
+    def after_step(self, method_state, state_update, ctx):
+        return {**method_state, "target_model_state": state_update["target_model_state"]}

@@ -1,5 +1,6 @@
 """MoCo v2: InfoNCE against a momentum key encoder and a queue of past keys.
 
+Views: 'view1' (queries, online encoder) and 'view2' (keys, momentum encoder).
 Shuffling BN, device-count independent: BatchNorm statistics are computed in
 `config.moco.bn_groups` groups of the global batch (contiguous for queries), and
 the key batch is randomly permuted before the key encoder and un-permuted after,
@@ -9,101 +10,88 @@ plain single-GPU MoCo.
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from fgjax.methods.base import LossAux, Method, PyTree, ema, l2_normalize
+from fgjax.core.objectives import ema, info_nce, l2_normalize
+from fgjax.methods.base import LossAux, Method, PyTree, apply_train, register
+from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config, compute_dtype
 from fgjax.models.heads import MLP
 
 
-class EncoderWithHead(nn.Module):
-    """Backbone -> pooled feature -> MLP head. `[B, H, W, 3] -> [B, dim]`."""
-
-    backbone: nn.Module
-    head: nn.Module
-
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        return self.head(self.backbone(x, train)["pooled"], train)
-
-
-def info_nce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float):
-    """Loss and logits for unit queries `q` [B, D], positives `k` [B, D], negatives `queue` [K, D].
-
-    Returns `(mean cross-entropy with the positive at index 0, logits [B, 1 + K])`.
-    """
-    positive = jnp.sum(q * k, axis=-1, keepdims=True)
-    negatives = q @ queue.T
-    logits = jnp.concatenate([positive, negatives], axis=1) / temperature
-    loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
-    return loss, logits
-
-
+@register
 class MoCo(Method):
-    num_views = 2
+    name = "moco"
+    view_names = ("view1", "view2")
 
-    def __init__(self, config, num_classes, total_steps):
-        super().__init__(config, num_classes, total_steps)
-        m = config.moco
-        if m.queue_size % config.train.batch_size:
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(
+            dict(
+                hidden_dim=2048,
+                dim=128,
+                queue_size=65536,
+                momentum=0.999,
+                temperature=0.2,
+                # BatchNorm statistics in this many groups of the global batch (one per
+                # "GPU" of the original recipe); keys are permuted across groups.
+                bn_groups=8,
+            )
+        )
+
+    def __init__(self, config, run):
+        super().__init__(config, run)
+        m = self.section
+        if m.queue_size % run.batch_size:
             raise ValueError(
                 f"config.moco.queue_size={m.queue_size} must be a multiple of "
-                f"config.train.batch_size={config.train.batch_size}"
+                f"config.train.batch_size={run.batch_size}"
             )
-        self.net = EncoderWithHead(
+        self.net = Encoder(
             backbone=backbone_from_config(config.model, bn_groups=m.bn_groups),
-            head=MLP((m.hidden_dim, m.dim), dtype=compute_dtype(config.model.dtype)),
+            projector=MLP((m.hidden_dim, m.dim), dtype=compute_dtype(config.model.dtype)),
         )
 
-    def init_variables(self, rng, image_shape):
-        variables = self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
-        return variables["params"], variables["batch_stats"]
-
-    def init_state(self, params, batch_stats, rng):
-        queue = l2_normalize(
-            jax.random.normal(rng, (self.config.moco.queue_size, self.config.moco.dim))
-        )
+    def init_state(self, params, model_state, rng):
+        queue = l2_normalize(jax.random.normal(rng, (self.section.queue_size, self.section.dim)))
         return {
             "key_params": params,
-            "key_batch_stats": batch_stats,
+            "key_model_state": model_state,
             "queue": queue,
             "queue_ptr": jnp.zeros((), jnp.int32),
         }
 
-    def key_embeddings(self, state: PyTree, images: jax.Array, rng: jax.Array):
-        """Unit keys `[B, dim]` from the key encoder on a shuffled batch, and its new BN stats."""
+    def key_embeddings(self, method_state: PyTree, images: jax.Array, rng: jax.Array):
+        """Unit keys `[B, dim]` from the key encoder on a shuffled batch, and its new state."""
         perm = jax.random.permutation(rng, images.shape[0])
-        variables = {"params": state["key_params"], "batch_stats": state["key_batch_stats"]}
-        out, updates = self.net.apply(variables, images[perm], train=True, mutable=["batch_stats"])
-        unshuffled = jnp.zeros_like(out).at[perm].set(out)
-        return l2_normalize(unshuffled), updates["batch_stats"]
+        out, key_model_state = apply_train(
+            self.net, method_state["key_params"], method_state["key_model_state"], images[perm]
+        )
+        keys = jnp.zeros_like(out["proj"]).at[perm].set(out["proj"])
+        return l2_normalize(keys), key_model_state
 
-    def loss(self, params, batch_stats, state, views, batch, rng):
-        variables = {"params": params, "batch_stats": batch_stats}
-        q, updates = self.net.apply(variables, views[0], train=True, mutable=["batch_stats"])
-        q = l2_normalize(q)
-        k, key_stats = self.key_embeddings(state, views[1], rng)
+    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
+        out, model_state = apply_train(self.net, params, model_state, views["view1"])
+        q = l2_normalize(out["proj"])
+        k, key_model_state = self.key_embeddings(method_state, views["view2"], rng)
         k = jax.lax.stop_gradient(k)
-        loss, logits = info_nce(q, k, state["queue"], self.config.moco.temperature)
+        loss, logits = info_nce(q, k, method_state["queue"], self.section.temperature)
         metrics = {"loss": loss, "contrastive_acc": jnp.mean(jnp.argmax(logits, -1) == 0)}
-        return loss, LossAux(
-            updates["batch_stats"], metrics, {"keys": k, "key_batch_stats": key_stats}
-        )
+        return loss, LossAux(model_state, metrics, {"keys": k, "key_model_state": key_model_state})
 
-    def before_step(self, params, state, step):
+    def before_step(self, params, method_state, ctx):
         # MoCo updates the key encoder before the key forward of the step.
-        return {**state, "key_params": ema(state["key_params"], params, self.config.moco.momentum)}
+        key_params = ema(method_state["key_params"], params, self.section.momentum)
+        return {**method_state, "key_params": key_params}
 
-    def after_step(self, state, state_update):
-        keys = state_update["keys"]
-        ptr = state["queue_ptr"]
-        queue = jax.lax.dynamic_update_slice(
-            state["queue"], keys.astype(state["queue"].dtype), (ptr, 0)
-        )
+    def after_step(self, method_state, state_update, ctx):
+        keys, queue, ptr = state_update["keys"], method_state["queue"], method_state["queue_ptr"]
+        queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, 0))
         return {
-            **state,
-            "key_batch_stats": state_update["key_batch_stats"],
+            **method_state,
+            "key_model_state": state_update["key_model_state"],
             "queue": queue,
-            "queue_ptr": (ptr + keys.shape[0]) % state["queue"].shape[0],
+            "queue_ptr": (ptr + keys.shape[0]) % queue.shape[0],
         }

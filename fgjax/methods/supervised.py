@@ -3,48 +3,41 @@
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import optax
+import ml_collections
 
-from fgjax.methods.base import LossAux, Method
+from fgjax.core.objectives import accuracy, cross_entropy
+from fgjax.data.augment import no_augment_spec
+from fgjax.methods.base import LossAux, Method, apply_train, register
+from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config
 
 
-class Classifier(nn.Module):
-    """`[B, H, W, 3] -> [B, num_classes]` float32 logits."""
-
-    backbone: nn.Module
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        pooled = self.backbone(x, train)["pooled"]
-        return nn.Dense(self.num_classes, name="classifier")(pooled)
-
-
+@register
 class Supervised(Method):
-    num_views = 1
+    name = "supervised"
+    view_names = ("view1",)
 
-    def __init__(self, config, num_classes, total_steps):
-        super().__init__(config, num_classes, total_steps)
-        self.net = Classifier(backbone=backbone_from_config(config.model), num_classes=num_classes)
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        return ml_collections.ConfigDict(dict(label_smoothing=0.0))
 
-    def init_variables(self, rng, image_shape):
-        variables = self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
-        return variables["params"], variables["batch_stats"]
+    @classmethod
+    def default_views(cls):
+        # RandomResizedCrop + flip, no colour augmentation: the standard FGVR recipe.
+        return {"view1": dict(crop_scale=(0.08, 1.0), photometric=no_augment_spec())}
 
-    def loss(self, params, batch_stats, state, views, batch, rng):
-        logits, updates = self.net.apply(
-            {"params": params, "batch_stats": batch_stats},
-            views[0],
-            train=True,
-            mutable=["batch_stats"],
+    def __init__(self, config, run):
+        super().__init__(config, run)
+        self.net = Encoder(
+            backbone=backbone_from_config(config.model),
+            classifier=nn.Dense(run.num_classes, name="classifier"),
+        )
+
+    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
+        out, model_state = apply_train(
+            self.net, params, model_state, views["view1"], rngs={"dropout": rng}
         )
         labels = batch["label"]
-        targets = optax.smooth_labels(
-            jax.nn.one_hot(labels, self.num_classes), self.config.supervised.label_smoothing
-        )
-        loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return loss, LossAux(updates["batch_stats"], {"loss": loss, "accuracy": accuracy}, {})
+        loss = cross_entropy(out["logits"], labels, self.section.label_smoothing)
+        metrics = {"loss": loss, "accuracy": accuracy(out["logits"], labels)}
+        return loss, LossAux(model_state, metrics, {})

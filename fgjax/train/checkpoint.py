@@ -2,26 +2,31 @@
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data,config}`. orbax writes each step to
 a temporary folder and renames it when complete, so a run killed mid-save (even by
-SIGKILL) resumes from the last complete step.
+SIGKILL) resumes from the last complete step. A complete step that still cannot be
+restored (truncated or corrupted later) is reported by path, moved to
+`WORKDIR/corrupt_checkpoints/<step>` (kept for inspection, never deleted) and the
+previous step is used.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.quarantine = os.path.join(os.path.abspath(workdir), "corrupt_checkpoints")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=True
         )
-        self.manager = ocp.CheckpointManager(
-            os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
-        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -40,18 +45,38 @@ class Checkpointer:
             force=True,
         )
 
-    def restore(self, state_template: Any, iterator: Any) -> Any:
-        """Restore the latest step into `state_template`'s structure and shardings and
-        move `iterator` to the saved position. Returns the restored state."""
-        step = self.manager.latest_step()
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(state_template), data=ocp.args.JsonRestore()
-            ),
+    def restore(self, state_template: Any, iterator: Any) -> Any | None:
+        """Restore the newest restorable step into `state_template`'s structure and
+        shardings and move `iterator` to its saved position. Returns the restored state,
+        or None when there is no checkpoint (or none can be restored)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(state_template),
+                        data=ocp.args.JsonRestore(),
+                    ),
+                )
+            except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+                self._set_aside(step, err)
+                continue
+            iterator.set_state(json.dumps(restored.data).encode())
+            return restored.state
+        return None
+
+    def _set_aside(self, step: int, err: Exception) -> None:
+        path = os.path.join(self.directory, str(step))
+        moved = os.path.join(self.quarantine, str(step))
+        if jax.process_index() == 0:  # one process moves it; all skip it
+            os.makedirs(self.quarantine, exist_ok=True)
+            shutil.rmtree(moved, ignore_errors=True)
+            shutil.move(path, moved)
+        self.manager.reload()
+        print(
+            f"checkpoint {path} cannot be restored ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); moved to {moved}, trying the previous one"
         )
-        iterator.set_state(json.dumps(restored.data).encode())
-        return restored.state
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -1,8 +1,11 @@
-"""The training loop: data -> jitted step -> metrics, checkpoints, evaluation.
+"""The training loop: data -> jitted step -> metrics, hooks, checkpoints, evaluation.
 
-Resumes automatically from the latest checkpoint in the workdir (train state and
-data-iterator position), so a killed run finishes with the same parameters as an
-uninterrupted one. SIGTERM saves a checkpoint and returns cleanly.
+Resumes automatically from the newest restorable checkpoint in the workdir (train
+state and data-iterator position), so a killed run finishes with the same parameters
+as an uninterrupted one. SIGTERM saves a checkpoint and returns cleanly. Evaluation
+runs at the end, optionally before training and every `config.eval.every_epochs`;
+`eval.json` holds the final numbers, the history and the best epoch.
+`config.train.num_epochs=0` only evaluates (no optimiser, no train loader).
 """
 
 from __future__ import annotations
@@ -15,17 +18,24 @@ from typing import Any
 import jax
 import ml_collections
 
-from fgjax.config import photometric_specs
-from fgjax.data.pipeline import make_train_loader, steps_per_epoch
+from fgjax.config import photometric_spec
+from fgjax.core.progress import progress
+from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.sources import build_source
-from fgjax.eval.evaluate import make_evaluator
-from fgjax.methods import build_method
+from fgjax.data.train_loader import make_train_loader, steps_per_epoch
+from fgjax.data.views import ViewSpec
+from fgjax.eval.evaluate import Evaluator
+from fgjax.eval.features import FeatureExtractor
+from fgjax.methods import Method, RunInfo, build_method
 from fgjax.train import optim
 from fgjax.train.checkpoint import Checkpointer
-from fgjax.train.metrics_log import MetricsWriter, Throughput, progress_bar
-from fgjax.train.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
-from fgjax.train.state import create_train_state
+from fgjax.train.metrics_log import MetricsWriter, Throughput
+from fgjax.train.state import TrainState, create_train_state
 from fgjax.train.step import jit_train_step, make_train_step
+
+
+class NonFiniteError(FloatingPointError):
+    """Too many non-finite steps in a row; the message names the last good checkpoint."""
 
 
 class _StopRequest:
@@ -48,77 +58,220 @@ def _write_json(path: str, payload: Any) -> None:
             json.dump(payload, f, indent=2)
 
 
+def _read_json(path: str, default: Any) -> Any:
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
+def _format(results: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:.4f}" for k, v in results.items())
+
+
+def view_spec(config: ml_collections.ConfigDict, name: str) -> ViewSpec:
+    """The CPU side (crop, size, root) of `config.views.<name>`."""
+    v = config.views[name]
+    return ViewSpec(
+        name=name,
+        size=v.size,
+        crop_scale=tuple(v.crop_scale),
+        crop_ratio=tuple(v.crop_ratio),
+        interpolation=v.interpolation,
+        root=v.root,
+    )
+
+
+class _Run:
+    """What a run builds once: mesh, sources, method, evaluator."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        c = config
+        check_batch_divisible(c.train.batch_size)
+        self.mesh = make_mesh()
+        self.sources = {split: build_source(c.data, split) for split in ("train", "test")}
+        train = self.sources["train"]
+        self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size)
+        if self.steps_per_epoch == 0 and c.train.num_epochs > 0:
+            raise ValueError(
+                f"config.train.batch_size={c.train.batch_size} exceeds the {len(train)} "
+                "training images"
+            )
+        total = c.train.num_epochs * self.steps_per_epoch
+        self.stop_step = min(total, c.train.max_steps) if c.train.max_steps else total
+        self.info = RunInfo(
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=total,
+            batch_size=c.train.batch_size,
+            num_classes=train.num_classes,
+            num_coarse_classes=train.num_coarse_classes,
+            num_train_examples=len(train),
+        )
+        self.method: Method = build_method(c, self.info)
+        first_view = self.method.view_names[0]
+        first = photometric_spec(c, first_view)  # evaluation normalises as this view
+        size = c.views[first_view].size
+        self.image_shape = (2, size, size, 3)  # to initialise the network
+        self.extractor = FeatureExtractor(
+            self.sources,
+            self.mesh,
+            image_size=c.data.image_size,
+            batch_size=c.eval.batch_size,
+            mean=first.mean,
+            std=first.std,
+            show_progress=c.train.progress_bar,
+        )
+        method = self.method
+        self.evaluate = Evaluator(
+            c,
+            self.extractor,
+            embed=lambda state, images: method.embed(state.params, state.model_state, images),
+            extra=method.evaluators(),
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate.
 
     Returns `{'step': last step, 'finished': bool, 'state': TrainState, 'eval': {...}}`
-    ('eval' only when training finished). The evaluation is also written to
-    `workdir/eval.json`, with the untrained network's numbers under 'initial' when
-    `config.eval.at_start`.
+    ('eval' only when training finished and `config.eval.enabled`).
     """
     os.makedirs(workdir, exist_ok=True)
-    batch_size = config.train.batch_size
-    check_batch_divisible(batch_size)
-    mesh = make_mesh()
+    run = _Run(config)
+    if config.train.num_epochs == 0:
+        return _evaluate_only(config, workdir, run)
+    return _train(config, workdir, run)
 
-    sources = {split: build_source(config.data, split) for split in ("train", "test")}
-    per_epoch = steps_per_epoch(len(sources["train"]), batch_size)
-    if per_epoch == 0:
-        raise ValueError(
-            f"config.train.batch_size={batch_size} exceeds the {len(sources['train'])} "
-            "training images"
-        )
-    total_steps = config.train.num_epochs * per_epoch
-    stop_step = min(total_steps, config.train.max_steps) if config.train.max_steps else total_steps
 
-    method = build_method(config, sources["train"].num_classes, total_steps)
-    schedule = optim.make_schedule(config.optim, batch_size, per_epoch, config.train.num_epochs)
-    tx = optim.make_optimizer(config.optim, schedule)
-    image_shape = (2, config.data.image_size, config.data.image_size, 3)
-    state = create_train_state(method, tx, image_shape, config.seed, config.model.init_from)
+def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
+    state = create_train_state(
+        run.method, None, run.image_shape, config.seed, config.model.init_from
+    )
+    state = put_replicated(state, run.mesh)
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    result: dict[str, Any] = {"step": 0, "finished": True, "state": state}
+    if config.eval.enabled:
+        result["eval"] = run.evaluate(state)
+        _write_json(os.path.join(workdir, "eval.json"), {"step": 0, **result["eval"]})
+        print("evaluated:", _format(result["eval"]))
+    return result
+
+
+class _EvalHistory:
+    """Evaluations during training, kept in `eval_history.json` so a resumed run keeps
+    them; the best entry maximises `config.eval.best_metric`."""
+
+    def __init__(self, workdir: str, metric: str):
+        self.path = os.path.join(workdir, "eval_history.json")
+        self.metric = metric
+        self.entries: list[dict[str, Any]] = _read_json(self.path, [])
+
+    def add(self, step: int, epoch: float, results: dict[str, float]) -> None:
+        self.entries = [e for e in self.entries if e["step"] != step]
+        self.entries.append({"step": step, "epoch": epoch, **results})
+        self.entries.sort(key=lambda e: e["step"])
+        _write_json(self.path, self.entries)
+
+    def best(self) -> dict[str, Any] | None:
+        scored = [e for e in self.entries if self.metric in e]
+        if not scored:
+            return None
+        top = max(scored, key=lambda e: e[self.metric])
+        return {"step": top["step"], "epoch": top["epoch"], self.metric: top[self.metric]}
+
+
+def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh) -> TrainState:
+    """Run `method.on_epoch_start` and merge what it returns into the method state."""
+    updates = method.on_epoch_start(epoch, state, tools)
+    if not updates:
+        return state
+    method_state = dict(state.method_state)
+    for key, value in updates.items():
+        if key not in method_state:
+            raise KeyError(
+                f"{type(method).__name__}.on_epoch_start returned {key!r}, which init_state "
+                f"did not create (method state keys: {sorted(method_state)})"
+            )
+        old = jax.tree.map(lambda x: (x.shape, x.dtype), method_state[key])
+        new = jax.tree.map(lambda x: (x.shape, x.dtype), value)
+        if old != new:
+            raise ValueError(
+                f"{type(method).__name__}.on_epoch_start: {key!r} changed from {old} to {new}"
+            )
+        method_state[key] = value
+    return state.replace(method_state=put_replicated(method_state, mesh))
+
+
+def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
+    c, method, mesh = config, run.method, run.mesh
+    per_epoch = run.steps_per_epoch
+    schedule = optim.make_schedule(c.optim, c.train.batch_size, per_epoch, c.train.num_epochs)
+    tx = optim.make_optimizer(c.optim, schedule)
+    state = create_train_state(method, tx, run.image_shape, c.seed, c.model.init_from)
     state = put_replicated(state, mesh)
+    frozen = put_replicated(method.init_frozen(), mesh)
 
     loader = make_train_loader(
-        sources["train"],
-        global_batch_size=batch_size,
-        image_size=config.data.image_size,
-        num_views=method.num_views,
-        crop_scale=tuple(config.data.crop_scale),
-        crop_ratio=tuple(config.data.crop_ratio),
-        interpolation=config.data.interpolation,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
+        run.sources["train"],
+        global_batch_size=c.train.batch_size,
+        views=[view_spec(c, name) for name in method.view_names],
+        seed=c.seed,
+        num_workers=c.data.num_workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     iterator = iter(loader)
-    checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-    config_json = config.to_json_best_effort()
-    evaluate = make_evaluator(method, config, sources, mesh)
+    checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)
+    config_json = c.to_json_best_effort()
+    history = _EvalHistory(workdir, c.eval.best_metric)
+    initial_path = os.path.join(workdir, "eval_initial.json")
 
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, iterator)
+    restored = checkpointer.restore(state, iterator)
+    if restored is not None:
+        state = restored
         print(f"resumed from step {int(state.step)} in {workdir}")
     else:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config_json))
-        if config.eval.enabled and config.eval.at_start:
-            initial_eval = evaluate(state.params, state.batch_stats)
-            _write_json(os.path.join(workdir, "eval_initial.json"), initial_eval)
-            print("untrained:", _format(initial_eval))
+        if c.eval.enabled and c.eval.at_start:
+            _write_json(initial_path, run.evaluate(state))
 
-    train_step = jit_train_step(make_train_step(method, tx, photometric_specs(config)), mesh)
+    view_specs = {name: photometric_spec(c, name) for name in method.view_names}
+    train_step = jit_train_step(
+        make_train_step(method, tx, view_specs, run.info, c.train.accumulate_steps), mesh
+    )
     writer = MetricsWriter(workdir)
-    throughput = Throughput(batch_size)
+    throughput = Throughput(c.train.batch_size)
     stop = _StopRequest()
     step = int(state.step)
-    bar = progress_bar(stop_step, step, config.train.progress_bar)
+    last_saved = step if restored is not None else None
+    bar = progress(
+        run.stop_step,
+        initial=step,
+        desc="train",
+        enabled=c.train.progress_bar,
+        every=c.train.log_every_steps,
+    )
     throughput.measure(step)
+    eval_every = c.eval.every_epochs * per_epoch
+    previous_bad = None
     try:
-        while step < stop_step:
-            state, metrics = train_step(state, global_batch(next(iterator), mesh))
+        while step < run.stop_step:
+            if step % per_epoch == 0:
+                state = _apply_hook(method, step // per_epoch, state, run.extractor, mesh)
+            state, metrics = train_step(state, frozen, global_batch(next(iterator), mesh))
             step += 1
             bar.update(1)
-            if step % config.train.log_every_steps == 0 or step == stop_step:
+            # Read the previous step's streak while this one runs (one step in flight).
+            bad = 0 if previous_bad is None else int(previous_bad)
+            previous_bad = metrics["bad_steps_in_a_row"]  # not donated, unlike the state
+            if bad >= c.train.max_bad_steps:
+                raise NonFiniteError(
+                    f"{bad} non-finite steps in a row (loss or gradients NaN/inf) before "
+                    f"step {step}: stopping. The parameters were not updated by those steps; "
+                    f"the last checkpoint (step {last_saved}) in {workdir} holds the last "
+                    "finite state. Lower config.optim.lr or check the data."
+                )
+            if step % c.train.log_every_steps == 0 or step == run.stop_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics.update(
                     epoch=step / per_epoch,
@@ -130,37 +283,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}"
                 )
             if (
-                step % config.train.checkpoint_every_steps == 0
-                or step == stop_step
+                step % c.train.checkpoint_every_steps == 0
+                or step == run.stop_step
                 or stop.requested
-            ):
+            ) and int(state.bad_steps) == 0:  # never save inside a non-finite streak
                 checkpointer.save(step, state, iterator, config_json)
+                last_saved = step
             if stop.requested:
                 print(f"SIGTERM: saved step {step}, exiting")
                 break
+            if c.eval.enabled and eval_every and step % eval_every == 0 and step < run.stop_step:
+                results = run.evaluate(state)
+                history.add(step, step / per_epoch, results)
+                print(f"epoch {step / per_epoch:g}:", _format(results))
     finally:
         bar.close()
         stop.restore()
         checkpointer.wait()
         checkpointer.close()
 
-    finished = step >= stop_step
-    result: dict[str, Any] = {"step": step, "finished": finished}
-    if finished and config.eval.enabled:
-        final = evaluate(state.params, state.batch_stats)
-        result["eval"] = final
-        payload = {"step": step, **final}
-        initial_path = os.path.join(workdir, "eval_initial.json")
-        if os.path.exists(initial_path):
-            with open(initial_path) as f:
-                payload["initial"] = json.load(f)
+    finished = step >= run.stop_step
+    result: dict[str, Any] = {"step": step, "finished": finished, "state": state}
+    if finished and c.eval.enabled:
+        final = run.evaluate(state)
+        history.add(step, step / per_epoch, final)
+        payload = {"step": step, **final, "best": history.best(), "history": history.entries}
+        initial = _read_json(initial_path, None)
+        if initial is not None:
+            payload["initial"] = initial
+            print("untrained:", _format(initial))
         _write_json(os.path.join(workdir, "eval.json"), payload)
-        if "initial" in payload:
-            print("untrained:", _format(payload["initial"]))
         print("trained:  ", _format(final))
-    result["state"] = state
+        result["eval"] = final
     return result
-
-
-def _format(results: dict[str, float]) -> str:
-    return "  ".join(f"{k}={v:.4f}" for k, v in results.items())

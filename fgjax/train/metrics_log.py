@@ -1,4 +1,4 @@
-"""Metrics to `WORKDIR/metrics.jsonl` (one JSON object per logged step) and a progress bar."""
+"""Metrics to `WORKDIR/metrics.jsonl` (one JSON object per logged step) and throughput."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import jax
-from tqdm import tqdm
 
 
 class MetricsWriter:
@@ -53,13 +52,3 @@ class Throughput:
             rate = (step - self.last_step) * self.images_per_step / (now - self.last_time)
         self.last_time, self.last_step = now, step
         return rate
-
-
-def progress_bar(total: int, initial: int, enabled: bool) -> tqdm:
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not enabled or jax.process_index() != 0,
-    )

@@ -1,56 +1,134 @@
-"""The generic, jit-compiled train step: `(state, batch) -> (state, metrics)`."""
+"""The generic, jit-compiled train step: `(state, frozen, batch) -> (state, metrics)`.
+
+Per step: photometric augmentation of every view on the device, the method's
+`before_step`, the loss and its gradients (over `accumulate_steps` micro-batches),
+one optimiser update, the method's `after_step`. A step whose loss or gradients are
+not finite changes nothing but the step counter and `bad_steps` (the non-finite guard).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from fgjax.core.objectives import all_finite
+from fgjax.core.sharding import batch_sharded, replicated
 from fgjax.data.augment import PhotometricSpec, photometric
-from fgjax.methods.base import Method
-from fgjax.train.sharding import batch_sharded, replicated
+from fgjax.methods.base import Method, RunInfo, StepContext
 from fgjax.train.state import TrainState
 
 
-def make_train_step(
-    method: Method, tx: optax.GradientTransformation, view_specs: Sequence[PhotometricSpec]
-) -> Callable[[TrainState, dict[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
-    """Pure step. `batch['images']` is uint8 `[B, V, H, W, 3]` (CPU-cropped views); the
-    photometric augmentation of each view runs here, on the accelerator."""
+def split_micro_batches(tree, count: int):
+    """`[B, ...]` leaves -> `[count, B / count, ...]`; micro-batch a holds examples
+    a, a + count, a + 2 count, ... (so each stays spread over the `data` devices)."""
 
-    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    def split(x):
+        x = x.reshape(x.shape[0] // count, count, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+
+    return jax.tree.map(split, tree)
+
+
+def make_train_step(
+    method: Method,
+    tx: optax.GradientTransformation,
+    view_specs: Mapping[str, PhotometricSpec],
+    run: RunInfo,
+    accumulate_steps: int = 1,
+) -> Callable:
+    """Pure step. `batch['views'][name]` is uint8 `[B, H, W, 3]` (CPU-cropped views) for
+    every name in `method.view_names`; `batch` also has 'label', 'coarse_label', 'index'."""
+    if accumulate_steps < 1 or run.batch_size % accumulate_steps:
+        raise ValueError(
+            f"config.train.accumulate_steps={accumulate_steps} must be >= 1 and divide "
+            f"config.train.batch_size={run.batch_size}"
+        )
+
+    def train_step(state: TrainState, frozen, batch: dict):
+        ctx = StepContext(step=state.step, epoch=state.step / run.steps_per_epoch, run=run)
         rng = jax.random.fold_in(state.rng, state.step)
         aug_rng, loss_rng = jax.random.split(rng)
-        views = [
-            photometric(batch["images"][:, v], jax.random.fold_in(aug_rng, v), view_specs[v])
-            for v in range(method.num_views)
-        ]
-        method_state = method.before_step(state.params, state.method_state, state.step)
+        views = {
+            name: photometric(
+                batch["views"][name], jax.random.fold_in(aug_rng, v), view_specs[name]
+            )
+            for v, name in enumerate(method.view_names)
+        }
+        labels = {k: v for k, v in batch.items() if k != "views"}
+        method_state = method.before_step(state.params, state.method_state, ctx)
 
-        def loss_fn(params):
-            return method.loss(params, state.batch_stats, method_state, views, batch, loss_rng)
+        def micro_step(carry, micro):
+            grad_sum, model_state = carry
+            micro_views, micro_labels, index = micro
 
-        (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new_state = state.replace(
+            def loss_fn(params):
+                return method.loss(
+                    params,
+                    model_state,
+                    method_state,
+                    frozen,
+                    micro_views,
+                    micro_labels,
+                    ctx,
+                    jax.random.fold_in(loss_rng, index),
+                )
+
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+            return (grad_sum, aux.model_state), (loss, aux.metrics, aux.state_update)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        if accumulate_steps == 1:
+            (grads, model_state), (loss, metrics, update) = micro_step(
+                (zeros, state.model_state), (views, labels, 0)
+            )
+            updates = [update]
+        else:
+            micro = split_micro_batches((views, labels), accumulate_steps)
+            (grad_sum, model_state), (losses, metrics, stacked) = jax.lax.scan(
+                micro_step,
+                (zeros, state.model_state),
+                (*micro, jnp.arange(accumulate_steps)),
+            )
+            grads = jax.tree.map(lambda g: g / accumulate_steps, grad_sum)
+            loss = jnp.mean(losses)
+            metrics = jax.tree.map(jnp.mean, metrics)
+            updates = [jax.tree.map(lambda x, a=a: x[a], stacked) for a in range(accumulate_steps)]
+
+        for update in updates:  # e.g. enqueue each micro-batch's keys in turn
+            method_state = method.after_step(method_state, update, ctx)
+        opt_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        stepped = state.replace(
             step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            batch_stats=aux.batch_stats,
+            params=optax.apply_updates(state.params, opt_updates),
+            model_state=model_state,
             opt_state=opt_state,
-            method_state=method.after_step(method_state, aux.state_update),
+            method_state=method_state,
+            bad_steps=jnp.zeros_like(state.bad_steps),
         )
-        return new_state, aux.metrics
+        skipped = state.replace(step=state.step + 1, bad_steps=state.bad_steps + 1)
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), stepped, skipped)
+        metrics = {
+            **metrics,
+            "skipped": 1.0 - finite.astype(jnp.float32),
+            "bad_steps_in_a_row": new_state.bad_steps,
+        }
+        return new_state, metrics
 
     return train_step
 
 
 def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
-    """Compile with the batch sharded over `data` and the state replicated (donated)."""
+    """Compile with the batch sharded over `data`, the state (donated) and the frozen
+    inputs replicated; frozen inputs are not donated (they live for the whole run)."""
     return jax.jit(
         step_fn,
-        in_shardings=(replicated(mesh), batch_sharded(mesh)),
+        in_shardings=(replicated(mesh), replicated(mesh), batch_sharded(mesh)),
         out_shardings=(replicated(mesh), replicated(mesh)),
         donate_argnums=(0,),
     )

@@ -11,32 +11,19 @@ import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import tiny_config  # noqa: E402
+from conftest import jitted_step, random_batch, run_info, tiny_config  # noqa: E402
 
-from fgjax.config import photometric_specs  # noqa: E402
-from fgjax.methods import build_method  # noqa: E402
-from fgjax.train import optim  # noqa: E402
-from fgjax.train.sharding import global_batch, make_mesh, put_replicated  # noqa: E402
-from fgjax.train.state import create_train_state  # noqa: E402
-from fgjax.train.step import jit_train_step, make_train_step  # noqa: E402
+from fgjax.core.sharding import global_batch  # noqa: E402
 
 
 def run(method_name: str, num_steps: int = 2) -> dict[str, np.ndarray]:
     config = tiny_config(method_name)
     config.train.batch_size = 16
-    method = build_method(config, num_classes=4, total_steps=10)
-    schedule = optim.make_schedule(config.optim, 16, steps_per_epoch=5, num_epochs=2)
-    tx = optim.make_optimizer(config.optim, schedule)
-    mesh = make_mesh()
-    state = put_replicated(create_train_state(method, tx, (2, 16, 16, 3), seed=0), mesh)
-    step = jit_train_step(make_train_step(method, tx, photometric_specs(config)), mesh)
+    method, state, frozen, step, mesh = jitted_step(config, run_info(config))
     rng = np.random.default_rng(0)
     for _ in range(num_steps):
-        batch = {
-            "images": rng.integers(0, 256, (16, method.num_views, 16, 16, 3), dtype=np.uint8),
-            "label": rng.integers(0, 4, 16).astype(np.int32),
-        }
-        state, metrics = step(state, global_batch(batch, mesh))
+        batch = random_batch(rng, method.view_names, 16, 16)
+        state, metrics = step(state, frozen, global_batch(batch, mesh))
     leaves = jax.tree_util.tree_flatten_with_path(
         {"params": state.params, "method_state": state.method_state, "loss": metrics["loss"]}
     )[0]

@@ -43,3 +43,18 @@ def check_batch_divisible(global_batch_size: int, field: str = "config.train.bat
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+    """This process's rows of a `data`-sharded global array, in global order (the rows
+    it fed with `global_batch`); the whole array on a single process."""
+    if jax.process_count() == 1:
+        return np.asarray(array)
+    shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+    rows, seen = [], set()
+    for shard in shards:
+        start = shard.index[0].start or 0
+        if start not in seen:  # replicas of one row block on several local devices
+            seen.add(start)
+            rows.append(np.asarray(shard.data))
+    return np.concatenate(rows)

@@ -1,0 +1,341 @@
+"""The method contract carries what the five methods need (toy methods in toy_methods.py):
+frozen inputs, four views from two roots, per-epoch host hooks with per-example state,
+gradient accumulation on a BatchNorm-free Swin, the non-finite guard, checkpoint
+fallback, evaluation every N epochs and evaluation-only runs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import toy_methods
+from conftest import jitted_step, random_batch, run_info, tiny_config
+from PIL import Image
+
+from fgjax.config import default_config, photometric_config
+from fgjax.core.sharding import global_batch
+from fgjax.data.augment import no_augment_spec
+from fgjax.train.loop import NonFiniteError, train_and_evaluate
+
+
+def _checkpoint(workdir, step=None) -> dict[str, np.ndarray]:
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.latest_step() if step is None else step
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
+    return {"step": step, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _image_folder(root, colour_of, classes=4, per_class=6, size=20):
+    """root/{train,test}/c<k>/<i>.png with solid colours `colour_of(class, i)`."""
+    for split in ("train", "test"):
+        for k in range(classes):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                rgb = np.full((size, size + 4, 3), colour_of(k, i), np.uint8)
+                rgb[::3] = 255 - rgb[::3]  # some structure for BatchNorm to see
+                Image.fromarray(rgb).save(folder / f"{i}.png")
+
+
+# ----------------------------------------------------------------- frozen + four views
+
+
+def _teacher_config(tmp_path):
+    main, ddt = tmp_path / "main", tmp_path / "ddt"
+    _image_folder(main, lambda k, i: (40 * k, 10 * i, 100))
+    _image_folder(ddt, lambda k, i: (200 - 40 * k, 100, 10 * i))
+    teacher = tmp_path / "teacher.npz"
+    np.savez(teacher, W=np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+    c = default_config("toy_teacher")
+    c.model.overrides.stage_sizes, c.model.overrides.width = (1,), 4
+    c.model.dtype = "float32"
+    c.data.kind, c.data.root, c.data.image_size, c.data.num_workers = (
+        "image_folder",
+        str(main),
+        16,
+        0,
+    )
+    c.views.ddt1.root = c.views.ddt2.root = str(ddt)
+    c.views.ddt2.size = 12  # views may differ in size
+    c.toy_teacher.teacher_path = str(teacher)
+    c.train.batch_size, c.train.num_epochs = 8, 2
+    c.train.checkpoint_every_steps, c.train.log_every_steps = 2, 1
+    c.train.progress_bar = False
+    c.eval.enabled = False
+    return c
+
+
+def test_four_view_method_with_frozen_teacher_resumes_bit_identically(tmp_path):
+    config = _teacher_config(tmp_path)
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    assert straight["finished"] and straight["step"] == 6  # 24 images / 8 x 2 epochs
+
+    interrupted = config.copy_and_resolve_references()
+    interrupted.train.max_steps = 3
+    assert train_and_evaluate(interrupted, str(tmp_path / "resumed"))["step"] == 3
+    saved = _checkpoint(tmp_path / "resumed")
+    # The teacher [3, 4] is nowhere in the checkpoint: only params, state, optimiser.
+    assert not any(v.shape == (3, 4) for v in saved.values() if hasattr(v, "shape"))
+    assert all("teacher" not in name for name in saved)
+    train_and_evaluate(config, str(tmp_path / "resumed"))  # resumes at step 3
+    _assert_same_state(_checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed"))
+
+
+def test_frozen_teacher_is_read_by_the_step_and_never_updated(tmp_path):
+    config = _teacher_config(tmp_path)
+    run = run_info(config, num_classes=4)
+    method, state, frozen, step, mesh = jitted_step(config, run)
+    batch = random_batch(np.random.default_rng(0), method.view_names, 8, 16)
+    batch["views"]["ddt2"] = batch["views"]["ddt2"][:, :12, :12]
+    teacher = np.asarray(frozen["teacher"]).copy()
+    _, metrics = step(state, frozen, global_batch(batch, mesh))
+    np.testing.assert_array_equal(np.asarray(frozen["teacher"]), teacher)  # not donated
+    # A different teacher changes the loss: the step reads it.
+    method, state, _, step, mesh = jitted_step(config, run)
+    other = jax.tree.map(lambda w: w * -1.0, frozen)
+    _, other_metrics = step(state, other, global_batch(batch, mesh))
+    assert float(metrics["loss"]) != pytest.approx(float(other_metrics["loss"]))
+
+
+# ----------------------------------------------------------------- per-epoch host hook
+
+
+def _cluster_config():
+    c = tiny_config("toy_cluster")
+    c.views.view1.photometric = photometric_config(no_augment_spec())  # known inputs
+    c.toy_cluster.num_clusters = 3
+    c.train.num_epochs = 3  # 16 train images / 8: 2 steps an epoch
+    c.eval.enabled = True
+    return c
+
+
+def test_epoch_hook_targets_match_an_independent_clustering_and_feed_the_loss(tmp_path):
+    config = _cluster_config()
+    config.train.max_steps = 2  # the hook of epoch 0 ran; stop before epoch 1's
+    result = train_and_evaluate(config, str(tmp_path))
+    state = result["state"]
+    # Recompute the epoch-0 clustering from the *initial* network independently.
+    from fgjax.data.eval_loader import make_eval_loader
+    from fgjax.data.sources import build_source
+    from fgjax.methods import build_method
+    from fgjax.train.state import create_train_state
+
+    source = build_source(config.data, "train")
+    run = run_info(config, num_classes=source.num_classes, steps_per_epoch=2, num_epochs=3)
+    method = build_method(config, run)
+    initial = create_train_state(method, None, (2, 16, 16, 3), seed=config.seed)
+    mean, std = np.array(config.views.view1.photometric.mean), config.views.view1.photometric.std
+    feats = []
+    for batch in make_eval_loader(source, batch_size=len(source), image_size=16):
+        x = ((batch["images"] / 255.0 - mean) / np.array(std)).astype(np.float32)
+        feats.append(np.asarray(method.embed(initial.params, initial.model_state, x)))
+    expected = toy_methods.kmeans(np.concatenate(feats), 3, seed=0)
+    np.testing.assert_array_equal(np.asarray(state.method_state["targets"]), expected)
+    assert int(state.method_state["epochs_seen"]) == 1
+    assert len(np.unique(expected)) > 1  # the test would notice wrong indexing
+
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["clusters/largest_cluster"] == pytest.approx(np.bincount(expected).max() / 16)
+
+
+def test_epoch_hook_loss_uses_the_targets_of_each_examples_index():
+    config = _cluster_config()
+    run = run_info(config, num_classes=4, steps_per_epoch=2)
+    method, state, frozen, step, mesh = jitted_step(config, run)
+    targets = np.arange(run.num_train_examples, dtype=np.int32) % 3
+    state = state.replace(method_state={**state.method_state, "targets": targets})
+    batch = random_batch(np.random.default_rng(1), method.view_names, 8, 16)
+    batch["index"] = np.array([5, 0, 7, 2, 9, 14, 3, 11], np.int32)
+    before = jax.device_get(state)
+    _, metrics = step(state, frozen, global_batch(batch, mesh))
+    spec = config.views.view1.photometric
+    x = ((batch["views"]["view1"] / 255.0 - np.array(spec.mean)) / np.array(spec.std)).astype(
+        np.float32
+    )
+    out, _ = method.net.apply(
+        {"params": before.params, **before.model_state}, x, train=True, mutable=["batch_stats"]
+    )
+    logits = np.asarray(out["logits"], np.float64)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    expected = -np.mean(logp[np.arange(8), targets[batch["index"]]])
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # mid-epoch, and at an epoch boundary
+def test_epoch_hook_method_resumes_bit_identically(tmp_path, stop_at):
+    config = _cluster_config()
+    config.eval.enabled = False
+    train_and_evaluate(config, str(tmp_path / "straight"))
+    interrupted = config.copy_and_resolve_references()
+    interrupted.train.max_steps = stop_at
+    train_and_evaluate(interrupted, str(tmp_path / "resumed"))
+    result = train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert int(result["state"].method_state["epochs_seen"]) == 3
+    _assert_same_state(_checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed"))
+
+
+# ----------------------------------------------------------------- Swin + accumulation
+
+
+def _swin_config(accumulate_steps: int, batch_size: int):
+    c = tiny_config("supervised")
+    c.model.arch = "swin_tiny_patch4_window7_224"
+    c.model.overrides = dict(
+        embed_dim=8, depths=(2, 1), num_heads=(1, 2), window_size=2, img_size=16
+    )
+    c.model.drop_path_rate = 0.0
+    c.train.batch_size = batch_size
+    c.train.accumulate_steps = accumulate_steps
+    return c
+
+
+def test_swin_gradient_accumulation_equals_the_full_batch_step():
+    batch = random_batch(np.random.default_rng(2), ("view1",), 8, 16)
+    results = []
+    for accumulate in (1, 2):
+        config = _swin_config(accumulate, 8)
+        method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 1e-2)
+        assert state.model_state == {}  # no BatchNorm anywhere
+        initial = jax.device_get(state.params)
+        new_state, metrics = step(state, frozen, global_batch(batch, mesh))
+        results.append((jax.device_get(new_state.params), float(metrics["loss"])))
+    (full, full_loss), (accumulated, accumulated_loss) = results
+    assert accumulated_loss == pytest.approx(full_loss, rel=1e-5)
+    moved = 0
+    for a, b, before in zip(
+        jax.tree.leaves(full), jax.tree.leaves(accumulated), jax.tree.leaves(initial), strict=True
+    ):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-6)
+        moved += not np.allclose(a, before)
+    assert moved > 10
+
+
+def test_swin_trains_and_evaluates_end_to_end(tmp_path):
+    config = _swin_config(2, 8)
+    config.train.max_steps = 2
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["finished"] and 0 <= result["eval"]["knn_top1"] <= 1
+
+
+# ----------------------------------------------------------------- non-finite guard
+
+
+def test_an_injected_nan_skips_the_update_and_is_counted():
+    config = tiny_config("toy_nan")
+    config.toy_nan.bad_steps = (0,)
+    method, state, frozen, step, mesh = jitted_step(config, run_info(config))
+    before = jax.device_get(state)
+    batch = global_batch(random_batch(np.random.default_rng(3), method.view_names, 8, 16), mesh)
+    state, metrics = step(state, frozen, batch)
+    after = jax.device_get(state)
+    for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(
+        jax.tree.leaves(before.opt_state), jax.tree.leaves(after.opt_state), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert float(metrics["skipped"]) == 1.0 and int(after.bad_steps) == 1 and int(after.step) == 1
+    state, metrics = step(state, frozen, batch)  # step 1 is finite again
+    assert float(metrics["skipped"]) == 0.0 and int(state.bad_steps) == 0
+    assert not np.allclose(
+        jax.tree.leaves(jax.device_get(state.params))[0], jax.tree.leaves(before.params)[0]
+    )
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(tmp_path):
+    config = tiny_config("toy_nan")
+    config.toy_nan.bad_steps = tuple(range(3, 100))
+    config.train.num_epochs = 10
+    config.train.max_bad_steps = 3
+    with pytest.raises(NonFiniteError, match=r"3 non-finite steps in a row.*step 2"):
+        train_and_evaluate(config, str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in records[:5]] == [0, 0, 0, 1, 1]
+    assert records[4]["bad_steps_in_a_row"] == 2
+    saved = _checkpoint(tmp_path)
+    assert saved["step"] == 2  # no checkpoint was written inside the streak
+    # The good checkpoint restores and training continues from it once the data is fixed.
+    config.toy_nan.bad_steps = (-1,)
+    config.train.max_steps = 4
+    assert train_and_evaluate(config, str(tmp_path))["step"] == 4
+
+
+# ----------------------------------------------------------------- checkpoints
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
+    config = tiny_config("moco")
+    config.eval.enabled = False
+    config.train.max_steps = 4
+    train_and_evaluate(config, str(tmp_path))
+    latest = tmp_path / "checkpoints" / "4"
+    for folder, _, files in os.walk(latest / "state"):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 3)
+    config.train.max_steps = 0
+    result = train_and_evaluate(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert f"checkpoint {latest} cannot be restored" in out
+    assert "resumed from step 2" in out
+    assert (tmp_path / "corrupt_checkpoints" / "4").is_dir()
+    assert result["finished"] and result["step"] == 4
+
+
+# ----------------------------------------------------------------- evaluation
+
+
+def test_eval_every_epoch_tracks_the_best_and_writes_history(tmp_path):
+    config = tiny_config("moco")
+    config.train.num_epochs = 3
+    config.eval.every_epochs = 1
+    train_and_evaluate(config, str(tmp_path))
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert [h["epoch"] for h in saved["history"]] == [1.0, 2.0, 3.0]
+    metric = config.eval.best_metric
+    best = max(saved["history"], key=lambda h: h[metric])
+    assert saved["best"] == {"step": best["step"], "epoch": best["epoch"], metric: best[metric]}
+    assert saved[metric] == saved["history"][-1][metric]
+
+
+def test_evaluation_only_run_needs_no_optimiser_and_no_train_loader(tmp_path, monkeypatch):
+    import fgjax.train.loop as loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an evaluation-only run built a train loader / optimiser")
+
+    monkeypatch.setattr(loop, "make_train_loader", refuse)
+    monkeypatch.setattr(loop.optim, "make_optimizer", refuse)
+    config = tiny_config("moco")
+    config.train.num_epochs = 0
+    result = train_and_evaluate(config, str(tmp_path))
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["step"] == 0 and saved["knn_top1"] == result["eval"]["knn_top1"]
+    assert result["state"].opt_state == {}
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_progress_is_plain_lines_when_not_on_a_terminal(tmp_path, capsys):
+    config = tiny_config("moco")
+    config.train.progress_bar = True
+    config.train.log_every_steps = 2
+    config.eval.enabled = False
+    train_and_evaluate(config, str(tmp_path))
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "\r" not in text
+    assert [line.split(" (")[0] for line in text.splitlines() if line.startswith("train ")] == [
+        "train 2/4",
+        "train 4/4",
+    ]

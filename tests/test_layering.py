@@ -1,0 +1,60 @@
+"""The package's layers stay acyclic: core < models, data, weights < eval < methods < train.
+
+Checked statically (every `import fgjax...` of every module, including function-level
+imports) and dynamically (importing `fgjax.eval` loads nothing of `fgjax.train`)."""
+
+import ast
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+PACKAGE = os.path.join(REPO, "fgjax")
+# What each layer may import from fgjax (besides itself).
+ALLOWED = {
+    "core": set(),
+    "models": {"core"},
+    "data": {"core"},
+    "weights": {"core", "models"},
+    "eval": {"core", "models", "data"},
+    "methods": {"core", "models", "data", "weights", "eval"},
+    "train": {"core", "models", "data", "weights", "eval", "methods", "config"},
+}
+
+
+def _fgjax_imports(path: str) -> set[str]:
+    """The first component after `fgjax.` of every import in the file."""
+    tree = ast.parse(open(path).read())
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "fgjax" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    problems = []
+    for layer, allowed in ALLOWED.items():
+        folder = os.path.join(PACKAGE, layer)
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                used = _fgjax_imports(os.path.join(folder, name)) - {layer}
+                problems += [f"fgjax/{layer}/{name} imports fgjax.{u}" for u in used - allowed]
+    assert not problems, "\n".join(problems)
+
+
+def test_importing_eval_does_not_import_train_or_methods():
+    code = (
+        "import sys, fgjax.eval, fgjax.eval.evaluate, fgjax.eval.features\n"
+        "bad = [m for m in sys.modules if m.startswith(('fgjax.train', 'fgjax.methods'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

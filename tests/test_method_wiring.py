@@ -53,9 +53,11 @@ def _normalised(images: np.ndarray, config) -> np.ndarray:
     return ((images / 255.0 - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
 
 
-def _one_step(config, images):
-    """(method, state before, state after, metrics) of one real jitted train step."""
+def _one_step(config, images, prepare=lambda state: state):
+    """(method, state before, state after, metrics) of one real jitted train step on the
+    state `prepare` returns."""
     method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 0.1)
+    state = prepare(state)
     before = jax.device_get(state)
     views = {name: images[:, v] for v, name in enumerate(method.view_names)}
     batch = {
@@ -89,7 +91,12 @@ def _info_nce(q, k, queue, temperature):
 def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two():
     config = _config("moco")
     images = _images(0)
-    method, before, after, metrics = _one_step(config, images)
+
+    def distinct_key_encoder(state):  # so that the EMA visibly moves it
+        moved = jax.tree.map(lambda p: p * 1.5 + 0.01, state.method_state["key_params"])
+        return state.replace(method_state={**state.method_state, "key_params": moved})
+
+    method, before, after, metrics = _one_step(config, images, distinct_key_encoder)
     x1, x2 = _normalised(images[:, 0], config), _normalised(images[:, 1], config)
 
     # The key encoder is updated (EMA towards the pre-step online params) before the keys.
@@ -117,10 +124,19 @@ def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two
 def test_byol_step_pairs_online_predictions_with_the_other_views_targets():
     config = _config("byol")
     images = _images(1)
-    method, before, after, metrics = _one_step(config, images)
+
+    def distinct_target(state):  # so that the EMA visibly moves it
+        moved = jax.tree.map(lambda p: p * 1.5 + 0.01, state.method_state["target_params"])
+        return state.replace(method_state={**state.method_state, "target_params": moved})
+
+    method, before, after, metrics = _one_step(config, images, distinct_target)
     x1, x2 = _normalised(images[:, 0], config), _normalised(images[:, 1], config)
     online = {k: before.params[k] for k in ("backbone", "projector")}
     target = _ema(before.method_state["target_params"], online, config.byol.ema_base)
+    for got, want in zip(
+        jax.tree.leaves(after.method_state["target_params"]), jax.tree.leaves(target), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
     # Each view is its own BatchNorm batch (as BYOL), target stats advance view 1 then 2.
     p1, p2 = (

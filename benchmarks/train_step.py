@@ -27,11 +27,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fgjax.config import default_config, load_config_file, photometric_spec  # noqa: E402
+from fgjax.config import (  # noqa: E402
+    default_config,
+    load_config_file,
+    photometric_spec,
+    view_spec,
+)
 from fgjax.core.sharding import global_batch, make_mesh, put_replicated  # noqa: E402
 from fgjax.methods import RunInfo, build_method  # noqa: E402
 from fgjax.train import optim  # noqa: E402
-from fgjax.train.loop import view_spec  # noqa: E402
 from fgjax.train.state import create_train_state  # noqa: E402
 from fgjax.train.step import jit_train_step, make_train_step  # noqa: E402
 

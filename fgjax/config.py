@@ -15,6 +15,7 @@ import re
 import ml_collections
 
 from fgjax.data.augment import PhotometricSpec
+from fgjax.data.views import ViewSpec
 
 
 def photometric_config(spec: PhotometricSpec) -> ml_collections.ConfigDict:
@@ -48,8 +49,21 @@ def view_config(config: ml_collections.ConfigDict, **fields) -> ml_collections.C
 
 
 def photometric_spec(config: ml_collections.ConfigDict, view: str) -> PhotometricSpec:
-    """The `PhotometricSpec` of `config.views.<view>`."""
+    """The device side of `config.views.<view>`: its `PhotometricSpec`."""
     return PhotometricSpec(**dict(config.views[view].photometric.items()))
+
+
+def view_spec(config: ml_collections.ConfigDict, view: str) -> ViewSpec:
+    """The CPU side of `config.views.<view>`: crop, size and image root."""
+    v = config.views[view]
+    return ViewSpec(
+        name=view,
+        size=v.size,
+        crop_scale=tuple(v.crop_scale),
+        crop_ratio=tuple(v.crop_ratio),
+        interpolation=v.interpolation,
+        root=v.root,
+    )
 
 
 def default_config(method: str = "moco") -> ml_collections.ConfigDict:

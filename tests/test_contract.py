@@ -339,3 +339,33 @@ def test_progress_is_plain_lines_when_not_on_a_terminal(tmp_path, capsys):
         "train 2/4",
         "train 4/4",
     ]
+
+
+# ----------------------------------------------------------------- methods own their config
+
+
+def test_a_method_declares_its_section_and_views_and_unknown_fields_stay_errors():
+    from fgjax.config import check_override_names
+    from fgjax.methods import build_method, registered_methods
+
+    assert {"moco", "byol", "supervised", "toy_teacher"} <= set(registered_methods())
+    moco = default_config("moco")
+    assert moco.moco.temperature == 0.2 and "byol" not in moco and set(moco.views) == {
+        "view1",
+        "view2",
+    }
+    teacher = default_config("toy_teacher")
+    assert set(teacher.views) == {"global1", "global2", "ddt1", "ddt2"}
+    with pytest.raises(ValueError, match=r"config.moco.temprature \(did you mean config.moco"):
+        check_override_names(moco, ["--config.moco.temprature=0.1"])
+    with pytest.raises(ValueError, match="unknown config field config.byol"):
+        check_override_names(moco, ["--config.byol.dim=8"])
+    with pytest.raises(ValueError, match="choose one of"):
+        default_config("mocco")
+    moco.method = "byol"
+    with pytest.raises(ValueError, match="has no 'byol' section"):
+        build_method(moco, run_info(moco))
+    moco.method = "moco"
+    del moco.views["view2"]
+    with pytest.raises(ValueError, match="no config.views.view2"):
+        build_method(moco, run_info(moco))

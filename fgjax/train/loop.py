@@ -18,12 +18,11 @@ from typing import Any
 import jax
 import ml_collections
 
-from fgjax.config import photometric_spec
+from fgjax.config import photometric_spec, view_spec
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.sources import build_source
 from fgjax.data.train_loader import make_train_loader, steps_per_epoch
-from fgjax.data.views import ViewSpec
 from fgjax.eval.evaluate import Evaluator
 from fgjax.eval.features import FeatureExtractor
 from fgjax.methods import Method, RunInfo, build_method
@@ -67,19 +66,6 @@ def _read_json(path: str, default: Any) -> Any:
 
 def _format(results: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in results.items())
-
-
-def view_spec(config: ml_collections.ConfigDict, name: str) -> ViewSpec:
-    """The CPU side (crop, size, root) of `config.views.<name>`."""
-    v = config.views[name]
-    return ViewSpec(
-        name=name,
-        size=v.size,
-        crop_scale=tuple(v.crop_scale),
-        crop_ratio=tuple(v.crop_ratio),
-        interpolation=v.interpolation,
-        root=v.root,
-    )
 
 
 class _Run:
@@ -198,8 +184,8 @@ def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh) -> T
             raise ValueError(
                 f"{type(method).__name__}.on_epoch_start: {key!r} changed from {old} to {new}"
             )
-        method_state[key] = value
-    return state.replace(method_state=put_replicated(method_state, mesh))
+        method_state[key] = put_replicated(value, mesh)
+    return state.replace(method_state=method_state)
 
 
 def _train(config, workdir: str, run: _Run) -> dict[str, Any]:

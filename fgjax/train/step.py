@@ -58,12 +58,12 @@ def make_train_step(
             )
             for v, name in enumerate(method.view_names)
         }
-        labels = {k: v for k, v in batch.items() if k != "views"}
+        fields = {k: v for k, v in batch.items() if k != "views"}  # label, index, ...
         method_state = method.before_step(state.params, state.method_state, ctx)
 
         def micro_step(carry, micro):
             grad_sum, model_state = carry
-            micro_views, micro_labels, index = micro
+            micro_views, micro_fields, index = micro
 
             def loss_fn(params):
                 return method.loss(
@@ -72,7 +72,7 @@ def make_train_step(
                     method_state,
                     frozen,
                     micro_views,
-                    micro_labels,
+                    micro_fields,
                     ctx,
                     jax.random.fold_in(loss_rng, index),
                 )
@@ -84,11 +84,11 @@ def make_train_step(
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         if accumulate_steps == 1:
             (grads, model_state), (loss, metrics, update) = micro_step(
-                (zeros, state.model_state), (views, labels, 0)
+                (zeros, state.model_state), (views, fields, 0)
             )
             updates = [update]
         else:
-            micro = split_micro_batches((views, labels), accumulate_steps)
+            micro = split_micro_batches((views, fields), accumulate_steps)
             (grad_sum, model_state), (losses, metrics, stacked) = jax.lax.scan(
                 micro_step,
                 (zeros, state.model_state),

@@ -70,6 +70,17 @@ def _one_step(config, images, prepare=lambda state: state):
     return method, before, jax.device_get(after), jax.device_get(metrics)
 
 
+def _moved_apart(key: str):
+    """A `prepare` that moves `method_state[key]` (an EMA copy of the online network) away
+    from the online params, so that the EMA of this step is visible."""
+
+    def prepare(state):
+        moved = jax.tree.map(lambda p: p * 1.5 + 0.01, state.method_state[key])
+        return state.replace(method_state={**state.method_state, key: moved})
+
+    return prepare
+
+
 def _ema(target, online, decay):
     return jax.tree.map(
         lambda t, o: decay * np.asarray(t) + (1 - decay) * np.asarray(o), target, online
@@ -91,12 +102,7 @@ def _info_nce(q, k, queue, temperature):
 def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two():
     config = _config("moco")
     images = _images(0)
-
-    def distinct_key_encoder(state):  # so that the EMA visibly moves it
-        moved = jax.tree.map(lambda p: p * 1.5 + 0.01, state.method_state["key_params"])
-        return state.replace(method_state={**state.method_state, "key_params": moved})
-
-    method, before, after, metrics = _one_step(config, images, distinct_key_encoder)
+    method, before, after, metrics = _one_step(config, images, _moved_apart("key_params"))
     x1, x2 = _normalised(images[:, 0], config), _normalised(images[:, 1], config)
 
     # The key encoder is updated (EMA towards the pre-step online params) before the keys.
@@ -124,12 +130,7 @@ def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two
 def test_byol_step_pairs_online_predictions_with_the_other_views_targets():
     config = _config("byol")
     images = _images(1)
-
-    def distinct_target(state):  # so that the EMA visibly moves it
-        moved = jax.tree.map(lambda p: p * 1.5 + 0.01, state.method_state["target_params"])
-        return state.replace(method_state={**state.method_state, "target_params": moved})
-
-    method, before, after, metrics = _one_step(config, images, distinct_target)
+    method, before, after, metrics = _one_step(config, images, _moved_apart("target_params"))
     x1, x2 = _normalised(images[:, 0], config), _normalised(images[:, 1], config)
     online = {k: before.params[k] for k in ("backbone", "projector")}
     target = _ema(before.method_state["target_params"], online, config.byol.ema_base)

@@ -350,10 +350,15 @@ def test_a_method_declares_its_section_and_views_and_unknown_fields_stay_errors(
 
     assert {"moco", "byol", "supervised", "toy_teacher"} <= set(registered_methods())
     moco = default_config("moco")
-    assert moco.moco.temperature == 0.2 and "byol" not in moco and set(moco.views) == {
-        "view1",
-        "view2",
-    }
+    assert (
+        moco.moco.temperature == 0.2
+        and "byol" not in moco
+        and set(moco.views)
+        == {
+            "view1",
+            "view2",
+        }
+    )
     teacher = default_config("toy_teacher")
     assert set(teacher.views) == {"global1", "global2", "ddt1", "ddt2"}
     with pytest.raises(ValueError, match=r"config.moco.temprature \(did you mean config.moco"):

@@ -92,6 +92,7 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.kind = "procedural"  # 'procedural' | 'image_folder' | 'csv'
     c.data.root = ""  # image-folder root (root/train/<class>/...) or CSV manifest path
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
+    c.data.coarse_of = ""  # image_folder coarse labels: '' | 'last_word' (CUB) | 'first_word'
     c.data.image_size = 224  # evaluation crop, and the default size of every view
     c.data.num_workers = 4
     c.data.procedural = ml_collections.ConfigDict(

@@ -363,6 +363,7 @@ def test_a_method_declares_its_section_and_views_and_unknown_fields_stay_errors(
     assert set(teacher.views) == {"global1", "global2", "ddt1", "ddt2"}
     with pytest.raises(ValueError, match=r"config.moco.temprature \(did you mean config.moco"):
         check_override_names(moco, ["--config.moco.temprature=0.1"])
+    check_override_names(moco, ["--config.data.coarse_of=last_word"])  # README documents it
     with pytest.raises(ValueError, match="unknown config field config.byol"):
         check_override_names(moco, ["--config.byol.dim=8"])
     with pytest.raises(ValueError, match="choose one of"):

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from fgjax.core.progress import progress
 from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replicated
 from fgjax.data.augment import normalize
-from fgjax.data.eval_loader import make_eval_loader
+from fgjax.data.eval_loader import EvalLoader, make_eval_loader
 
 Embed = Callable[[Any, jax.Array], jax.Array]
 
@@ -79,11 +79,15 @@ class FeatureExtractor:
             )
         return self._compiled[embed]
 
-    def extract(self, split: str, embed: Embed, state: Any) -> Features:
-        """`embed` over every (unpadded) example of `split`, gathered on every process."""
+    def loader(self, split: str) -> EvalLoader:
+        """This process's loader of `split` (its contiguous share, last batch padded)."""
         if split not in self._loaders:
             raise ValueError(f"no split {split!r}; have {sorted(self._loaders)}")
-        fn, loader = self._jit(embed), self._loaders[split]
+        return self._loaders[split]
+
+    def extract(self, split: str, embed: Embed, state: Any) -> Features:
+        """`embed` over every (unpadded) example of `split`, gathered on every process."""
+        fn, loader = self._jit(embed), self.loader(split)
         rows: dict[str, list[np.ndarray]] = {k: [] for k in ("out", "label", "coarse", "index")}
         masks = []
         bar = progress(len(loader), desc=f"features {split}", enabled=self.show_progress)

@@ -38,11 +38,14 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    from fgjax.train.loop import train_and_evaluate
+    from fgjax.train.loop import NonFiniteError, train_and_evaluate
 
     devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
     print(f"devices: {devices}, processes: {jax.process_count()}")
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except NonFiniteError as err:  # a message, not a traceback: the checkpoint is intact
+        raise SystemExit(f"error: {err}") from None
 
 
 def _config_path(argv: list[str]) -> str:

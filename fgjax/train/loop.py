@@ -251,11 +251,16 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             bad = 0 if previous_bad is None else int(previous_bad)
             previous_bad = metrics["bad_steps_in_a_row"]  # not donated, unlike the state
             if bad >= c.train.max_bad_steps:
+                kept = (
+                    f"the last checkpoint (step {last_saved}) in {workdir} holds the last "
+                    "finite state"
+                    if last_saved is not None
+                    else "no checkpoint had been written yet"
+                )
                 raise NonFiniteError(
                     f"{bad} non-finite steps in a row (loss or gradients NaN/inf) before "
                     f"step {step}: stopping. The parameters were not updated by those steps; "
-                    f"the last checkpoint (step {last_saved}) in {workdir} holds the last "
-                    "finite state. Lower config.optim.lr or check the data."
+                    f"{kept}. Lower config.optim.lr or check the data."
                 )
             if step % c.train.log_every_steps == 0 or step == run.stop_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

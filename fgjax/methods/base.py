@@ -87,11 +87,6 @@ def apply_train(
     return out, dict(updates)
 
 
-def apply_eval(module: nn.Module, params: PyTree, model_state: PyTree, *args: Any, **kw: Any):
-    """`module(*args, train=False)`: running statistics, no state change."""
-    return module.apply({"params": params, **model_state}, *args, train=False, **kw)
-
-
 def backbone_variables(params: PyTree, model_state: PyTree) -> dict[str, PyTree]:
     """The backbone's Flax variables `{'params': ..., 'batch_stats': ...}` (no
     'batch_stats' for networks without BatchNorm): what weight import/export read."""

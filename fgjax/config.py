@@ -89,10 +89,15 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.model.remat = False
 
     c.data = ml_collections.ConfigDict()
-    c.data.kind = "procedural"  # 'procedural' | 'image_folder' | 'csv'
-    c.data.root = ""  # image-folder root (root/train/<class>/...) or CSV manifest path
+    c.data.kind = "procedural"  # a dataset (cub, cars, ...), 'image_folder', 'csv', 'procedural'
+    c.data.root = ""  # the dataset as distributed; image-folder root; or the CSV manifest
+    c.data.train_split = "train"  # the split trained on (e.g. 'trainval', 'retrieval_train')
+    c.data.test_split = "test"  # the split evaluated on (e.g. 'retrieval_test')
+    c.data.coarse = ""  # coarse level: '' = the dataset's default, 'none', or a level name
+    c.data.crop_to_box = False  # datasets with boxes (cub, cars): crop to the object first
+    c.data.skip_bad = False  # replace undecodable images (counted in the log) instead of failing
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
-    c.data.coarse_of = ""  # image_folder coarse labels: '' | 'last_word' (CUB) | 'first_word'
+    c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'
     c.data.image_size = 224  # evaluation crop, and the default size of every view
     c.data.num_workers = 4
     c.data.procedural = ml_collections.ConfigDict(

@@ -52,6 +52,25 @@ def shared_data() -> str:
     return SHARED_DATA
 
 
+def shared_path(*parts: str) -> str:
+    """A path under ../shared/data; the test skips, saying which, when it is absent."""
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"real sample {path} not found (../shared/data beside the repo)")
+    return path
+
+
+def data_config(kind: str, root: str, **fields):
+    """`config.data` of the default config for `kind` at `root`, with `fields` set."""
+    from fgjax.config import default_config
+
+    c = default_config("supervised").data
+    c.kind, c.root = kind, str(root)
+    for k, v in fields.items():
+        c[k] = v
+    return c
+
+
 def run_info(config, num_classes: int = 4, steps_per_epoch: int = 5, num_epochs: int = 2):
     """A RunInfo for unit tests that build a method without a dataset."""
     from fgjax.methods import RunInfo

@@ -124,8 +124,8 @@ def test_epoch_hook_targets_match_an_independent_clustering_and_feed_the_loss(tm
     result = train_and_evaluate(config, str(tmp_path))
     state = result["state"]
     # Recompute the epoch-0 clustering from the *initial* network independently.
+    from fgjax.data.datasets import build_source
     from fgjax.data.eval_loader import make_eval_loader
-    from fgjax.data.sources import build_source
     from fgjax.methods import build_method
     from fgjax.train.state import create_train_state
 
@@ -363,7 +363,7 @@ def test_a_method_declares_its_section_and_views_and_unknown_fields_stay_errors(
     assert set(teacher.views) == {"global1", "global2", "ddt1", "ddt2"}
     with pytest.raises(ValueError, match=r"config.moco.temprature \(did you mean config.moco"):
         check_override_names(moco, ["--config.moco.temprature=0.1"])
-    check_override_names(moco, ["--config.data.coarse_of=last_word"])  # README documents it
+    check_override_names(moco, ["--config.data.coarse=last_word"])  # README documents it
     with pytest.raises(ValueError, match="unknown config field config.byol"):
         check_override_names(moco, ["--config.byol.dim=8"])
     with pytest.raises(ValueError, match="choose one of"):

@@ -6,14 +6,10 @@ import pytest
 from PIL import Image
 
 from fgjax.data import procedural
+from fgjax.data.datasets import build_source
 from fgjax.data.decode import sample_crop
 from fgjax.data.procedural import ProceduralFineGrained
-from fgjax.data.sources import (
-    COARSE_RULES,
-    CsvManifestSource,
-    ImageFolderSource,
-    build_source,
-)
+from fgjax.data.sources import COARSE_RULES, CsvManifestSource, ImageFolderSource
 
 
 def _write_image(path, value=0, size=(6, 5)):
@@ -61,7 +57,7 @@ def test_image_folder_labels_are_sorted_class_folders(folder_root):
 
 
 def test_image_folder_coarse_labels(folder_root):
-    src = ImageFolderSource(str(folder_root), "train", coarse_of=COARSE_RULES["last_word"])
+    src = ImageFolderSource(str(folder_root), "train", coarse="last_word")
     assert src.coarse_names == ["Albatross", "Warbler"]
     assert src.num_coarse_classes == 2
     assert [src[i]["coarse_label"] for i in range(5)] == [0, 0, 0, 1, 1]
@@ -163,7 +159,7 @@ def test_build_source_dispatch(folder_root, tmp_path):
             "kind": "image_folder",
             "root": str(folder_root),
             "csv_root": "",
-            "coarse_of": "last_word",
+            "coarse": "last_word",
             "procedural": {"num_coarse": 2, "fine_per_coarse": 4, "images_per_class": 3},
         }
     )
@@ -182,7 +178,7 @@ def test_build_source_dispatch(folder_root, tmp_path):
     csv_src = build_source(cfg, "train")
     assert isinstance(csv_src, CsvManifestSource) and csv_src[0]["path"].endswith("imgs/a.png")
 
-    cfg.kind = "tfds"
+    cfg.kind = "no_such_dataset"
     with pytest.raises(ValueError, match=r"config\.data\.kind"):
         build_source(cfg, "train")
 

@@ -202,8 +202,8 @@ def test_end_of_training_eval_matches_a_brute_force_recomputation(tmp_path):
 
     from conftest import run_info, tiny_config
 
+    from fgjax.data.datasets import build_source
     from fgjax.data.decode import resize_center_crop
-    from fgjax.data.sources import build_source
     from fgjax.methods import build_method
     from fgjax.train.loop import train_and_evaluate
 

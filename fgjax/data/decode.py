@@ -97,6 +97,27 @@ def _open_path(path: str) -> Image.Image:
         raise ImageDecodeError(f"cannot open image {path!r}: {type(e).__name__}: {e}") from e
 
 
+def record_region(record: dict, width: int, height: int) -> tuple[float, float, float, float]:
+    """The part of a width x height image the record's crops come from: (left, top, w, h).
+
+    'box' (left, top, width, height; clipped to the image) restricts it to an object;
+    'trim_bottom' cuts rows off the bottom (FGVC-Aircraft's copyright banner); otherwise
+    the whole image.
+    """
+    left, top, w, h = 0.0, 0.0, float(width), float(height)
+    if "box" in record:
+        x0, y0, bw, bh = record["box"]
+        left, top = min(max(x0, 0.0), width), min(max(y0, 0.0), height)
+        w, h = min(x0 + bw, width) - left, min(y0 + bh, height) - top
+    h = min(h, height - record.get("trim_bottom", 0) - top)
+    if w < 1 or h < 1:
+        raise ImageDecodeError(
+            f"image {record.get('path', record.get('index'))!r} ({width}x{height}): its region "
+            f"box={record.get('box')} trim_bottom={record.get('trim_bottom', 0)} is empty"
+        )
+    return left, top, w, h
+
+
 def parallel_path(record: dict, view: ViewSpec, source_root: str | None) -> str:
     """The file of `record` under `view.root`: root / (record path relative to source_root)."""
     if "path" not in record:
@@ -167,8 +188,9 @@ def random_crop_views(
 ) -> dict[str, np.ndarray]:
     """RandomResizedCrop + horizontal flip (p=0.5) per view: {name: uint8 [size, size, 3]}.
 
-    Per view, in order: the crop box from `sample_crop` (on the dimensions of the view's
-    file), then one uniform draw for the flip. A view with `root` reads `parallel_path`
+    Per view, in order: the crop box from `sample_crop` (on the dimensions of the record's
+    `record_region` of its file; of the whole file under a parallel root), then one uniform
+    draw for the flip. A view with `root` reads `parallel_path`
     of the record; the views of one root share one decode of its file.
     """
     with contextlib.ExitStack() as stack:
@@ -182,8 +204,13 @@ def random_crop_views(
                 else:
                     opened[view.root] = _open(record)
                 stack.enter_context(opened[view.root][0])
-            width, height = opened[view.root][0].size
-            box = sample_crop(rng, height, width, view.crop_scale, view.crop_ratio)
+            img = opened[view.root][0]
+            # A parallel root holds other pixels (e.g. DDT crops): the record's box is not theirs.
+            left, top, width, height = (
+                (0, 0, *img.size) if view.root else record_region(record, *img.size)
+            )
+            box = sample_crop(rng, int(height), int(width), view.crop_scale, view.crop_ratio)
+            box = (box[0] + top, box[1] + left, box[2], box[3])
             draws.append((view, box, bool(rng.uniform() < 0.5)))
         out = {}
         for root, (img, path) in opened.items():
@@ -202,13 +229,14 @@ def resize_center_crop(
 
     Same geometry as torchvision's Resize(int) + CenterCrop on PIL images (long side
     int(short * long / short_in), crop offsets int(round((side - S) / 2))), computed as
-    one resize of the crop box (mapped to original coordinates).
+    one resize of the crop box (mapped to original coordinates). A record with a region
+    (`record_region`: 'box', 'trim_bottom') is treated as the image cut to that region.
     """
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     img, path = _open(record)
     with img:
-        width, height = img.size
+        x0, y0, width, height = record_region(record, *img.size)
         short = int(round(image_size / resize_ratio))
         if width <= height:
             new_w, new_h = short, int(short * height / width)
@@ -218,6 +246,11 @@ def resize_center_crop(
         left = int(round((new_w - image_size) / 2.0))
         img, sx, sy = _decode(img, path, [(min(width, height) * image_size / short, image_size)])
         fx, fy = width / new_w * sx, height / new_h * sy  # resized px -> decoded px
-        box = (left * fx, top * fy, (left + image_size) * fx, (top + image_size) * fy)
+        box = (
+            x0 * sx + left * fx,
+            y0 * sy + top * fy,
+            x0 * sx + (left + image_size) * fx,
+            y0 * sy + (top + image_size) * fy,
+        )
         resample = resample_filter(interpolation)
         return np.asarray(img.resize((image_size, image_size), resample, box=box))

@@ -7,16 +7,16 @@ without decoding a single image).
 
 A record is a dict with
   'label': int, 'coarse_label': int (-1 when absent), 'index': int (position in the source),
-and either 'path': str (an image file, decoded later in the pipeline worker) or
-'image': uint8 `[H, W, 3]`. Sources of 'path' records also have `root`, the folder their
-paths hang from: a training view with its own root (`ViewSpec.root`) reads the same
-relative path under that root.
+either 'path': str (an image file, decoded later in the pipeline worker) or
+'image': uint8 `[H, W, 3]`, and optionally 'box': (left, top, width, height) in original
+pixels (crops are taken inside it) and 'trim_bottom': int (rows cut off the bottom).
+Sources of 'path' records also have `root`, the folder their paths hang from: a training
+view with its own root (`ViewSpec.root`) reads the same relative path under that root.
 
-Sources:
-  ImageFolderSource  root/<split>/<class>/*.{jpg,jpeg,png}, labels = sorted class folders
-                     (the layout LCR reads with torchvision's ImageFolder).
-  CsvManifestSource  a CSV with columns path,label[,coarse_label][,split].
-  build_source       dispatch on `config.data.kind` ('procedural', 'image_folder', 'csv').
+Here: `LabeledSource` (a split as arrays; every dataset module of `fgjax.data.datasets`
+builds one), `ImageFolderSource` (root/<split>/<class>/*.jpg, labels = sorted class
+folders, the layout LCR reads with torchvision's ImageFolder) and `CsvManifestSource`
+(a CSV with columns path,label[,coarse_label][,split]).
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
+
+from fgjax.data.layout import DatasetLayoutError, describe_folder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -60,67 +63,164 @@ def _check_index(i: int, n: int, name: str) -> int:
     return i
 
 
-def _coarse_from_names(
-    class_names: Sequence[str], coarse_of: Callable[[str], str] | None
-) -> tuple[list[str], np.ndarray]:
-    """Coarse names (sorted) and the coarse index of every fine class (-1 without a rule)."""
-    if coarse_of is None:
-        return [], np.full(len(class_names), -1, np.int32)
+class CoarseLevel(NamedTuple):
+    """One coarse level of a dataset: its names and the coarse id of every fine class."""
+
+    names: list[str]
+    of_class: np.ndarray  # int32 [num_classes]
+
+
+def coarse_from_names(class_names: Sequence[str], coarse_of: Callable[[str], str]) -> CoarseLevel:
+    """The level grouping classes by `coarse_of(class name)`, coarse names sorted."""
     per_class = [str(coarse_of(c)) for c in class_names]
-    coarse_names = sorted(set(per_class))
-    lookup = {c: k for k, c in enumerate(coarse_names)}
-    return coarse_names, np.array([lookup[c] for c in per_class], np.int32)
+    names = sorted(set(per_class))
+    lookup = {c: k for k, c in enumerate(names)}
+    return CoarseLevel(names, np.array([lookup[c] for c in per_class], np.int32))
 
 
-class _PathSource:
-    """Shared record access for sources of (path, label, coarse_label) rows."""
+class LabeledSource:
+    """A dataset split held as arrays: image files (or in-memory images) and labels.
 
-    paths: list[str]
-    labels: np.ndarray
-    coarse_labels: np.ndarray
+    Args:
+      dataset: the `config.data.kind` (for messages and `repr`).
+      split: the split name.
+      labels: int32 [N] fine labels, indices into `class_names`.
+      class_names: names of all fine classes of the dataset (not only this split's).
+      root: the folder relative `paths` hang from (kept as `root`, see the module doc).
+      paths: N file paths relative to `root` (or absolute), or None with `images`.
+      images: uint8 [N, H, W, 3] (a memory map is fine), or None with `paths`.
+      coarse_levels: name -> CoarseLevel, in the order the dataset documents; the first
+        is the default.
+      coarse: the level to use ('' = the first; 'none' = no coarse labels).
+      boxes: float32 [N, 4] (left, top, width, height) in original pixels: every view and
+        evaluation crop is taken inside the box (e.g. CUB's bird bounding boxes).
+      trim_bottom: pixels cut off the bottom of every image (FGVC-Aircraft's banner).
+    """
+
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        split: str,
+        labels: np.ndarray,
+        class_names: Sequence[str],
+        root: str | None = None,
+        paths: Sequence[str] | None = None,
+        images: np.ndarray | None = None,
+        coarse_levels: dict[str, CoarseLevel] | None = None,
+        coarse: str = "",
+        boxes: np.ndarray | None = None,
+        trim_bottom: int = 0,
+    ):
+        if (paths is None) == (images is None):
+            raise ValueError(f"{dataset}/{split}: give exactly one of paths and images")
+        self.dataset, self.split = dataset, split
+        self.root = os.fspath(root) if root is not None else None
+        self.labels = np.asarray(labels, np.int32)
+        n = len(self.labels)
+        if paths is not None:
+            self.paths = [p if self.root is None else os.path.join(self.root, p) for p in paths]
+            if len(self.paths) != n:
+                raise ValueError(f"{dataset}/{split}: {len(self.paths)} paths for {n} labels")
+        self.images = images
+        if images is not None and len(images) != n:
+            raise ValueError(f"{dataset}/{split}: {len(images)} images for {n} labels")
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+        if n and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < self.num_classes:
+            raise ValueError(f"{dataset}/{split}: labels outside [0, {self.num_classes})")
+        self.coarse_levels = dict(coarse_levels or {})
+        self.coarse_level = select_coarse_level(dataset, self.coarse_levels, coarse)
+        if self.coarse_level:
+            level = self.coarse_levels[self.coarse_level]
+            self.coarse_names = list(level.names)
+            self.coarse_labels = np.asarray(level.of_class, np.int32)[self.labels]
+        else:
+            self.coarse_names = []
+            self.coarse_labels = np.full(n, -1, np.int32)
+        self.num_coarse_classes = len(self.coarse_names)
+        self.boxes = None if boxes is None else np.asarray(boxes, np.float32)
+        self.trim_bottom = int(trim_bottom)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.labels)
 
     def __getitem__(self, i: int) -> dict:
-        i = _check_index(i, len(self.paths), type(self).__name__)
-        return {
-            "path": self.paths[i],
+        i = _check_index(i, len(self), type(self).__name__)
+        record = {
             "label": int(self.labels[i]),
             "coarse_label": int(self.coarse_labels[i]),
             "index": i,
         }
+        if self.images is not None:
+            record["image"] = np.asarray(self.images[i])
+        else:
+            record["path"] = self.paths[i]
+        if self.boxes is not None:
+            record["box"] = tuple(float(v) for v in self.boxes[i])
+        if self.trim_bottom:
+            record["trim_bottom"] = self.trim_bottom
+        return record
+
+    def summary(self) -> str:
+        """One line: 'cub/train: 5994 images, 200 classes, coarse family (37)'."""
+        coarse = (
+            f", coarse {self.coarse_level} ({self.num_coarse_classes})" if self.coarse_level else ""
+        )
+        present = len(np.unique(self.labels))
+        return f"{self.dataset}/{self.split}: {len(self)} images, {present} classes{coarse}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(dataset={self.dataset!r}, split={self.split!r}, "
+            f"root={self.root!r}, num_records={len(self)}, num_classes={self.num_classes}, "
+            f"coarse={self.coarse_level!r})"
+        )
 
 
-class ImageFolderSource(_PathSource):
+def select_coarse_level(dataset: str, levels: dict[str, CoarseLevel], coarse: str) -> str:
+    """The level name `config.data.coarse` selects ('' when the dataset has none)."""
+    if coarse == "none":
+        return ""
+    if not coarse:
+        return next(iter(levels), "")
+    if coarse not in levels:
+        raise ValueError(
+            f"config.data.coarse={coarse!r}: dataset {dataset!r} has coarse levels "
+            f"{list(levels) or 'none'} (or 'none' / '' for its default)"
+        )
+    return coarse
+
+
+class ImageFolderSource(LabeledSource):
     """`root/<split>/<class>/*.{jpg,jpeg,png}`; labels are the sorted class folder names.
 
     Args:
       root: dataset root holding one folder per split (e.g. CUB200/ with train/ and test/);
         kept as the `root` attribute (paths are root/<split>/<class>/<file>).
       split: the split folder name.
-      coarse_of: optional map class folder name -> coarse name; coarse labels index the
-        sorted coarse names. Without it, 'coarse_label' is -1 and num_coarse_classes 0.
+      coarse: '' (no coarse labels) or a rule of COARSE_RULES applied to the class folder
+        names (e.g. 'last_word': CUB species -> bird family).
     """
 
-    def __init__(self, root: str, split: str, coarse_of: Callable[[str], str] | None = None):
-        self.root = os.fspath(root)
-        self.split = split
-        folder = os.path.join(self.root, split)
+    def __init__(self, root: str, split: str, coarse: str = ""):
+        root = os.fspath(root)
+        folder = os.path.join(root, split)
         if not os.path.isdir(folder):
-            raise FileNotFoundError(
-                f"ImageFolderSource: split folder {folder!r} does not exist "
-                f"(expected {self.root}/{split}/<class>/*.jpg)"
+            raise DatasetLayoutError(
+                f"config.data.kind='image_folder' reads <root>/<split>/<class>/*.jpg; split "
+                f"folder {folder!r} does not exist. Found at {root!r}: {describe_folder(root)}"
             )
-        self.class_names = sorted(
+        class_names = sorted(
             e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
         )
-        if not self.class_names:
-            raise FileNotFoundError(
-                f"ImageFolderSource: split folder {folder!r} has no class sub-folders"
+        if not class_names:
+            raise DatasetLayoutError(
+                f"image_folder: split folder {folder!r} has no class sub-folders; found "
+                f"{describe_folder(folder)}"
             )
         paths, labels = [], []
-        for label, name in enumerate(self.class_names):
+        for label, name in enumerate(class_names):
             class_dir = os.path.join(folder, name)
             files = sorted(
                 e.name
@@ -128,54 +228,74 @@ class ImageFolderSource(_PathSource):
                 if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS)
             )
             if not files:
-                raise FileNotFoundError(
-                    f"ImageFolderSource: class folder {class_dir!r} has no "
-                    f"{'/'.join(IMAGE_EXTENSIONS)} images"
+                raise DatasetLayoutError(
+                    f"image_folder: class folder {class_dir!r} has no "
+                    f"{'/'.join(IMAGE_EXTENSIONS)} images; found {describe_folder(class_dir)}"
                 )
-            paths.extend(os.path.join(class_dir, f) for f in files)
+            paths.extend(os.path.join(split, name, f) for f in files)
             labels.extend([label] * len(files))
-        self.paths = paths
-        self.labels = np.asarray(labels, np.int32)
-        self.num_classes = len(self.class_names)
-        self.coarse_names, class_to_coarse = _coarse_from_names(self.class_names, coarse_of)
-        self.num_coarse_classes = len(self.coarse_names)
-        self.coarse_labels = class_to_coarse[self.labels]
-
-    def __repr__(self) -> str:
-        return (
-            f"ImageFolderSource(root={self.root!r}, split={self.split!r}, "
-            f"num_records={len(self)}, num_classes={self.num_classes})"
+        if coarse and coarse != "none" and coarse not in COARSE_RULES:
+            raise ValueError(
+                f"config.data.coarse={coarse!r}: image_folder coarse levels are the rules "
+                f"{sorted(COARSE_RULES)} applied to class folder names, or '' for none"
+            )
+        levels = (
+            {coarse: coarse_from_names(class_names, COARSE_RULES[coarse])}
+            if coarse in (COARSE_RULES)
+            else {}
+        )
+        super().__init__(
+            dataset="image_folder",
+            split=split,
+            root=root,
+            paths=paths,
+            labels=np.asarray(labels, np.int32),
+            class_names=class_names,
+            coarse_levels=levels,
         )
 
 
 def _parse_labels(
     values: list[str], rows: list[int], csv_path: str, column: str
 ) -> tuple[np.ndarray, list[str]]:
-    """Integer labels kept as they are; otherwise strings -> index into sorted names."""
+    """Integer labels kept as they are; all-name labels -> index into the sorted names.
+
+    A column mixing integers and names is an error naming the first odd row: '1O' typed
+    for '10' must not become an extra class.
+    """
     for v, r in zip(values, rows, strict=True):
         if v == "":
             raise ValueError(f"{csv_path}: row {r}, column {column!r}: empty value")
-    try:
-        ints = [int(v) for v in values]
-    except ValueError:
+    is_int = [v.lstrip("-").isdigit() for v in values]
+    if not any(is_int):
         names = sorted(set(values))
         lookup = {n: k for k, n in enumerate(names)}
         return np.array([lookup[v] for v in values], np.int32), names
+    if not all(is_int):
+        r, v = next((r, v) for r, v, ok in zip(rows, values, is_int, strict=True) if not ok)
+        first = next(r for r, ok in zip(rows, is_int, strict=True) if ok)
+        raise ValueError(
+            f"{csv_path}: row {r}, column {column!r}: {v!r} is not an integer, but the column "
+            f"holds integer labels (row {first}); use integers throughout or names throughout"
+        )
+    ints = [int(v) for v in values]
     for v, r in zip(ints, rows, strict=True):
         if v < 0:
             raise ValueError(f"{csv_path}: row {r}, column {column!r}: negative label {v}")
-    num = max(ints) + 1 if ints else 0
-    return np.array(ints, np.int32), [str(k) for k in range(num)]
+    return np.array(ints, np.int32), [str(k) for k in range(max(ints) + 1)]
 
 
-class CsvManifestSource(_PathSource):
+CSV_COLUMNS = ("path", "label", "coarse_label", "split")
+
+
+class CsvManifestSource(LabeledSource):
     """Images listed in a CSV manifest.
 
-    The CSV has a header; required columns `path,label`; optional `coarse_label`, `split`.
-    Relative paths resolve against `root` (default: the CSV's folder), kept as the `root`
-    attribute. Labels may be
-    integers (used as given; num_classes = max + 1) or strings (index into the sorted
-    distinct names). Label maps are built over ALL rows before the split filter, so the
+    The CSV has a header; required columns `path,label`; optional `coarse_label`, `split`
+    (any other column is an error naming it). Relative paths resolve against `root`
+    (default: the CSV's folder), kept as the `root` attribute. Labels may be integers
+    (used as given; num_classes = max + 1) or names (index into the sorted distinct
+    names), not a mix. Label maps are built over ALL rows before the split filter, so the
     splits of one manifest agree on label ids (a held-out-class test split keeps the
     global ids, e.g. 100..199 for CUB retrieval). If `split` is given and the CSV has a
     `split` column, only matching rows are kept; without that column every row is kept.
@@ -193,10 +313,9 @@ class CsvManifestSource(_PathSource):
         check_files: bool = True,
     ):
         self.csv_path = os.fspath(csv_path)
-        self.split = split
         if not os.path.isfile(self.csv_path):
             raise FileNotFoundError(f"CsvManifestSource: no such CSV file {self.csv_path!r}")
-        self.root = os.fspath(root) if root else os.path.dirname(os.path.abspath(self.csv_path))
+        root = os.fspath(root) if root else os.path.dirname(os.path.abspath(self.csv_path))
         with open(self.csv_path, newline="") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
@@ -206,6 +325,12 @@ class CsvManifestSource(_PathSource):
                         f"{self.csv_path}: row 1 (header): missing required column "
                         f"{required!r}; found columns {columns}"
                     )
+            unknown = [c for c in columns if c not in CSV_COLUMNS]
+            if unknown:
+                raise ValueError(
+                    f"{self.csv_path}: row 1 (header): unknown column(s) {unknown}; the "
+                    f"columns are {list(CSV_COLUMNS)} (path and label required)"
+                )
             reader.fieldnames = columns
             rows = []
             for r, row in enumerate(reader, start=2):
@@ -218,15 +343,17 @@ class CsvManifestSource(_PathSource):
         if not rows:
             raise ValueError(f"{self.csv_path}: no data rows")
         row_numbers = [r for r, _ in rows]
-        labels, self.class_names = _parse_labels(
+        labels, class_names = _parse_labels(
             [d["label"] for _, d in rows], row_numbers, self.csv_path, "label"
         )
+        levels = {}
         if "coarse_label" in columns:
-            coarse, self.coarse_names = _parse_labels(
+            coarse, coarse_names = _parse_labels(
                 [d["coarse_label"] for _, d in rows], row_numbers, self.csv_path, "coarse_label"
             )
-        else:
-            coarse, self.coarse_names = np.full(len(rows), -1, np.int32), []
+            levels["coarse_label"] = _coarse_of_classes(
+                labels, coarse, coarse_names, row_numbers, self.csv_path
+            )
         keep = np.ones(len(rows), bool)
         if split is not None and "split" in columns:
             splits = [d["split"] for _, d in rows]
@@ -243,50 +370,34 @@ class CsvManifestSource(_PathSource):
             p = d["path"]
             if p == "":
                 raise ValueError(f"{self.csv_path}: row {r}, column 'path': empty value")
-            p = os.path.join(self.root, p)
-            if check_files and not os.path.isfile(p):
+            if check_files and not os.path.isfile(os.path.join(root, p)):
                 raise FileNotFoundError(
-                    f"{self.csv_path}: row {r}, column 'path': image file {p!r} does not exist"
+                    f"{self.csv_path}: row {r}, column 'path': image file "
+                    f"{os.path.join(root, p)!r} does not exist"
                 )
             paths.append(p)
-        self.paths = paths
-        self.labels = labels[keep]
-        self.coarse_labels = coarse[keep]
-        self.num_classes = len(self.class_names)
-        self.num_coarse_classes = len(self.coarse_names)
-
-    def __repr__(self) -> str:
-        return (
-            f"CsvManifestSource(csv_path={self.csv_path!r}, split={self.split!r}, "
-            f"num_records={len(self)}, num_classes={self.num_classes})"
+        super().__init__(
+            dataset="csv",
+            split=split or "all",
+            root=root,
+            paths=paths,
+            labels=labels[keep],
+            class_names=class_names,
+            coarse_levels=levels,
         )
 
 
-def build_source(data_config, split: str):
-    """Builds the source of `split` from `config.data`.
-
-    Fields: `kind` in {'procedural', 'image_folder', 'csv'}; `root` (the folder root, or
-    the CSV path); `csv_root` ('' = the CSV's folder); `procedural` (the keyword
-    arguments of `ProceduralFineGrained`); optional `coarse_of` (image_folder only: ''
-    or a rule name in COARSE_RULES, e.g. 'last_word' for CUB species -> bird family).
-    """
-    kind = data_config.kind
-    if kind == "procedural":
-        from fgjax.data.procedural import ProceduralFineGrained
-
-        kwargs = data_config.procedural
-        kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
-        return ProceduralFineGrained(split=split, **kwargs)
-    if kind == "image_folder":
-        rule = data_config.get("coarse_of", "") or ""
-        if rule and rule not in COARSE_RULES:
+def _coarse_of_classes(labels, coarse, coarse_names, rows, csv_path) -> CoarseLevel:
+    """A CSV's coarse column as a per-class map; a class with two coarse labels is an error."""
+    of_class = np.full(int(labels.max()) + 1, -1, np.int32)
+    first_row = {}
+    for label, c, r in zip(labels.tolist(), coarse.tolist(), rows, strict=True):
+        if of_class[label] == -1:
+            of_class[label], first_row[label] = c, r
+        elif of_class[label] != c:
             raise ValueError(
-                f"config.data.coarse_of={rule!r} is not one of {sorted(COARSE_RULES)} or ''"
+                f"{csv_path}: row {r}, column 'coarse_label': class {label} has coarse label "
+                f"{coarse_names[c]!r} here but {coarse_names[of_class[label]]!r} at row "
+                f"{first_row[label]}"
             )
-        return ImageFolderSource(
-            data_config.root, split, coarse_of=COARSE_RULES[rule] if rule else None
-        )
-    if kind == "csv":
-        csv_root = data_config.get("csv_root", "") or None
-        return CsvManifestSource(data_config.root, split=split, root=csv_root)
-    raise ValueError(f"config.data.kind={kind!r} is not one of 'procedural', 'image_folder', 'csv'")
+    return CoarseLevel(coarse_names, of_class)

@@ -21,7 +21,7 @@ import ml_collections
 from fgjax.config import photometric_spec, view_spec
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
-from fgjax.data.sources import build_source
+from fgjax.data.datasets import build_source
 from fgjax.data.train_loader import make_train_loader, steps_per_epoch
 from fgjax.eval.evaluate import Evaluator
 from fgjax.eval.features import FeatureExtractor
@@ -75,7 +75,11 @@ class _Run:
         c = config
         check_batch_divisible(c.train.batch_size)
         self.mesh = make_mesh()
-        self.sources = {split: build_source(c.data, split) for split in ("train", "test")}
+        # Keyed by role: 'train' is config.data.train_split, 'test' config.data.test_split.
+        self.sources = {
+            "train": build_source(c.data, c.data.train_split),
+            "test": build_source(c.data, c.data.test_split),
+        }
         train = self.sources["train"]
         self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size)
         if self.steps_per_epoch == 0 and c.train.num_epochs > 0:

@@ -28,7 +28,7 @@ def extract(process_id: int | None = None, port: int = 0):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     from fgjax.core.sharding import make_mesh, replicated
-    from fgjax.data.sources import build_source
+    from fgjax.data.datasets import build_source
     from fgjax.eval.features import FeatureExtractor
 
     mesh = make_mesh()

@@ -154,11 +154,28 @@ def _decode(img: Image.Image, path: str | None, crops: Sequence[tuple[float, int
                     img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
                     break
         img.load()
-        if img.mode != "RGB":
-            img = img.convert("RGB")
+        img = to_rgb(img)
     except Exception as e:  # noqa: BLE001
         raise ImageDecodeError(f"cannot decode image {path!r}: {type(e).__name__}: {e}") from e
     return img, img.size[0] / width, img.size[1] / height
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any decoded PIL image as 8-bit RGB.
+
+    Greyscale, palette, CMYK and YCbCr convert as PIL does (alpha is dropped, as
+    torchvision's loader does); 16/32-bit integer and float greyscale (some PNG and
+    TIFF files) are scaled by their maximum, where PIL's own conversion would clip
+    them to white.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.clip(np.asarray(img, np.float64), 0, None)
+        top = arr.max()
+        grey = np.zeros(arr.shape, np.uint8) if top <= 0 else np.round(arr / top * 255)
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
 
 
 def _crop_resize(img, sx, sy, box, size, resample, flip) -> np.ndarray:

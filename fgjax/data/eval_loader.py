@@ -8,7 +8,7 @@ from __future__ import annotations
 import grain.python as grain
 import numpy as np
 
-from fgjax.data.decode import resample_filter, resize_center_crop
+from fgjax.data.decode import ImageDecodeError, resample_filter, resize_center_crop
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
@@ -48,17 +48,24 @@ class _EvalBatches:
 
 
 class _EvalTransform(grain.MapTransform):
-    def __init__(self, *, image_size, resize_ratio, interpolation):
+    def __init__(self, *, image_size, resize_ratio, interpolation, skip_bad):
         self._kwargs = dict(
             image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
         )
+        self._skip_bad = skip_bad
 
     def map(self, element: dict) -> dict:
         records, b = element["records"], element["batch_size"]
         s = self._kwargs["image_size"]
         images = np.zeros((b, s, s, 3), np.uint8)
+        bad = []
         for i, record in enumerate(records):
-            images[i] = resize_center_crop(record, **self._kwargs)
+            try:
+                images[i] = resize_center_crop(record, **self._kwargs)
+            except ImageDecodeError as e:
+                if not self._skip_bad:
+                    raise
+                bad.append(str(e))  # the row keeps its label and index, with a black image
         pad = np.full(b - len(records), -1, np.int32)
         return {
             "images": images,
@@ -66,6 +73,7 @@ class _EvalTransform(grain.MapTransform):
             "coarse_label": np.concatenate([int32_field(records, "coarse_label"), pad]),
             "index": np.concatenate([int32_field(records, "index"), pad]),
             "mask": np.arange(b) < len(records),
+            "bad_images": bad,
         }
 
 
@@ -94,13 +102,17 @@ def make_eval_loader(
     process_count: int = 1,
     interpolation: str = "bilinear",
     num_workers: int = 0,
+    skip_bad: bool = False,
 ) -> EvalLoader:
     """Deterministic eval loader: Resize(round(S / resize_ratio)) + CenterCrop(S).
 
     Process p gets the contiguous records [p m, (p + 1) m), m = ceil(N / P); every process
     yields the same number of batches; padded rows have mask False, zero images and
     label/coarse_label/index -1. Batches: 'images' uint8 [b, S, S, 3], 'label',
-    'coarse_label', 'index' int32 [b], 'mask' bool [b].
+    'coarse_label', 'index' int32 [b], 'mask' bool [b], 'bad_images' (list of str).
+    An undecodable image raises ImageDecodeError naming the file; with `skip_bad` its row
+    keeps its label and index with a black image (every split keeps its size, so
+    per-example method state stays aligned) and its error is listed in 'bad_images'.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -117,7 +129,10 @@ def make_eval_loader(
         sampler=IndexSampler(plan.num_batches),
         operations=[
             _EvalTransform(
-                image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
+                image_size=image_size,
+                resize_ratio=resize_ratio,
+                interpolation=interpolation,
+                skip_bad=skip_bad,
             )
         ],
         worker_count=num_workers,

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import grain.python as grain
 import numpy as np
 
-from fgjax.data.decode import parallel_path, random_crop_views
+from fgjax.data.decode import ImageDecodeError, parallel_path, random_crop_views
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
@@ -85,27 +85,63 @@ class _TrainBatches:
         )
 
 
-class _TrainTransform(grain.MapTransform):
-    """Decodes a batch of records into views; rng per example from (seed, position)."""
+# With skip_bad, an undecodable record is replaced by the next decodable one after it
+# (index + 1, + 2, ...; at most this many tries), so a rerun draws the same replacement.
+_MAX_REPLACEMENT_TRIES = 16
 
-    def __init__(self, *, seed: int, views: tuple[ViewSpec, ...], source_root: str | None):
+
+class _TrainTransform(grain.MapTransform):
+    """Decodes a batch of records into views; rng per example from (seed, position).
+
+    `skip_source`: None fails on the first undecodable image; otherwise the source the
+    replacements are read from (skip_bad), listed in the batch's 'bad_images'.
+    """
+
+    def __init__(
+        self, *, seed: int, views: tuple[ViewSpec, ...], source_root: str | None, skip_source
+    ):
         self._seed = seed
         self._views = views
         self._source_root = source_root
+        self._skip_source = skip_source
+
+    def _crops(self, record: dict, pos: int, bad: list[str]) -> tuple[dict, dict]:
+        """(views, record used): `record`'s views, or with skip_bad a replacement's."""
+        for _ in range(_MAX_REPLACEMENT_TRIES + 1):
+            rng = np.random.default_rng([self._seed, _TAG_CROP, int(pos)])
+            try:
+                return random_crop_views(
+                    record, rng, self._views, source_root=self._source_root
+                ), record
+            except ImageDecodeError as e:
+                if self._skip_source is None:
+                    raise ImageDecodeError(
+                        f"{e} (training record {record['index']}; config.data.skip_bad=True "
+                        "replaces undecodable images, `python -m fgjax.data.inspect --verify` "
+                        "lists them all)"
+                    ) from e
+                bad.append(str(e))
+                n = len(self._skip_source)
+                record = self._skip_source[(record["index"] + 1) % n]
+        raise ImageDecodeError(
+            f"{_MAX_REPLACEMENT_TRIES + 1} consecutive undecodable images, the last: {bad[-1]}"
+        )
 
     def map(self, element: dict) -> dict:
         records, positions = element["records"], element["positions"]
         views = {v.name: np.empty((len(records), v.size, v.size, 3), np.uint8) for v in self._views}
+        used, bad = [], []
         for i, (record, pos) in enumerate(zip(records, positions, strict=True)):
-            rng = np.random.default_rng([self._seed, _TAG_CROP, int(pos)])
-            crops = random_crop_views(record, rng, self._views, source_root=self._source_root)
+            crops, record = self._crops(record, pos, bad)
+            used.append(record)
             for name, crop in crops.items():
                 views[name][i] = crop
         return {
             "views": views,
-            "label": int32_field(records, "label"),
-            "coarse_label": int32_field(records, "coarse_label"),
-            "index": int32_field(records, "index"),
+            "label": int32_field(used, "label"),
+            "coarse_label": int32_field(used, "coarse_label"),
+            "index": int32_field(used, "index"),
+            "bad_images": bad,
         }
 
 
@@ -137,13 +173,19 @@ def make_train_loader(
     process_count: int = 1,
     num_epochs: int | None = None,
     worker_buffer_size: int = 2,
+    skip_bad: bool = False,
 ) -> grain.DataLoader:
     """Training loader over `source` (see the module docstring for the semantics).
 
     Yields dicts for THIS process (b = global_batch_size // process_count):
       'views': {view.name: uint8 [b, view.size, view.size, 3]} for every ViewSpec
         (RandomResizedCrop + flip(p=0.5), independent per view),
-      'label', 'coarse_label', 'index': int32 [b].
+      'label', 'coarse_label', 'index': int32 [b],
+      'bad_images': list of str, one error message per undecodable image replaced in
+        this batch (always empty without `skip_bad`).
+    An undecodable image raises ImageDecodeError naming the file; with `skip_bad` it is
+    replaced by the next decodable record of the source (same crops draws), reported in
+    'bad_images'.
     A view with a `root` needs a source with a `root` attribute and records with
     'path' (ImageFolderSource, CsvManifestSource). `num_epochs=None` repeats forever.
     `iter(loader)` supports get_state()/set_state().
@@ -175,7 +217,12 @@ def make_train_loader(
         process_count=process_count,
         num_batches=num_batches,
     )
-    transform = _TrainTransform(seed=seed, views=views, source_root=getattr(source, "root", None))
+    transform = _TrainTransform(
+        seed=seed,
+        views=views,
+        source_root=getattr(source, "root", None),
+        skip_source=source if skip_bad else None,
+    )
     absl_flags_workaround(num_workers)
     return grain.DataLoader(
         data_source=plan,

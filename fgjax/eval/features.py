@@ -53,6 +53,7 @@ class FeatureExtractor:
         mean: Sequence[float],
         std: Sequence[float],
         show_progress: bool = True,
+        skip_bad: bool = False,
     ):
         self.sources, self.mesh = sources, mesh
         self.mean, self.std = tuple(mean), tuple(std)
@@ -64,6 +65,7 @@ class FeatureExtractor:
                 image_size=image_size,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
+                skip_bad=skip_bad,
             )
             for split, source in sources.items()
         }
@@ -89,7 +91,7 @@ class FeatureExtractor:
         """`embed` over every (unpadded) example of `split`, gathered on every process."""
         fn, loader = self._jit(embed), self.loader(split)
         rows: dict[str, list[np.ndarray]] = {k: [] for k in ("out", "label", "coarse", "index")}
-        masks = []
+        masks, bad = [], []
         bar = progress(len(loader), desc=f"features {split}", enabled=self.show_progress)
         for local in loader:
             batch = global_batch({"images": local["images"]}, self.mesh)
@@ -98,8 +100,11 @@ class FeatureExtractor:
             rows["coarse"].append(local["coarse_label"])
             rows["index"].append(local["index"])
             masks.append(local["mask"])
+            bad.extend(local["bad_images"])
             bar.update(1)
         bar.close()
+        for error in bad:
+            print(f"warning: features {split}: a black image stands in for: {error}")
         local_arrays = [np.concatenate(rows[k]) for k in rows] + [np.concatenate(masks)]
         if jax.process_count() > 1:  # one gather of every process's share
             local_arrays = [

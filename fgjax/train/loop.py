@@ -110,6 +110,7 @@ class _Run:
             mean=first.mean,
             std=first.std,
             show_progress=c.train.progress_bar,
+            skip_bad=c.data.skip_bad,
         )
         method = self.method
         self.evaluate = Evaluator(
@@ -192,6 +193,28 @@ def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh) -> T
     return state.replace(method_state=method_state)
 
 
+class _BadImages:
+    """Undecodable training images replaced under config.data.skip_bad: each is announced
+    once and appended to `<workdir>/bad_images.txt`; `count` (this process's, this run's)
+    goes into the metrics log."""
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "bad_images.txt")
+        self.count = 0
+        self._seen: set[str] = set()
+
+    def add(self, errors: list[str]) -> None:
+        self.count += len(errors)
+        new = [e for e in dict.fromkeys(errors) if e not in self._seen]
+        if not new:
+            return
+        self._seen.update(new)
+        with open(self.path, "a") as f:
+            f.writelines(e + "\n" for e in new)
+        for e in new:
+            print(f"warning: replaced an undecodable image (config.data.skip_bad): {e}")
+
+
 def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     c, method, mesh = config, run.method, run.mesh
     per_epoch = run.steps_per_epoch
@@ -209,6 +232,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         num_workers=c.data.num_workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        skip_bad=c.data.skip_bad,
     )
     iterator = iter(loader)
     checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)
@@ -230,6 +254,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         make_train_step(method, tx, view_specs, run.info, c.train.accumulate_steps), mesh
     )
     writer = MetricsWriter(workdir)
+    bad_images = _BadImages(workdir)
     throughput = Throughput(c.train.batch_size)
     stop = _StopRequest()
     step = int(state.step)
@@ -248,7 +273,9 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         while step < run.stop_step:
             if step % per_epoch == 0:
                 state = _apply_hook(method, step // per_epoch, state, run.extractor, mesh)
-            state, metrics = train_step(state, frozen, global_batch(next(iterator), mesh))
+            local = next(iterator)
+            bad_images.add(local.pop("bad_images"))
+            state, metrics = train_step(state, frozen, global_batch(local, mesh))
             step += 1
             bar.update(1)
             # Read the previous step's streak while this one runs (one step in flight).
@@ -269,6 +296,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             if step % c.train.log_every_steps == 0 or step == run.stop_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 metrics.update(
+                    bad_images=bad_images.count,
                     epoch=step / per_epoch,
                     lr=float(schedule(step - 1)),
                     images_per_s=throughput.measure(step),

@@ -259,6 +259,7 @@ class ProceduralFineGrained:
             f"{SHAPES[c]}/{mark}mark-{n}spot-{stripe}stripe"
             for c, _, (mark, n, stripe) in self._classes
         ]
+        self.coarse_level = "shape"
         self.coarse_names = list(SHAPES[:num_coarse])
         self.num_classes = len(self._classes)
         self.num_coarse_classes = num_coarse

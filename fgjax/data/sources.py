@@ -163,12 +163,7 @@ class LabeledSource:
         return record
 
     def summary(self) -> str:
-        """One line: 'cub/train: 5994 images, 200 classes, coarse family (37)'."""
-        coarse = (
-            f", coarse {self.coarse_level} ({self.num_coarse_classes})" if self.coarse_level else ""
-        )
-        present = len(np.unique(self.labels))
-        return f"{self.dataset}/{self.split}: {len(self)} images, {present} classes{coarse}"
+        return summarize(self, f"{self.dataset}/{self.split}")
 
     def __repr__(self) -> str:
         return (
@@ -176,6 +171,14 @@ class LabeledSource:
             f"root={self.root!r}, num_records={len(self)}, num_classes={self.num_classes}, "
             f"coarse={self.coarse_level!r})"
         )
+
+
+def summarize(source, name: str) -> str:
+    """One line on any source: 'cub/train: 5994 images, 200 classes, coarse family (37)'."""
+    level = getattr(source, "coarse_level", "level")
+    coarse = f", coarse {level} ({source.num_coarse_classes})" if source.num_coarse_classes else ""
+    present = len(np.unique(source.labels))
+    return f"{name}: {len(source)} images, {present} classes{coarse}"
 
 
 def select_coarse_level(dataset: str, levels: dict[str, CoarseLevel], coarse: str) -> str:

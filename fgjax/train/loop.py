@@ -22,6 +22,7 @@ from fgjax.config import photometric_spec, view_spec
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.datasets import build_source
+from fgjax.data.sources import summarize
 from fgjax.data.train_loader import make_train_loader, steps_per_epoch
 from fgjax.eval.evaluate import Evaluator
 from fgjax.eval.features import FeatureExtractor
@@ -80,6 +81,8 @@ class _Run:
             "train": build_source(c.data, c.data.train_split),
             "test": build_source(c.data, c.data.test_split),
         }
+        for role, split in (("train", c.data.train_split), ("test", c.data.test_split)):
+            print(summarize(self.sources[role], f"{role} = {c.data.kind}/{split}"))
         train = self.sources["train"]
         self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size)
         if self.steps_per_epoch == 0 and c.train.num_epochs > 0:

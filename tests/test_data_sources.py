@@ -151,6 +151,16 @@ def test_csv_manifest_errors_name_file_row_and_column(tmp_path):
         CsvManifestSource(split, split="val")
     with pytest.raises(FileNotFoundError, match="absent.csv"):
         CsvManifestSource(str(tmp_path / "absent.csv"))
+    # '1O' typed for '10' is not a 12th class: the row is named.
+    typo = _write_csv(tmp_path / "typo.csv", "path,label\na.png,0\na.png,1O\na.png,10\n")
+    with pytest.raises(ValueError, match=r"typo\.csv: row 3, column 'label': '1O' is not an int"):
+        CsvManifestSource(typo)
+    extra = _write_csv(tmp_path / "extra.csv", "path,label,weight\na.png,0,1\n")
+    with pytest.raises(ValueError, match=r"extra\.csv: row 1 \(header\): unknown column.*weight"):
+        CsvManifestSource(extra)
+    two = _write_csv(tmp_path / "two.csv", "path,label,coarse_label\na.png,0,0\na.png,0,1\n")
+    with pytest.raises(ValueError, match=r"two\.csv: row 3, column 'coarse_label': class 0"):
+        CsvManifestSource(two)
 
 
 def test_build_source_dispatch(folder_root, tmp_path):

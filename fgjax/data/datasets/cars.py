@@ -126,8 +126,8 @@ def read_annotations(path: str, num_classes: int) -> Annotations:
     annos = mat_variable(load_mat(path), "annotations", path)
     if "class" not in (annos.dtype.names or ()):
         raise DatasetFormatError(
-            f"{path}: the annotations have no 'class' field (found {list(annos.dtype.names or ())})"
-            f"; the test split needs the labelled {TEST_ANNOS}"
+            f"{path}: the annotations have no 'class' field (found {list(annos.dtype.names or ())}"
+            f"), so they give no labels; the test images need the labelled {TEST_ANNOS}"
         )
     corners = np.stack(
         [
@@ -153,14 +153,8 @@ def read_devkit(root: str) -> Devkit:
             f"{meta}: {len(class_names)} class names; Stanford Cars has {NUM_CLASSES}"
         )
     train = read_annotations(os.path.join(root, TRAIN_ANNOS), NUM_CLASSES)
-    test_path = next(
-        (
-            p
-            for p in (os.path.join(root, "devkit", TEST_ANNOS), os.path.join(root, TEST_ANNOS))
-            if os.path.isfile(p)
-        ),
-        None,
-    )
+    candidates = (os.path.join(root, "devkit", TEST_ANNOS), os.path.join(root, TEST_ANNOS))
+    test_path = next((p for p in candidates if os.path.isfile(p)), None)
     test = read_annotations(test_path, NUM_CLASSES) if test_path else None
     return Devkit(class_names, train, test)
 

@@ -125,8 +125,8 @@ def read_class_names(path: str) -> list[str]:
     except (OSError, ValueError) as e:
         raise DatasetFormatError(f"{path}: cannot read as JSON: {e}") from e
     want = [str(k) for k in range(1, len(NAMES) + 1)]
-    if not isinstance(table, dict) or sorted(table, key=str) != sorted(want):
-        keys = sorted(table, key=str) if isinstance(table, dict) else type(table).__name__
+    if not isinstance(table, dict) or set(table) != set(want):
+        keys = sorted(table) if isinstance(table, dict) else type(table).__name__
         raise DatasetFormatError(
             f"{path}: expected the keys '1'..'102' (one per label), got {keys}"
         )

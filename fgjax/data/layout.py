@@ -90,13 +90,103 @@ def load_mat(path: str) -> dict:
         raise DatasetFormatError(f"{path}: cannot read as a MATLAB file: {e}") from e
 
 
-def dense_ids(values: np.ndarray, path: str, expected: int | None = None) -> np.ndarray:
-    """1-based ids -> 0-based int32, checked to lie in [1, expected] when given."""
-    values = np.asarray(values, np.int64)
-    lo, hi = (int(values.min()), int(values.max())) if values.size else (1, 0)
-    if values.size and lo < 1 or (expected is not None and hi > expected):
+def mat_variable(mat: dict, name: str, path: str) -> np.ndarray:
+    """Variable `name` of a `load_mat` result as a 1-D array (a 1-entry variable stays 1-D)."""
+    if name not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise DatasetFormatError(f"{path}: no variable {name!r}; found {found}")
+    return np.atleast_1d(mat[name])
+
+
+def mat_field(records: np.ndarray, field: str, path: str) -> np.ndarray:
+    """Field `field` of a MATLAB struct array read by `load_mat`, one entry per struct."""
+    names = records.dtype.names or ()
+    if field not in names:
         raise DatasetFormatError(
-            f"{path}: ids must lie in 1..{expected if expected is not None else 'N'}, "
-            f"found {lo}..{hi}"
+            f"{path}: the structs have no field {field!r}; found {list(names)}"
+        )
+    return records[field]
+
+
+def mat_ints(values: np.ndarray, path: str, field: str) -> np.ndarray:
+    """int64 [N] from a MATLAB column or cell array of scalars; names the first bad entry."""
+    out = np.empty(len(values), np.int64)
+    for k, v in enumerate(values):
+        try:
+            out[k] = int(np.asarray(v).item())
+        except (TypeError, ValueError):
+            raise DatasetFormatError(
+                f"{path}: {field!r} entry {k + 1}: {v!r} is not one integer"
+            ) from None
+    return out
+
+
+def mat_strings(values: np.ndarray, path: str, field: str) -> list[str]:
+    """The strings of a MATLAB cell array of char arrays; names the first bad entry."""
+    out = []
+    for k, v in enumerate(values):
+        v = np.asarray(v)
+        if v.size != 1 or not isinstance(v.item(), str) or not v.item():
+            raise DatasetFormatError(f"{path}: {field!r} entry {k + 1}: {v!r} is not one string")
+        out.append(v.item())
+    return out
+
+
+def dense_ids(values: np.ndarray, path: str, expected: int | None = None) -> np.ndarray:
+    """1-based ids -> 0-based int32, checked to lie in [1, expected] when given.
+
+    The error names the first offending entry (1-based position in `values`).
+    """
+    values = np.asarray(values, np.int64)
+    bad = np.flatnonzero((values < 1) | (values > (expected or np.iinfo(np.int64).max)))
+    if bad.size:
+        k = int(bad[0])
+        raise DatasetFormatError(
+            f"{path}: entry {k + 1}: id {int(values[k])} is outside "
+            f"1..{expected if expected is not None else 'N'}"
         )
     return (values - 1).astype(np.int32)
+
+
+def require_listed_files(base: str, relpaths: Sequence[str], *, index: str) -> None:
+    """Raises DatasetLayoutError unless every file `base/relpath` listed in `index` exists.
+
+    One directory listing per folder (set membership, not a stat per file), so checking
+    the 8,144 images of a split up front costs milliseconds. The error says how many are
+    missing and names the first few: a partly extracted archive is caught before training.
+    """
+    listings: dict[str, set[str]] = {}
+    missing = []
+    for rel in relpaths:
+        folder, name = os.path.split(rel)
+        if folder not in listings:
+            path = os.path.join(base, folder)
+            listings[folder] = {e.name for e in os.scandir(path)} if os.path.isdir(path) else set()
+        if name not in listings[folder]:
+            missing.append(rel)
+    if missing:
+        raise DatasetLayoutError(
+            f"{len(missing)} of the {len(relpaths)} image files listed in {index} are missing "
+            f"under {base!r}, e.g. {', '.join(missing[:5])}"
+        )
+
+
+def corner_boxes(corners: np.ndarray, path: str) -> np.ndarray:
+    """1-based inclusive pixel corners -> boxes in the records' geometry.
+
+    corners: [N, 4] (x1, y1, x2, y2), the first and last pixel column/row of the object
+    counted from (1, 1) (MATLAB-style, as in the Stanford Cars devkit and FGVC-Aircraft's
+    images_box.txt). Returns float32 [N, 4] (left, top, width, height) in 0-based
+    continuous coordinates: (x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1).
+    """
+    c = np.asarray(corners, np.float64).reshape(-1, 4)
+    bad = np.flatnonzero((c[:, 2] < c[:, 0]) | (c[:, 3] < c[:, 1]))
+    if bad.size:
+        k = int(bad[0])
+        raise DatasetFormatError(
+            f"{path}: entry {k + 1}: box corners (x1, y1, x2, y2) = {c[k].tolist()} have "
+            "x2 < x1 or y2 < y1"
+        )
+    return np.stack(
+        [c[:, 0] - 1, c[:, 1] - 1, c[:, 2] - c[:, 0] + 1, c[:, 3] - c[:, 1] + 1], 1
+    ).astype(np.float32)

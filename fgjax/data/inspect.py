@@ -14,7 +14,8 @@ only, on a fixed-seed sample of at most 2,000 images per split), and writes
 
 `--verify` also decodes every image with the training decoder, lists the files that fail
 with the reason (and in `<out>/bad_images.txt`), and exits with status 1 if any do.
-`<out>` is `--out`, else `<workdir>/inspect`. Config overrides work as in `fgjax.main`.
+`<out>` is `--out`, else `<workdir>/inspect` (default runs/inspect). Config overrides
+work as in `fgjax.main`.
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def _parse(argv: list[str]):
     )
     flags.DEFINE_string("out", "", "Output folder (default: <workdir>/inspect).", flag_values=fv)
     flags.DEFINE_string(
-        "workdir", "runs/inspect", "Outputs go to <workdir>/inspect.", flag_values=fv
+        "workdir", "runs", "Outputs go to <workdir>/inspect unless --out is given.", flag_values=fv
     )
     flags.DEFINE_string(
         "splits",

@@ -173,6 +173,28 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def config_path_from_argv(argv: list[str], default: str) -> str:
+    """The recipe file a command line names with `--config=PATH` or `--config PATH`."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return default
+
+
+def data_config(kind: str, root: str, **fields) -> ml_collections.ConfigDict:
+    """`config.data` of the default config for dataset `kind` at `root`, with `fields` set
+    (scripts and tests that read a dataset without a recipe)."""
+    c = default_config("supervised").data
+    c.kind, c.root = kind, os.fspath(root)
+    for key, value in fields.items():
+        if key not in c:
+            raise ValueError(f"unknown config.data field {key!r}; fields: {sorted(c)}")
+        c[key] = value
+    return c
+
+
 _OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=|$)")
 
 

@@ -15,7 +15,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fgjax.config import check_override_names, load_config_file
+from fgjax.config import check_override_names, config_path_from_argv, load_config_file
 
 _DEMO = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
@@ -48,19 +48,10 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"error: {err}") from None
 
 
-def _config_path(argv: list[str]) -> str:
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return _DEMO
-
-
 def run(argv: list[str]) -> None:
     """Validate override names against the recipe, then parse flags and train."""
     try:
-        check_override_names(load_config_file(_config_path(argv)), argv)
+        check_override_names(load_config_file(config_path_from_argv(argv, _DEMO)), argv)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     app.run(main, argv=argv)

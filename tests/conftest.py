@@ -62,13 +62,9 @@ def shared_path(*parts: str) -> str:
 
 def data_config(kind: str, root: str, **fields):
     """`config.data` of the default config for `kind` at `root`, with `fields` set."""
-    from fgjax.config import default_config
+    from fgjax.config import data_config as make
 
-    c = default_config("supervised").data
-    c.kind, c.root = kind, str(root)
-    for k, v in fields.items():
-        c[k] = v
-    return c
+    return make(kind, root, **fields)
 
 
 def run_info(config, num_classes: int = 4, steps_per_epoch: int = 5, num_epochs: int = 2):

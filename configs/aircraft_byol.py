@@ -1,5 +1,5 @@
 """BYOL on FGVC-Aircraft (100 variants, trainval/test):
-configs/cub_byol.py on `data/Aircraft/{train,test}/<class>/`.
+configs/cub_byol.py on the official fgvc-aircraft-2013b/ layout (kind 'aircraft', trainval/test).
 
 Per ../shared/methods/lcr.md sections 3.1 and 5: 52 steps per epoch at batch 128.
 Unlike CUB, LCR runs the full 100-epoch cosine to 0 on this dataset.
@@ -12,7 +12,9 @@ from fgjax.config import load_config_file
 
 def get_config():
     c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cub_byol.py"))
-    c.data.root = "data/Aircraft"
+    c.data.kind = "aircraft"
+    c.data.root = "data/fgvc-aircraft-2013b"
+    c.data.train_split = "trainval"
     c.train.checkpoint_every_steps = 52
     c.optim.cosine_epochs = 0  # the cosine spans the 100 epochs that run
     return c

@@ -18,8 +18,8 @@ from fgjax.data.augment import byol_view1_spec, byol_view2_spec
 def get_config():
     c = default_config("byol")
     c.model.stem_maxpool = False
-    c.data.kind = "image_folder"
-    c.data.root = "data/CUB200"
+    c.data.kind = "cub"
+    c.data.root = "data/CUB_200_2011"
     c.data.image_size = 224
     for view, spec in ((c.views.view1, byol_view1_spec()), (c.views.view2, byol_view2_spec())):
         view.crop_scale = (0.08, 1.0)

@@ -7,7 +7,9 @@ cosine and no warm-up, batch 128, 100 epochs, 2048-2048-256 head (LCR's
 `--moco-dim` default is 256; MoCo v2's paper uses 128), queue 65,536, m 0.999,
 T 0.2, RandomResizedCrop scale (0.2, 1) bilinear and the MoCo v2 photometric recipe.
 
-Data: `root/train/<class>/*.jpg` and `root/test/<class>/*.jpg` (LCR's layout).
+Data: the official CUB_200_2011/ folder (kind 'cub', official train/test split). LCR's
+own layout, `root/{train,test}/<class>/*.jpg`, reads with
+`--config.data.kind=image_folder` (data_prep/cub_to_image_folder.py writes it).
 LCR starts from supervised ImageNet weights: pass torchvision's
 `resnet50-19c8e357.pth` with `--config.model.init_from=PATH`.
 """
@@ -18,8 +20,8 @@ from fgjax.data.augment import moco_v2_spec
 
 def get_config():
     c = default_config("moco")
-    c.data.kind = "image_folder"
-    c.data.root = "data/CUB200"
+    c.data.kind = "cub"
+    c.data.root = "data/CUB_200_2011"
     c.data.image_size = 224
     for view in c.views.values():  # 'view1' queries, 'view2' keys
         view.crop_scale = (0.2, 1.0)

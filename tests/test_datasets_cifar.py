@@ -170,7 +170,7 @@ def test_wrong_root_and_malformed_files(cifar10_root, tmp_path):
     with pytest.raises(DatasetFormatError, match=r"test_batch: missing key\(s\) \['labels'\]"):
         build_source(data_config("cifar10", cifar10_root), "test")
     _dump(folder / "test_batch", {b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]})
-    with pytest.raises(DatasetFormatError, match=r"test_batch: b'data' must be uint8 \[N, 3072\]"):
+    with pytest.raises(DatasetFormatError, match=r"test_batch: 'data' must be uint8 \[N, 3072\]"):
         build_source(data_config("cifar10", cifar10_root), "test")
     _dump(folder / "test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]})
     with pytest.raises(DatasetFormatError, match=r"test_batch: 'labels' must be 2 labels in"):

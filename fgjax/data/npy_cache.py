@@ -35,6 +35,17 @@ def cache_file(data_folder: str, name: str, sources: Sequence[str]) -> str:
     return os.path.join(folder, f"{name}-{digest.hexdigest()[:12]}.npy")
 
 
+def planar_rows_to_hwc(data: np.ndarray, path: str, size: int = 32) -> np.ndarray:
+    """uint8 [N, 3 * size * size] rows (all red, then green, then blue values, each
+    row-major; the CIFAR / ImageNet32 format) -> [N, size, size, 3]."""
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * size * size:
+        raise DatasetFormatError(
+            f"{path}: 'data' must be uint8 [N, {3 * size * size}], got {data.dtype} {data.shape}"
+        )
+    return data.reshape(-1, 3, size, size).transpose(0, 2, 3, 1)
+
+
 class NpyImages:
     """uint8 `[N, H, W, 3]` images in a `.npy` file, memory-mapped; pickles as its path."""
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from fgjax.data.datasets import register_dataset
 from fgjax.data.layout import DatasetFormatError, dataset_folder, require_paths
-from fgjax.data.npy_cache import cache_file, cached_images
+from fgjax.data.npy_cache import cache_file, cached_images, planar_rows_to_hwc
 from fgjax.data.sources import LabeledSource, coarse_of_classes
 
 
@@ -85,16 +85,6 @@ def _labels(d: dict, key: bytes, n: int, num: int, path: str) -> np.ndarray:
     return labels.astype(np.int32)
 
 
-def _hwc(data: np.ndarray, path: str) -> np.ndarray:
-    """uint8 [N, 3072] planar rows -> [N, 32, 32, 3]."""
-    data = np.asarray(data)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise DatasetFormatError(
-            f"{path}: b'data' must be uint8 [N, 3072], got {data.dtype} {data.shape}"
-        )
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-
-
 def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     base = dataset_folder(data_config.root, spec.folder)
     layout = _layout(spec)
@@ -131,7 +121,10 @@ def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     images = cached_images(
         cache_file(base, f"{spec.kind}-{split}", paths),
         (len(labels), 32, 32, 3),
-        [lambda b=b, p=p: _hwc(b[b"data"], p) for b, p in zip(batches, paths, strict=True)],
+        [
+            lambda b=b, p=p: planar_rows_to_hwc(b[b"data"], p)
+            for b, p in zip(batches, paths, strict=True)
+        ],
         desc=f"{spec.kind}/{split}: converting to a uint8 HWC cache",
     )
     return LabeledSource(

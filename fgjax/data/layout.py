@@ -78,13 +78,16 @@ def dataset_folder(root: str, folder: str) -> str:
     return os.path.join(root, folder) if os.path.isdir(os.path.join(root, folder)) else root
 
 
-def read_keyed(path: str, num_values: int, key: Callable = int) -> dict:
+def read_keyed(
+    path: str, num_values: int, key: Callable = int, max_split: int | None = None
+) -> dict:
     """'id value...' rows of an index file as {id: [values]}; ids must be unique.
 
     `key`: how ids are read: `int` (CUB's 1, 2, ...) or `str` (NABirds' UUIDs).
+    `max_split`: as `read_table` (1 for 'id name with spaces').
     """
     out: dict = {}
-    for line, row in enumerate(read_table(path, 1 + num_values), start=1):
+    for line, row in enumerate(read_table(path, 1 + num_values, max_split=max_split), start=1):
         k = parse_int(row[0], path, line) if key is int else key(row[0])
         if k in out:
             raise DatasetFormatError(f"{path}: line {line}: id {k} appears twice")

@@ -9,7 +9,7 @@ what to fix without reading the source.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -71,6 +71,46 @@ def read_table(path: str, num_columns: int, *, max_split: int | None = None) -> 
                 )
             rows.append(fields)
     return rows
+
+
+def dataset_folder(root: str, folder: str) -> str:
+    """`root` itself when it is the dataset folder, else `root/folder` when that exists."""
+    return os.path.join(root, folder) if os.path.isdir(os.path.join(root, folder)) else root
+
+
+def read_keyed(
+    path: str, num_values: int, key: Callable = int, max_split: int | None = None
+) -> dict:
+    """'id value...' rows of an index file as {id: [values]}; ids must be unique.
+
+    `key`: how ids are read: `int` (CUB's 1, 2, ...) or `str` (NABirds' UUIDs).
+    `max_split`: as `read_table` (1 for 'id name with spaces').
+    """
+    out: dict = {}
+    for line, row in enumerate(read_table(path, 1 + num_values, max_split=max_split), start=1):
+        k = parse_int(row[0], path, line) if key is int else key(row[0])
+        if k in out:
+            raise DatasetFormatError(f"{path}: line {line}: id {k} appears twice")
+        out[k] = row[1:]
+    return out
+
+
+def keyed_values(
+    path: str,
+    ids: Sequence,
+    num_values: int = 1,
+    key: Callable = int,
+    listed_in: str = "images.txt",
+) -> list[list[str]]:
+    """The values of every id in `ids` (those of `listed_in`) from an 'id value...' file."""
+    table = read_keyed(path, num_values, key)
+    missing = [i for i in ids if i not in table]
+    if missing:
+        raise DatasetFormatError(
+            f"{path}: no row for image id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            f" listed in {listed_in}"
+        )
+    return [table[i] for i in ids]
 
 
 def parse_int(value: str, path: str, line: int | str) -> int:

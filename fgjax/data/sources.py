@@ -354,8 +354,11 @@ class CsvManifestSource(LabeledSource):
             coarse, coarse_names = _parse_labels(
                 [d["coarse_label"] for _, d in rows], row_numbers, self.csv_path, "coarse_label"
             )
-            levels["coarse_label"] = _coarse_of_classes(
-                labels, coarse, coarse_names, row_numbers, self.csv_path
+            levels["coarse_label"] = coarse_of_classes(
+                labels,
+                coarse,
+                coarse_names,
+                lambda k: f"{self.csv_path}: row {row_numbers[k]}, column 'coarse_label'",
             )
         keep = np.ones(len(rows), bool)
         if split is not None and "split" in columns:
@@ -390,17 +393,28 @@ class CsvManifestSource(LabeledSource):
         )
 
 
-def _coarse_of_classes(labels, coarse, coarse_names, rows, csv_path) -> CoarseLevel:
-    """A CSV's coarse column as a per-class map; a class with two coarse labels is an error."""
-    of_class = np.full(int(labels.max()) + 1, -1, np.int32)
-    first_row = {}
-    for label, c, r in zip(labels.tolist(), coarse.tolist(), rows, strict=True):
+def coarse_of_classes(
+    labels: np.ndarray,
+    coarse: np.ndarray,
+    coarse_names: Sequence[str],
+    where: Callable[[int], str],
+    num_classes: int | None = None,
+) -> CoarseLevel:
+    """A per-record coarse column as a per-class level; a class with two coarse labels is an
+    error citing both records (`where(k)`: 'file: row 7', say, for record k).
+
+    labels, coarse: int [N]; classes without records get coarse id -1.
+    """
+    labels, coarse = np.asarray(labels), np.asarray(coarse)
+    n = num_classes if num_classes is not None else int(labels.max()) + 1
+    of_class = np.full(n, -1, np.int32)
+    first: dict[int, int] = {}
+    for k, (label, c) in enumerate(zip(labels.tolist(), coarse.tolist(), strict=True)):
         if of_class[label] == -1:
-            of_class[label], first_row[label] = c, r
+            of_class[label], first[label] = c, k
         elif of_class[label] != c:
             raise ValueError(
-                f"{csv_path}: row {r}, column 'coarse_label': class {label} has coarse label "
-                f"{coarse_names[c]!r} here but {coarse_names[of_class[label]]!r} at row "
-                f"{first_row[label]}"
+                f"{where(k)}: class {label} has coarse label {coarse_names[c]!r} here but "
+                f"{coarse_names[of_class[label]]!r} at {where(first[label])}"
             )
-    return CoarseLevel(coarse_names, of_class)
+    return CoarseLevel(list(coarse_names), of_class)

@@ -16,7 +16,14 @@ import os
 import numpy as np
 
 from fgjax.data.datasets import register_dataset
-from fgjax.data.layout import DatasetFormatError, parse_int, read_table, require_paths
+from fgjax.data.layout import (
+    DatasetFormatError,
+    dataset_folder,
+    keyed_values,
+    parse_int,
+    read_keyed,
+    require_paths,
+)
 from fgjax.data.sources import LabeledSource, coarse_from_names, last_word
 
 FOLDER = "CUB_200_2011"
@@ -31,47 +38,19 @@ LAYOUT = f"the official {FOLDER}/ folder ({', '.join(INDEX_FILES)}, images/)"
 SPLITS = ("train", "test", "all", "retrieval_train", "retrieval_test")
 
 
-def dataset_folder(root: str, folder: str) -> str:
-    """`root` itself when it is the dataset folder, else `root/folder` when that exists."""
-    return os.path.join(root, folder) if os.path.isdir(os.path.join(root, folder)) else root
-
-
-def _by_id(path: str, num_values: int) -> dict[int, list[str]]:
-    """'id value...' rows of an index file as {id: values}; ids must be unique."""
-    out: dict[int, list[str]] = {}
-    for line, row in enumerate(read_table(path, 1 + num_values), start=1):
-        key = parse_int(row[0], path, line)
-        if key in out:
-            raise DatasetFormatError(f"{path}: line {line}: id {key} appears twice")
-        out[key] = row[1:]
-    return out
-
-
-def _column(path: str, ids: list[int], num_values: int = 1) -> list[list[str]]:
-    """The values of every image id in `ids` from an 'id value...' file."""
-    table = _by_id(path, num_values)
-    missing = [i for i in ids if i not in table]
-    if missing:
-        raise DatasetFormatError(
-            f"{path}: no row for image id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}"
-            " listed in images.txt"
-        )
-    return [table[i] for i in ids]
-
-
 @register_dataset("cub", splits=SPLITS, coarse_levels=("family",), layout=LAYOUT)
 def cub(data_config, split: str) -> LabeledSource:
     base = dataset_folder(data_config.root, FOLDER)
     require_paths(base, [*INDEX_FILES, "images"], kind="cub", layout=LAYOUT)
     files = {name: os.path.join(base, name) for name in INDEX_FILES}
-    images = _by_id(files["images.txt"], 1)
+    images = read_keyed(files["images.txt"], 1)
     ids = sorted(images)
-    class_rows = _by_id(files["classes.txt"], 1)
+    class_rows = read_keyed(files["classes.txt"], 1)
     class_names = [class_rows[c][0] for c in sorted(class_rows)]
     position = {c: k for k, c in enumerate(sorted(class_rows))}
     class_of = [
         parse_int(v[0], files["image_class_labels.txt"], f"of image {i}")
-        for i, v in zip(ids, _column(files["image_class_labels.txt"], ids), strict=True)
+        for i, v in zip(ids, keyed_values(files["image_class_labels.txt"], ids), strict=True)
     ]
     unknown = sorted(set(class_of) - set(position))
     if unknown:
@@ -79,7 +58,7 @@ def cub(data_config, split: str) -> LabeledSource:
             f"{files['image_class_labels.txt']}: class id(s) {unknown[:5]} not in classes.txt"
         )
     labels = np.array([position[c] for c in class_of], np.int32)
-    is_train = np.array([v[0] == "1" for v in _column(files["train_test_split.txt"], ids)])
+    is_train = np.array([v[0] == "1" for v in keyed_values(files["train_test_split.txt"], ids)])
     half = len(class_names) // 2  # retrieval: classes 1-100 / 101-200
     keep = {
         "train": is_train,
@@ -90,7 +69,7 @@ def cub(data_config, split: str) -> LabeledSource:
     }[split]
     boxes = None
     if data_config.get("crop_to_box", False):
-        rows = _column(files["bounding_boxes.txt"], ids, num_values=4)
+        rows = keyed_values(files["bounding_boxes.txt"], ids, num_values=4)
         boxes = np.array([[float(x) for x in v] for v in rows], np.float32)[keep]
     paths = [os.path.join("images", images[i][0]) for i in ids]
     return LabeledSource(

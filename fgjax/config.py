@@ -128,6 +128,8 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.optim.warmup_epochs = 0.0
     c.optim.cosine_epochs = 0
     c.optim.final_lr = 0.0
+    c.optim.decay_epochs = ()  # schedule 'step': epochs where the lr is multiplied by
+    c.optim.decay_factor = 0.1  # decay_factor (MoCo's lincls: (60, 80) and 0.1)
     c.optim.weight_decay = 1e-4
     c.optim.weight_decay_mask = "all"
     c.optim.momentum = 0.9
@@ -135,6 +137,7 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.optim.trust_coefficient = 1e-3
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
+    c.optim.freeze = ()  # top-level param groups the optimiser never changes ('backbone')
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global, over all processes and devices

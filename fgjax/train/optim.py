@@ -4,8 +4,10 @@
   name: 'sgd' | 'lars' | 'adamw'
   lr: learning rate; if `lr_batch_reference > 0` it is a *base* lr and the actual
       peak is `lr * global_batch / lr_batch_reference` (the `0.3 * B / 256` rule).
-  schedule: 'cosine' | 'constant'; `schedule_unit`: 'step' or 'epoch' (MoCo's
+  schedule: 'cosine' | 'constant' | 'step'; `schedule_unit`: 'step' or 'epoch' (MoCo's
       per-epoch cosine keeps the lr constant inside an epoch).
+  decay_epochs, decay_factor ('step' schedule): the lr is multiplied by `decay_factor`
+      from the start of each epoch in `decay_epochs` (MoCo's lincls: (60, 80), 0.1).
   warmup_epochs: linear warm-up from 0 to the peak (step-wise).
   cosine_epochs: length of the cosine in epochs (0 = the training length); LCR's
       CUB BYOL recipe lays the cosine over 800 epochs but stops at 100.
@@ -13,6 +15,8 @@
   weight_decay, weight_decay_mask: 'all' (PyTorch SGD semantics) or 'kernels'
       (conv/dense kernels only: no BN parameters, no biases).
   momentum, nesterov (sgd, lars), trust_coefficient (lars), b1, b2 (adamw).
+  freeze: top-level parameter groups (keys of the params, e.g. 'backbone' for a linear
+      probe) the optimiser never changes: zero update, no optimiser state, no decay.
 """
 
 from __future__ import annotations
@@ -44,13 +48,17 @@ def peak_lr(optim: ml_collections.ConfigDict, global_batch: int) -> float:
 def make_schedule(
     optim: ml_collections.ConfigDict, global_batch: int, steps_per_epoch: int, num_epochs: int
 ) -> optax.Schedule:
-    """Linear warm-up (per step) then cosine or constant, per step or per epoch."""
+    """Linear warm-up (per step) then cosine, constant or step decay, per step or per epoch."""
     peak = peak_lr(optim, global_batch)
     warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
     cosine_epochs = optim.cosine_epochs or num_epochs
-    if optim.schedule not in ("cosine", "constant"):
+    if optim.schedule not in ("cosine", "constant", "step"):
         raise ValueError(
-            f"config.optim.schedule must be 'cosine' or 'constant', got {optim.schedule!r}"
+            f"config.optim.schedule must be 'cosine', 'constant' or 'step', got {optim.schedule!r}"
+        )
+    if optim.schedule == "step" and not optim.decay_epochs:
+        raise ValueError(
+            "config.optim.schedule='step' needs config.optim.decay_epochs, e.g. (60, 80)"
         )
     if optim.schedule_unit not in ("step", "epoch"):
         raise ValueError(
@@ -61,6 +69,10 @@ def make_schedule(
         step = jnp.asarray(step, jnp.float32)
         if optim.schedule == "constant":
             decayed = jnp.asarray(peak, jnp.float32)
+        elif optim.schedule == "step":  # decays at epoch boundaries, whatever schedule_unit
+            epoch = jnp.floor(step / steps_per_epoch)
+            passed = sum((epoch >= e).astype(jnp.float32) for e in optim.decay_epochs)
+            decayed = peak * jnp.power(jnp.float32(optim.decay_factor), passed)
         else:
             if optim.schedule_unit == "epoch":
                 progress = jnp.floor(step / steps_per_epoch) * steps_per_epoch
@@ -80,7 +92,28 @@ def make_schedule(
 def make_optimizer(
     optim: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
-    """The optax transformation for `config.optim`; weight-decay masks applied to params."""
+    """The optax transformation for `config.optim`; weight-decay masks applied to params,
+    the groups of `optim.freeze` left untouched."""
+    tx = _base_optimizer(optim, schedule)
+    if not optim.freeze:
+        return tx
+    freeze = tuple(optim.freeze)
+
+    def labels(params: Any) -> dict[str, str]:
+        missing = [name for name in freeze if name not in params]
+        if missing:
+            raise ValueError(
+                f"config.optim.freeze names {missing}, which the params do not have "
+                f"(top-level groups: {sorted(params)})"
+            )
+        return {name: "frozen" if name in freeze else "trained" for name in params}
+
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _base_optimizer(
+    optim: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     if optim.weight_decay_mask == "all":
         mask = None
     elif optim.weight_decay_mask == "kernels":

@@ -183,7 +183,7 @@ def test_command_line_errors_and_help(tmp_path):
         main(["--config", RECIPE, "--config.data.roots=x"])
     with pytest.raises(SystemExit, match="give --config"):
         main(["--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"reads the official CUB_200_2011.*Found there: an empty folder"):
+    with pytest.raises(SystemExit, match=r"official CUB_200_2011.*Found there: an empty folder"):
         main(["--config", RECIPE, f"--config.data.root={tmp_path}", "--out", str(tmp_path)])
     env = dict(os.environ, PYTHONPATH=REPO)
     done = subprocess.run(

@@ -243,12 +243,14 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     out = a.out or os.path.join(a.workdir, "eval")
 
     run = _Run(config)
-    state = create_train_state(
-        run.method, None, run.image_shape, config.seed, config.model.init_from
-    )
     step = None
-    if not a.init_from:
-        state, step = restore_state(a.workdir, state, a.step)
+    if a.init_from:
+        state = create_train_state(run.method, None, run.image_shape, config.seed, a.init_from)
+    else:  # only the structure is needed: no initialisation is computed
+        template = jax.eval_shape(
+            lambda: create_train_state(run.method, None, run.image_shape, config.seed)
+        )
+        state, step = restore_state(a.workdir, template, a.step)
         print(f"restored step {step} from {a.workdir}")
     state = put_replicated(state, run.mesh)
     writer = jax.process_index() == 0

@@ -16,6 +16,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -87,9 +88,10 @@ class Checkpointer:
 
 def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple[Any, int]:
     """The train state saved at `step` (default: the newest) in `WORKDIR/checkpoints`, for
-    evaluation: no data iterator, and `template.opt_state` is kept (an evaluation-only state
-    has none). Returns `(state, step)`. The checkpoint's params, model and method state must
-    have the template's structure; a missing folder or step is an error listing what exists.
+    evaluation: no data iterator and no optimiser state (`opt_state` is the template's).
+    `template` gives the structure, shapes and dtypes (its leaves may be abstract, e.g.
+    from `jax.eval_shape`). Returns `(state, step)` with host arrays; a missing folder or
+    step, or a checkpoint of another model, is an error saying what exists.
     """
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
@@ -107,7 +109,7 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
         ).state
     fields = {}
-    for name in ("params", "model_state", "method_state"):
+    for name in ("step", "params", "model_state", "method_state", "rng", "bad_steps"):
         want, got = getattr(template, name), saved.get(name, {})
         if jax.tree.structure(want) != jax.tree.structure(got):
             raise ValueError(
@@ -121,6 +123,5 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
                     f"{directory}/{step}: {name}{jax.tree_util.keystr(path)} has shape "
                     f"{b.shape}, the configured model {a.shape}"
                 )
-        fields[name] = jax.tree.map(lambda a, b: jax.numpy.asarray(b, a.dtype), want, got)
-    state = template.replace(step=jax.numpy.asarray(saved["step"], jax.numpy.int32), **fields)
-    return state, step
+        fields[name] = jax.tree.map(lambda a, b: np.asarray(b, a.dtype), want, got)
+    return template.replace(**fields), step

@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocol",
         action="append",
-        help=f"one of {sorted(PROTOCOLS)} or 'all' (repeatable; default retrieval)",
+        help=f"{', '.join(PROTOCOLS)} or all (repeatable or comma-separated; default retrieval)",
     )
     p.add_argument("--features", default="pooled", help="pooled | proj | pred | stageN | ...")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
@@ -235,7 +235,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     overrides = [x for x in argv if x.startswith("--config.")]
     a = parser.parse_args([x for x in argv if not x.startswith("--config.")])
     _usage_checks(parser, a)
-    names = a.protocol or ["retrieval"]
+    names = [n for arg in a.protocol or ["retrieval"] for n in arg.split(",") if n]
     explicit = "all" not in names
     names = list(PROTOCOLS) if not explicit else list(dict.fromkeys(names))
     protocols = {name: get_protocol(name) for name in names}
@@ -315,11 +315,13 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         **results,
     }
     print(format_table(results))
+    # Every process takes part in an extraction (it gathers across processes).
+    test = None if a.no_plots else features_of("test", a.features)
     if writer:
         with open(os.path.join(out, "eval.json"), "w") as f:
             json.dump(payload, f, indent=2)
-        if not a.no_plots:
-            _grid_pictures(out, run, features_of("test", a.features), config, a)
+        if test is not None:
+            _grid_pictures(out, run, test, config, a)
             if plots.recall_points(results)[0]:
                 plots.recall_curve(os.path.join(out, "recall_curve.png"), {out: results})
         print(f"wrote {os.path.join(out, 'eval.json')}")

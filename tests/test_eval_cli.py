@@ -98,6 +98,25 @@ def _test_images(config) -> np.ndarray:
     return ((x - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: every evaluation builds a new
+    method, whose jitted functions are new Python objects but compile to the same
+    programs, so later tests load them instead of compiling again."""
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)
+    for name, value in zip(names, values, strict=True):
+        jax.config.update(name, value)
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+
+
 # ---------------------------------------------------------------- a trained checkpoint
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -174,10 +193,21 @@ def test_imported_weights_file_without_training(tmp_path, capsys):
     from fgjax.weights import export_torch
 
     config = tiny_config("supervised")
-    donor = backbone_from_config(config.model).init(
-        jax.random.PRNGKey(7), np.zeros((1, 16, 16, 3), np.float32), train=False
-    )  # another initialisation than the evaluated model's own (seed 0)
-    donor = jax.tree.map(np.asarray, dict(donor))
+    backbone = backbone_from_config(config.model)
+    shapes = jax.eval_shape(
+        lambda x: backbone.init(jax.random.PRNGKey(0), x, train=False), np.zeros((1, 16, 16, 3))
+    )
+    rng = np.random.default_rng(7)  # random weights and BN statistics, drawn without compiling
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "'var'" in name:
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return (rng.normal(size=leaf.shape) * (0.3 if "'kernel'" in name else 0.1)).astype(
+            np.float32
+        ) + ("'scale'" in name)
+
+    donor = jax.tree_util.tree_map_with_path(draw, dict(shapes))
     weights = str(tmp_path / "backbone.pth")
     export_torch(weights, donor, "resnet")
     recipe = tmp_path / "recipe.py"
@@ -192,7 +222,7 @@ def test_imported_weights_file_without_training(tmp_path, capsys):
     assert saved["step"] is None and saved["weights"] == weights
 
     # The features are the donor backbone's, not a random initialisation's.
-    apply = jax.jit(lambda v, x: backbone_from_config(config.model).apply(v, x, train=False))
+    apply = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
     want = apply(donor, _test_images(config))
     cached = load_features(cache_path(out, "test"))
     assert np.linalg.norm(cached.features, axis=1).min() > 0

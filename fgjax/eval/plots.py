@@ -80,7 +80,7 @@ def retrieval_grid(
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(canvas, interpolation="nearest")
     ax.axis("off")
-    width = max(6, cell // 6)  # characters that fit under a cell at 8 pt
+    width = max(6, cell // 7)  # characters that fit under a cell at 8 pt
     for r in range(q):
         for c in range(cols):
             y, x = origins[r, c]

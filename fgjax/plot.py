@@ -3,6 +3,10 @@
 One panel per metric in `WORKDIR/metrics.jsonl` (loss, learning rate, images/s,
 method-specific ones), against the training step; the final evaluation from
 `eval.json`, if present, goes in the title.
+
+`python -m fgjax.plot --recall RUN [RUN ...] --out recall.png` draws the Recall@K curves
+of several runs in one picture; a RUN is an eval.json, or a folder holding one (a training
+workdir, or the `WORKDIR/eval` folder `python -m fgjax.evaluate` writes).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fgjax.eval.plots import recall_curve  # noqa: E402
 from fgjax.train.metrics_log import read_metrics  # noqa: E402
 
 
@@ -50,12 +55,32 @@ def plot_curves(workdir: str, out: str | None = None) -> str:
     return out
 
 
+def read_eval(run: str) -> dict:
+    """The eval.json of `run`: the file itself, or `run/eval.json`, or `run/eval/eval.json`."""
+    for path in (run, os.path.join(run, "eval.json"), os.path.join(run, "eval", "eval.json")):
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    raise FileNotFoundError(f"no eval.json at {run} (nor in {run}/eval)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir")
-    parser.add_argument("--out", default=None, help="PNG path (default WORKDIR/curves.png)")
+    parser.add_argument("workdir", nargs="?")
+    parser.add_argument("--recall", nargs="+", metavar="RUN", help="Recall@K curves of runs")
+    parser.add_argument(
+        "--out", default=None, help="PNG path (default WORKDIR/curves.png, or recall.png)"
+    )
     args = parser.parse_args(argv)
-    print(plot_curves(args.workdir, args.out))
+    if args.recall:
+        if args.workdir:
+            parser.error("give either WORKDIR (training curves) or --recall RUN ...")
+        runs = {run: read_eval(run) for run in args.recall}
+        print(recall_curve(args.out or "recall.png", runs))
+    elif args.workdir:
+        print(plot_curves(args.workdir, args.out))
+    else:
+        parser.error("give WORKDIR, or --recall RUN [RUN ...]")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,14 @@ from typing import Any
 import ml_collections
 
 from fgjax.eval.features import Embed, FeatureExtractor
-from fgjax.eval.knn import knn_top1
-from fgjax.eval.retrieval import retrieval_metrics
+from fgjax.eval.protocols import knn, knn_splits, retrieval
 
 
 class Evaluator:
     """`evaluate(state)`: leave-one-out retrieval Recall@K / mAP on the test split and
-    weighted kNN top-1 (bank: the train split, or leave-one-out on test) of `embed`,
-    then every `extra` evaluator `fn(state, extractor) -> {metric: value}` with its
-    results prefixed `name/`."""
+    weighted kNN top-1 (bank: the train split, or leave-one-out on test) of `embed` (the
+    'retrieval' and 'knn' protocols of `fgjax.eval.protocols`), then every `extra`
+    evaluator `fn(state, extractor) -> {metric: value}` with its results prefixed `name/`."""
 
     def __init__(
         self,
@@ -26,44 +25,16 @@ class Evaluator:
         embed: Embed,
         extra: Mapping[str, Callable[[Any, FeatureExtractor], dict[str, float]]] | None = None,
     ):
-        if config.eval.knn_bank not in ("train", "test"):
-            raise ValueError(
-                f"config.eval.knn_bank must be 'train' or 'test', got {config.eval.knn_bank!r}"
-            )
-        self.config, self.extractor, self.embed = config.eval, extractor, embed
+        self.splits = dict.fromkeys(("test", *knn_splits(config)))  # checks knn_bank
+        self.config, self.extractor, self.embed = config, extractor, embed
         self.extra = dict(extra or {})
 
     def __call__(self, state: Any) -> dict[str, float]:
-        c = self.config
-        test = self.extractor.extract("test", self.embed, state)
-        results = {
-            f"retrieval_{k}": float(v)
-            for k, v in retrieval_metrics(test.features, test.labels, ks=tuple(c.recall_ks)).items()
+        features = {
+            split: self.extractor.extract(split, self.embed, state) for split in self.splits
         }
-        knn_args = dict(k=c.knn_k, temperature=c.knn_temperature)
-        if c.knn_bank == "train":
-            train = self.extractor.extract("train", self.embed, state)
-            num_classes = self.extractor.sources["train"].num_classes
-            knn = knn_top1(
-                train.features,
-                train.labels,
-                test.features,
-                test.labels,
-                num_classes=num_classes,
-                **knn_args,
-            )
-        else:  # leave-one-out on the test split
-            num_classes = self.extractor.sources["test"].num_classes
-            knn = knn_top1(
-                test.features,
-                test.labels,
-                None,
-                None,
-                num_classes=num_classes,
-                leave_one_out=True,
-                **knn_args,
-            )
-        results["knn_top1"] = float(knn)
+        results = {f"retrieval_{k}": v for k, v in retrieval(features, self.config).items()}
+        results.update({f"knn_{k}": v for k, v in knn(features, self.config).items()})
         for name, evaluate in self.extra.items():
             results.update(
                 {f"{name}/{k}": float(v) for k, v in evaluate(state, self.extractor).items()}

@@ -116,3 +116,26 @@ class FeatureExtractor:
         return Features(
             out[mask][order].astype(np.float32), labels[mask][order], coarse[mask][order]
         )
+
+
+class MissingFeatureError(ValueError):
+    """The model has no output of the requested name."""
+
+
+def select_feature(outputs: Mapping[str, jax.Array], name: str) -> jax.Array:
+    """`outputs[name]` of an encoder's dict as `[B, D]` float32; a feature map `[B, H, W, C]`
+    (a stage tap such as 'stage3') is global-average-pooled to `[B, C]`."""
+    if name not in outputs:
+        raise MissingFeatureError(f"no feature {name!r}; this model gives {sorted(outputs)}")
+    x = outputs[name].astype(jnp.float32)
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1))) if x.ndim > 2 else x
+
+
+def flip_averaged(embed: Embed) -> Embed:
+    """`embed` averaged over each image and its horizontal mirror (test-time augmentation);
+    the raw features are averaged, before any normalisation the metrics apply."""
+
+    def averaged(state: Any, images: jax.Array) -> jax.Array:
+        return 0.5 * (embed(state, images) + embed(state, images[:, :, ::-1, :]))
+
+    return averaged

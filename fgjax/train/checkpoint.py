@@ -16,6 +16,7 @@ import shutil
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -83,3 +84,44 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple[Any, int]:
+    """The train state saved at `step` (default: the newest) in `WORKDIR/checkpoints`, for
+    evaluation: no data iterator and no optimiser state (`opt_state` is the template's).
+    `template` gives the structure, shapes and dtypes (its leaves may be abstract, e.g.
+    from `jax.eval_shape`). Returns `(state, step)` with host arrays; a missing folder or
+    step, or a checkpoint of another model, is an error saying what exists.
+    """
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {workdir} (no folder {directory})")
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(directory, options=options) as manager:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {directory}")
+        step = steps[-1] if step is None else int(step)
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; steps: {steps}")
+        # Without a target orbax returns the saved tree as nested dicts of arrays.
+        saved = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        ).state
+    fields = {}
+    for name in ("step", "params", "model_state", "method_state", "rng", "bad_steps"):
+        want, got = getattr(template, name), saved.get(name, {})
+        if jax.tree.structure(want) != jax.tree.structure(got):
+            raise ValueError(
+                f"{directory}/{step}: the saved {name} does not match the configured model "
+                "(was the checkpoint written with another config.model / config.method?)"
+            )
+        leaves = zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True)
+        for (path, a), b in leaves:
+            if a.shape != b.shape:
+                raise ValueError(
+                    f"{directory}/{step}: {name}{jax.tree_util.keystr(path)} has shape "
+                    f"{b.shape}, the configured model {a.shape}"
+                )
+        fields[name] = jax.tree.map(lambda a, b: np.asarray(b, a.dtype), want, got)
+    return template.replace(**fields), step

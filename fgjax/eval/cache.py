@@ -1,0 +1,94 @@
+"""Extracted features cached on disk: `<folder>/features_<split>.npz`.
+
+Each file holds the rows of one split in source order: `features` [N, D] float32, `labels`
+and `coarse_labels` [N] int32, `index` [N] (row -> example of the split), `paths` [N]
+(the image files; empty strings for in-memory datasets) and `fingerprint`, a hash of
+everything the features depend on (weights and their step, feature choice, flip, image
+size, dataset). A rerun with the same fingerprint loads the file instead of running the
+model; any other fingerprint recomputes and replaces it. Writes are atomic (a temporary
+file in the same folder, then a rename), so an interrupted run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fgjax.eval.features import Features
+
+
+def fingerprint(facts: dict[str, Any]) -> str:
+    """A stable hash of `facts` (JSON-serialisable; key order does not matter)."""
+    text = json.dumps(facts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def cache_path(folder: str, split: str) -> str:
+    return os.path.join(folder, f"features_{split}.npz")
+
+
+def save_features(
+    path: str, features: Features, key: str, paths: Sequence[str] | None = None
+) -> None:
+    """Write `features` (and the split's image `paths`, if any) atomically to `path`."""
+    n = len(features.labels)
+    names = np.array(list(paths) if paths is not None else [""] * n, dtype=str)
+    if len(names) != n:
+        raise ValueError(f"{len(names)} paths for {n} feature rows")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".features_", suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                features=np.asarray(features.features, np.float32),
+                labels=np.asarray(features.labels, np.int32),
+                coarse_labels=np.asarray(features.coarse_labels, np.int32),
+                index=np.arange(n, dtype=np.int64),
+                paths=names,
+                fingerprint=np.array(key),
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_features(path: str, key: str | None = None) -> Features | None:
+    """The cached features at `path`, or None when the file is absent or its fingerprint
+    differs from `key` (None accepts any)."""
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as data:
+        if key is not None and str(data["fingerprint"]) != key:
+            return None
+        return Features(data["features"], data["labels"], data["coarse_labels"])
+
+
+def cached_features(
+    path: str,
+    key: str,
+    compute: Callable[[], Features],
+    paths: Sequence[str] | None = None,
+    write: bool = True,
+    refresh: bool = False,
+) -> tuple[Features, bool]:
+    """`(features, from_cache)`: the file's rows when its fingerprint is `key` (and not
+    `refresh`), else `compute()`, saved to `path` when `write` (only one process of a
+    multi-host run should write)."""
+    cached = None if refresh else load_features(path, key)
+    if cached is not None:
+        return cached, True
+    features = compute()
+    if write:
+        save_features(path, features, key, paths)
+    return features, False

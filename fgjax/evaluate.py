@@ -1,0 +1,347 @@
+"""Evaluate a checkpoint or a weights file: `python -m fgjax.evaluate`.
+
+    python -m fgjax.evaluate --workdir DIR [--step N] --protocol retrieval|knn|linear|classify|all
+    python -m fgjax.evaluate --init-from W.pth --config configs/X.py --out DIR --protocol ...
+
+The first restores DIR's checkpoint (the newest, or step N) with DIR/config.json (or
+`--config FILE`); the second loads a backbone weights file (see `fgjax.weights`) into a
+fresh model of the recipe, no training. `--config.a.b=value` overrides any field (e.g.
+`--config.data.root=...`, `--config.eval.recall_ks='(1,2,4,8,16)'`).
+
+Features (`--features pooled|proj|stageN|...`, `--flip` to average each image with its
+mirror) are cached in `OUT/features_<split>.npz` and reused while the weights and settings
+are the same. `OUT/eval.json` gets the numbers (also printed as a table) and, unless
+`--no-plots`, `retrieval_grid.png`, `embedding_map.png` and `recall_curve.png` go beside
+it. OUT is `--out`, by default `DIR/eval` (the trainer's own DIR/eval.json is kept).
+
+This entry lives above `fgjax.eval` because it builds methods and restores train states,
+which `fgjax.eval` may not import (see tests/test_layering.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from fgjax.config import check_override_names, default_config, load_config_file
+from fgjax.core.sharding import put_replicated
+from fgjax.data.decode import resize_center_crop
+from fgjax.eval import plots
+from fgjax.eval.cache import cache_path, cached_features, fingerprint
+from fgjax.eval.features import (
+    Embed,
+    Features,
+    MissingFeatureError,
+    flip_averaged,
+    select_feature,
+)
+from fgjax.eval.knn import nearest_neighbors
+from fgjax.eval.protocols import PROTOCOLS, get_protocol
+from fgjax.methods import Method, backbone_variables
+from fgjax.models.encoder import Encoder
+from fgjax.train.checkpoint import restore_state
+from fgjax.train.loop import _Run
+from fgjax.train.state import create_train_state
+
+
+def _as_tuples(value: Any) -> Any:
+    """JSON lists back to the config's tuples (recursively)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+    """A run's saved `config.json` over today's defaults of its method (fields added to the
+    schema since keep their defaults). References between fields (a view's size following
+    `data.image_size`) are not restored: every field has its saved value."""
+    with open(path) as f:
+        saved = json.load(f)
+    if "method" not in saved:
+        raise ValueError(f"{path}: no 'method' field; is this an fgjax config.json?")
+    config = default_config(saved["method"]).copy_and_resolve_references()
+
+    def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+                merge(node[key], value)
+            else:
+                node[key] = (
+                    ml_collections.ConfigDict(value)
+                    if isinstance(value, dict)
+                    else (_as_tuples(value))
+                )
+
+    merge(config, saved)
+    return config
+
+
+def _parse_value(text: str, current: Any, field: str) -> Any:
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{field} is a bool: give true or false, not {text!r}")
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise ValueError(f"{field} is a {type(current).__name__}: cannot read {text!r}") from None
+    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if current is not None and not isinstance(value, type(current)):
+        raise ValueError(f"{field} is a {type(current).__name__}, got {text!r}")
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
+    """Set every `--config.a.b=value` of `overrides` (names checked against `config`)."""
+    check_override_names(config, overrides)
+    for arg in overrides:
+        name, sep, text = arg[len("--config.") :].partition("=")
+        if not sep:
+            raise ValueError(f"{arg}: give a value, --config.{name}=VALUE")
+        *parents, leaf = name.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[leaf] = _parse_value(text, node[leaf], f"config.{name}")
+
+
+def feature_embed(method: Method, feature: str) -> Embed:
+    """`embed(state, images) -> [B, D]` of the chosen encoder output: 'pooled' is the
+    method's own `embed` (what training evaluates); 'proj', 'pred', 'logits' and the
+    backbone's feature maps ('stage3', Swin's 'layer4', ..., average-pooled) come from the
+    method's network in eval mode."""
+    if feature == "pooled":
+        return lambda state, images: method.embed(state.params, state.model_state, images)
+    net = getattr(method, "net", None)
+
+    def embed(state: Any, images: jax.Array) -> jax.Array:
+        if net is None:  # a method without one network: the backbone's outputs only
+            variables = backbone_variables(state.params, state.model_state)
+            outputs = method.backbone().apply(variables, images, train=False)
+        else:
+            extra = {"predict": feature == "pred"} if isinstance(net, Encoder) else {}
+            variables = {"params": state.params, **state.model_state}
+            outputs = net.apply(variables, images, train=False, **extra)
+        return select_feature(outputs, feature)
+
+    return embed
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m fgjax.evaluate",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any --config.FIELD=VALUE overrides that field of the config.",
+    )
+    p.add_argument("--workdir", help="a training run: its checkpoints and config.json")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.add_argument("--init-from", help="a backbone weights file (.pth/.safetensors/.npz)")
+    p.add_argument("--config", help="recipe file (required with --init-from)")
+    p.add_argument("--out", help="output folder (default WORKDIR/eval)")
+    p.add_argument(
+        "--protocol",
+        action="append",
+        help=f"{', '.join(PROTOCOLS)} or all (repeatable or comma-separated; default retrieval)",
+    )
+    p.add_argument("--features", default="pooled", help="pooled | proj | pred | stageN | ...")
+    p.add_argument("--flip", action="store_true", help="average with the mirrored image")
+    p.add_argument("--no-cache", action="store_true", help="recompute cached features")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    p.add_argument("--grid-queries", type=int, default=6, help="queries in retrieval_grid.png")
+    p.add_argument("--grid-k", type=int, default=5, help="results per query in the grid")
+    return p
+
+
+def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.init_from:
+        if a.workdir or a.step is not None:
+            p.error("--init-from evaluates a weights file: do not give --workdir/--step")
+        if not a.config:
+            p.error("--init-from needs --config FILE (the model and data recipe)")
+        if not a.out:
+            p.error("--init-from needs --out DIR")
+    elif not a.workdir:
+        p.error("give --workdir DIR (a checkpoint) or --init-from FILE --config FILE")
+
+
+def _load_config(a: argparse.Namespace, overrides: list[str]) -> ml_collections.ConfigDict:
+    if a.config:
+        config = load_config_file(a.config)
+    else:
+        path = os.path.join(a.workdir, "config.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no config.json in {a.workdir}: give --config FILE")
+        config = config_from_json(path)
+    apply_overrides(config, overrides)
+    # The checkpoint holds the trained weights; a pretraining file named in the run's
+    # config is not needed (and may no longer exist).
+    config.model.init_from = a.init_from or ""
+    return config
+
+
+def _weights_identity(a: argparse.Namespace, step: int | None) -> dict[str, Any]:
+    if a.init_from:
+        info = os.stat(a.init_from)
+        return {"file": os.path.abspath(a.init_from), "size": info.st_size, "mtime": info.st_mtime}
+    return {"workdir": os.path.abspath(a.workdir), "step": step}
+
+
+def _grid_pictures(out: str, run: _Run, test: Features, config, a) -> None:
+    source = run.sources["test"]
+    n = len(test.labels)
+    queries = np.unique(np.linspace(0, n - 1, min(a.grid_queries, n)).round().astype(int))
+    _, neighbours = nearest_neighbors(test.features[queries], test.features, a.grid_k + 1)
+    # Leave the query itself out (the search above includes it; drop its own row).
+    rows = [
+        [j for j in nb if j != q][: a.grid_k] for q, nb in zip(queries, neighbours, strict=True)
+    ]
+    k = min(len(r) for r in rows)
+    ids = np.array([[q, *r[:k]] for q, r in zip(queries, rows, strict=True)])
+    size = config.data.image_size
+    images = np.stack(
+        [[resize_center_crop(source[int(i)], image_size=size) for i in r] for r in ids]
+    )
+    correct = test.labels[ids[:, 1:]] == test.labels[ids[:, :1]]
+    names = [[source.class_names[test.labels[i]] for i in r] for r in ids]
+    plots.retrieval_grid(os.path.join(out, "retrieval_grid.png"), images, correct, names)
+    plots.embedding_map(
+        os.path.join(out, "embedding_map.png"),
+        test.features,
+        test.labels,
+        source.class_names,
+        title=f"{config.data.kind}/{config.data.test_split}: {a.features}"
+        + (" + flip" if a.flip else ""),
+    )
+
+
+def evaluate(argv: list[str]) -> dict[str, Any]:
+    """Run the command line `argv` (without the program name); returns what eval.json holds."""
+    parser = _parser()
+    overrides = [x for x in argv if x.startswith("--config.")]
+    a = parser.parse_args([x for x in argv if not x.startswith("--config.")])
+    _usage_checks(parser, a)
+    names = [n for arg in a.protocol or ["retrieval"] for n in arg.split(",") if n]
+    explicit = "all" not in names
+    names = list(PROTOCOLS) if not explicit else list(dict.fromkeys(names))
+    protocols = {name: get_protocol(name) for name in names}
+    config = _load_config(a, overrides)
+    out = a.out or os.path.join(a.workdir, "eval")
+
+    run = _Run(config)
+    step = None
+    if a.init_from:
+        state = create_train_state(run.method, None, run.image_shape, config.seed, a.init_from)
+    else:  # only the structure is needed: no initialisation is computed
+        template = jax.eval_shape(
+            lambda: create_train_state(run.method, None, run.image_shape, config.seed)
+        )
+        state, step = restore_state(a.workdir, template, a.step)
+        print(f"restored step {step} from {a.workdir}")
+    state = put_replicated(state, run.mesh)
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(out, exist_ok=True)
+
+    embeds: dict[str, Embed] = {}
+    cache: dict[tuple[str, str], Features] = {}
+
+    def features_of(role: str, output: str) -> Features:
+        if (role, output) not in cache:
+            if output not in embeds:
+                embed = feature_embed(run.method, output)
+                embeds[output] = flip_averaged(embed) if a.flip else embed
+            data = {k: v for k, v in config.data.to_dict().items() if k != "num_workers"}
+            key = fingerprint(
+                dict(
+                    weights=_weights_identity(a, step),
+                    feature=output,
+                    flip=a.flip,
+                    data=data,
+                    split=config.data[f"{role}_split"],
+                    model=config.model.to_dict(),
+                )
+            )
+            name = role if output == a.features else f"{role}_{output}"
+            source = run.sources[role]
+            cache[(role, output)], hit = cached_features(
+                cache_path(out, name),
+                key,
+                lambda: run.extractor.extract(role, embeds[output], state),
+                paths=getattr(source, "paths", None),
+                write=writer,
+                refresh=a.no_cache,
+            )
+            if hit:
+                print(f"features {role}: loaded {cache_path(out, name)}")
+        return cache[(role, output)]
+
+    results: dict[str, float] = {}
+    for name, protocol in protocols.items():
+        output = protocol.output or a.features
+        try:
+            if protocol.run is None:
+                raise NotImplementedError(
+                    f"protocol {name!r} is not available yet (not wired into fgjax.eval.protocols)"
+                )
+            feats = {role: features_of(role, output) for role in protocol.splits(config)}
+            metrics = protocol.run(feats, config)
+        except (NotImplementedError, MissingFeatureError) as err:
+            if explicit or (isinstance(err, MissingFeatureError) and protocol.output is None):
+                raise SystemExit(f"error: {name}: {err}") from None
+            print(f"skipped {name}: {err}")  # 'all' runs what applies to this model
+            continue
+        results.update({f"{name}_{k}": float(v) for k, v in metrics.items()})
+
+    payload = {
+        "step": step,
+        "weights": a.init_from or os.path.abspath(a.workdir),
+        "features": a.features,
+        "flip": a.flip,
+        **results,
+    }
+    print(format_table(results))
+    # Every process takes part in an extraction (it gathers across processes).
+    test = None if a.no_plots else features_of("test", a.features)
+    if writer:
+        with open(os.path.join(out, "eval.json"), "w") as f:
+            json.dump(payload, f, indent=2)
+        if test is not None:
+            _grid_pictures(out, run, test, config, a)
+            if plots.recall_points(results)[0]:
+                plots.recall_curve(os.path.join(out, "recall_curve.png"), {out: results})
+        print(f"wrote {os.path.join(out, 'eval.json')}")
+    return payload
+
+
+def format_table(results: dict[str, float]) -> str:
+    """Two aligned columns: metric, value (4 decimals)."""
+    width = max([len("metric"), *map(len, results)])
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in results.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    try:
+        return evaluate(sys.argv[1:] if argv is None else argv)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""`python -m fgjax.evaluate`: a trained checkpoint and an imported weights file evaluated
+end to end in-process, the numbers checked against numpy on the cached features (and the
+cached features against the network applied image by image); the feature cache; config
+round trip and overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from fgjax.eval.cache import cache_path, cached_features, fingerprint, load_features
+from fgjax.eval.features import FeatureExtractor, Features
+from fgjax.evaluate import apply_overrides, config_from_json, format_table, main
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+QUIET = ["--config.train.progress_bar=false"]
+
+
+# ---------------------------------------------------------------- numpy references
+def _unit(f: np.ndarray) -> np.ndarray:
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+def _brute_force(f: np.ndarray, labels: np.ndarray, ks, knn_k: int, temperature: float):
+    """Leave-one-out Recall@K, mAP and weighted kNN top-1, ties to the lower index."""
+    sim = _unit(f.astype(np.float64)) @ _unit(f.astype(np.float64)).T
+    np.fill_diagonal(sim, -np.inf)
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]  # self (-inf) last, dropped
+    match = labels[order] == labels[:, None]
+    out = {f"retrieval_recall@{k}": match[:, :k].any(1).mean() for k in ks}
+    aps = []
+    for row in match:
+        if row.any():
+            hits = np.flatnonzero(row) + 1
+            aps.append(np.mean(np.arange(1, len(hits) + 1) / hits))
+    out["retrieval_map"] = np.mean(aps)
+    votes = np.zeros((len(f), labels.max() + 1))
+    for q in range(len(f)):
+        for j in order[q, :knn_k]:
+            votes[q, labels[j]] += np.exp(sim[q, j] / temperature)
+    out["knn_top1"] = np.mean(votes.argmax(1) == labels)
+    return out
+
+
+def _printed(text: str) -> dict[str, float]:
+    """The `metric value` rows of the printed table."""
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].replace(".", "", 1).isdigit():
+            rows[parts[0]] = float(parts[1])
+    return rows
+
+
+def _check_numbers(out: str, printed: str, config) -> dict:
+    """eval.json and the printed table equal numpy on the cached test features (kNN only
+    when it was run)."""
+    saved = json.loads(open(os.path.join(out, "eval.json")).read())
+    test = load_features(cache_path(out, "test"))
+    want = _brute_force(
+        test.features,
+        test.labels,
+        config.eval.recall_ks,
+        config.eval.knn_k,
+        config.eval.knn_temperature,
+    )
+    if "knn_top1" not in saved:
+        del want["knn_top1"]
+    shown = _printed(printed)
+    assert set(want) <= set(saved) and set(want) <= set(shown)
+    for name, value in want.items():
+        np.testing.assert_allclose(saved[name], value, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(shown[name], value, atol=5e-5, err_msg=name)  # 4 decimals
+    return saved
+
+
+def _test_images(config) -> np.ndarray:
+    """The test split through the eval crop, normalised as the first view: [N, S, S, 3]."""
+    from fgjax.data.datasets import build_source
+    from fgjax.data.decode import resize_center_crop
+
+    source = build_source(config.data, config.data.test_split)
+    spec = config.views.view1.photometric
+    x = (
+        np.stack(
+            [
+                resize_center_crop(source[i], image_size=config.data.image_size)
+                for i in range(len(source))
+            ]
+        ).astype(np.float32)
+        / 255
+    )
+    return ((x - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: every evaluation builds a new
+    method, whose jitted functions are new Python objects but compile to the same
+    programs, so later tests load them instead of compiling again."""
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)
+    for name, value in zip(names, values, strict=True):
+        jax.config.update(name, value)
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)
+
+
+# ---------------------------------------------------------------- a trained checkpoint
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A supervised tiny_config run trained 2 steps (checkpoint at step 2), no evaluation."""
+    from fgjax.train.loop import train_and_evaluate
+
+    config = tiny_config("supervised")
+    config.train.max_steps = 2
+    config.eval.enabled = False
+    workdir = str(tmp_path_factory.mktemp("run"))
+    result = train_and_evaluate(config, workdir)
+    return config, workdir, result["state"]
+
+
+def test_trained_checkpoint_through_the_command_line(trained, capsys, monkeypatch):
+    config, workdir, state = trained
+    out = os.path.join(workdir, "eval")
+    calls = []
+    original = FeatureExtractor.extract
+    monkeypatch.setattr(
+        FeatureExtractor, "extract", lambda self, *a: calls.append(a[0]) or original(self, *a)
+    )
+
+    main(["--workdir", workdir, "--protocol", "retrieval", "--protocol", "knn", *QUIET])
+    saved = _check_numbers(out, capsys.readouterr().out, config)
+    assert saved["step"] == 2 and saved["features"] == "pooled" and calls == ["test"]
+    for name in ("retrieval_grid.png", "embedding_map.png", "recall_curve.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 5000, name
+
+    # The cached rows are the trained network's pooled features, image by image.
+    from fgjax.train.loop import _Run
+
+    images = _test_images(config)
+    method = _Run(config).method
+    both = np.concatenate([images, images[:, :, ::-1]])
+    f = np.asarray(jax.jit(method.embed)(state.params, state.model_state, both))
+    n = len(images)
+    cached = load_features(cache_path(out, "test"))
+    np.testing.assert_allclose(cached.features, f[:n], rtol=1e-4, atol=1e-5)
+
+    # Same settings again: loaded from the cache, nothing extracted, same numbers.
+    calls.clear()
+    main(["--workdir", workdir, "--step", "2", "--protocol", "all", "--no-plots", *QUIET])
+    printed = capsys.readouterr().out
+    assert calls == [] and "loaded" in printed and "skipped linear" in printed
+    assert "skipped classify" in printed
+    again = _check_numbers(out, printed, config)
+    assert {k: v for k, v in again.items() if k in saved} == saved
+
+    # Flip averaging changes the fingerprint: recomputed, and equal to the mean of the
+    # features of each image and of its mirror.
+    main(["--workdir", workdir, "--flip", "--no-plots", *QUIET])
+    assert calls == ["test"]
+    flipped = load_features(cache_path(out, "test"))
+    np.testing.assert_allclose(flipped.features, 0.5 * (f[:n] + f[n:]), rtol=1e-4, atol=1e-5)
+
+
+def test_stage_tap_and_missing_step(trained, capsys):
+    config, workdir, _ = trained
+    out = os.path.join(workdir, "eval_stage1")
+    main(["--workdir", workdir, "--out", out, "--features", "stage1", "--no-plots", *QUIET])
+    feats = load_features(cache_path(out, "test"))
+    assert feats.features.shape == (16, 4 * config.model.overrides.width)  # bottleneck x4
+    _check_numbers(out, capsys.readouterr().out, config)
+    with pytest.raises(SystemExit, match=r"no checkpoint of step 5 .*steps: \[2\]"):
+        main(["--workdir", workdir, "--step", "5", "--out", out, *QUIET])
+    with pytest.raises(SystemExit, match="no feature 'stage9'"):
+        main(["--workdir", workdir, "--out", out, "--features", "stage9", *QUIET])
+
+
+# ---------------------------------------------------------------- a weights file
+def test_imported_weights_file_without_training(tmp_path, capsys):
+    from fgjax.models.factory import backbone_from_config
+    from fgjax.weights import export_torch
+
+    config = tiny_config("supervised")
+    backbone = backbone_from_config(config.model)
+    shapes = jax.eval_shape(
+        lambda x: backbone.init(jax.random.PRNGKey(0), x, train=False), np.zeros((1, 16, 16, 3))
+    )
+    rng = np.random.default_rng(7)  # random weights and BN statistics, drawn without compiling
+
+    def draw(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "'var'" in name:
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return (rng.normal(size=leaf.shape) * (0.3 if "'kernel'" in name else 0.1)).astype(
+            np.float32
+        ) + ("'scale'" in name)
+
+    donor = jax.tree_util.tree_map_with_path(draw, dict(shapes))
+    weights = str(tmp_path / "backbone.pth")
+    export_torch(weights, donor, "resnet")
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(
+        f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom conftest import tiny_config\n\n"
+        "def get_config():\n    return tiny_config('supervised')\n"
+    )
+    out = str(tmp_path / "out")
+    argv = ["--init-from", weights, "--config", str(recipe), "--out", out, "--no-plots", *QUIET]
+    main([*argv, "--protocol", "retrieval", "--protocol", "knn"])
+    saved = _check_numbers(out, capsys.readouterr().out, config)
+    assert saved["step"] is None and saved["weights"] == weights
+
+    # The features are the donor backbone's, not a random initialisation's.
+    apply = jax.jit(lambda v, x: backbone.apply(v, x, train=False))
+    want = apply(donor, _test_images(config))
+    cached = load_features(cache_path(out, "test"))
+    assert np.linalg.norm(cached.features, axis=1).min() > 0
+    np.testing.assert_allclose(cached.features, np.asarray(want["pooled"]), rtol=1e-4, atol=1e-5)
+
+    with pytest.raises(SystemExit, match="not available yet"):
+        main([*argv, "--protocol", "linear"])
+
+
+def test_usage_errors():
+    with pytest.raises(SystemExit):
+        main(["--init-from", "w.pth", "--out", "x"])  # no --config
+    with pytest.raises(SystemExit):
+        main(["--protocol", "knn"])  # neither --workdir nor --init-from
+
+
+# ---------------------------------------------------------------- cache and config (no JAX)
+def test_cache_hits_only_on_the_same_fingerprint_and_writes_atomically(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = Features(rng.normal(size=(5, 3)).astype(np.float32), np.arange(5), -np.ones(5))
+    path = cache_path(str(tmp_path), "test")
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return feats
+
+    key = fingerprint({"step": 2, "feature": "pooled", "flip": False, "image_size": 16})
+    assert key == fingerprint({"image_size": 16, "flip": False, "feature": "pooled", "step": 2})
+    got, hit = cached_features(path, key, compute, paths=list("abcde"))
+    assert not hit and len(calls) == 1
+    got, hit = cached_features(path, key, compute)
+    assert hit and len(calls) == 1
+    np.testing.assert_array_equal(got.features, feats.features)
+    np.testing.assert_array_equal(got.labels, feats.labels)
+    with np.load(path) as data:
+        assert list(data["paths"]) == list("abcde") and list(data["index"]) == list(range(5))
+    other = fingerprint({"step": 2, "feature": "pooled", "flip": True, "image_size": 16})
+    _, hit = cached_features(path, other, compute)
+    assert not hit and len(calls) == 2
+    _, hit = cached_features(path, other, compute, refresh=True)
+    assert not hit and len(calls) == 3
+    assert sorted(os.listdir(tmp_path)) == ["features_test.npz"]  # no temporary files left
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        cached_features(str(tmp_path / "features_train.npz"), key, interrupted)
+    assert sorted(os.listdir(tmp_path)) == ["features_test.npz"]
+
+
+def test_config_json_round_trip_and_overrides(tmp_path):
+    config = tiny_config("moco")
+    config.eval.recall_ks = (1, 3)
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json_best_effort())
+    back = config_from_json(str(path))
+    assert back.to_dict() == config.copy_and_resolve_references().to_dict()
+    apply_overrides(
+        back,
+        [
+            "--config.eval.recall_ks=(1,2,16)",
+            "--config.eval.knn_temperature=1",
+            "--config.data.root=/x",
+            "--config.eval.enabled=false",
+        ],
+    )
+    assert back.eval.recall_ks == (1, 2, 16) and back.eval.knn_temperature == 1.0
+    assert back.data.root == "/x" and back.eval.enabled is False
+    with pytest.raises(ValueError, match="config.eval.knn_k is a int"):
+        apply_overrides(back, ["--config.eval.knn_k=abc"])
+    with pytest.raises(ValueError, match="unknown config field config.eval.recal_ks"):
+        apply_overrides(back, ["--config.eval.recal_ks=(1,)"])
+
+
+def test_format_table():
+    text = format_table({"retrieval_recall@1": 0.5, "knn_top1": 0.25})
+    assert text.splitlines()[2:] == ["retrieval_recall@1  0.5000", "knn_top1            0.2500"]

@@ -24,7 +24,7 @@ from fgjax.eval.retrieval import (
     check_features,
     check_labels,
     chunk_similarity,
-    l2_normalize,
+    device_rows,
     prepare_queries,
     resolve_backend,
 )
@@ -57,7 +57,7 @@ def _device_setup(bank_feats, query_feats, chunk_size):
     queries, chunk, n_chunks = prepare_queries(
         bank_feats if exclude_self else query_feats, chunk_size
     )
-    bank = queries[: bank_feats.shape[0]] if exclude_self else l2_normalize(bank_feats)
+    bank = queries[: bank_feats.shape[0]] if exclude_self else device_rows(bank_feats, "cosine")
     return queries, bank, chunk, n_chunks
 
 

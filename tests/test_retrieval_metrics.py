@@ -269,3 +269,32 @@ def test_kmeans_quality_and_clustering_nmi():
     assert score == pytest.approx(normalized_mutual_info_score(labels, assign), abs=1e-12)
     with pytest.raises(ValueError, match="non-finite"):
         clustering_nmi(np.full((5, 3), np.nan, np.float32), np.arange(5))
+
+
+# --------------------------------------------------------------------------- trainer evaluation
+
+
+def test_evaluator_map_only_when_final_or_asked():
+    from types import SimpleNamespace
+
+    from fgjax.config import default_config
+    from fgjax.eval.evaluate import Evaluator
+    from fgjax.eval.features import Features
+
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(40, 8)).astype(np.float32)
+    y = (np.arange(40) % 4).astype(np.int32)
+    feats = Features(x, y, np.full(40, -1, np.int32))
+    extractor = SimpleNamespace(
+        extract=lambda split, embed, state: feats,
+        sources={s: SimpleNamespace(num_classes=4) for s in ("train", "test")},
+    )
+    config = default_config("supervised")
+    config.eval.knn_bank = "test"
+    evaluate = Evaluator(config, extractor, embed=None)
+    final, periodic = evaluate(None), evaluate(None, periodic=True)
+    assert final["retrieval_map"] == pytest.approx(reference(x, y, None, None, (1,))["map"])
+    assert "retrieval_map" not in periodic and "retrieval_map@r" not in periodic
+    assert periodic == {k: v for k, v in final.items() if not k.startswith("retrieval_map")}
+    config.eval.periodic_map = True
+    assert Evaluator(config, extractor, embed=None)(None, periodic=True) == final

@@ -33,13 +33,16 @@ class Evaluator:
         self.config, self.extractor, self.embed = config.eval, extractor, embed
         self.extra = dict(extra or {})
 
-    def __call__(self, state: Any) -> dict[str, float]:
+    def __call__(self, state: Any, periodic: bool = False) -> dict[str, float]:
+        """`periodic`: an evaluation during training, which skips mAP / MAP@R unless
+        `config.eval.periodic_map` or the best metric needs them."""
         c = self.config
         test = self.extractor.extract("test", self.embed, state)
-        results = {
-            f"retrieval_{k}": float(v)
-            for k, v in retrieval_metrics(test.features, test.labels, ks=tuple(c.recall_ks)).items()
-        }
+        with_map = not periodic or c.periodic_map or c.best_metric.startswith("retrieval_map")
+        retrieval = retrieval_metrics(
+            test.features, test.labels, ks=tuple(c.recall_ks), compute_map=with_map, split="test"
+        )
+        results = {f"retrieval_{k}": float(v) for k, v in retrieval.items()}
         knn_args = dict(k=c.knn_k, temperature=c.knn_temperature)
         if c.knn_bank == "train":
             train = self.extractor.extract("train", self.embed, state)
@@ -50,6 +53,7 @@ class Evaluator:
                 test.features,
                 test.labels,
                 num_classes=num_classes,
+                split="train",
                 **knn_args,
             )
         else:  # leave-one-out on the test split
@@ -61,6 +65,7 @@ class Evaluator:
                 None,
                 num_classes=num_classes,
                 leave_one_out=True,
+                split="test",
                 **knn_args,
             )
         results["knn_top1"] = float(knn)

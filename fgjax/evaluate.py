@@ -1,7 +1,7 @@
-"""Evaluate a checkpoint or a weights file: `python -m fgjax.evaluate`.
+"""Evaluate a checkpoint or a weights file: `python -m fgjax.eval` (fgjax/eval/__main__.py).
 
-    python -m fgjax.evaluate --workdir DIR [--step N] --protocol retrieval|knn|linear|classify|all
-    python -m fgjax.evaluate --init-from W.pth --config configs/X.py --out DIR --protocol ...
+    python -m fgjax.eval --workdir DIR [--step N] --protocol retrieval|knn|linear|classify|all
+    python -m fgjax.eval --init-from W.pth --config configs/X.py --out DIR --protocol ...
 
 The first restores DIR's checkpoint (the newest, or step N) with DIR/config.json (or
 `--config FILE`); the second loads a backbone weights file (see `fgjax.weights`) into a
@@ -144,7 +144,7 @@ def feature_embed(method: Method, feature: str) -> Embed:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m fgjax.evaluate",
+        prog="python -m fgjax.eval",
         description=__doc__.split("\n\n")[0],
         epilog="Any --config.FIELD=VALUE overrides that field of the config.",
     )
@@ -294,10 +294,6 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     for name, protocol in protocols.items():
         output = protocol.output or a.features
         try:
-            if protocol.run is None:
-                raise NotImplementedError(
-                    f"protocol {name!r} is not available yet (not wired into fgjax.eval.protocols)"
-                )
             feats = {role: features_of(role, output) for role in protocol.splits(config)}
             metrics = protocol.run(feats, config)
         except (NotImplementedError, MissingFeatureError) as err:

@@ -6,7 +6,7 @@ method-specific ones), against the training step; the final evaluation from
 
 `python -m fgjax.plot --recall RUN [RUN ...] --out recall.png` draws the Recall@K curves
 of several runs in one picture; a RUN is an eval.json, or a folder holding one (a training
-workdir, or the `WORKDIR/eval` folder `python -m fgjax.evaluate` writes).
+workdir, or the `WORKDIR/eval` folder `python -m fgjax.eval` writes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`python -m fgjax.evaluate`: a trained checkpoint and an imported weights file evaluated
+"""`python -m fgjax.eval`: a trained checkpoint and an imported weights file evaluated
 end to end in-process, the numbers checked against numpy on the cached features (and the
 cached features against the network applied image by image); the feature cache; config
 round trip and overrides."""
@@ -15,6 +15,7 @@ from conftest import tiny_config
 
 from fgjax.eval.cache import cache_path, cached_features, fingerprint, load_features
 from fgjax.eval.features import FeatureExtractor, Features
+from fgjax.eval.linear_probe import linear_probe
 from fgjax.evaluate import apply_overrides, config_from_json, format_table, main
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -157,11 +158,12 @@ def test_trained_checkpoint_through_the_command_line(trained, capsys, monkeypatc
     cached = load_features(cache_path(out, "test"))
     np.testing.assert_allclose(cached.features, f[:n], rtol=1e-4, atol=1e-5)
 
-    # Same settings again: loaded from the cache, nothing extracted, same numbers.
+    # Same settings again: the test features load from the cache (only the linear probe's
+    # train split is extracted), same numbers; no classifier, so classify is skipped.
     calls.clear()
     main(["--workdir", workdir, "--step", "2", "--protocol", "all", "--no-plots", *QUIET])
     printed = capsys.readouterr().out
-    assert calls == [] and "loaded" in printed and "skipped linear" in printed
+    assert calls == ["train"] and "loaded" in printed and "linear_top1" in printed
     assert "skipped classify" in printed
     again = _check_numbers(out, printed, config)
     assert {k: v for k, v in again.items() if k in saved} == saved
@@ -228,8 +230,16 @@ def test_imported_weights_file_without_training(tmp_path, capsys):
     assert np.linalg.norm(cached.features, axis=1).min() > 0
     np.testing.assert_allclose(cached.features, np.asarray(want["pooled"]), rtol=1e-4, atol=1e-5)
 
-    with pytest.raises(SystemExit, match="not available yet"):
-        main([*argv, "--protocol", "linear"])
+    # The linear probe and the classifier's metrics on the same cached features.
+    main([*argv, "--protocol", "linear,classify"])
+    saved = json.loads(open(os.path.join(out, "eval.json")).read())
+    train, test = (load_features(cache_path(out, s)) for s in ("train", "test"))
+    probe = linear_probe(train.features, train.labels, test.features, test.labels)
+    assert saved["linear_top1"] == pytest.approx(probe.top1)
+    assert saved["linear_weight_decay"] == pytest.approx(probe.weight_decay)
+    logits = load_features(cache_path(out, "test_logits"))
+    hits = np.argmax(logits.features, axis=1) == logits.labels
+    assert saved["classify_top1"] == pytest.approx(hits.mean())
 
 
 def test_usage_errors():

@@ -35,7 +35,7 @@ def _brute_retrieval(q, ql, g, gl, ks):
     order = np.argsort(-sims, axis=1, kind="stable")
     n_gallery = g.shape[0] - int(loo)
     hits = {k: [] for k in ks}
-    aps = []
+    aps, map_r = [], []
     for i in range(q.shape[0]):
         ranked = order[i, :n_gallery]  # self (at -inf) is last in leave-one-out
         rel = gl[ranked] == ql[i]
@@ -44,8 +44,11 @@ def _brute_retrieval(q, ql, g, gl, ks):
         rank_of_relevant = np.flatnonzero(rel) + 1
         if len(rank_of_relevant):
             aps.append(np.mean(np.arange(1, len(rank_of_relevant) + 1) / rank_of_relevant))
+            r = len(rank_of_relevant)  # MAP@R: precision at each relevant rank within the first R
+            map_r.append(np.sum(rel[:r] * np.cumsum(rel[:r]) / np.arange(1, r + 1)) / r)
     out = {f"recall@{k}": float(np.mean(hits[k])) for k in ks}
     out["map"] = float(np.mean(aps))
+    out["map@r"] = float(np.mean(map_r))
     return out
 
 
@@ -107,18 +110,21 @@ def test_hand_computed_toy_example():
     # q0 ranks 0,10,25,45,70 -> relevance 1,0,1,0,0: AP = (1/1 + 2/3) / 2 = 5/6
     # q1 ranks 70,45,25,10,0 -> relevance 1,1,0,1,0: AP = (1/1 + 2/2 + 3/4) / 3 = 11/12
     # q2 has no relevant item: a miss for recall, left out of mAP
+    # MAP@R: q0 (R=2) 1,0 -> 1/2; q1 (R=3) 1,1,0 -> 2/3
     out = retrieval_metrics(queries, q_labels, gallery, g_labels, ks=(1, 2, 3), chunk_size=2)
     assert out["recall@1"] == pytest.approx(2 / 3)
     assert out["recall@3"] == pytest.approx(2 / 3)
     assert out["map"] == pytest.approx((5 / 6 + 11 / 12) / 2, abs=1e-6)
+    assert out["map@r"] == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-6)
 
     # Leave-one-out on the gallery alone. Relevance along each item's ranking:
     # 0: 0,1,0,0 (AP 1/2)   1: 0,0,1,1 (5/12)   2: 0,0,1,0 (1/3)
     # 3: 0,1,1,0 (7/12)     4: 1,0,1,0 (5/6)    -> mAP = 32/60
-    out = retrieval_metrics(gallery, g_labels, ks=(1, 2, 9), chunk_size=3)
-    assert out == pytest.approx(
-        {"recall@1": 1 / 5, "recall@2": 3 / 5, "recall@9": 1.0, "map": 32 / 60}, abs=1e-6
-    )
+    # MAP@R (R = 1, 2, 1, 2, 2): 0, 0, 0, (1/2)/2, 1/2 -> 3/20
+    want = {"recall@1": 1 / 5, "recall@2": 3 / 5, "recall@9": 1.0, "map": 32 / 60, "map@r": 0.15}
+    for backend in ("numpy", "jax"):
+        out = retrieval_metrics(gallery, g_labels, ks=(1, 2, 9), chunk_size=3, backend=backend)
+        assert out == pytest.approx(want, abs=1e-6)
 
 
 CONFIGS = [
@@ -144,21 +150,26 @@ def test_retrieval_matches_brute_force_and_sklearn(config):
     for k in ks:
         assert out[f"recall@{k}"] == ref[f"recall@{k}"], k
     assert out["map"] == pytest.approx(ref["map"], rel=1e-5)
+    assert out["map@r"] == pytest.approx(ref["map@r"], rel=1e-5)
     assert out["map"] == pytest.approx(_sklearn_map(q, ql, g, gl), rel=1e-5)
+    jax_out = retrieval_metrics(q, ql, g, gl, ks=ks, chunk_size=chunk, backend="jax")
+    assert jax_out == pytest.approx(out, rel=1e-6)
     if seed == 0:
         no_map = retrieval_metrics(q, ql, g, gl, ks=ks, chunk_size=chunk, compute_map=False)
-        assert no_map == {key: v for key, v in out.items() if key != "map"}
+        assert no_map == {key: v for key, v in out.items() if not key.startswith("map")}
 
 
 def test_chunking_invariance_one_compile_and_jax_inputs():
     feats, labels = _data(4, 200, 12, 7)
-    ref = retrieval_metrics(feats, labels, chunk_size=200)
+    ref = retrieval_metrics(feats, labels, chunk_size=200, backend="jax")
     before = retrieval._retrieval_chunk._cache_size()
-    out = retrieval_metrics(feats, labels, chunk_size=7)  # 29 chunks, the last one padded
+    # 29 chunks, the last one padded
+    out = retrieval_metrics(feats, labels, chunk_size=7, backend="jax")
     assert retrieval._retrieval_chunk._cache_size() == before + 1
     assert out == pytest.approx(ref, rel=1e-6)
     # jax arrays in, same shapes: same numbers and no new compile
-    jnp_out = retrieval_metrics(jax.numpy.asarray(feats), jax.numpy.asarray(labels), chunk_size=7)
+    feats_j, labels_j = jax.numpy.asarray(feats), jax.numpy.asarray(labels)
+    jnp_out = retrieval_metrics(feats_j, labels_j, chunk_size=7, backend="jax")
     assert retrieval._retrieval_chunk._cache_size() == before + 1
     assert jnp_out == out
 
@@ -174,15 +185,16 @@ def test_sharded_inputs_on_four_devices():
         rng = np.random.default_rng(0)
         x = rng.normal(size=(200, 8)).astype(np.float32)
         y = rng.integers(0, 5, 200)
-        ref = retrieval_metrics(x, y, chunk_size=48)
+        ref = {b: retrieval_metrics(x, y, chunk_size=48, backend=b) for b in ("jax", "numpy")}
         ref_knn = knn_classify(x[:120], y[:120], x[120:], 5, k=30)
         # explicit sharding: top_k along a sharded axis is a type error unless gathered
         mesh = jax.make_mesh((4,), ("data",), axis_types=(AxisType.Explicit,))
         put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data")))
         with jax.set_mesh(mesh):
-            assert retrieval_metrics(put(x), put(y), chunk_size=48) == ref
-            preds = knn_classify(put(x[:120]), put(y[:120]), x[120:], 5, k=30)
-            assert (preds == ref_knn).all()
+            for b in ("jax", "numpy"):
+                assert retrieval_metrics(put(x), put(y), chunk_size=48, backend=b) == ref[b]
+                preds = knn_classify(put(x[:120]), put(y[:120]), x[120:], 5, k=30, backend=b)
+                assert (preds == ref_knn).all()
         print("ok")
         """
     )

@@ -103,7 +103,7 @@ def test_recall_curve_reads_eval_json_of_several_runs(tmp_path):
     assert recall_points({"recall@2": 0.7, "retrieval_map": 0.3}) == ([2], [0.7])
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "eval.json").write_text(json.dumps(a))
-    (tmp_path / "b" / "eval").mkdir(parents=True)  # python -m fgjax.evaluate's folder
+    (tmp_path / "b" / "eval").mkdir(parents=True)  # python -m fgjax.eval's folder
     b = {"retrieval_recall@1": 0.6, "retrieval_recall@2": 0.7, "retrieval_recall@4": 0.9}
     (tmp_path / "b" / "eval" / "eval.json").write_text(json.dumps(b))
     out = tmp_path / "recall.png"

@@ -29,11 +29,16 @@ class Evaluator:
         self.config, self.extractor, self.embed = config, extractor, embed
         self.extra = dict(extra or {})
 
-    def __call__(self, state: Any) -> dict[str, float]:
+    def __call__(self, state: Any, periodic: bool = False) -> dict[str, float]:
+        """`periodic`: an evaluation during training, which skips mAP / MAP@R unless
+        `config.eval.periodic_map` or the best metric needs them."""
+        c = self.config.eval
         features = {
             split: self.extractor.extract(split, self.embed, state) for split in self.splits
         }
-        results = {f"retrieval_{k}": v for k, v in retrieval(features, self.config).items()}
+        with_map = not periodic or c.periodic_map or c.best_metric.startswith("retrieval_map")
+        found = retrieval(features, self.config, with_map=with_map)
+        results = {f"retrieval_{k}": v for k, v in found.items()}
         results.update({f"knn_{k}": v for k, v in knn(features, self.config).items()})
         for name, evaluate in self.extra.items():
             results.update(

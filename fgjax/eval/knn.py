@@ -1,8 +1,10 @@
-"""Weighted kNN classification (the InstDisc / MoCo kNN monitor) and cosine kNN search.
+"""kNN classification (weighted: the InstDisc / MoCo kNN monitor; or majority vote) and
+cosine kNN search.
 
-Same chunking as `fgjax.eval.retrieval`: `chunk_size` queries at a time, one
-`[chunk, N_bank]` similarity block on the device, `jax.lax.top_k` there, and only
-`[chunk, k]` (search) or `[chunk]` (predictions) per chunk back to the host.
+Same backends and chunking as `fgjax.eval.retrieval`: `chunk_size` queries at a time, one
+`[chunk, N_bank]` similarity block; 'jax' keeps it on the device (`jax.lax.top_k` there,
+only `[chunk, k]` or `[chunk]` back), 'numpy' (the CPU default) uses a BLAS matmul and
+`fgjax.eval.ranking.top_k`.
 
 Ties: among equally similar bank items the lower bank index is taken first; a
 tie in the class vote goes to the lower class id (`argmax`).
@@ -16,40 +18,57 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.eval import ranking
 from fgjax.eval.retrieval import (
     ArrayLike,
-    as_replicated,
+    check_features,
+    check_labels,
     chunk_similarity,
-    l2_normalize,
+    device_rows,
     prepare_queries,
+    resolve_backend,
 )
+
+VOTES = ("weighted", "majority")
 
 
 def _setup(
-    bank_feats: ArrayLike, query_feats: ArrayLike | None, k: int, chunk_size: int
-) -> tuple[jax.Array, jax.Array, int, int, int, bool, int]:
-    """Normalised bank, padded queries, chunk geometry, leave-one-out flag, clamped k."""
-    bank_feats = as_replicated(bank_feats)
-    if bank_feats.ndim != 2:
-        raise ValueError(f"bank features must be [N, D], got shape {bank_feats.shape}")
+    bank_feats: ArrayLike, query_feats: ArrayLike | None, k: int, split: str
+) -> tuple[int, bool, int]:
+    """Checks; returns (number of queries, leave-one-out flag, k clamped to the bank)."""
+    check_features(bank_feats, "bank features", split)
     exclude_self = query_feats is None
-    if exclude_self:
-        query_feats = bank_feats
-    else:
-        query_feats = as_replicated(query_feats)
-        if query_feats.ndim != 2 or query_feats.shape[1] != bank_feats.shape[1]:
-            raise ValueError(
-                f"query features must be [Nq, {bank_feats.shape[1]}], got {query_feats.shape}"
-            )
-    queries, chunk, n_chunks = prepare_queries(query_feats, chunk_size)
-    n_query = query_feats.shape[0]
-    bank = queries[:n_query] if exclude_self else l2_normalize(bank_feats)
-    n_eff = bank.shape[0] - int(exclude_self)
+    if not exclude_self:
+        check_features(query_feats, "query features", split, dim=bank_feats.shape[1])
+    n_query = bank_feats.shape[0] if exclude_self else query_feats.shape[0]
+    if n_query == 0:
+        raise ValueError("empty query set")
+    n_eff = bank_feats.shape[0] - int(exclude_self)
     if n_eff < 1:
         raise ValueError("the bank is empty (leave-one-out needs at least two items)")
     if k < 1:
         raise ValueError(f"k must be positive, got {k}")
-    return queries, bank, n_query, chunk, n_chunks, exclude_self, min(int(k), n_eff)
+    return n_query, exclude_self, min(int(k), n_eff)
+
+
+def _device_setup(bank_feats, query_feats, chunk_size):
+    """Padded normalised queries, normalised bank, chunk geometry (jax path)."""
+    exclude_self = query_feats is None
+    queries, chunk, n_chunks = prepare_queries(
+        bank_feats if exclude_self else query_feats, chunk_size
+    )
+    bank = queries[: bank_feats.shape[0]] if exclude_self else device_rows(bank_feats, "cosine")
+    return queries, bank, chunk, n_chunks
+
+
+def _host_top_k(bank_feats, query_feats, k, chunk_size):
+    """`(start, sims [b, k], idx [b, k])` per query block (numpy path)."""
+    exclude_self = query_feats is None
+    queries = ranking.host_rows(bank_feats if exclude_self else query_feats, "cosine")
+    bank = queries if exclude_self else ranking.host_rows(bank_feats, "cosine")
+    rows = ranking.block_rows(bank.shape[0], chunk_size)
+    for start, sims in ranking.similarity_blocks(queries, bank, exclude_self, rows):
+        yield (start, *ranking.top_k(sims, k))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "k", "exclude_self"))
@@ -63,6 +82,9 @@ def nearest_neighbors(
     bank_feats: ArrayLike,
     k: int,
     chunk_size: int = 1024,
+    *,
+    backend: str = "auto",
+    split: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine k-nearest neighbours of each query in the bank.
 
@@ -71,28 +93,43 @@ def nearest_neighbors(
         bank item i, excluded from its own neighbours).
       bank_feats: `[Nb, D]` (may be a sharded jax array).
       k: neighbours per query; clamped to Nb (Nb - 1 in leave-one-out).
-      chunk_size: queries per on-device block.
+      chunk_size: queries per block.
+      backend: 'auto' | 'numpy' | 'jax' (see `fgjax.eval.retrieval`).
+      split: named in error messages.
     Returns:
       `(sims [Nq, k] float32 descending, indices [Nq, k] int32 into the bank)`.
     """
-    queries, bank, nq, chunk, n_chunks, loo, k = _setup(bank_feats, query_feats, k, chunk_size)
-    kernel = functools.partial(_search_chunk, chunk=chunk, k=k, exclude_self=loo)
-    parts = [kernel(queries, jnp.int32(i * chunk), bank) for i in range(n_chunks)]
-    sims = np.concatenate([np.asarray(s) for s, _ in parts])[:nq]
-    idx = np.concatenate([np.asarray(i) for _, i in parts])[:nq]
+    nq, loo, k = _setup(bank_feats, query_feats, k, split)
+    if resolve_backend(backend) == "numpy":
+        parts = [(s, i) for _, s, i in _host_top_k(bank_feats, query_feats, k, chunk_size)]
+    else:
+        queries, bank, chunk, n_chunks = _device_setup(bank_feats, query_feats, chunk_size)
+        kernel = functools.partial(_search_chunk, chunk=chunk, k=k, exclude_self=loo)
+        parts = jax.device_get(
+            [kernel(queries, jnp.int32(i * chunk), bank) for i in range(n_chunks)]
+        )
+    sims = np.concatenate([s for s, _ in parts])[:nq].astype(np.float32)
+    idx = np.concatenate([i for _, i in parts])[:nq].astype(np.int32)
     return sims, idx
 
 
+def _vote_weights(top_sims, temperature, vote, xp):
+    """Per-neighbour vote: exp(sim / T) (up to a per-row factor exp(-max / T): same argmax,
+    no overflow for small T), or 1 for the majority vote."""
+    if vote == "majority":
+        return xp.ones_like(top_sims)
+    return xp.exp((top_sims - top_sims[:, :1]) / temperature)
+
+
 @functools.partial(
-    jax.jit, static_argnames=("chunk", "k", "exclude_self", "num_classes", "temperature")
+    jax.jit, static_argnames=("chunk", "k", "exclude_self", "num_classes", "temperature", "vote")
 )
 def _knn_chunk(
-    queries, start, bank, bank_labels, *, chunk, k, exclude_self, num_classes, temperature
+    queries, start, bank, bank_labels, *, chunk, k, exclude_self, num_classes, temperature, vote
 ):
     sims, _ = chunk_similarity(queries, start, chunk, bank, exclude_self)
     top_sims, top_idx = jax.lax.top_k(sims, k)  # [chunk, k], descending
-    # exp(sim / T) up to a per-row factor exp(-max / T): same argmax, no overflow for small T.
-    weights = jnp.exp((top_sims - top_sims[:, :1]) / temperature)
+    weights = _vote_weights(top_sims, temperature, vote, jnp)
     votes = jax.vmap(lambda lab, w: jnp.zeros(num_classes, jnp.float32).at[lab].add(w))(
         bank_labels[top_idx], weights
     )  # scatter-add instead of a [chunk, k, C] one-hot
@@ -108,12 +145,18 @@ def knn_classify(
     temperature: float = 0.1,
     chunk_size: int = 1024,
     leave_one_out: bool = False,
+    *,
+    vote: str = "weighted",
+    backend: str = "auto",
+    split: str = "",
 ) -> np.ndarray:
-    """Weighted cosine kNN vote: each of the k nearest bank items votes exp(sim / T) for its class.
+    """kNN vote over cosine neighbours: each of the k nearest bank items votes for its class,
+    with weight exp(sim / T) ('weighted', the InstDisc/MoCo monitor) or 1 ('majority').
 
     Args:
       train_feats: bank features `[Nb, D]` (numpy or jax; may be sharded along Nb).
-      train_labels: bank labels `[Nb]` in `[0, num_classes)`.
+      train_labels: bank labels `[Nb]` in `[0, num_classes)`: fine labels, or coarse
+        labels (e.g. `Features.coarse_labels`) with the number of coarse classes.
       test_feats: query features `[Nq, D]`. With `leave_one_out=True` pass None
         (or the bank itself): the bank is classified against itself, each item
         excluded from its own neighbours, which is the protocol when the test
@@ -122,11 +165,16 @@ def knn_classify(
       num_classes: size of the vote vector.
       k: neighbours (200 in the MoCo/BYOL monitors); clamped to the bank size.
       temperature: T in exp(sim / T) (0.1 in the monitors).
-      chunk_size: queries per on-device block.
+      chunk_size: queries per block.
       leave_one_out: see `test_feats`.
+      vote: 'weighted' or 'majority'.
+      backend: 'auto' | 'numpy' | 'jax' (see `fgjax.eval.retrieval`).
+      split: named in error messages.
     Returns:
       `[Nq]` int32 predicted classes (numpy).
     """
+    if vote not in VOTES:
+        raise ValueError(f"vote must be one of {VOTES}, got {vote!r}")
     if leave_one_out:
         if test_feats is not None and test_feats is not train_feats:
             if np.shape(test_feats) != np.shape(train_feats):
@@ -134,15 +182,21 @@ def knn_classify(
         test_feats = None
     elif test_feats is None:
         raise ValueError("test_feats is None; pass leave_one_out=True to classify the bank")
-    queries, bank, nq, chunk, n_chunks, loo, k = _setup(train_feats, test_feats, k, chunk_size)
-    bank_labels = as_replicated(train_labels)
-    if bank_labels.shape != (bank.shape[0],) or not jnp.issubdtype(bank_labels.dtype, jnp.integer):
-        raise ValueError(
-            f"train_labels must be [{bank.shape[0]}] integers, got {bank_labels.shape}"
-        )
-    lo, hi = int(jnp.min(bank_labels)), int(jnp.max(bank_labels))
+    nq, loo, k = _setup(train_feats, test_feats, k, split)
+    bank_labels = check_labels(train_labels, train_feats.shape[0], "train_labels")
+    lo, hi = int(bank_labels.min()), int(bank_labels.max())
     if lo < 0 or hi >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
+    if resolve_backend(backend) == "numpy":
+        preds = []
+        for _, top_sims, top_idx in _host_top_k(train_feats, test_feats, k, chunk_size):
+            weights = _vote_weights(top_sims.astype(np.float64), temperature, vote, np)
+            rows = np.repeat(np.arange(len(top_idx)), k)
+            flat = rows * num_classes + bank_labels[top_idx].ravel()
+            votes = np.bincount(flat, weights.ravel(), minlength=len(top_idx) * num_classes)
+            preds.append(np.argmax(votes.reshape(-1, num_classes), axis=1))
+        return np.concatenate(preds).astype(np.int32)
+    queries, bank, chunk, n_chunks = _device_setup(train_feats, test_feats, chunk_size)
     kernel = functools.partial(
         _knn_chunk,
         chunk=chunk,
@@ -150,9 +204,10 @@ def knn_classify(
         exclude_self=loo,
         num_classes=int(num_classes),
         temperature=float(temperature),
+        vote=vote,
     )
-    bank_labels = bank_labels.astype(jnp.int32)
-    parts = [kernel(queries, jnp.int32(i * chunk), bank, bank_labels) for i in range(n_chunks)]
+    labels = jnp.asarray(bank_labels, jnp.int32)
+    parts = [kernel(queries, jnp.int32(i * chunk), bank, labels) for i in range(n_chunks)]
     return np.concatenate(jax.device_get(parts))[:nq]
 
 
@@ -166,11 +221,12 @@ def knn_top1(
     temperature: float = 0.1,
     chunk_size: int = 1024,
     leave_one_out: bool = False,
+    **kwargs,
 ) -> float:
     """Top-1 accuracy of `knn_classify` against `test_labels [Nq]` (a fraction in [0, 1]).
 
     With `leave_one_out=True`, `test_feats`/`test_labels` may be None: the bank's
-    own labels are the targets.
+    own labels are the targets. `kwargs` (vote, backend, split) go to `knn_classify`.
     """
     preds = knn_classify(
         train_feats,
@@ -181,6 +237,7 @@ def knn_top1(
         temperature,
         chunk_size,
         leave_one_out,
+        **kwargs,
     )
     targets = np.asarray(train_labels if test_labels is None and leave_one_out else test_labels)
     if targets.shape != preds.shape:

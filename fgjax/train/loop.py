@@ -319,7 +319,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
                 print(f"SIGTERM: saved step {step}, exiting")
                 break
             if c.eval.enabled and eval_every and step % eval_every == 0 and step < run.stop_step:
-                results = run.evaluate(state)
+                results = run.evaluate(state, periodic=True)
                 history.add(step, step / per_epoch, results)
                 print(f"epoch {step / per_epoch:g}:", _format(results))
     finally:

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint or a weights file: `python -m fgjax.eval` (fgjax/eval/__main__.py).
 
-    python -m fgjax.eval --workdir DIR [--step N] --protocol retrieval|knn|linear|classify|all
+    python -m fgjax.eval --workdir DIR [--step N] --protocol retrieval,knn,...|all
     python -m fgjax.eval --init-from W.pth --config configs/X.py --out DIR --protocol ...
 
 The first restores DIR's checkpoint (the newest, or step N) with DIR/config.json (or

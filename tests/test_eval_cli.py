@@ -14,6 +14,7 @@ import pytest
 from conftest import tiny_config
 
 from fgjax.eval.cache import cache_path, cached_features, fingerprint, load_features
+from fgjax.eval.clustering import clustering_nmi
 from fgjax.eval.features import FeatureExtractor, Features
 from fgjax.eval.linear_probe import linear_probe
 from fgjax.evaluate import apply_overrides, config_from_json, format_table, main
@@ -132,13 +133,20 @@ def trained(tmp_path_factory):
     return config, workdir, result["state"]
 
 
+def _counted(calls: list, split: str, features):
+    """Records a completed extraction of `split` (a failed one, e.g. of logits a model
+    lacks, raises before this) and passes its features on."""
+    calls.append(split)
+    return features
+
+
 def test_trained_checkpoint_through_the_command_line(trained, capsys, monkeypatch):
     config, workdir, state = trained
     out = os.path.join(workdir, "eval")
     calls = []
     original = FeatureExtractor.extract
     monkeypatch.setattr(
-        FeatureExtractor, "extract", lambda self, *a: calls.append(a[0]) or original(self, *a)
+        FeatureExtractor, "extract", lambda self, *a: _counted(calls, a[0], original(self, *a))
     )
 
     main(["--workdir", workdir, "--protocol", "retrieval", "--protocol", "knn", *QUIET])
@@ -158,18 +166,21 @@ def test_trained_checkpoint_through_the_command_line(trained, capsys, monkeypatc
     cached = load_features(cache_path(out, "test"))
     np.testing.assert_allclose(cached.features, f[:n], rtol=1e-4, atol=1e-5)
 
-    # Same settings again: the test features load from the cache (only the linear probe's
-    # train split is extracted), same numbers; no classifier, so classify is skipped.
+    # Same settings again: the pooled test features load from the cache, same numbers;
+    # only what the linear probe (train) and classify (test logits) add is extracted.
     calls.clear()
     main(["--workdir", workdir, "--step", "2", "--protocol", "all", "--no-plots", *QUIET])
     printed = capsys.readouterr().out
-    assert calls == ["train"] and "loaded" in printed and "linear_top1" in printed
-    assert "skipped classify" in printed
+    assert calls == ["train", "test"] and "loaded" in printed and "linear_top1" in printed
+    logits = load_features(cache_path(out, "test_logits"))
+    hits = np.argmax(logits.features, axis=1) == logits.labels
+    assert _printed(printed)["classify_top1"] == pytest.approx(hits.mean(), abs=5e-5)
     again = _check_numbers(out, printed, config)
     assert {k: v for k, v in again.items() if k in saved} == saved
 
     # Flip averaging changes the fingerprint: recomputed, and equal to the mean of the
     # features of each image and of its mirror.
+    calls.clear()
     main(["--workdir", workdir, "--flip", "--no-plots", *QUIET])
     assert calls == ["test"]
     flipped = load_features(cache_path(out, "test"))
@@ -231,7 +242,7 @@ def test_imported_weights_file_without_training(tmp_path, capsys):
     np.testing.assert_allclose(cached.features, np.asarray(want["pooled"]), rtol=1e-4, atol=1e-5)
 
     # The linear probe and the classifier's metrics on the same cached features.
-    main([*argv, "--protocol", "linear,classify"])
+    main([*argv, "--protocol", "linear,classify,clustering"])
     saved = json.loads(open(os.path.join(out, "eval.json")).read())
     train, test = (load_features(cache_path(out, s)) for s in ("train", "test"))
     probe = linear_probe(train.features, train.labels, test.features, test.labels)
@@ -240,6 +251,7 @@ def test_imported_weights_file_without_training(tmp_path, capsys):
     logits = load_features(cache_path(out, "test_logits"))
     hits = np.argmax(logits.features, axis=1) == logits.labels
     assert saved["classify_top1"] == pytest.approx(hits.mean())
+    assert saved["clustering_nmi"] == pytest.approx(clustering_nmi(test.features, test.labels))
 
 
 def test_usage_errors():

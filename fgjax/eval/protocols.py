@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 import ml_collections
 
 from fgjax.eval.classification import classification_metrics
+from fgjax.eval.clustering import clustering_nmi
 from fgjax.eval.features import Features
 from fgjax.eval.knn import knn_top1
 from fgjax.eval.linear_probe import linear_probe
@@ -115,7 +116,14 @@ def classify(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> di
     return classification_metrics(test.features, test.labels)
 
 
+def clustering(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """NMI of k-means clusters (k = number of test classes) against the test labels."""
+    test = features["test"]
+    return {"nmi": clustering_nmi(test.features, test.labels)}
+
+
 register_protocol("retrieval", Protocol(retrieval, splits=lambda c: ("test",)))
+register_protocol("clustering", Protocol(clustering, splits=lambda c: ("test",)))
 register_protocol("knn", Protocol(knn, splits=knn_splits))
 register_protocol("linear", Protocol(linear, splits=lambda c: ("train", "test")))
 register_protocol("classify", Protocol(classify, splits=lambda c: ("test",), output="logits"))

@@ -100,9 +100,6 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'
     c.data.image_size = 224  # evaluation crop, and the default size of every view
     c.data.num_workers = 4
-    # JPEG decoder: 'auto' (simplejpeg if installed, `pip install fgjax[fast]`; else PIL),
-    # 'pil' (draft mode) or 'simplejpeg'. Same crops; pixels differ slightly (see README).
-    c.data.decoder = "auto"
     c.data.procedural = ml_collections.ConfigDict(
         dict(
             num_coarse=4,

@@ -365,13 +365,7 @@ def test_two_equal_views_are_bit_identical_to_the_previous_two_view_output(tmp_p
         ):
             views = [ViewSpec(name, 24, **crop) for name in ("q", "k")]
             loader = make_train_loader(
-                src,
-                global_batch_size=4,
-                views=views,
-                seed=9,
-                num_workers=0,
-                num_epochs=2,
-                decoder="pil",  # the reference is PIL's draft decoding
+                src, global_batch_size=4, views=views, seed=9, num_workers=0, num_epochs=2
             )
             for t, batch in enumerate(loader):
                 for i, index in enumerate(batch["index"]):

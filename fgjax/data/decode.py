@@ -3,10 +3,9 @@ views for training (`random_crop_views`, one per ViewSpec; a view may read the s
 relative path under a parallel root) and Resize + CenterCrop for evaluation
 (`resize_center_crop`).
 
-JPEG files are decoded with DCT scaling by 1/2, 1/4, 1/8 (PIL's draft mode, or
-simplejpeg: fgjax.data.jpeg) whenever the reduced image still gives every crop taken
-from it at least its output resolution; crop boxes are computed in original coordinates
-and mapped to the reduced image.
+JPEG files are decoded in draft mode (DCT scaling by 1/2, 1/4, 1/8) whenever the
+reduced image still gives every crop taken from it at least its output resolution; crop
+boxes are computed in original coordinates and mapped to the drafted image.
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
-
-from fgjax.data import jpeg
 
 if TYPE_CHECKING:
     from fgjax.data.views import ViewSpec
@@ -142,26 +139,22 @@ def parallel_path(record: dict, view: ViewSpec, source_root: str | None) -> str:
     return os.path.join(view.root, rel)
 
 
-def _decode(
-    img: Image.Image, path: str | None, crops: Sequence[tuple[float, int]], decoder: str = "pil"
-):
+def _decode(img: Image.Image, path: str | None, crops: Sequence[tuple[float, int]]):
     """Decodes to RGB; returns (image, sx, sy), sx/sy = decoded px per original px.
 
     `crops` lists (shortest crop side in original px, output side) of every crop that will
-    be taken: a JPEG is decoded at 1/f scale, f the largest of (8, 4, 2) that leaves every
-    crop at least its output side (side / f >= output side), else in full; by PIL's draft
-    mode, or with `decoder` 'simplejpeg' ('auto' when installed) by fgjax.data.jpeg.
+    be taken: a JPEG is drafted at the largest factor f in (8, 4, 2) that leaves every crop
+    at least its output side (side / f >= output side), else decoded in full.
     """
     width, height = img.size
-    f = next((f for f in _DRAFT_FACTORS if all(side / f >= out for side, out in crops)), 1)
-    simplejpeg = jpeg.resolve_decoder(decoder) == "simplejpeg" and jpeg.handles(img, path)
     try:
-        if simplejpeg:
-            img = jpeg.decode_reduced(path, img.size, f)
-        elif path is not None and img.format == "JPEG" and f > 1:
-            # PIL drafts by the largest power of two <= min(width // w, height // h): ask
-            # for floor sizes (ceil sizes of odd sides gave smaller factors, or none).
-            img.draft("RGB", (width // f, height // f))
+        if path is not None and img.format == "JPEG":
+            for f in _DRAFT_FACTORS:
+                if all(side / f >= out for side, out in crops):
+                    # PIL drafts by the largest power of two <= min(width // w, height // h):
+                    # floor sizes (ceil sizes of odd sides gave smaller factors, or none).
+                    img.draft("RGB", (width // f, height // f))
+                    break
         img.load()
         if img.mode != "RGB":
             img = img.convert("RGB")
@@ -194,15 +187,13 @@ def random_crop_views(
     views: Sequence[ViewSpec],
     *,
     source_root: str | None = None,
-    decoder: str = "pil",
 ) -> dict[str, np.ndarray]:
     """RandomResizedCrop + horizontal flip (p=0.5) per view: {name: uint8 [size, size, 3]}.
 
     Per view, in order: the crop box from `sample_crop` (on the dimensions of the record's
     `record_region` of its file; of the whole file under a parallel root), then one uniform
     draw for the flip. A view with `root` reads `parallel_path`
-    of the record; the views of one root share one decode of its file, by `decoder`
-    ('pil', 'simplejpeg' or 'auto', see `_decode`).
+    of the record; the views of one root share one decode of its file.
     """
     with contextlib.ExitStack() as stack:
         opened: dict[str, tuple[Image.Image, str | None]] = {}
@@ -226,8 +217,7 @@ def random_crop_views(
         out = {}
         for root, (img, path) in opened.items():
             mine = [d for d in draws if d[0].root == root]
-            crops = [(min(b[2], b[3]), v.size) for v, b, _ in mine]
-            img, sx, sy = _decode(img, path, crops, decoder)
+            img, sx, sy = _decode(img, path, [(min(b[2], b[3]), v.size) for v, b, _ in mine])
             for view, box, flip in mine:
                 resample = resample_filter(view.interpolation)
                 out[view.name] = _crop_resize(img, sx, sy, box, view.size, resample, flip)
@@ -235,12 +225,7 @@ def random_crop_views(
 
 
 def resize_center_crop(
-    record: dict,
-    *,
-    image_size: int,
-    resize_ratio: float = 0.875,
-    interpolation="bilinear",
-    decoder: str = "pil",
+    record: dict, *, image_size: int, resize_ratio: float = 0.875, interpolation="bilinear"
 ) -> np.ndarray:
     """Resize(short side = round(image_size / resize_ratio)) + CenterCrop: uint8 [S, S, 3].
 
@@ -248,7 +233,6 @@ def resize_center_crop(
     int(short * long / short_in), crop offsets int(round((side - S) / 2))), computed as
     one resize of the crop box (mapped to original coordinates). A record with a region
     (`record_region`: 'box', 'trim_bottom') is treated as the image cut to that region.
-    `decoder`: 'pil', 'simplejpeg' or 'auto' (see `_decode`).
     """
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
@@ -262,8 +246,7 @@ def resize_center_crop(
             new_w, new_h = int(short * width / height), short
         top = int(round((new_h - image_size) / 2.0))
         left = int(round((new_w - image_size) / 2.0))
-        crop = (min(width, height) * image_size / short, image_size)
-        img, sx, sy = _decode(img, path, [crop], decoder)
+        img, sx, sy = _decode(img, path, [(min(width, height) * image_size / short, image_size)])
         fx, fy = width / new_w * sx, height / new_h * sy  # resized px -> decoded px
         box = (
             x0 * sx + left * fx,

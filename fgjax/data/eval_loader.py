@@ -16,7 +16,6 @@ from fgjax.data.grain_utils import (
     int32_field,
     stable_repr,
 )
-from fgjax.data.jpeg import resolve_decoder
 
 
 class _EvalBatches:
@@ -49,12 +48,9 @@ class _EvalBatches:
 
 
 class _EvalTransform(grain.MapTransform):
-    def __init__(self, *, image_size, resize_ratio, interpolation, decoder):
+    def __init__(self, *, image_size, resize_ratio, interpolation):
         self._kwargs = dict(
-            image_size=image_size,
-            resize_ratio=resize_ratio,
-            interpolation=interpolation,
-            decoder=decoder,
+            image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
         )
 
     def map(self, element: dict) -> dict:
@@ -98,14 +94,13 @@ def make_eval_loader(
     process_count: int = 1,
     interpolation: str = "bilinear",
     num_workers: int = 0,
-    decoder: str = "auto",
 ) -> EvalLoader:
     """Deterministic eval loader: Resize(round(S / resize_ratio)) + CenterCrop(S).
 
     Process p gets the contiguous records [p m, (p + 1) m), m = ceil(N / P); every process
     yields the same number of batches; padded rows have mask False, zero images and
     label/coarse_label/index -1. Batches: 'images' uint8 [b, S, S, 3], 'label',
-    'coarse_label', 'index' int32 [b], 'mask' bool [b]. `decoder`: as make_train_loader's.
+    'coarse_label', 'index' int32 [b], 'mask' bool [b].
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -113,7 +108,6 @@ def make_eval_loader(
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     resample_filter(interpolation)
-    decoder = resolve_decoder(decoder)
     plan = _EvalBatches(
         source, batch_size=batch_size, process_index=process_index, process_count=process_count
     )
@@ -123,10 +117,7 @@ def make_eval_loader(
         sampler=IndexSampler(plan.num_batches),
         operations=[
             _EvalTransform(
-                image_size=image_size,
-                resize_ratio=resize_ratio,
-                interpolation=interpolation,
-                decoder=decoder,
+                image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
             )
         ],
         worker_count=num_workers,

@@ -29,7 +29,6 @@ from fgjax.data.grain_utils import (
     int32_field,
     stable_repr,
 )
-from fgjax.data.jpeg import resolve_decoder
 from fgjax.data.views import ViewSpec
 
 _TAG_SHUFFLE, _TAG_CROP = 0, 1
@@ -89,22 +88,17 @@ class _TrainBatches:
 class _TrainTransform(grain.MapTransform):
     """Decodes a batch of records into views; rng per example from (seed, position)."""
 
-    def __init__(
-        self, *, seed: int, views: tuple[ViewSpec, ...], source_root: str | None, decoder: str
-    ):
+    def __init__(self, *, seed: int, views: tuple[ViewSpec, ...], source_root: str | None):
         self._seed = seed
         self._views = views
         self._source_root = source_root
-        self._decoder = decoder
 
     def map(self, element: dict) -> dict:
         records, positions = element["records"], element["positions"]
         views = {v.name: np.empty((len(records), v.size, v.size, 3), np.uint8) for v in self._views}
         for i, (record, pos) in enumerate(zip(records, positions, strict=True)):
             rng = np.random.default_rng([self._seed, _TAG_CROP, int(pos)])
-            crops = random_crop_views(
-                record, rng, self._views, source_root=self._source_root, decoder=self._decoder
-            )
+            crops = random_crop_views(record, rng, self._views, source_root=self._source_root)
             for name, crop in crops.items():
                 views[name][i] = crop
         return {
@@ -143,7 +137,6 @@ def make_train_loader(
     process_count: int = 1,
     num_epochs: int | None = None,
     worker_buffer_size: int = 2,
-    decoder: str = "auto",
 ) -> grain.DataLoader:
     """Training loader over `source` (see the module docstring for the semantics).
 
@@ -153,8 +146,7 @@ def make_train_loader(
       'label', 'coarse_label', 'index': int32 [b].
     A view with a `root` needs a source with a `root` attribute and records with
     'path' (ImageFolderSource, CsvManifestSource). `num_epochs=None` repeats forever.
-    `iter(loader)` supports get_state()/set_state(). `decoder` decodes JPEG files:
-    'auto' (simplejpeg when installed, else PIL), 'pil' or 'simplejpeg' (fgjax.data.jpeg).
+    `iter(loader)` supports get_state()/set_state().
     """
     if global_batch_size <= 0 or global_batch_size % process_count:
         raise ValueError(
@@ -172,7 +164,6 @@ def make_train_loader(
             f"{global_batch_size}: no full batch (batches drop the remainder)"
         )
     views = _check_views(views, source)
-    decoder = resolve_decoder(decoder)  # in this process: a missing package fails here
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
     num_batches = None if num_epochs is None else num_epochs * steps
@@ -184,9 +175,7 @@ def make_train_loader(
         process_count=process_count,
         num_batches=num_batches,
     )
-    transform = _TrainTransform(
-        seed=seed, views=views, source_root=getattr(source, "root", None), decoder=decoder
-    )
+    transform = _TrainTransform(seed=seed, views=views, source_root=getattr(source, "root", None))
     absl_flags_workaround(num_workers)
     return grain.DataLoader(
         data_source=plan,

@@ -53,7 +53,6 @@ class FeatureExtractor:
         mean: Sequence[float],
         std: Sequence[float],
         show_progress: bool = True,
-        decoder: str = "auto",
     ):
         self.sources, self.mesh = sources, mesh
         self.mean, self.std = tuple(mean), tuple(std)
@@ -65,7 +64,6 @@ class FeatureExtractor:
                 image_size=image_size,
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
-                decoder=decoder,
             )
             for split, source in sources.items()
         }

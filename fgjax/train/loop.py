@@ -110,7 +110,6 @@ class _Run:
             mean=first.mean,
             std=first.std,
             show_progress=c.train.progress_bar,
-            decoder=c.data.decoder,
         )
         method = self.method
         self.evaluate = Evaluator(
@@ -210,7 +209,6 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         num_workers=c.data.num_workers,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
-        decoder=c.data.decoder,
     )
     iterator = iter(loader)
     checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)

@@ -6,12 +6,12 @@ RandomResizedCrop(224, scale=(0.2, 1), ratio=(3/4, 4/3), bilinear) + horizontal 
 (p=0.5), as uint8 (no normalisation: fgjax normalises on the device). torchvision is the
 MoCo TwoCropsTransform recipe: PIL open + convert('RGB') once, the transform twice,
 PILToTensor, default collate. fgjax is `make_train_loader` over a CSV manifest of the
-same files, with one ViewSpec per view, once per JPEG decoder.
+same files, with one ViewSpec per view (PIL, JPEG draft mode where the crops allow).
 
 Every measurement is a fresh subprocess (pinned with its workers to `--workers` cores
 when the machine has more): `--warmup` batches, then `--batches` timed batches of
-`--batch` images, cycling over the files. The runs alternate (torchvision, fgjax/pil,
-fgjax/simplejpeg, torchvision, ...) `--repeats` times per dataset; the table gives
+`--batch` images, cycling over the files. The runs alternate (torchvision, fgjax,
+torchvision, ...) `--repeats` times per dataset; the table gives
 medians of examples/s (wall clock; per core = / cores) and of examples per CPU-second
 (the CPU time of the measuring process and its workers: less sensitive to other load).
 torch is not an fgjax dependency: `--torch-python` names an interpreter that has torch
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -106,7 +105,6 @@ def run_fgjax(args) -> dict:
     import PIL
 
     from fgjax.data import CsvManifestSource, ViewSpec, make_train_loader
-    from fgjax.data.jpeg import resolve_decoder, simplejpeg
 
     source = CsvManifestSource(args.manifest, root=args.root)
     views = [ViewSpec(name, SIZE, crop_scale=SCALE) for name in ("q", "k")]
@@ -116,7 +114,6 @@ def run_fgjax(args) -> dict:
         views=views,
         seed=0,
         num_workers=args.workers,
-        decoder=args.decoder,
     )
 
     def check(batch):
@@ -127,10 +124,8 @@ def run_fgjax(args) -> dict:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "decoder": resolve_decoder(args.decoder),
         "versions": {
             "pillow": PIL.__version__,
-            "simplejpeg": getattr(simplejpeg, "__version__", "-"),
             "grain": getattr(grain, "__version__", "-"),
             "numpy": np.__version__,
         },
@@ -179,7 +174,6 @@ def run_torch(args) -> dict:
     return {
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
-        "decoder": "pil",
         "versions": {
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
@@ -204,7 +198,7 @@ def has_torch(python: str) -> bool:
     return subprocess.run(probe, capture_output=True).returncode == 0
 
 
-def measure(python: str, pipeline: str, manifest: str, root: str, decoder: str, args) -> dict:
+def measure(python: str, pipeline: str, manifest: str, root: str, args) -> dict:
     cmd = [
         python,
         os.path.abspath(__file__),
@@ -214,8 +208,6 @@ def measure(python: str, pipeline: str, manifest: str, root: str, decoder: str, 
         manifest,
         "--root",
         root,
-        "--decoder",
-        decoder,
         "--workers",
         str(args.workers),
         "--batch",
@@ -233,11 +225,11 @@ def measure(python: str, pipeline: str, manifest: str, root: str, decoder: str, 
 
 
 def table(rows: list[dict], cores: int) -> str:
-    """Medians per (pipeline, dataset, decoder), ratios to torchvision on the same data."""
+    """Medians per (pipeline, dataset), ratios to torchvision on the same data."""
     lines = [
-        f"| pipeline | dataset | decoder | examples/s | per core ({cores}) | vs torchvision | "
+        f"| pipeline | dataset | examples/s | per core ({cores}) | vs torchvision | "
         "examples per CPU-second | vs torchvision | runs (examples/s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     reference = {r["dataset"]: r for r in rows if r["pipeline"] == "torchvision"}
 
@@ -247,7 +239,7 @@ def table(rows: list[dict], cores: int) -> str:
 
     for r in rows:
         lines.append(
-            f"| {r['pipeline']} | {DATASETS[r['dataset']][1]} | {r['decoder']} | "
+            f"| {r['pipeline']} | {DATASETS[r['dataset']][1]} | "
             f"{r['wall']:.0f} | {r['wall'] / cores:.0f} | {ratio(r, 'wall')} | "
             f"{r['cpu']:.0f} | {ratio(r, 'cpu')} | {', '.join(f'{x:.0f}' for x in r['runs'])} |"
         )
@@ -258,7 +250,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=os.path.join(REPO, os.pardir, "shared", "data"))
     p.add_argument("--datasets", default="crops,full", help=f"of {sorted(DATASETS)}")
-    p.add_argument("--decoders", default="", help="fgjax decoders (default: pil + simplejpeg)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--batches", type=int, default=40)
@@ -271,7 +262,6 @@ def main() -> None:
     p.add_argument("--run", choices=("fgjax", "torchvision"), help=argparse.SUPPRESS)
     p.add_argument("--manifest", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
-    p.add_argument("--decoder", default="auto", help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.run:
@@ -285,13 +275,10 @@ def main() -> None:
     available = sorted(os.sched_getaffinity(0))
     cores = min(args.workers, len(available))
     os.sched_setaffinity(0, available[:cores])  # inherited by every subprocess and worker
-    decoders = args.decoders.split(",") if args.decoders else ["pil"]
-    if not args.decoders and importlib.util.find_spec("simplejpeg") is not None:
-        decoders.append("simplejpeg")
     torch_python = args.torch_python or sys.executable
-    pipelines = [("fgjax", sys.executable, d) for d in decoders]
+    pipelines = [("fgjax", sys.executable)]
     if has_torch(torch_python):
-        pipelines.insert(0, ("torchvision", torch_python, "pil"))
+        pipelines.insert(0, ("torchvision", torch_python))
     else:
         print(
             f"torchvision side skipped: {torch_python} cannot import torch and torchvision "
@@ -308,22 +295,21 @@ def main() -> None:
             results = {p: [] for p in pipelines}
             for r in range(args.repeats):
                 for pipeline in pipelines:  # interleaved: load drifts hit every pipeline
-                    out = measure(pipeline[1], pipeline[0], manifest, root, pipeline[2], args)
+                    out = measure(pipeline[1], pipeline[0], manifest, root, args)
                     versions.update(out["versions"])
                     results[pipeline].append(out)
                     runs.append({"dataset": name, "pipeline": pipeline[0], "repeat": r, **out})
                     print(
-                        f"  {pipeline[0]:11s} {out['decoder']:10s} repeat {r}: "
+                        f"  {pipeline[0]:11s} repeat {r}: "
                         f"{out['examples_per_s']:.0f} examples/s, "
                         f"{out['examples_per_cpu_s']:.0f} per CPU-second",
                         flush=True,
                     )
-            for (pipeline, _, _), outs in results.items():
+            for (pipeline, _), outs in results.items():
                 rows.append(
                     {
                         "pipeline": pipeline,
                         "dataset": name,
-                        "decoder": outs[0]["decoder"],
                         "runs": [o["examples_per_s"] for o in outs],
                         "wall": statistics.median(o["examples_per_s"] for o in outs),
                         "cpu": statistics.median(o["examples_per_cpu_s"] for o in outs),

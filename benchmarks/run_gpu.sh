@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Run ON the GPU host (device tool: carry=[".carry"], command `bash benchmarks/run_gpu.sh`).
+# Run ON the GPU host (device tool: carry=[".carry"], command `bash benchmarks/run_gpu.sh`,
+# or `bash benchmarks/run_gpu.sh input e2e` for some parts only; see prepare_device.sh).
+# Parts: steps (fgjax train steps, + MoCo/BYOL/supervised fed from the CUB crops),
+# torch (PyTorch reference steps), parity (weight import), input (input pipeline against
+# torchvision, one worker per core), e2e (MoCo v2 fed from full-size JPEGs vs synthetic).
 # Writes every result to $OUT (or ./bench_out) as JSON plus a log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench_out}; mkdir -p "$out"
+parts=" ${*:-steps torch parity input e2e} "
+want() { [[ $parts == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if [ -d .carry/whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -11,7 +17,25 @@ if [ -d .carry/whl ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import jax, torch, torchvision; print('jax', jax.__version__, 'torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$out/gpu.txt"
-jpeg=""; [ -f .carry/cub/manifest.csv ] && jpeg="--jpeg-csv .carry/cub/manifest.csv --workers 16"
-python3 benchmarks/train_step.py --which supervised,moco,byol $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
-python3 benchmarks/torch_train_step.py --which supervised,moco,byol --modes eager,compile --out "$out/torch.json" 2>&1 | tee "$out/torch.log"
-python3 benchmarks/weights_parity.py 2>&1 | tee "$out/parity.log"
+data=.carry/data crops=.carry/data/cub100_crops227/manifest.csv
+full=.carry/data/cub200_official_sample/CUB_200_2011/manifest.csv
+workers=$(nproc)
+jpeg=""; [ -f $crops ] && jpeg="--jpeg-csv $crops --workers $workers"
+want steps && python3 benchmarks/train_step.py --which supervised,moco,byol $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
+want torch && python3 benchmarks/torch_train_step.py --which supervised,moco,byol --modes eager,compile --out "$out/torch.json" 2>&1 | tee "$out/torch.log"
+want parity && python3 benchmarks/weights_parity.py 2>&1 | tee "$out/parity.log"
+# One grain/DataLoader worker per core; a worker makes a whole batch, so warm up a batch
+# per worker and time 10 per worker.
+want input && [ -d $data ] && python3 benchmarks/input_pipeline.py --data $data --workers "$workers" \
+  --warmup "$workers" --batches $((10 * workers)) --repeats 2 --out "$out/input_pipeline.md" \
+  --json "$out/input_pipeline.json" 2>&1 | tee "$out/input_pipeline.log"
+# The sample's 202 files listed 3 times (a batch of 256 needs 256 rows), warm-up and timed
+# steps covering every worker's first batches.
+if want e2e && [ -f $full ]; then
+  full3=${full%.csv}_x3.csv
+  { head -n 1 $full; for _ in 1 2 3; do tail -n +2 $full; done; } > "$full3"
+  python3 benchmarks/train_step.py --which moco --jpeg-csv "$full3" --workers "$workers" \
+    --warmup "$workers" --steps $((4 * workers)) --out "$out/e2e_full.json" 2>&1 |
+    tee "$out/e2e_full.log"
+fi
+exit 0

@@ -9,7 +9,8 @@ reference `torch_train_step.py` in the same session):
 
 Step timing feeds a pre-sharded synthetic uint8 batch (the photometric augmentation
 still runs inside the step, as in training); `--jpeg-csv` adds a run fed by the grain
-pipeline (decode + RandomResizedCrop on the host CPUs) to measure the whole input path.
+pipeline (decode + RandomResizedCrop on the host CPUs) to measure the whole input path,
+with its rate relative to the synthetic one (`vs_synthetic`; issue #11's goal >= 0.9).
 """
 
 from __future__ import annotations
@@ -151,8 +152,9 @@ def main() -> None:
             seconds, state = time_steps(step, state, feed, args.warmup, args.steps)
             row = {
                 **row,
-                "input": f"jpeg ({args.workers} workers)",
+                "input": f"jpeg ({args.workers} workers, {os.path.basename(args.jpeg_csv)})",
                 unit: args.batch * args.steps / seconds,
+                "vs_synthetic": args.batch * args.steps / seconds / row[unit],
             }
             print(json.dumps(row), flush=True)
             results.append(row)

@@ -293,7 +293,8 @@ def _previous_random_crop_views(
     record, rng, *, image_size, num_views, crop_scale, crop_ratio, interpolation
 ):
     """`random_crop_views` as it was before ViewSpec (d0f6d1d:fgjax/data/pipeline.py, minus
-    its error handling): one image size, crop and interpolation for every view."""
+    its error handling, plus the later floor draft sizes): one image size, crop and
+    interpolation for every view."""
     if "image" in record:
         img, path = Image.fromarray(record["image"]), None
     else:
@@ -308,7 +309,7 @@ def _previous_random_crop_views(
         if path is not None and img.format == "JPEG":
             for f in (8, 4, 2):
                 if min_crop_side / f >= image_size:
-                    img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
+                    img.draft("RGB", (width // f, height // f))
                     break
         img.load()
         if img.mode != "RGB":
@@ -406,7 +407,7 @@ def test_views_of_one_root_share_one_decode_drafted_for_the_largest_view(tmp_pat
     out = crop(big, dataclasses.replace(small, root=str(ddt)))
     ddt_path = str(ddt / "train" / "c" / "a.jpg")
     assert opened == [src[0]["path"], ddt_path]  # each root its own file, own draft factor
-    assert drafts == [(320, 256), (50, 38)]  # ddt 400 x 300: crop sides >= 284, 284 / 8 >= 16
+    assert drafts == [(320, 256), (50, 37)]  # ddt 400 x 300: crop sides >= 284, 284 / 8 >= 16
 
 
 def test_a_view_with_a_root_reads_the_parallel_file(tmp_path):

@@ -151,7 +151,9 @@ def _decode(img: Image.Image, path: str | None, crops: Sequence[tuple[float, int
         if path is not None and img.format == "JPEG":
             for f in _DRAFT_FACTORS:
                 if all(side / f >= out for side, out in crops):
-                    img.draft("RGB", (math.ceil(width / f), math.ceil(height / f)))
+                    # PIL drafts by the largest power of two <= min(width // w, height // h):
+                    # floor sizes (ceil sizes of odd sides gave smaller factors, or none).
+                    img.draft("RGB", (width // f, height // f))
                     break
         img.load()
         img = to_rgb(img)

@@ -60,6 +60,19 @@ def shared_path(*parts: str) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def cub_root() -> str:
+    """The official-layout CUB-200-2011 sample (skips when absent)."""
+    return shared_path("cub200_official_sample")
+
+
+def index_table(path: str) -> dict[str, str]:
+    """An 'id value...' index file (CUB layout) as {id: rest of the line}, read
+    independently of fgjax's readers."""
+    with open(path) as f:
+        return dict(line.split(None, 1) for line in f if line.strip())
+
+
 def data_config(kind: str, root: str, **fields):
     """`config.data` of the default config for `kind` at `root`, with `fields` set."""
     from fgjax.config import data_config as make

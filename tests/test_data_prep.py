@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, data_config, shared_path
+from conftest import REPO, data_config, index_table
 from PIL import Image
 
 from data_prep import cfga_lists, cub_to_image_folder, image_folder_to_csv
@@ -21,22 +21,12 @@ from fgjax.data.export import folder_name
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource
 
 
-def _table(path):
-    with open(path) as f:
-        return dict(line.split(None, 1) for line in f if line.strip())
-
-
-@pytest.fixture(scope="module")
-def cub_root():
-    return shared_path("cub200_official_sample")
-
-
 @pytest.fixture(scope="module")
 def index(cub_root):
     """{image path under images/: (class name, is_train, box)} from the index files."""
     base = os.path.join(cub_root, "CUB_200_2011")
     t = {
-        n: _table(os.path.join(base, n))
+        n: index_table(os.path.join(base, n))
         for n in (
             "images.txt",
             "image_class_labels.txt",

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import data_config, shared_path
+from conftest import data_config, index_table
 from PIL import Image
 
 from fgjax.data.datasets import build_source
@@ -15,21 +15,15 @@ from fgjax.data.layout import DatasetFormatError, DatasetLayoutError
 from fgjax.data.views import ViewSpec
 
 
-def _table(path):
-    with open(path) as f:
-        return dict(line.split(None, 1) for line in f if line.strip())
-
-
-@pytest.fixture(scope="module")
-def cub_root():
-    return shared_path("cub200_official_sample")
-
-
 def test_official_split_labels_and_family(cub_root):
     base = os.path.join(cub_root, "CUB_200_2011")
-    images = _table(os.path.join(base, "images.txt"))
-    split = {k: v.strip() for k, v in _table(os.path.join(base, "train_test_split.txt")).items()}
-    label = {k: int(v) for k, v in _table(os.path.join(base, "image_class_labels.txt")).items()}
+    images = index_table(os.path.join(base, "images.txt"))
+    table = {
+        n: index_table(os.path.join(base, f"{n}.txt"))
+        for n in ("train_test_split", "image_class_labels")
+    }
+    split = {k: v.strip() for k, v in table["train_test_split"].items()}
+    label = {k: int(v) for k, v in table["image_class_labels"].items()}
     train = build_source(data_config("cub", cub_root), "train")
     test = build_source(data_config("cub", cub_root), "test")
     # 1 = train in the official file; every id lands on exactly one side.
@@ -55,7 +49,7 @@ def test_retrieval_split_is_class_disjoint(cub_root):
 
 def test_boxes_and_greyscale_images(cub_root):
     base = os.path.join(cub_root, "CUB_200_2011")
-    boxes = _table(os.path.join(base, "bounding_boxes.txt"))
+    boxes = index_table(os.path.join(base, "bounding_boxes.txt"))
     src = build_source(data_config("cub", cub_root, crop_to_box=True), "all")
     # image id 448 is one of the two greyscale images of these classes
     k = next(i for i, p in enumerate(src.paths) if p.endswith("Brewer_Blackbird_0028_2682.jpg"))

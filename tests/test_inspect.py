@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, data_config, shared_path
+from conftest import REPO, data_config, index_table
 from PIL import Image
 
 from fgjax.data.datasets import build_source
@@ -17,16 +17,6 @@ from fgjax.data.inspect import BOX_COLOR, _tile, contact_sheet, main
 from fgjax.data.verify import find_bad_images
 
 RECIPE = os.path.join(REPO, "configs", "cub_moco.py")
-
-
-def _table(path):
-    with open(path) as f:
-        return dict(line.split(None, 1) for line in f if line.strip())
-
-
-@pytest.fixture(scope="module")
-def cub_root():
-    return shared_path("cub200_official_sample")
 
 
 def _red_pixels(path_or_image) -> int:
@@ -48,9 +38,9 @@ def test_cub_summary_equals_index_files(tmp_path, cub_root, capsys):
     assert status == 0
     report = json.loads((tmp_path / "summary.json").read_text())
     base = os.path.join(cub_root, "CUB_200_2011")
-    is_train = {k: v.strip() == "1" for k, v in _table(f"{base}/train_test_split.txt").items()}
-    label = {k: int(v) for k, v in _table(f"{base}/image_class_labels.txt").items()}
-    names = {int(k): v.strip() for k, v in _table(f"{base}/classes.txt").items()}
+    is_train = {k: v.strip() == "1" for k, v in index_table(f"{base}/train_test_split.txt").items()}
+    label = {k: int(v) for k, v in index_table(f"{base}/image_class_labels.txt").items()}
+    names = {int(k): v.strip() for k, v in index_table(f"{base}/classes.txt").items()}
     for split, want_train in (("train", True), ("test", False)):
         s = report["splits"][split]
         counts = collections.Counter(label[i] for i in label if is_train[i] == want_train)

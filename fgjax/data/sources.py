@@ -95,6 +95,8 @@ class LabeledSource:
       boxes: float32 [N, 4] (left, top, width, height) in original pixels: every view and
         evaluation crop is taken inside the box (e.g. CUB's bird bounding boxes).
       trim_bottom: pixels cut off the bottom of every image (FGVC-Aircraft's banner).
+      keep: bool [N_all]: `paths`, `labels` and `boxes` are given for every row of the
+        dataset and this split is the rows where `keep` is True.
     """
 
     def __init__(
@@ -111,9 +113,17 @@ class LabeledSource:
         coarse: str = "",
         boxes: np.ndarray | None = None,
         trim_bottom: int = 0,
+        keep: np.ndarray | None = None,
     ):
         if (paths is None) == (images is None):
             raise ValueError(f"{dataset}/{split}: give exactly one of paths and images")
+        if keep is not None:  # paths, labels and boxes of every row; this split's rows
+            if images is not None:
+                raise ValueError(f"{dataset}/{split}: select images before (a copy otherwise)")
+            keep = np.asarray(keep, bool)
+            paths = [p for p, k in zip(paths, keep, strict=True) if k]
+            labels = np.asarray(labels)[keep]
+            boxes = None if boxes is None else np.asarray(boxes)[keep]
         self.dataset, self.split = dataset, split
         self.root = os.fspath(root) if root is not None else None
         self.labels = np.asarray(labels, np.int32)

@@ -183,15 +183,16 @@ def _from_devkit(data_config, root: str, split: str) -> LabeledSource:
         dataset="cars",
         split=split,
         root=root,
-        paths=[p for p, k in zip(paths, keep, strict=True) if k],
-        labels=labels[keep],
+        paths=paths,
+        labels=labels,
+        keep=keep,
         class_names=kit.class_names,
         coarse_levels={
             "type": body_type_level(),
             "make": coarse_from_names(kit.class_names, make_of),
         },
         coarse=data_config.get("coarse", ""),
-        boxes=boxes[keep] if data_config.get("crop_to_box", False) else None,
+        boxes=boxes if data_config.get("crop_to_box", False) else None,
     )
 
 
@@ -232,8 +233,9 @@ def _from_folders(data_config, root: str, split: str) -> LabeledSource:
         dataset="cars",
         split=split,
         root=root,
-        paths=[p for p, k in zip(paths, keep, strict=True) if k],
-        labels=labels[keep],
+        paths=paths,
+        labels=labels,
+        keep=keep,
         class_names=class_names,
         coarse_levels={"make": coarse_from_names(class_names, make_of)},
         coarse=coarse,

@@ -70,14 +70,15 @@ def cub(data_config, split: str) -> LabeledSource:
     boxes = None
     if data_config.get("crop_to_box", False):
         rows = keyed_values(files["bounding_boxes.txt"], ids, num_values=4)
-        boxes = np.array([[float(x) for x in v] for v in rows], np.float32)[keep]
+        boxes = np.array([[float(x) for x in v] for v in rows], np.float32)
     paths = [os.path.join("images", images[i][0]) for i in ids]
     return LabeledSource(
         dataset="cub",
         split=split,
         root=base,
-        paths=[p for p, k in zip(paths, keep, strict=True) if k],
-        labels=labels[keep],
+        paths=paths,
+        labels=labels,
+        keep=keep,
         class_names=class_names,
         coarse_levels={"family": coarse_from_names(class_names, last_word)},
         coarse=data_config.get("coarse", ""),

@@ -111,14 +111,15 @@ def nabirds(data_config, split: str) -> LabeledSource:
     if data_config.get("crop_to_box", False):
         require_paths(base, ["bounding_boxes.txt"], kind="nabirds", layout=LAYOUT)
         rows = keyed_values(files["bounding_boxes.txt"], ids, num_values=4, key=str)
-        boxes = np.array([[float(x) for x in v] for v in rows], np.float32)[keep]
+        boxes = np.array([[float(x) for x in v] for v in rows], np.float32)
     paths = [os.path.join("images", images[i][0]) for i in ids]
     return LabeledSource(
         dataset="nabirds",
         split=split,
         root=base,
-        paths=[p for p, k in zip(paths, keep, strict=True) if k],
-        labels=labels[keep],
+        paths=paths,
+        labels=labels,
+        keep=keep,
         class_names=[names[c] for c in fine],
         coarse_levels=levels,
         coarse=data_config.get("coarse", ""),

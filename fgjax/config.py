@@ -159,6 +159,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
     c.eval.knn_bank = "train"  # 'train' (bank = train split) | 'test' (leave-one-out on test)
+    c.eval.knn_vote = "weighted"  # 'weighted' (exp(sim / T), the MoCo monitor) | 'majority'
+    c.eval.knn_labels = "fine"  # 'fine' | 'coarse' (config.data.coarse's level)
+    c.eval.class_groups = ""  # classify: groups for outer errors, '' | 'herbs_cub' (HERBS)
     c.eval.recall_ks = (1, 2, 4, 8)
     # mAP / MAP@R in the periodic (every_epochs) evaluations too; the final evaluation always
     # has them. Off by default: the full ranking costs about 1.2x (CPU) to 3-4x (jax) recall.

@@ -12,8 +12,9 @@ import dataclasses
 from collections.abc import Callable, Mapping
 
 import ml_collections
+import numpy as np
 
-from fgjax.eval.classification import classification_metrics
+from fgjax.eval.classification import HERBS_CUB_GROUPS, classification_metrics
 from fgjax.eval.clustering import clustering_nmi
 from fgjax.eval.features import Features
 from fgjax.eval.knn import knn_top1
@@ -72,32 +73,40 @@ def knn_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     return ("train", "test") if config.eval.knn_bank == "train" else ("test",)
 
 
+def _labels(feats: Features, which: str, split: str) -> np.ndarray:
+    if which == "fine":
+        return feats.labels
+    if which == "coarse":
+        if (feats.coarse_labels < 0).any():
+            raise ValueError(
+                f"config.eval.knn_labels='coarse': the {split} split has no coarse labels "
+                "(config.data.coarse)"
+            )
+        return feats.coarse_labels
+    raise ValueError(f"config.eval.knn_labels must be 'fine' or 'coarse', got {which!r}")
+
+
 def knn(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Weighted kNN top-1 (k = `config.eval.knn_k`, T = `config.eval.knn_temperature`) of
-    the test split against the train split, or leave-one-out on test (`knn_bank='test'`)."""
+    """kNN top-1 (k = `config.eval.knn_k`; `knn_vote` 'weighted' with T =
+    `knn_temperature`, or 'majority') of the test split against the train split, or
+    leave-one-out on test (`knn_bank='test'`), on fine or coarse labels (`knn_labels`)."""
     c, test = config.eval, features["test"]
     bank = features["train"] if c.knn_bank == "train" else test
-    num_classes = int(max(bank.labels.max(), test.labels.max())) + 1
-    args = dict(num_classes=num_classes, k=c.knn_k, temperature=c.knn_temperature)
+    bank_split = config.data.train_split if c.knn_bank == "train" else config.data.test_split
+    bank_labels = _labels(bank, c.knn_labels, bank_split)
+    test_labels = _labels(test, c.knn_labels, config.data.test_split)
+    num_classes = int(max(bank_labels.max(), test_labels.max())) + 1
+    args = dict(
+        num_classes=num_classes,
+        k=c.knn_k,
+        temperature=c.knn_temperature,
+        vote=c.knn_vote,
+        split=bank_split,
+    )
     if c.knn_bank == "train":
-        top1 = knn_top1(
-            bank.features,
-            bank.labels,
-            test.features,
-            test.labels,
-            split=config.data.train_split,
-            **args,
-        )
+        top1 = knn_top1(bank.features, bank_labels, test.features, test_labels, **args)
     else:
-        top1 = knn_top1(
-            test.features,
-            test.labels,
-            None,
-            None,
-            leave_one_out=True,
-            split=config.data.test_split,
-            **args,
-        )
+        top1 = knn_top1(test.features, test_labels, None, None, leave_one_out=True, **args)
     return {"top1": float(top1)}
 
 
@@ -110,10 +119,20 @@ def linear(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict
     return {**metrics, "weight_decay": result.weight_decay}
 
 
+CLASS_GROUPS = {"": None, "herbs_cub": HERBS_CUB_GROUPS}
+
+
 def classify(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Top-1/top-5 and per-class accuracy of the model's own classifier on the test split."""
+    """Top-1/top-5 and per-class accuracy of the model's own classifier on the test split,
+    and per-group accuracy / outer errors for `config.eval.class_groups` (e.g. 'herbs_cub')."""
+    if config.eval.class_groups not in CLASS_GROUPS:
+        raise ValueError(
+            f"config.eval.class_groups={config.eval.class_groups!r} is not one of "
+            f"{sorted(CLASS_GROUPS)}"
+        )
     test = features["test"]
-    return classification_metrics(test.features, test.labels)
+    groups = CLASS_GROUPS[config.eval.class_groups]
+    return classification_metrics(test.features, test.labels, groups=groups)
 
 
 def clustering(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:

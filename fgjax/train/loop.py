@@ -82,7 +82,7 @@ class _Run:
             "test": build_source(c.data, c.data.test_split),
         }
         for role, split in (("train", c.data.train_split), ("test", c.data.test_split)):
-            print(summarize(self.sources[role], f"{role} = {c.data.kind}/{split}"))
+            print("data", summarize(self.sources[role], f"{role} = {c.data.kind}/{split}"))
         train = self.sources["train"]
         self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size)
         if self.steps_per_epoch == 0 and c.train.num_epochs > 0:

@@ -127,3 +127,22 @@ def test_mini_bad_inputs(mini):
         DatasetLayoutError, match=r"missing: variants.txt.*Found there: 1000000.jpg"
     ):
         build_source(data_config("aircraft", data / "images"), "test")
+
+
+def test_data_prep_writes_the_original_repos_layout(mini, tmp_path):
+    """data_prep/aircraft_to_image_folder.py: trainval -> train/, test -> test/, one folder
+    per variant, read back by kind image_folder with the same images; --trim-banner cuts
+    the 20 px banner off the written files."""
+    from data_prep.aircraft_to_image_folder import main
+
+    out = tmp_path / "folders"
+    assert main(["--root", str(mini), "--out", str(out)]) == {"train": 8, "test": 4}
+    back = build_source(data_config("image_folder", out), "train")
+    assert back.class_names == sorted(VARIANTS) and np.bincount(back.labels).tolist() == [2] * 4
+    with Image.open(back.paths[0]) as im:
+        assert im.size == (40, 52)
+    trimmed = tmp_path / "trimmed"
+    main(["--root", str(mini), "--out", str(trimmed), "--trim-banner"])
+    test = build_source(data_config("image_folder", trimmed), "test")
+    with Image.open(test.paths[0]) as im:
+        assert im.size == (40, 32) and np.asarray(im).mean() < 60  # no white banner

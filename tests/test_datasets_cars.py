@@ -215,3 +215,21 @@ def test_image_folder_layout(tmp_path):
     assert sorted(rte.labels.tolist()) == [1, 1, 1, 2, 2, 2]
     with pytest.raises(ValueError, match=r"coarse='type'.*devkit's class order"):
         build_source(data_config("cars", tmp_path, coarse="type"), "train")
+
+
+def test_data_prep_writes_the_original_repos_layout(mini, tmp_path):
+    """data_prep/cars_to_image_folder.py: official train/test -> class-name folders that
+    kind image_folder reads back with the same labels; --crop-to-box writes the boxes."""
+    from data_prep.cars_to_image_folder import main
+
+    from fgjax.data.export import folder_name
+
+    out = tmp_path / "folders"
+    assert main(["--root", str(mini), "--out", str(out)]) == {"train": 10, "test": 3}
+    back = build_source(data_config("image_folder", out), "train")
+    assert set(back.class_names) == {folder_name(NAMES[c]) for c in (0, 1, 97, 98, 195)}
+    assert sorted(np.bincount(back.labels).tolist()) == [2] * 5
+    boxed = tmp_path / "boxed"
+    main(["--root", str(mini), "--out", str(boxed), "--crop-to-box"])
+    with Image.open(build_source(data_config("image_folder", boxed), "test").paths[0]) as im:
+        assert im.size == (20, 20) and np.asarray(im).mean() > 235

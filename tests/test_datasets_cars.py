@@ -221,7 +221,6 @@ def test_data_prep_writes_the_original_repos_layout(mini, tmp_path):
     """data_prep/cars_to_image_folder.py: official train/test -> class-name folders that
     kind image_folder reads back with the same labels; --crop-to-box writes the boxes."""
     from data_prep.cars_to_image_folder import main
-
     from fgjax.data.export import folder_name
 
     out = tmp_path / "folders"

@@ -54,9 +54,12 @@ def tiny():
 
     config = _config()
     method = build_method(config, run_info(config))
-    params, model_state = method.init_variables(jax.random.PRNGKey(0), (B, S, S, 3))
+    init = jax.jit(method.init_variables, static_argnums=1)
+    params, model_state = init(jax.random.PRNGKey(0), (B, S, S, 3))
     images = jax.random.normal(jax.random.PRNGKey(1), (B, S, S, 3))
-    out = method.net.apply({"params": params, **model_state}, images, train=False)
+    out = jax.jit(lambda x: method.net.apply({"params": params, **model_state}, x, train=False))(
+        images
+    )
     maps = out["stage2"].astype(jnp.float32)
     keys = l2_normalize(jax.random.normal(jax.random.PRNGKey(2), (B, config.lcr.dim)))
     queue = l2_normalize(jax.random.normal(jax.random.PRNGKey(3), (32, config.lcr.dim)))

@@ -216,3 +216,29 @@ def test_faithful_preset_equals_the_spec_section_10_table():
     assert optim.warmup_epochs == 0.0
     assert (config.train.batch_size, config.train.num_epochs) == (128, 100)
     assert tuple(config.views.view1.crop_scale) == (0.2, 1.0)
+
+
+def test_fixed_preset_changes_exactly_the_spec_corrections():
+    faithful = load_config_file(os.path.join(REPO, "configs", "cub_lcr.py"))
+    fixed = load_config_file(os.path.join(REPO, "configs", "cub_lcr_fixed.py"))
+    changed = {k: fixed.lcr[k] for k in fixed.lcr if fixed.lcr[k] != faithful.lcr[k]}
+    assert changed == dict(
+        cam_softmax_axis="spatial",
+        tau=0.4,
+        cam_norm="sample_max",
+        cam_target_stopgrad=True,
+        att_norm="sample_minmax",
+    )
+    fixed.lcr = faithful.lcr
+    assert fixed.to_dict() == faithful.to_dict()  # nothing else differs
+
+
+def test_cam_norm_rescales_each_image_before_the_temperature():
+    from fgjax.methods.lcr import normalise_cam
+
+    cam = np.random.default_rng(2).random((2, 3, 3)) * np.array([1e-4, 3.0])[:, None, None]
+    got = normalise_cam(jnp.asarray(cam), "sample_max")
+    np.testing.assert_allclose(got, cam / (cam.max((1, 2), keepdims=True) + 1e-7), rtol=1e-5)
+    got = normalise_cam(jnp.asarray(cam), "sample_minmax")
+    np.testing.assert_allclose(got, _minmax(cam, per_sample=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(normalise_cam(jnp.asarray(cam), "none"), cam.astype(np.float32))

@@ -130,43 +130,43 @@ def descriptor(maps: jax.Array, attention: jax.Array) -> jax.Array:
     return l2_normalize(jnp.mean(attention[..., None] * maps, axis=(1, 2)))
 
 
-@register
-class LCR(MoCo):
-    """MoCo v2 + LCR. Views as MoCo: 'view1' queries (explained by Grad-CAM), 'view2' keys.
+def lcr_fields(**faithful) -> dict:
+    """The LCR switches of a method section, at the MoCo path's code-faithful values
+    unless `faithful` overrides them (the BYOL path's softmax axis and temperature)."""
+    fields = dict(
+        proj_dim=32,  # K maps of the rationale branch (1x1 conv C -> K)
+        loss_weight=0.01,  # weight of the fitting loss (`--nu`)
+        tau=1.0,  # softmax temperature of both the Grad-CAM and the mask
+        # Softmax over 'row' (each row of the map: the MoCo code) or 'spatial'
+        # (the flattened map: the BYOL code and the SAM predecessor).
+        cam_softmax_axis="row",
+        # Grad-CAM of the 'loss' (the code) or of the 'score' (-loss, textbook).
+        cam_sign="loss",
+        # Rescale the Grad-CAM per image before the temperature: 'none' (the
+        # code, near-uniform target, spec 4.5), 'sample_max', 'sample_minmax'.
+        cam_norm="none",
+        # Min-max of the mask over the whole batch tensor (the code, train and
+        # test) or per image.
+        att_norm="batch_minmax",
+        # Detach the Grad-CAM target (False = the code: the KL reaches the
+        # backbone through A in the target too, with dL/dy held constant).
+        cam_target_stopgrad=False,
+        # KL reduction: 'sum' (the code), 'batchmean' (/ B), 'mean' (/ B*H*W).
+        reduction="sum",
+    )
+    fields.update(faithful)
+    return fields
 
-    Params: MoCo's encoder (`backbone`, `projector`) and `rationale`; the key encoder
-    copies and EMAs the encoder only. The total loss is L_moco + loss_weight * L_cam."""
 
-    name = "lcr"
+def without_branch(tree: PyTree) -> PyTree:
+    """A params tree (or one collection of model_state) without the rationale branch."""
+    return {k: v for k, v in tree.items() if k != "rationale"}
 
-    @classmethod
-    def config_section(cls) -> ml_collections.ConfigDict:
-        section = MoCo.config_section()
-        section.dim = 256  # LCR's `--moco-dim` default
-        section.update(
-            dict(
-                proj_dim=32,  # K maps of the rationale branch (1x1 conv C -> K)
-                loss_weight=0.01,  # weight of the fitting loss (`--nu`)
-                tau=1.0,  # softmax temperature of both the Grad-CAM and the mask
-                # Softmax over 'row' (each row of the map: the MoCo code) or 'spatial'
-                # (the flattened map: the BYOL code and the SAM predecessor).
-                cam_softmax_axis="row",
-                # Grad-CAM of the 'loss' (the code) or of the 'score' (-loss, textbook).
-                cam_sign="loss",
-                # Rescale the Grad-CAM per image before the temperature: 'none' (the
-                # code, near-uniform target, spec 4.5), 'sample_max', 'sample_minmax'.
-                cam_norm="none",
-                # Min-max of the mask over the whole batch tensor (the code, train and
-                # test) or per image.
-                att_norm="batch_minmax",
-                # Detach the Grad-CAM target (False = the code: the KL reaches the
-                # backbone through A in the target too, with dL/dy held constant).
-                cam_target_stopgrad=False,
-                # KL reduction: 'sum' (the code), 'batchmean' (/ B), 'mean' (/ B*H*W).
-                reduction="sum",
-            )
-        )
-        return section
+
+class Rationale:
+    """The LCR part shared by the bases: mix in before the base method (`class X(Rationale,
+    MoCo)`); the base's section carries `lcr_fields()`. Adds `params['rationale']` (and its
+    BN stats) and the LCR descriptor as `embed`."""
 
     def __init__(self, config, run):
         super().__init__(config, run)
@@ -180,7 +180,7 @@ class LCR(MoCo):
         }
         for field, (value, choices) in checks.items():
             if value not in choices:
-                raise ValueError(f"config.lcr.{field}={value!r}: choose one of {choices}")
+                raise ValueError(f"config.{self.name}.{field}={value!r}: choose one of {choices}")
         self.rationale = RationaleBranch(
             features=s.proj_dim,
             bn_momentum=config.model.bn_momentum,
@@ -188,7 +188,6 @@ class LCR(MoCo):
             bn_groups=s.bn_groups,
         )
 
-    # ------------------------------------------------------------------ state
     def init_variables(self, rng, image_shape):
         params, model_state = super().init_variables(rng, image_shape)
         # Real maps under the caller's jit: only their shape matters, XLA drops the rest.
@@ -201,74 +200,30 @@ class LCR(MoCo):
         model_state = {c: {**t, "rationale": branch[c]} for c, t in model_state.items()}
         return params, model_state
 
-    @staticmethod
-    def _encoder(params: PyTree, model_state: PyTree | None = None):
-        """The MoCo encoder's part of `params` (and of `model_state`): without the branch."""
-        params = {k: v for k, v in params.items() if k != "rationale"}
-        if model_state is None:
-            return params
-        return params, {
-            c: {k: v for k, v in t.items() if k != "rationale"} for c, t in model_state.items()
-        }
-
-    def init_state(self, params, model_state, rng):
-        return super().init_state(*self._encoder(params, model_state), rng)
-
-    def before_step(self, params, method_state, ctx):
-        return super().before_step(self._encoder(params), method_state, ctx)
-
-    # ------------------------------------------------------------------ the step
-    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
+    def fit_rationale(
+        self, params: PyTree, model_state: PyTree, maps: jax.Array, pooled_grad: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
+        """`(L_cam, metrics, the branch's new model_state)` of the maps `A [B, H, W, C]`
+        whose Grad-CAM comes from `pooled_grad` = dL_ssl/dmean_hw(A) `[B, C]`."""
         s = self.section
-        collections = list(model_state)
-        backbone_state = {c: model_state[c]["backbone"] for c in collections}
-        features, backbone_state = apply_train(
-            self.net.backbone, params["backbone"], backbone_state, views["view1"]
-        )
-        maps = last_stage_map(features)
-        k, key_model_state = self.key_embeddings(method_state, views["view2"], rng)
-        k = jax.lax.stop_gradient(k)
-
-        def ssl_loss(projector, pooled):
-            q = l2_normalize(self.net.projector.apply({"params": projector}, pooled, train=True))
-            return info_nce(q, k, method_state["queue"], s.temperature)
-
-        (ssl, logits), pooled_grad = jax.value_and_grad(ssl_loss, argnums=1, has_aux=True)(
-            params["projector"], features["pooled"]
-        )
         cam = grad_cam(maps, jax.lax.stop_gradient(pooled_grad), CAM_SIGNS[s.cam_sign])
         cam = normalise_cam(cam, s.cam_norm)
         if s.cam_target_stopgrad:
             cam = jax.lax.stop_gradient(cam)
-        mask, branch_state = apply_train(
-            self.rationale,
-            params["rationale"],
-            {c: model_state[c]["rationale"] for c in collections},
-            maps,
-        )
+        branch_state = {c: t["rationale"] for c, t in model_state.items()}
+        mask, branch_state = apply_train(self.rationale, params["rationale"], branch_state, maps)
         attention = minmax(mask, per_sample=s.att_norm == "sample_minmax")
         fit, target = fitting_loss(cam, attention, s.tau, s.cam_softmax_axis, s.reduction)
-        loss = ssl + s.loss_weight * fit
-
         entropy = -jnp.sum(jax.scipy.special.xlogy(target, target), axis=-1)
         size = target.shape[-1]
         metrics = {
-            "loss": loss,
-            "ssl_loss": ssl,
             "lcr_loss": fit,
             # 1 = a uniform target, the scale problem of spec 4.5; max(t) * N is 1 there too.
             "cam_entropy": jnp.mean(entropy) / jnp.log(size),
             "cam_peak": jnp.mean(jnp.max(target, axis=-1)) * size,
-            "contrastive_acc": jnp.mean(jnp.argmax(logits, -1) == 0),
         }
-        new_state = {
-            c: {**model_state[c], "backbone": backbone_state[c], "rationale": branch_state[c]}
-            for c in collections
-        }
-        update = {"keys": k, "key_model_state": key_model_state}
-        return loss, LossAux(new_state, metrics, update)
+        return fit, metrics, branch_state
 
-    # ------------------------------------------------------------------ evaluation
     def attention(self, params: PyTree, model_state: PyTree, images: jax.Array):
         """Eval-mode `(last-stage map [B, H, W, C], normalised mask a [B, H, W])`."""
         features = self.backbone().apply(
@@ -285,3 +240,60 @@ class LCR(MoCo):
     def embed(self, params, model_state, images):
         """The LCR descriptor `[B, C]`: L2normalise(mean_hw(a * A)) (spec 4.6)."""
         return descriptor(*self.attention(params, model_state, images))
+
+
+@register
+class LCR(Rationale, MoCo):
+    """MoCo v2 + LCR. Views as MoCo: 'view1' queries (explained by Grad-CAM), 'view2' keys.
+
+    Params: MoCo's encoder (`backbone`, `projector`) and `rationale`; the key encoder
+    copies and EMAs the encoder only. The total loss is L_moco + loss_weight * L_cam."""
+
+    name = "lcr"
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        section = MoCo.config_section()
+        section.dim = 256  # LCR's `--moco-dim` default
+        section.update(lcr_fields())
+        return section
+
+    def init_state(self, params, model_state, rng):
+        model_state = {c: without_branch(t) for c, t in model_state.items()}
+        return super().init_state(without_branch(params), model_state, rng)
+
+    def before_step(self, params, method_state, ctx):
+        return super().before_step(without_branch(params), method_state, ctx)
+
+    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
+        s = self.section
+        backbone_state = {c: t["backbone"] for c, t in model_state.items()}
+        features, backbone_state = apply_train(
+            self.net.backbone, params["backbone"], backbone_state, views["view1"]
+        )
+        k, key_model_state = self.key_embeddings(method_state, views["view2"], rng)
+        k = jax.lax.stop_gradient(k)
+
+        def ssl_loss(projector, pooled):
+            q = l2_normalize(self.net.projector.apply({"params": projector}, pooled, train=True))
+            return info_nce(q, k, method_state["queue"], s.temperature)
+
+        (ssl, logits), pooled_grad = jax.value_and_grad(ssl_loss, argnums=1, has_aux=True)(
+            params["projector"], features["pooled"]
+        )
+        fit, metrics, branch_state = self.fit_rationale(
+            params, model_state, last_stage_map(features), pooled_grad
+        )
+        loss = ssl + s.loss_weight * fit
+        metrics = {
+            "loss": loss,
+            "ssl_loss": ssl,
+            "contrastive_acc": jnp.mean(jnp.argmax(logits, -1) == 0),
+            **metrics,
+        }
+        new_state = {
+            c: {**t, "backbone": backbone_state[c], "rationale": branch_state[c]}
+            for c, t in model_state.items()
+        }
+        update = {"keys": k, "key_model_state": key_model_state}
+        return loss, LossAux(new_state, metrics, update)

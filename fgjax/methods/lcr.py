@@ -1,4 +1,4 @@
-"""LCR (Learning Common Rationale, CVPR 2023) on MoCo v2.
+"""LCR (Learning Common Rationale, CVPR 2023) on MoCo v2 (`lcr`) and BYOL (`lcr_byol`).
 
 Spec: ../shared/methods/lcr.md. A low-capacity "rationale branch" (1x1 conv C->K, BN,
 ReLU, max over the K maps) on the last-stage map A [B, H, W, C] is fitted, by a KL loss,
@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fgjax.core.objectives import info_nce, l2_normalize
+from fgjax.core.objectives import info_nce, l2_normalize, negative_cosine
 from fgjax.methods.base import LossAux, PyTree, apply_train, backbone_variables, register
+from fgjax.methods.byol import BYOL
 from fgjax.methods.moco import MoCo
 from fgjax.models.norm import BatchNorm
 
@@ -297,3 +298,68 @@ class LCR(Rationale, MoCo):
         }
         update = {"keys": k, "key_model_state": key_model_state}
         return loss, LossAux(new_state, metrics, update)
+
+
+@register
+class LCRBYOL(Rationale, BYOL):
+    """BYOL + LCR (the original's BYOL path). Grad-CAM explains view 1; only the
+    1/2 D(p1, z2') half of the loss depends on its map. The target (backbone and
+    projector) never holds the branch. Total: L_byol + loss_weight * L_cam.
+    The original's BYOL backbone has no stem max-pool: `config.model.stem_maxpool=False`."""
+
+    name = "lcr_byol"
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        section = BYOL.config_section()
+        section.ema_schedule = "constant"  # tau_ema = 0.996 throughout in the LCR code
+        section.update(lcr_fields(tau=0.4, cam_softmax_axis="spatial"))
+        return section
+
+    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
+        s = self.section
+        part = lambda tree, key: {c: t[key] for c, t in tree.items()}
+        targets, target_state = [], method_state["target_model_state"]
+        for name in self.view_names:
+            out, target_state = apply_train(
+                self.net, method_state["target_params"], target_state, views[name], predict=False
+            )
+            targets.append(jax.lax.stop_gradient(out["proj"]))
+        z1, z2 = targets
+
+        # View 1: backbone and head separately, for dL/dy1 through the head only.
+        features, backbone_state = apply_train(
+            self.net.backbone, params["backbone"], part(model_state, "backbone"), views["view1"]
+        )
+
+        def half_loss(heads, pooled):
+            proj, proj_state = apply_train(
+                self.net.projector, heads["projector"], part(model_state, "projector"), pooled
+            )
+            pred, pred_state = apply_train(
+                self.net.predictor, heads["predictor"], part(model_state, "predictor"), proj
+            )
+            return negative_cosine(pred, z2) / 2, (proj_state, pred_state)
+
+        heads = {k: params[k] for k in ("projector", "predictor")}
+        (half1, (proj_state, pred_state)), pooled_grad = jax.value_and_grad(
+            half_loss, argnums=1, has_aux=True
+        )(heads, features["pooled"])
+        state = {
+            c: {
+                "backbone": backbone_state[c],
+                "projector": proj_state[c],
+                "predictor": pred_state[c],
+            }
+            for c in model_state
+        }
+        out, state = apply_train(self.net, without_branch(params), state, views["view2"])
+        ssl = half1 + negative_cosine(out["pred"], z1) / 2
+
+        fit, metrics, branch_state = self.fit_rationale(
+            params, model_state, last_stage_map(features), pooled_grad
+        )
+        loss = ssl + s.loss_weight * fit
+        new_state = {c: {**t, "rationale": branch_state[c]} for c, t in state.items()}
+        metrics = {"loss": loss, "ssl_loss": ssl, **metrics}
+        return loss, LossAux(new_state, metrics, {"target_model_state": target_state})

@@ -2,10 +2,11 @@
 
 The MoCo v2 recipe of configs/cub_moco.py (LCR's MoCo path: SGD 0.03, per-epoch cosine,
 batch 128, 100 epochs, 2048-2048-256 head, queue 65,536, m 0.999, T 0.2, MoCo v2
-augmentations) with `config.method = 'lcr'`: the MoCo fields move to `config.lcr`,
-beside the LCR switches, every one at the original code's behaviour: 32 rationale maps,
-weight 0.01, tau 1, row-wise softmax, Grad-CAM of the loss, no Grad-CAM rescaling,
-batch min-max of the mask, target not detached, KL summed.
+augmentations, stem max-pool: 7x7 layer4 maps at 224 px) with `config.method = 'lcr'`:
+the MoCo fields move to `config.lcr`, beside the LCR switches, every one at the
+original code's behaviour: 32 rationale maps, weight 0.01, tau 1, row-wise softmax,
+Grad-CAM of the loss, no Grad-CAM rescaling, batch min-max of the mask, target not
+detached, KL summed.
 
 LCR starts from supervised ImageNet weights: pass torchvision's `resnet50-19c8e357.pth`
 with `--config.model.init_from=PATH`.
@@ -13,16 +14,9 @@ with `--config.model.init_from=PATH`.
 
 import os
 
-from fgjax.config import default_config, load_config_file
+from fgjax.config import load_config_file, switch_method
 
 
 def get_config():
-    moco = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cub_moco.py"))
-    c = default_config("lcr")
-    for key in moco:
-        if key not in ("method", "moco"):
-            c[key] = moco[key]
-    for key, value in moco.moco.items():
-        c.lcr[key] = value  # the MoCo v2 fields of the recipe, unchanged
-    c.model.stem_maxpool = True  # the MoCo path's ResNet-50: 7x7 layer4 maps at 224 px
-    return c
+    here = os.path.dirname(os.path.abspath(__file__))
+    return switch_method(load_config_file(os.path.join(here, "cub_moco.py")), "lcr")

@@ -93,3 +93,19 @@ def test_byol_lcr_defaults_are_the_byol_path_of_the_spec_section_10():
         "sum",
     )
     assert section.cam_target_stopgrad is False
+
+
+def test_cub_lcr_byol_recipe_is_cub_byol_with_the_lcr_section():
+    import os
+
+    from conftest import REPO
+
+    from fgjax.config import load_config_file
+
+    byol = load_config_file(os.path.join(REPO, "configs", "cub_byol.py"))
+    lcr = load_config_file(os.path.join(REPO, "configs", "cub_lcr_byol.py"))
+    assert lcr.method == "lcr_byol" and lcr.model.stem_maxpool is False
+    assert {k: lcr.lcr_byol[k] for k in byol.byol} == byol.byol.to_dict()
+    assert (lcr.lcr_byol.tau, lcr.lcr_byol.cam_softmax_axis) == (0.4, "spatial")
+    rest = lambda c, section: {k: v for k, v in c.to_dict().items() if k not in ("method", section)}
+    assert rest(lcr, "lcr_byol") == rest(byol, "byol")

@@ -242,3 +242,14 @@ def test_cam_norm_rescales_each_image_before_the_temperature():
     got = normalise_cam(jnp.asarray(cam), "sample_minmax")
     np.testing.assert_allclose(got, _minmax(cam, per_sample=True), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(normalise_cam(jnp.asarray(cam), "none"), cam.astype(np.float32))
+
+
+@pytest.mark.parametrize("dataset", ["cub", "cars", "aircraft"])
+@pytest.mark.parametrize("base, method", [("moco", "lcr"), ("byol", "lcr_byol")])
+def test_each_lcr_recipe_is_its_base_recipe_with_the_lcr_section(dataset, base, method):
+    load = lambda name: load_config_file(os.path.join(REPO, "configs", f"{dataset}_{name}.py"))
+    plain, lcr = load(base), load(method)
+    assert lcr.method == method
+    assert {k: lcr[method][k] for k in plain[base]} == plain[base].to_dict()
+    rest = lambda c, section: {k: v for k, v in c.to_dict().items() if k not in ("method", section)}
+    assert rest(lcr, method) == rest(plain, base)

@@ -253,3 +253,12 @@ def test_each_lcr_recipe_is_its_base_recipe_with_the_lcr_section(dataset, base, 
     assert {k: lcr[method][k] for k in plain[base]} == plain[base].to_dict()
     rest = lambda c, section: {k: v for k, v in c.to_dict().items() if k not in ("method", section)}
     assert rest(lcr, method) == rest(plain, base)
+
+
+def test_the_key_encoder_copies_the_encoder_without_the_rationale_branch(tiny):
+    method, params, model_state, *_ = tiny
+    state = method.init_state(params, model_state, jax.random.PRNGKey(4))
+    assert set(params) == {"backbone", "projector", "rationale"}
+    assert set(state["key_params"]) == {"backbone", "projector"}
+    assert all("rationale" not in t for t in state["key_model_state"].values())
+    assert params["rationale"]["conv"]["kernel"].shape[-1] == 32  # proj_dim

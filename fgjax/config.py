@@ -182,6 +182,23 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def switch_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+    """`config` (a recipe of another method) for `method`, whose section extends the old
+    one (e.g. 'lcr' over 'moco'): everything but `config.method` and the old section is
+    kept, the old section's values are carried into `method`'s defaults."""
+    new = default_config(method)
+    old = config.method
+    for key in config:
+        if key not in ("method", old):
+            new[key] = config[key]
+    missing = sorted(set(config[old]) - set(new[method]))
+    if missing:
+        raise ValueError(f"config.{method} has no fields {missing} of config.{old}")
+    for key, value in config[old].items():
+        new[method][key] = value
+    return new
+
+
 def config_path_from_argv(argv: list[str], default: str) -> str:
     """The recipe file a command line names with `--config=PATH` or `--config PATH`."""
     for i, arg in enumerate(argv):

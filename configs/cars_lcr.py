@@ -1,0 +1,14 @@
+"""MoCo v2 + LCR on Stanford Cars: configs/cars_moco.py with `config.method = 'lcr'`,
+LCR switches at the code-faithful values of configs/cub_lcr.py (../shared/methods/lcr.md §10).
+
+Start from supervised ImageNet weights: `--config.model.init_from=resnet50-19c8e357.pth`.
+"""
+
+import os
+
+from fgjax.config import load_config_file, switch_method
+
+
+def get_config():
+    here = os.path.dirname(os.path.abspath(__file__))
+    return switch_method(load_config_file(os.path.join(here, "cars_moco.py")), "lcr")

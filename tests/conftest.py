@@ -121,6 +121,13 @@ def jitted_step(config, run, schedule=None, seed: int = 0):
     return method, state, frozen, step, mesh
 
 
+def normalized(images, spec):
+    """uint8 images as the train step feeds the network: (x / 255 - mean) / std, float32."""
+    import numpy as np
+
+    return ((images / 255.0 - np.asarray(spec.mean)) / np.asarray(spec.std)).astype(np.float32)
+
+
 def random_batch(rng, view_names, batch_size: int, size: int, num_classes: int = 4) -> dict:
     """A batch of random uint8 views and labels in the loader's layout."""
     import numpy as np

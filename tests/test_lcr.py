@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, jitted_step, run_info, tiny_config
+from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
 
 from fgjax.config import load_config_file, photometric_config
 from fgjax.core.objectives import info_nce, l2_normalize
@@ -137,17 +137,10 @@ def _moco_and_pooled_grad(pooled, head, k, queue, temperature):
 def test_one_jitted_step_loss_is_moco_plus_weight_times_kl_in_numpy():
     config = _config(loss_weight=0.5, tau=0.5, momentum=0.9)
     method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 0.1)
-    images = np.random.default_rng(0).integers(0, 256, (B, 2, S, S, 3), dtype=np.uint8)
     before = jax.device_get(state)
-    batch = {
-        "views": {"view1": images[:, 0], "view2": images[:, 1]},
-        "label": np.zeros(B, np.int32),
-        "coarse_label": np.zeros(B, np.int32),
-        "index": np.arange(B, dtype=np.int32),
-    }
+    batch = random_batch(np.random.default_rng(0), ("view1", "view2"), B, S)
     _, metrics = step(state, frozen, global_batch(batch, mesh))
-    spec = config.views.view1.photometric
-    x1, x2 = (((images[:, v] / 255.0 - spec.mean) / spec.std).astype(np.float32) for v in (0, 1))
+    x1, x2 = (normalized(batch["views"][v], config.views[v].photometric) for v in batch["views"])
 
     params, model_state = before.params, before.model_state
     enc = {k: v for k, v in params.items() if k != "rationale"}

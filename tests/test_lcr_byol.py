@@ -8,7 +8,7 @@ step uses), explaining view 1 only.
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import jitted_step, run_info, tiny_config
+from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
 
 from fgjax.config import default_config, photometric_config
 from fgjax.core.objectives import negative_cosine
@@ -34,16 +34,9 @@ def test_byol_lcr_step_is_byol_plus_weight_times_the_fit_to_view_one_grad_cam():
     moved = jax.tree.map(lambda p: p * 1.5 + 0.01, state.method_state["target_params"])
     state = state.replace(method_state={**state.method_state, "target_params": moved})
     before = jax.device_get(state)
-    images = np.random.default_rng(0).integers(0, 256, (B, 2, S, S, 3), dtype=np.uint8)
-    batch = {
-        "views": {"view1": images[:, 0], "view2": images[:, 1]},
-        "label": np.zeros(B, np.int32),
-        "coarse_label": np.zeros(B, np.int32),
-        "index": np.arange(B, dtype=np.int32),
-    }
+    batch = random_batch(np.random.default_rng(0), ("view1", "view2"), B, S)
     _, metrics = step(state, frozen, global_batch(batch, mesh))
-    spec = config.views.view1.photometric
-    x1, x2 = (((images[:, v] / 255.0 - spec.mean) / spec.std).astype(np.float32) for v in (0, 1))
+    x1, x2 = (normalized(batch["views"][v], config.views[v].photometric) for v in batch["views"])
 
     params, model_state = before.params, before.model_state
     online = {k: v for k, v in params.items() if k != "rationale"}

@@ -172,9 +172,6 @@ class LabeledSource:
             record["trim_bottom"] = self.trim_bottom
         return record
 
-    def summary(self) -> str:
-        return summarize(self, f"{self.dataset}/{self.split}")
-
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(dataset={self.dataset!r}, split={self.split!r}, "

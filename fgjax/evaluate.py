@@ -179,19 +179,36 @@ def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("give --workdir DIR (a checkpoint) or --init-from FILE --config FILE")
 
 
-def _load_config(a: argparse.Namespace, overrides: list[str]) -> ml_collections.ConfigDict:
-    if a.config:
-        config = load_config_file(a.config)
+def load_run_config(
+    workdir: str | None,
+    config_file: str | None = None,
+    overrides: list[str] = (),
+    init_from: str = "",
+) -> ml_collections.ConfigDict:
+    """The config of the run in `workdir` (its config.json) or of `config_file`, with
+    `--config.a.b=value` `overrides`; `config.model.init_from` becomes `init_from`."""
+    if config_file:
+        config = load_config_file(config_file)
     else:
-        path = os.path.join(a.workdir, "config.json")
+        path = os.path.join(workdir, "config.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no config.json in {a.workdir}: give --config FILE")
+            raise FileNotFoundError(f"no config.json in {workdir}: give --config FILE")
         config = config_from_json(path)
-    apply_overrides(config, overrides)
+    apply_overrides(config, list(overrides))
     # The checkpoint holds the trained weights; a pretraining file named in the run's
     # config is not needed (and may no longer exist).
-    config.model.init_from = a.init_from or ""
+    config.model.init_from = init_from
     return config
+
+
+def restore_checkpoint(run: _Run, seed: int, workdir: str, step: int | None = None):
+    """`(train state, step)` of `workdir`'s checkpoint (the newest, or `step`) for the
+    model `run` builds; no optimiser state."""
+    # Only the structure is needed: no initialisation is computed.
+    template = jax.eval_shape(lambda: create_train_state(run.method, None, run.image_shape, seed))
+    state, step = restore_state(workdir, template, step)
+    print(f"restored step {step} from {workdir}")
+    return state, step
 
 
 def _weights_identity(a: argparse.Namespace, step: int | None) -> dict[str, Any]:
@@ -239,19 +256,15 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     explicit = "all" not in names
     names = list(PROTOCOLS) if not explicit else list(dict.fromkeys(names))
     protocols = {name: get_protocol(name) for name in names}
-    config = _load_config(a, overrides)
+    config = load_run_config(a.workdir, a.config, overrides, a.init_from or "")
     out = a.out or os.path.join(a.workdir, "eval")
 
     run = _Run(config)
     step = None
     if a.init_from:
         state = create_train_state(run.method, None, run.image_shape, config.seed, a.init_from)
-    else:  # only the structure is needed: no initialisation is computed
-        template = jax.eval_shape(
-            lambda: create_train_state(run.method, None, run.image_shape, config.seed)
-        )
-        state, step = restore_state(a.workdir, template, a.step)
-        print(f"restored step {step} from {a.workdir}")
+    else:
+        state, step = restore_checkpoint(run, config.seed, a.workdir, a.step)
     state = put_replicated(state, run.mesh)
     writer = jax.process_index() == 0
     if writer:

@@ -255,3 +255,29 @@ def test_the_key_encoder_copies_the_encoder_without_the_rationale_branch(tiny):
     assert set(state["key_params"]) == {"backbone", "projector"}
     assert all("rationale" not in t for t in state["key_model_state"].values())
     assert params["rationale"]["conv"]["kernel"].shape[-1] == 32  # proj_dim
+
+
+def test_explain_is_the_grad_cam_of_infonce_against_the_mirrored_images_keys(tiny):
+    """`explain` (the rationale pictures): queries from the images, keys from the key
+    encoder on the partners, the queue, T; the Grad-CAM from the full-map gradient."""
+    method, params, model_state, *_ = tiny
+    state = method.init_state(params, model_state, jax.random.PRNGKey(4))
+    images = jax.random.normal(jax.random.PRNGKey(5), (B, S, S, 3))
+    partners = jnp.flip(images, axis=2)
+    cam, attention = jax.jit(method.explain)(params, model_state, state, images, partners)
+
+    apply = lambda x: method.net.apply({"params": params, **model_state}, x, train=False)
+    maps = np.asarray(apply(images)["stage2"], np.float64)
+    k = np.asarray(l2_normalize(apply(partners)["proj"]))  # key encoder = encoder at init
+    head = jax.tree.map(np.asarray, params["projector"])
+    _, d_pooled = _moco_and_pooled_grad(
+        maps.mean(axis=(1, 2)), head, k, np.asarray(state["queue"]), 0.2
+    )
+    # dL/dA = dL/dy / HW at every position; Grad-CAM of the loss, no rescaling (faithful).
+    positions = maps.shape[1] * maps.shape[2]
+    want = np.maximum(np.einsum("bhwc,bc->bhw", maps, d_pooled) / positions, 0.0)
+    assert want.max() > 0 and (want == 0).any()
+    np.testing.assert_allclose(cam, want, atol=1e-6, rtol=1e-4)
+    # The attention is the batch min-max mask the descriptor pools with.
+    assert cam.shape == attention.shape == maps.shape[:3]
+    np.testing.assert_allclose([attention.min(), attention.max()], [0.0, 1.0], atol=1e-6)

@@ -102,3 +102,45 @@ def test_cub_lcr_byol_recipe_is_cub_byol_with_the_lcr_section():
     assert (lcr.lcr_byol.tau, lcr.lcr_byol.cam_softmax_axis) == (0.4, "spatial")
     rest = lambda c, section: {k: v for k, v in c.to_dict().items() if k not in ("method", section)}
     assert rest(lcr, "lcr_byol") == rest(byol, "byol")
+
+
+def test_explain_is_the_grad_cam_of_the_view_one_half_against_the_target_of_the_partners():
+    config = tiny_config("lcr_byol")
+    config.lcr_byol.update(dict(hidden_dim=16, dim=8, cam_sign="score", cam_norm="sample_max"))
+    from fgjax.methods import build_method
+
+    method = build_method(config, run_info(config))
+    params, model_state = jax.jit(method.init_variables, static_argnums=1)(
+        jax.random.PRNGKey(0), (B, S, S, 3)
+    )
+    state = method.init_state(params, model_state, jax.random.PRNGKey(1))
+    # A target different from the online network, so mixing them up fails.
+    state["target_params"] = jax.tree.map(lambda p: p * 1.5 + 0.01, state["target_params"])
+    images = jax.random.normal(jax.random.PRNGKey(2), (B, S, S, 3))
+    partners = jnp.flip(images, axis=2)
+    cam, _ = jax.jit(method.explain)(params, model_state, state, images, partners)
+
+    variables = lambda p, s: {"params": p, **s}
+    online = {k: v for k, v in params.items() if k != "rationale"}
+    online_state = {
+        c: {k: v for k, v in t.items() if k != "rationale"} for c, t in model_state.items()
+    }
+    maps = method.net.apply(variables(online, online_state), images, train=False)["stage2"]
+    target = variables(state["target_params"], state["target_model_state"])
+    z = _unit(method.net.apply(target, partners, train=False, predict=False)["proj"])
+    heads = lambda pooled: method.net.apply(
+        variables(online, online_state),
+        pooled,
+        method=lambda net, y: net.predictor(net.projector(y, False), False),
+    )
+
+    def half(a):  # -1/2 mean cos(p1, z2'), written out
+        p = heads(jnp.mean(a, (1, 2)))
+        p = p / jnp.linalg.norm(p, axis=-1, keepdims=True)
+        return -jnp.mean(jnp.sum(p * z, -1)) / 2
+
+    grad = jax.grad(half)(maps.astype(jnp.float32))
+    want = np.maximum(-np.sum(np.asarray(maps) * np.asarray(grad), -1), 0.0)  # 'score' sign
+    want = want / (want.max(axis=(1, 2), keepdims=True) + 1e-7)  # 'sample_max'
+    assert (want == 0).any() and np.allclose(want.max(axis=(1, 2)), 1.0, atol=1e-3)
+    np.testing.assert_allclose(cam, want, atol=1e-5)

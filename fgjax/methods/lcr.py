@@ -242,6 +242,24 @@ class Rationale:
         """The LCR descriptor `[B, C]`: L2normalise(mean_hw(a * A)) (spec 4.6)."""
         return descriptor(*self.attention(params, model_state, images))
 
+    def explain(
+        self,
+        params: PyTree,
+        model_state: PyTree,
+        method_state: PyTree,
+        images: jax.Array,
+        partners: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Eval-mode `(Grad-CAM [B, H, W], normalised mask a [B, H, W])` of `images`: the
+        Grad-CAM of the base's SSL loss with `partners` (e.g. the mirrored images) as the
+        other view, as `cam_sign` and `cam_norm` shape the training target."""
+        maps, attention = self.attention(params, model_state, images)
+        pooled_grad = jax.grad(
+            lambda pooled: self.explained_loss(params, model_state, method_state, pooled, partners)
+        )(jnp.mean(maps, axis=(1, 2)))
+        cam = grad_cam(maps, pooled_grad, CAM_SIGNS[self.section.cam_sign])
+        return normalise_cam(cam, self.section.cam_norm), attention
+
 
 @register
 class LCR(Rationale, MoCo):
@@ -298,6 +316,15 @@ class LCR(Rationale, MoCo):
         }
         update = {"keys": k, "key_model_state": key_model_state}
         return loss, LossAux(new_state, metrics, update)
+
+    def explained_loss(self, params, model_state, method_state, pooled, partners):
+        """InfoNCE of queries from `pooled` `[B, C]` against the key encoder's (eval mode)
+        keys of `partners` and the queue: the loss `explain` takes the Grad-CAM of."""
+        key_variables = {"params": method_state["key_params"], **method_state["key_model_state"]}
+        k = l2_normalize(self.net.apply(key_variables, partners, train=False)["proj"])
+        q = self.net.projector.apply({"params": params["projector"]}, pooled, train=False)
+        q = l2_normalize(q)
+        return info_nce(q, k, method_state["queue"], self.section.temperature)[0]
 
 
 @register
@@ -363,3 +390,15 @@ class LCRBYOL(Rationale, BYOL):
         new_state = {c: {**t, "rationale": branch_state[c]} for c, t in state.items()}
         metrics = {"loss": loss, "ssl_loss": ssl, **metrics}
         return loss, LossAux(new_state, metrics, {"target_model_state": target_state})
+
+    def explained_loss(self, params, model_state, method_state, pooled, partners):
+        """The view-1 half 1/2 D(p1, z2') with p1 from `pooled` `[B, C]` and z2' the target's
+        (eval mode) projection of `partners`: the loss `explain` takes the Grad-CAM of."""
+        target = {"params": method_state["target_params"], **method_state["target_model_state"]}
+        z = self.net.apply(target, partners, train=False, predict=False)["proj"]
+        head = lambda name, x: getattr(self.net, name).apply(
+            {"params": params[name], **{c: t[name] for c, t in model_state.items()}},
+            x,
+            train=False,
+        )
+        return negative_cosine(head("predictor", head("projector", pooled)), z) / 2

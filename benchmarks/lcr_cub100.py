@@ -1,0 +1,219 @@
+"""MoCo v2 vs MoCo v2 + LCR (faithful and fixed presets) on the CUB-100 crops, from scratch.
+
+    python benchmarks/lcr_cub100.py --out runs/lcr_cub100 [--seeds 0 1 2] [--epochs 25]
+
+The three recipes (configs/cub_moco.py, cub_lcr.py, cub_lcr_fixed.py) shrunk alike so a
+2-core CPU runs them: a width-8 ResNet-50 with one block per stage, 64 px images, no stem
+max-pool (4x4 last-stage maps), batch 64, 2048 -> 512-512-128 head, queue 1024 (a third
+of the 2,999 training images), key momentum 0.99, lr 0.06 cosine per epoch. Everything
+else (augmentations, T 0.2, weight decay, the LCR switches of each preset) is the recipe's.
+The seeds, schedule and images are identical across the three.
+
+Data: `../shared/data/cub100_crops227` (100 species, official split: 2,999 train and
+2,903 test bounding-box crops), read through a CSV manifest written into OUT.
+
+Each run lives in OUT/<variant>/seed<N>: training with retrieval every 5 epochs (the
+curves), then `python -m fgjax.eval` with the retrieval protocol (leave-one-out on
+test: Recall@1, hit@5, mAP) and the fast linear probe on the method's embedding (MoCo: the
+pooled feature; LCR: its attention-pooled descriptor). An LCR run is also evaluated on its
+pooled feature (`stage4`), which separates what the training changed from what the
+descriptor adds, and draws its rationale pictures (`python -m fgjax.viz.rationale`).
+A killed script resumes: finished runs are skipped, unfinished ones resume from their
+checkpoints. OUT/summary.md gets the table (mean +- std over seeds) and OUT/curves.png
+the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+
+from fgjax.config import load_config_file  # noqa: E402
+
+VARIANTS = {"moco": "cub_moco.py", "lcr": "cub_lcr.py", "lcr_fixed": "cub_lcr_fixed.py"}
+METRICS = (  # (key in the eval.json of `python -m fgjax.eval`, column title)
+    ("retrieval_recall@1", "rank-1"),
+    ("retrieval_recall@5", "hit@5"),
+    ("retrieval_map", "mAP"),
+    ("linear_top1", "linear top-1"),
+)
+
+
+def write_manifest(data: str, path: str) -> str:
+    """`path`: a CSV (path, label, split) of the CUB-100 crops; in this copy's
+    train_test_split.txt `1` marks the official test split."""
+
+    def table(name: str) -> dict[str, str]:
+        with open(os.path.join(data, name)) as f:
+            return dict(line.strip().split(", ", 1) for line in f if line.strip())
+
+    paths, labels, split = (
+        table(n) for n in ("images.txt", "image_class_labels.txt", "train_test_split.txt")
+    )
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split"])
+        for image_id, rel in paths.items():
+            role = "test" if split[image_id] == "1" else "train"
+            writer.writerow([os.path.join(data, "images", rel), labels[image_id], role])
+    return path
+
+
+def small_config(variant: str, manifest: str, seed: int, epochs: int):
+    c = load_config_file(os.path.join(REPO, "configs", VARIANTS[variant]))
+    section = c[c.method]
+    c.seed = seed
+    c.data.kind = "csv"
+    c.data.root = manifest
+    c.data.image_size = 64
+    c.data.num_workers = 1
+    c.model.overrides.stage_sizes = (1, 1, 1, 1)
+    c.model.overrides.width = 8
+    c.model.dtype = "float32"
+    c.model.stem_maxpool = False
+    section.hidden_dim = 512
+    section.dim = 128
+    section.queue_size = 1024
+    section.momentum = 0.99
+    section.bn_groups = 2
+    c.optim.lr = 0.06
+    c.train.batch_size = 64
+    c.train.num_epochs = epochs
+    c.train.checkpoint_every_steps = 230  # 5 epochs of 46 steps
+    c.train.log_every_steps = 23
+    c.train.progress_bar = False
+    c.eval.every_epochs = 5
+    c.eval.periodic_map = True
+    c.eval.recall_ks = (1, 5)
+    c.eval.batch_size = 256
+    return c
+
+
+def run_one(variant: str, seed: int, args) -> str:
+    from fgjax.evaluate import evaluate
+    from fgjax.train.loop import train_and_evaluate
+
+    workdir = os.path.join(args.out, variant, f"seed{seed}")
+    if not os.path.exists(os.path.join(workdir, "eval.json")):
+        start = time.time()
+        config = small_config(variant, os.path.join(args.out, "manifest.csv"), seed, args.epochs)
+        train_and_evaluate(config, workdir)
+        print(f"{variant} seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
+    outputs = {"eval": "pooled"}
+    if variant != "moco":
+        outputs["eval_gap"] = "stage4"
+    for folder, feature in outputs.items():
+        if not os.path.exists(os.path.join(workdir, folder, "eval.json")):
+            evaluate(
+                ["--workdir", workdir, "--protocol", "retrieval,linear", "--features", feature]
+                + ["--out", os.path.join(workdir, folder), "--no-plots"]
+                + ["--config.eval.recall_ks=(1,5)"]
+            )
+    return workdir
+
+
+def draw_rationale(variant: str, seed: int, args) -> None:
+    from fgjax.viz.rationale import main as rationale
+
+    workdir = os.path.join(args.out, variant, f"seed{seed}")
+    picture = os.path.join(workdir, "rationale.png")
+    if not os.path.exists(picture):
+        rationale(["--workdir", workdir, "--num", "8", "--out", picture])
+
+
+def _read(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def summarize(args) -> str:
+    rows, curves = [], {}
+    for variant in VARIANTS:
+        for folder, label in (("eval", "embedding"), ("eval_gap", "pooled (GAP)")):
+            paths = [os.path.join(args.out, variant, f"seed{s}", folder) for s in args.seeds]
+            found = [_read(f) for p in paths if os.path.exists(f := os.path.join(p, "eval.json"))]
+            if not found:
+                continue
+            cells = []
+            for key, _ in METRICS:
+                values = 100 * np.array([r[key] for r in found])
+                cells.append(f"{values.mean():.2f} ± {values.std():.2f}")
+            rows.append(f"| {variant} | {label} | {len(found)} | " + " | ".join(cells) + " |")
+        curves[variant] = [
+            _read(os.path.join(args.out, variant, f"seed{s}", "eval_history.json"))
+            for s in args.seeds
+            if os.path.exists(os.path.join(args.out, variant, f"seed{s}", "eval_history.json"))
+        ]
+    head = "| variant | feature | seeds | " + " | ".join(t for _, t in METRICS) + " |"
+    table = "\n".join([head, "|" + "---|" * (3 + len(METRICS)), *rows])
+    path = os.path.join(args.out, "summary.md")
+    with open(path, "w") as f:
+        f.write(table + "\n")
+    _plot_curves(curves, args)
+    return table
+
+
+def _plot_curves(curves: dict[str, list[list[dict]]], args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fgjax.train.metrics_log import read_metrics
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for variant, runs in curves.items():
+        for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
+            epochs = [e["epoch"] for e in runs[0]]
+            values = 100 * np.array([[e[key] for e in run] for run in runs])
+            mean, std = values.mean(0), values.std(0)
+            ax.plot(epochs, mean, marker="o", label=variant)
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+            ax.set_title(f"{key} (test, %), mean ± std over seeds")
+            ax.set_xlabel("epoch")
+        if variant != "moco":
+            log = read_metrics(os.path.join(args.out, variant, f"seed{args.seeds[0]}"))
+            axes[2].plot([r["step"] for r in log], [r["cam_entropy"] for r in log], label=variant)
+    axes[2].set_title("Grad-CAM target entropy / log N (1 = uniform)")
+    axes[2].set_xlabel("step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "curves.png"), dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/lcr_cub100")
+    p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "cub100_crops227"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = p.parse_args()
+    if not os.path.isdir(args.data):
+        sys.exit(f"{args.data}: no CUB-100 crops there (give --data)")
+    os.makedirs(args.out, exist_ok=True)
+    write_manifest(os.path.abspath(args.data), os.path.join(args.out, "manifest.csv"))
+    for seed in args.seeds:  # seed-major: a partial sweep already compares the variants
+        for variant in args.variants:
+            run_one(variant, seed, args)
+    for variant in args.variants:
+        if variant != "moco":
+            draw_rationale(variant, args.seeds[0], args)
+    print(summarize(args))
+
+
+if __name__ == "__main__":
+    main()

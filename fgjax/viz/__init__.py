@@ -1,0 +1,1 @@
+"""Pictures of what a trained model looks at (command-line entry points)."""

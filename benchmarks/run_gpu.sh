@@ -21,7 +21,7 @@ data=.carry/data crops=.carry/data/cub100_crops227/manifest.csv
 full=.carry/data/cub200_official_sample/CUB_200_2011/manifest.csv
 workers=$(nproc)
 jpeg=""; [ -f $crops ] && jpeg="--jpeg-csv $crops --workers $workers"
-want steps && python3 benchmarks/train_step.py --which supervised,moco,byol $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
+want steps && python3 benchmarks/train_step.py --which supervised,moco,byol,lcr $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
 want torch && python3 benchmarks/torch_train_step.py --which supervised,moco,byol --modes eager,compile --out "$out/torch.json" 2>&1 | tee "$out/torch.log"
 want parity && python3 benchmarks/weights_parity.py 2>&1 | tee "$out/parity.log"
 # One grain/DataLoader worker per core; a worker makes a whole batch, so warm up a batch

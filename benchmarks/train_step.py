@@ -1,10 +1,10 @@
-"""Images/s of fgjax's supervised, MoCo v2 and BYOL train steps (ResNet-50, 224 px,
+"""Images/s of fgjax's supervised, MoCo v2, BYOL and LCR train steps (ResNet-50, 224 px,
 global batch 256, bfloat16 compute), and end-to-end throughput with JPEG decoding.
 
 Run on the accelerator host (see benchmarks/run_gpu.sh, which also runs the PyTorch
 reference `torch_train_step.py` in the same session):
 
-    python benchmarks/train_step.py --which supervised,moco,byol --out jax.json
+    python benchmarks/train_step.py --which supervised,moco,byol,lcr --out jax.json
     python benchmarks/train_step.py --which moco --jpeg-csv /path/manifest.csv  # + data
 
 Step timing feeds a pre-sharded synthetic uint8 batch (the photometric augmentation
@@ -41,7 +41,8 @@ from fgjax.train.state import create_train_state  # noqa: E402
 from fgjax.train.step import jit_train_step, make_train_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = {"moco": "cub_moco.py", "byol": "cub_byol.py"}  # supervised: the library default
+# supervised: the library default; lcr: MoCo v2 + LCR (faithful), its overhead over moco.
+RECIPES = {"moco": "cub_moco.py", "byol": "cub_byol.py", "lcr": "cub_lcr.py"}
 
 
 def build(which: str, batch: int, image_size: int, dtype: str, num_classes: int = 200):

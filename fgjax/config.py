@@ -78,7 +78,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.model.arch = "resnet50"  # any name of fgjax.models.registry: resnet18..152, swin_*
     c.model.overrides = ml_collections.ConfigDict()  # module fields, e.g. width=8 (tiny nets)
     c.model.dtype = "auto"  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32'/'bfloat16'
-    c.model.init_from = ""  # a .pth/.safetensors/.npz backbone checkpoint (see fgjax.weights)
+    # A .pth/.safetensors/.npz backbone (see fgjax.weights), or an fgjax training workdir
+    # (or WORKDIR/checkpoints/STEP): the method's `pretrained_groups` are copied from it.
+    c.model.init_from = ""
     # ResNet only
     c.model.stem_maxpool = True
     c.model.bn_momentum = 0.9  # Flax convention; PyTorch momentum 0.1

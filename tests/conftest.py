@@ -45,6 +45,26 @@ def tiny_config(method: str = "moco"):
     return c
 
 
+def tiny_lcr_config():
+    """`tiny_config('lcr')` with a head and queue to match."""
+    c = tiny_config("lcr")
+    c.lcr.update(dict(hidden_dim=16, dim=8, queue_size=32, bn_groups=1))
+    return c
+
+
+@pytest.fixture(scope="session")
+def tiny_lcr_run(tmp_path_factory) -> str:
+    """The workdir of a tiny LCR run trained for 2 epochs (2 steps each), checkpoints at
+    steps 2 and 4; trained once per session (viz and linear-probe tests read it)."""
+    from fgjax.train.loop import train_and_evaluate
+
+    config = tiny_lcr_config()
+    config.eval.enabled = False
+    workdir = str(tmp_path_factory.mktemp("tiny_lcr") / "run")
+    train_and_evaluate(config, workdir)
+    return workdir
+
+
 @pytest.fixture
 def shared_data() -> str:
     if not os.path.isdir(SHARED_DATA):

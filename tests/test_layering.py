@@ -24,9 +24,10 @@ ALLOWED = {
 
 
 # Command-line entry points (`python -m fgjax.data.inspect`, `python -m fgjax.eval`,
-# `python -m fgjax.viz.rationale`) read configs and may build whole runs, so they may import
-# any layer; they stay leaves (nothing imports them), which keeps the layers acyclic.
-ENTRY_POINTS = {"data/inspect.py", "eval/__main__.py", "viz/rationale.py"}
+# `python -m fgjax.weights`, `python -m fgjax.viz.rationale`) read configs, checkpoints and
+# whole runs, so they may import any layer; they stay leaves (nothing imports them), which
+# keeps the layers acyclic.
+ENTRY_POINTS = {"data/inspect.py", "eval/__main__.py", "weights/__main__.py", "viz/rationale.py"}
 
 
 def _fgjax_imports(path: str) -> set[str]:

@@ -134,8 +134,19 @@ def _moco_and_pooled_grad(pooled, head, k, queue, temperature):
     return loss, d_pooled
 
 
-def test_one_jitted_step_loss_is_moco_plus_weight_times_kl_in_numpy():
-    config = _config(loss_weight=0.5, tau=0.5, momentum=0.9)
+FIXED_SWITCHES = ("tau", "cam_softmax_axis", "cam_norm", "cam_target_stopgrad", "att_norm")
+
+
+@pytest.mark.parametrize("preset", ["faithful", "fixed"])
+def test_one_jitted_step_loss_is_moco_plus_weight_times_kl_in_numpy(preset):
+    """The faithful switches (tau 0.5 to exercise the temperature), and those of
+    configs/cub_lcr_fixed.py: spatial softmax, per-image max-scaled Grad-CAM, per-image mask."""
+    switches = dict(tau=0.5)
+    if preset == "fixed":
+        fixed = load_config_file(os.path.join(REPO, "configs", "cub_lcr_fixed.py")).lcr
+        switches = {k: fixed[k] for k in FIXED_SWITCHES}
+    config = _config(loss_weight=0.5, momentum=0.9, **switches)
+    tau, spatial = config.lcr.tau, config.lcr.cam_softmax_axis == "spatial"
     method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 0.1)
     before = jax.device_get(state)
     batch = random_batch(np.random.default_rng(0), ("view1", "view2"), B, S)
@@ -164,14 +175,20 @@ def test_one_jitted_step_loss_is_moco_plus_weight_times_kl_in_numpy():
     x = maps @ np.asarray(branch["conv"]["kernel"], np.float64)
     x = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-5)
     x = x * np.asarray(branch["bn"]["scale"]) + np.asarray(branch["bn"]["bias"])
-    att = _minmax(np.maximum(x, 0).max(-1), per_sample=False)
-    kl = sum(_kl_rows(cam[i, h] / 0.5, att[i, h] / 0.5) for i in range(B) for h in range(2))
+    per_sample = config.lcr.att_norm == "sample_minmax"
+    att = _minmax(np.maximum(x, 0).max(-1), per_sample=per_sample)
+    if config.lcr.cam_norm == "sample_max":
+        cam = cam / (cam.max(axis=(1, 2), keepdims=True) + 1e-7)
+    if spatial:  # one distribution per image
+        kl = sum(_kl_rows(cam[i].ravel() / tau, att[i].ravel() / tau) for i in range(B))
+    else:  # one per row of the 2x2 map
+        kl = sum(_kl_rows(cam[i, h] / tau, att[i, h] / tau) for i in range(B) for h in range(2))
 
     np.testing.assert_allclose(float(metrics["ssl_loss"]), moco, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["lcr_loss"]), kl, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["loss"]), moco + 0.5 * kl, rtol=1e-4)
-    t = _softmax(cam.reshape(-1, 2) / 0.5)
-    entropy = np.mean(-np.sum(t * np.log(t), -1)) / np.log(2)
+    t = _softmax(cam.reshape(B, -1) / tau if spatial else cam.reshape(-1, 2) / tau)
+    entropy = np.mean(-np.sum(t * np.log(t), -1)) / np.log(t.shape[-1])
     np.testing.assert_allclose(float(metrics["cam_entropy"]), entropy, rtol=1e-4)
     assert kl > 1e-3  # the fitting term is visible in the total
 

@@ -5,15 +5,18 @@ gradient of the BYOL loss w.r.t. the full last-stage map (not the pooled shortcu
 step uses), explaining view 1 only.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
+from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
 
-from fgjax.config import default_config, photometric_config
+from fgjax.config import default_config, load_config_file, photometric_config
 from fgjax.core.objectives import negative_cosine
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
+from fgjax.methods import build_method
 from fgjax.methods.lcr import fitting_loss, minmax
 
 B, S = 8, 16
@@ -89,12 +92,6 @@ def test_byol_lcr_defaults_are_the_byol_path_of_the_spec_section_10():
 
 
 def test_cub_lcr_byol_recipe_is_cub_byol_with_the_lcr_section():
-    import os
-
-    from conftest import REPO
-
-    from fgjax.config import load_config_file
-
     byol = load_config_file(os.path.join(REPO, "configs", "cub_byol.py"))
     lcr = load_config_file(os.path.join(REPO, "configs", "cub_lcr_byol.py"))
     assert lcr.method == "lcr_byol" and lcr.model.stem_maxpool is False
@@ -107,7 +104,6 @@ def test_cub_lcr_byol_recipe_is_cub_byol_with_the_lcr_section():
 def test_explain_is_the_grad_cam_of_the_view_one_half_against_the_target_of_the_partners():
     config = tiny_config("lcr_byol")
     config.lcr_byol.update(dict(hidden_dim=16, dim=8, cam_sign="score", cam_norm="sample_max"))
-    from fgjax.methods import build_method
 
     method = build_method(config, run_info(config))
     params, model_state = jax.jit(method.init_variables, static_argnums=1)(
@@ -144,3 +140,17 @@ def test_explain_is_the_grad_cam_of_the_view_one_half_against_the_target_of_the_
     want = want / (want.max(axis=(1, 2), keepdims=True) + 1e-7)  # 'sample_max'
     assert (want == 0).any() and np.allclose(want.max(axis=(1, 2)), 1.0, atol=1e-3)
     np.testing.assert_allclose(cam, want, atol=1e-5)
+
+
+def test_byol_fixed_preset_changes_exactly_the_spec_corrections():
+    load = lambda name: load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
+    faithful, fixed = load("cub_lcr_byol"), load("cub_lcr_byol_fixed")
+    section = {
+        k: fixed.lcr_byol[k] for k in fixed.lcr_byol if fixed.lcr_byol[k] != faithful.lcr_byol[k]
+    }
+    assert section == dict(
+        cam_norm="sample_max", cam_target_stopgrad=True, att_norm="sample_minmax"
+    )
+    assert (fixed.optim.name, fixed.optim.momentum, faithful.optim.momentum) == ("lars", 0.9, 0.0)
+    fixed.lcr_byol, fixed.optim.momentum = faithful.lcr_byol, faithful.optim.momentum
+    assert fixed.to_dict() == faithful.to_dict()  # nothing else differs

@@ -148,3 +148,58 @@ def test_evaluator_reports_top1_top5_of_the_classifier(stepped):
     assert out["top5"] == pytest.approx(np.mean(rank < 5)) == 1.0  # 4 classes
     with pytest.raises(ValueError, match="must have the classes of the train split"):
         method.evaluators()["lincls"](state, _FakeExtractor(images, labels, names, names[:3]))
+
+
+def _lcr_probe(**fields):
+    config = tiny_config("lincls")
+    config.lincls.feature = "lcr"
+    config.optim.freeze = ("backbone", "rationale")
+    config.lincls.update(fields)
+    return build_method(config, run_info(config))
+
+
+def test_lcr_descriptor_probe_loads_the_lcr_run_and_embeds_its_descriptor(tiny_lcr_run):
+    """`feature='lcr'` + `init_from=WORKDIR/checkpoints/STEP`: the backbone and the branch
+    of that step, frozen; the probed feature is the LCR run's own embedding."""
+    from conftest import tiny_lcr_config
+
+    from fgjax.train.checkpoint import read_saved_state
+    from fgjax.train.state import create_train_state
+
+    probe = _lcr_probe()
+    state = create_train_state(probe, None, (2, 16, 16, 3), 0, f"{tiny_lcr_run}/checkpoints/2")
+    saved, _ = read_saved_state(tiny_lcr_run, 2)
+    newest, step = read_saved_state(tiny_lcr_run)
+    assert step == 4
+    for group in ("backbone", "rationale"):
+        for got, want, other in (
+            (state.params, saved["params"], newest["params"]),
+            (state.model_state["batch_stats"], saved["model_state"]["batch_stats"], None),
+        ):
+            jax.tree.map(np.testing.assert_array_equal, got[group], want[group])
+            if other is not None:  # the step chosen matters: step 4 holds other weights
+                assert not np.allclose(
+                    jax.tree.leaves(got[group])[0], jax.tree.leaves(other[group])[0]
+                )
+    assert set(state.params) == {"backbone", "rationale", "classifier"}
+
+    lcr = build_method(tiny_lcr_config(), run_info(tiny_lcr_config()))
+    images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+    want = lcr.embed(saved["params"], saved["model_state"], images)
+    got = jax.jit(probe.embed)(state.params, state.model_state, images)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, rtol=1e-5)
+
+
+def test_lcr_probe_errors_name_what_is_wrong(tiny_lcr_run, tmp_path):
+    from fgjax.train.state import create_train_state
+
+    with pytest.raises(ValueError, match="weights file .*training workdir"):
+        create_train_state(_lcr_probe(), None, (2, 16, 16, 3), 0, str(tmp_path / "r50.pth"))
+    with pytest.raises(ValueError, match=r"params/rationale\[.*\] has shape \(32,\)"):
+        create_train_state(_lcr_probe(lcr_maps=16), None, (2, 16, 16, 3), 0, tiny_lcr_run)
+    config = tiny_config("lincls")
+    config.lincls.feature = "lcr"
+    config.optim.freeze = ("backbone",)
+    with pytest.raises(ValueError, match=r"freeze=\('backbone', 'rationale'\)"):
+        build_method(config, run_info(config))

@@ -7,17 +7,11 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from fgjax.train.loop import train_and_evaluate
 from fgjax.viz.rationale import main, per_image_unit
 
 
-def test_writes_image_gradcam_attention_rows_for_a_trained_lcr_run(tmp_path):
-    config = tiny_config("lcr")
-    config.lcr.update(dict(hidden_dim=16, dim=8, queue_size=32, bn_groups=1))
-    config.train.num_epochs = 1
-    config.eval.enabled = False
-    workdir = str(tmp_path / "run")
-    train_and_evaluate(config, workdir)
+def test_writes_image_gradcam_attention_rows_for_a_trained_lcr_run(tiny_lcr_run):
+    workdir = tiny_lcr_run
     out = main(["--workdir", workdir, "--num", "3"])
     assert out == f"{workdir}/rationale.png"
     width, height = Image.open(out).size

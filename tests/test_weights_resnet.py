@@ -406,3 +406,22 @@ def test_cli_inspect_subprocess():
     assert proc.returncode == 0, proc.stderr
     assert "layer4.0.downsample.0.weight\tfloat32\t(128, 64, 1, 1)" in proc.stdout
     assert "ResNet backbone prefix: ''" in proc.stdout
+
+
+def test_cli_exports_the_backbone_of_an_fgjax_training_run(tiny_lcr_run, tmp_path):
+    """`convert WORKDIR/checkpoints/STEP OUT.npz`: that step's backbone, nothing else."""
+    from fgjax.train.checkpoint import read_saved_state
+
+    out = str(tmp_path / "backbone.npz")
+    assert main(["convert", f"{tiny_lcr_run}/checkpoints/2", out, "--arch", "resnet"]) == 0
+    saved, _ = read_saved_state(tiny_lcr_run, 2)
+    want = {"params": saved["params"]["backbone"]}
+    want.update({c: t["backbone"] for c, t in saved["model_state"].items()})
+    want = {
+        "/".join(str(k.key) for k in path): v
+        for path, v in jax.tree_util.tree_leaves_with_path(want)
+    }
+    with np.load(out) as got:
+        assert sorted(got.files) == sorted(want)
+        for key, value in want.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=key)

@@ -109,6 +109,9 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     view_names: tuple[str, ...] = ("view1", "view2")
+    # Top-level parameter groups `config.model.init_from` fills: a weights file holds the
+    # backbone only; a training workdir gives every group named here.
+    pretrained_groups: tuple[str, ...] = ("backbone",)
 
     def __init__(self, config: ml_collections.ConfigDict, run: RunInfo):
         self.config = config

@@ -164,6 +164,47 @@ def without_branch(tree: PyTree) -> PyTree:
     return {k: v for k, v in tree.items() if k != "rationale"}
 
 
+def with_branch(
+    branch: RationaleBranch,
+    backbone: nn.Module,
+    params: PyTree,
+    model_state: PyTree,
+    rng: jax.Array,
+    image_shape: tuple[int, ...],
+) -> tuple[PyTree, PyTree]:
+    """`(params, model_state)` of a network whose `params['backbone']` is `backbone`, with the
+    rationale branch `branch` added as the `rationale` group (params and BN statistics)."""
+    # Real maps under the caller's jit: only their shape matters, XLA drops the rest.
+    maps = last_stage_map(
+        backbone.apply(backbone_variables(params, model_state), jnp.zeros(image_shape), train=False)
+    )
+    variables = dict(branch.init(rng, maps, train=False))
+    params = {**params, "rationale": variables.pop("params")}
+    model_state = {c: {**t, "rationale": variables[c]} for c, t in model_state.items()}
+    return params, model_state
+
+
+def attention_maps(
+    branch: RationaleBranch,
+    backbone: nn.Module,
+    params: PyTree,
+    model_state: PyTree,
+    images: jax.Array,
+    att_norm: str,
+) -> tuple[jax.Array, jax.Array]:
+    """Eval-mode `(last-stage map A [B, H, W, C], normalised mask a [B, H, W])` of `images`
+    through `backbone` and the `rationale` group; `att_norm` as `config.lcr.att_norm`."""
+    if att_norm not in ATT_NORMS:
+        raise ValueError(f"att_norm={att_norm!r}: choose one of {ATT_NORMS}")
+    maps = last_stage_map(
+        backbone.apply(backbone_variables(params, model_state), images, train=False)
+    )
+    variables = {"params": params["rationale"]}
+    variables.update({c: t["rationale"] for c, t in model_state.items()})
+    mask = branch.apply(variables, maps, train=False)
+    return maps, minmax(mask, per_sample=att_norm == "sample_minmax")
+
+
 class Rationale:
     """The LCR part shared by the bases: mix in before the base method (`class X(Rationale,
     MoCo)`); the base's section carries `lcr_fields()`. Adds `params['rationale']` (and its
@@ -191,15 +232,10 @@ class Rationale:
 
     def init_variables(self, rng, image_shape):
         params, model_state = super().init_variables(rng, image_shape)
-        # Real maps under the caller's jit: only their shape matters, XLA drops the rest.
-        images = jnp.zeros(image_shape, jnp.float32)
-        maps = last_stage_map(
-            self.net.apply({"params": params, **model_state}, images, train=False)
+        branch_rng = jax.random.fold_in(rng, 1)
+        return with_branch(
+            self.rationale, self.backbone(), params, model_state, branch_rng, image_shape
         )
-        branch = dict(self.rationale.init(jax.random.fold_in(rng, 1), maps, train=False))
-        params = {**params, "rationale": branch.pop("params")}
-        model_state = {c: {**t, "rationale": branch[c]} for c, t in model_state.items()}
-        return params, model_state
 
     def fit_rationale(
         self, params: PyTree, model_state: PyTree, maps: jax.Array, pooled_grad: jax.Array
@@ -227,16 +263,9 @@ class Rationale:
 
     def attention(self, params: PyTree, model_state: PyTree, images: jax.Array):
         """Eval-mode `(last-stage map [B, H, W, C], normalised mask a [B, H, W])`."""
-        features = self.backbone().apply(
-            backbone_variables(params, model_state), images, train=False
+        return attention_maps(
+            self.rationale, self.backbone(), params, model_state, images, self.section.att_norm
         )
-        maps = last_stage_map(features)
-        branch = {
-            "params": params["rationale"],
-            **{c: t["rationale"] for c, t in model_state.items()},
-        }
-        mask = self.rationale.apply(branch, maps, train=False)
-        return maps, minmax(mask, per_sample=self.section.att_norm == "sample_minmax")
 
     def embed(self, params, model_state, images):
         """The LCR descriptor `[B, C]`: L2normalise(mean_hw(a * A)) (spec 4.6)."""

@@ -15,6 +15,11 @@ no state for it (weight decay or momentum cannot move it either); the method ref
 config without that. The `frozen` input of the contract is not used: it is not visible
 to `embed` or to evaluators, and would need its own copy of the `init_from` loading.
 
+LCR's protocol (lcr.md 6.1) classifies its descriptor L2norm(mean_hw(a * A)) instead:
+`config.lincls.feature='lcr'` adds the rationale branch as params['rationale'], loaded with
+the backbone from the LCR training workdir given as `init_from` and frozen with it
+(`configs/cub_lcr_lincls.py`).
+
 `evaluators()` adds 'lincls/top1', 'lincls/top5' and 'lincls/per_class_accuracy' of the
 classifier on the test split (Resize + CenterCrop, `fgjax.eval.classification`).
 """
@@ -32,8 +37,11 @@ from fgjax.core.objectives import accuracy, cross_entropy
 from fgjax.data.augment import no_augment_spec
 from fgjax.eval.classification import classification_metrics
 from fgjax.methods.base import LossAux, Method, register
+from fgjax.methods.lcr import RationaleBranch, attention_maps, descriptor, with_branch
 from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config
+
+FEATURES = ("pooled", "lcr")
 
 
 @register
@@ -43,9 +51,20 @@ class LinCls(Method):
 
     @classmethod
     def config_section(cls) -> ml_collections.ConfigDict:
-        # normalize: L2-normalise the feature before the classifier (LCR classifies its
-        # unit-norm descriptor; MoCo the raw pooled feature).
-        return ml_collections.ConfigDict(dict(normalize=False, init_std=0.01))
+        return ml_collections.ConfigDict(
+            dict(
+                # L2-normalise the feature before the classifier (LCR's descriptor is
+                # already unit-norm; MoCo classifies the raw pooled feature).
+                normalize=False,
+                init_std=0.01,
+                # 'pooled': the backbone's pooled feature; 'lcr': LCR's descriptor
+                # L2norm(mean_hw(a * A)), its branch loaded with the backbone from an
+                # lcr / lcr_byol training workdir (`init_from`).
+                feature="pooled",
+                lcr_maps=32,  # the branch's maps (config.lcr.proj_dim of that run)
+                lcr_att_norm="batch_minmax",  # config.lcr.att_norm of that run
+            )
+        )
 
     @classmethod
     def default_views(cls):
@@ -54,10 +73,22 @@ class LinCls(Method):
 
     def __init__(self, config, run):
         super().__init__(config, run)
-        if "backbone" not in tuple(config.optim.freeze):
+        s = self.section
+        if s.feature not in FEATURES:
+            raise ValueError(f"config.lincls.feature={s.feature!r}: choose one of {FEATURES}")
+        if s.feature == "lcr":
+            self.pretrained_groups = ("backbone", "rationale")
+            self.rationale = RationaleBranch(
+                features=s.lcr_maps,
+                bn_momentum=config.model.bn_momentum,
+                bn_epsilon=config.model.bn_epsilon,
+            )
+        missing = [g for g in self.pretrained_groups if g not in tuple(config.optim.freeze)]
+        if missing:
             raise ValueError(
                 "config.method='lincls' trains only the classifier: set "
-                "config.optim.freeze=('backbone',) (configs/lincls.py does)"
+                f"config.optim.freeze={self.pretrained_groups} (configs/lincls.py freezes "
+                "the backbone, configs/cub_lcr_lincls.py the rationale branch too)"
             )
         # The Encoder gives the params the standard layout {'backbone', 'classifier'}.
         self.net = Encoder(
@@ -72,6 +103,30 @@ class LinCls(Method):
         # One function object, so the feature extractor compiles it once.
         self._eval_logits = lambda state, images: self.logits(
             state.params, state.model_state, images
+        )
+
+    def init_variables(self, rng, image_shape):
+        params, model_state = super().init_variables(rng, image_shape)
+        if self.section.feature != "lcr":
+            return params, model_state
+        branch_rng = jax.random.fold_in(rng, 1)
+        return with_branch(
+            self.rationale, self.backbone(), params, model_state, branch_rng, image_shape
+        )
+
+    def embed(self, params: Any, model_state: Any, images: jax.Array) -> jax.Array:
+        """The probed feature `[B, D]` (eval mode): pooled, or LCR's descriptor."""
+        if self.section.feature != "lcr":
+            return super().embed(params, model_state, images)
+        return descriptor(
+            *attention_maps(
+                self.rationale,
+                self.backbone(),
+                params,
+                model_state,
+                images,
+                self.section.lcr_att_norm,
+            )
         )
 
     def logits(self, params: Any, model_state: Any, images: jax.Array) -> jax.Array:

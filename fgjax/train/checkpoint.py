@@ -93,6 +93,18 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
     from `jax.eval_shape`). Returns `(state, step)` with host arrays; a missing folder or
     step, or a checkpoint of another model, is an error saying what exists.
     """
+    saved, step = read_saved_state(workdir, step)
+    where = f"{os.path.join(os.path.abspath(workdir), 'checkpoints')}/{step}"
+    fields = {
+        name: conformed(getattr(template, name), saved.get(name, {}), name, where)
+        for name in ("step", "params", "model_state", "method_state", "rng", "bad_steps")
+    }
+    return template.replace(**fields), step
+
+
+def read_saved_state(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+    """`(saved train state as nested dicts of host arrays, step)` of `WORKDIR/checkpoints`
+    at `step` (default: the newest), with no template; errors say what exists."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {workdir} (no folder {directory})")
@@ -108,20 +120,35 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
         saved = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
         ).state
-    fields = {}
-    for name in ("step", "params", "model_state", "method_state", "rng", "bad_steps"):
-        want, got = getattr(template, name), saved.get(name, {})
-        if jax.tree.structure(want) != jax.tree.structure(got):
+    return saved, step
+
+
+def run_checkpoint(path: str) -> tuple[str, int | None] | None:
+    """`(workdir, step)` when `path` is a training run: its folder (step None = the newest)
+    or one of its `checkpoints/<step>` folders; None for anything else (a weights file)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        return path, None
+    parent, name = os.path.split(path)
+    if os.path.basename(parent) == "checkpoints" and name.isdigit() and os.path.isdir(path):
+        return os.path.dirname(parent), int(name)
+    return None
+
+
+def conformed(want: Any, got: Any, name: str, where: str) -> Any:
+    """`got` (a saved tree) as host arrays of `want`'s dtypes, after checking it has
+    `want`'s structure and shapes (`want`'s leaves may be abstract); the errors name
+    `where` it was read and the leaf of `name` that differs."""
+    if jax.tree.structure(want) != jax.tree.structure(got):
+        raise ValueError(
+            f"{where}: the saved {name} does not match the configured model "
+            "(was the checkpoint written with another config.model / config.method?)"
+        )
+    leaves = zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True)
+    for (path, a), b in leaves:
+        if a.shape != b.shape:
             raise ValueError(
-                f"{directory}/{step}: the saved {name} does not match the configured model "
-                "(was the checkpoint written with another config.model / config.method?)"
+                f"{where}: {name}{jax.tree_util.keystr(path)} has shape {b.shape}, "
+                f"the configured model {a.shape}"
             )
-        leaves = zip(jax.tree_util.tree_leaves_with_path(want), jax.tree.leaves(got), strict=True)
-        for (path, a), b in leaves:
-            if a.shape != b.shape:
-                raise ValueError(
-                    f"{directory}/{step}: {name}{jax.tree_util.keystr(path)} has shape "
-                    f"{b.shape}, the configured model {a.shape}"
-                )
-        fields[name] = jax.tree.map(lambda a, b: np.asarray(b, a.dtype), want, got)
-    return template.replace(**fields), step
+    return jax.tree.map(lambda a, b: np.asarray(b, a.dtype), want, got)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from fgjax.methods.base import Method, backbone_variables, replace_backbone
+from fgjax.train.checkpoint import conformed, read_saved_state, run_checkpoint
 
 PyTree = Any
 
@@ -43,17 +44,13 @@ def create_train_state(
     """Initialise the online network, optionally load a pretrained backbone, then build
     the method state (so a target/key encoder starts as a copy of the loaded weights).
     `tx=None` (evaluation only) leaves `opt_state` empty."""
+    if init_from:
+        check_init_from(method, init_from)
     root = jax.random.PRNGKey(seed)
     init_rng, state_rng, train_rng = jax.random.split(root, 3)
     params, model_state = jax.jit(method.init_variables, static_argnums=1)(init_rng, image_shape)
     if init_from:
-        from fgjax.weights import load_pretrained
-
-        loaded, report = load_pretrained(
-            init_from, backbone_variables(params, model_state), method.config.model.arch
-        )
-        print(f"init_from {init_from}: {report}")
-        params, model_state = replace_backbone(params, model_state, loaded)
+        params, model_state = load_init_from(method, params, model_state, init_from)
     method_state = method.init_state(params, model_state, state_rng)
     # A method state that starts as a copy of the params (key/target encoders) must not
     # alias their buffers: the train step donates the whole state.
@@ -67,3 +64,49 @@ def create_train_state(
         rng=train_rng,
         bad_steps=jnp.zeros((), jnp.int32),
     )
+
+
+def check_init_from(method: Method, init_from: str) -> None:
+    """Fail early (before any compile) when `init_from` cannot hold what `method` loads."""
+    groups = tuple(method.pretrained_groups)
+    if groups != ("backbone",) and run_checkpoint(init_from) is None:
+        raise ValueError(
+            f"config.method={method.name!r} starts {', '.join(groups)} from "
+            f"config.model.init_from, and {init_from} is a weights file (a backbone "
+            "only): give the training workdir that learned them"
+        )
+
+
+def load_init_from(
+    method: Method, params: PyTree, model_state: PyTree, init_from: str
+) -> tuple[PyTree, PyTree]:
+    """`(params, model_state)` with `method.pretrained_groups` loaded from `init_from`: a
+    training workdir (or its `checkpoints/<step>`), whose groups of the same name must have
+    the same structure and shapes, or a weights file, which holds a backbone only."""
+    groups = tuple(method.pretrained_groups)
+    run = run_checkpoint(init_from)
+    if run is None:
+        from fgjax.weights import load_pretrained
+
+        loaded, report = load_pretrained(
+            init_from, backbone_variables(params, model_state), method.config.model.arch
+        )
+        print(f"init_from {init_from}: {report}")
+        return replace_backbone(params, model_state, loaded)
+
+    saved, step = read_saved_state(*run)
+    where = f"{run[0]} step {step}"
+    params, model_state = dict(params), {c: dict(t) for c, t in model_state.items()}
+    for group in groups:
+        pairs = [("params", params, saved.get("params", {}))]
+        pairs += [(c, model_state[c], saved.get("model_state", {}).get(c, {})) for c in model_state]
+        for name, target, source in pairs:
+            if group not in source:
+                raise ValueError(
+                    f"config.model.init_from={init_from}: the run ({where}) has no {name} "
+                    f"group {group!r} (it has {sorted(source)}); config.method="
+                    f"{method.name!r} needs {list(groups)}"
+                )
+            target[group] = conformed(target[group], source[group], f"{name}/{group}", where)
+    print(f"init_from {where}: loaded {', '.join(groups)}")
+    return params, model_state

@@ -8,6 +8,9 @@
            Prints the load report; `--strict` fails on anything missing/unexpected.
   inspect  lists IN's tensors (name, dtype, shape) and where a ResNet backbone sits.
 
+IN may also be an fgjax training run: its workdir (the newest checkpoint) or
+WORKDIR/checkpoints/STEP; its backbone is read (e.g. to export it for PyTorch).
+
 ARCH: a `fgjax.models.registry` name (resnet18/34/50/101/152, timm Swin names such as
 swin_large_patch4_window12_384; `--help` lists them), or resnet (block, depth and width
 read from IN).
@@ -18,6 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+
+import numpy as np
 
 from fgjax.models.registry import arch_names
 from fgjax.weights.checkpoint import read_checkpoint
@@ -31,6 +36,7 @@ from fgjax.weights.load import (
 from fgjax.weights.load import save_variables as save_fgjax_npz
 from fgjax.weights.pth_reader import CheckpointFormatError, UnsafeCheckpointError
 from fgjax.weights.resnet_keys import find_backbone
+from fgjax.weights.variables import flatten_to_strings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,12 +60,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_input(path: str, notes: list[str]) -> dict[str, np.ndarray]:
+    """The tensors of a weights file, or the backbone of an fgjax training run (`runs/x`:
+    its newest checkpoint, or `runs/x/checkpoints/STEP`) as fgjax '/'-joined paths."""
+    # This entry point may read training checkpoints (tests/test_layering.py).
+    from fgjax.train.checkpoint import read_saved_state, run_checkpoint
+
+    run = run_checkpoint(path)
+    if run is None:
+        return read_checkpoint(path, notes)
+    saved, step = read_saved_state(*run)
+    notes.append(f"fgjax training run {run[0]}, step {step}: its backbone")
+    model_state = saved.get("model_state", {})
+    variables = {"params": saved["params"]["backbone"]}
+    variables.update({c: t["backbone"] for c, t in model_state.items()})
+    return flatten_to_strings(variables)
+
+
 def _convert(args: argparse.Namespace) -> int:
     to = args.to or ("fgjax" if args.output.lower().endswith(".npz") else "torchvision")
     if to == "fgjax" and not args.output.lower().endswith(".npz"):
         raise ValueError(f"{args.output}: fgjax variables are written as .npz")
     notes: list[str] = []
-    tensors = read_checkpoint(args.input, notes)
+    tensors = _read_input(args.input, notes)
     target = target_for_arch(args.arch, tensors)
     if is_fgjax_file(tensors):
         variables, report = variables_from_fgjax(tensors, target)
@@ -80,7 +103,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     notes: list[str] = []
-    tensors = read_checkpoint(args.input, notes)
+    tensors = _read_input(args.input, notes)
     for line in notes:
         print(f"note: {line}")
     for key, value in tensors.items():

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from fgjax.models.herbs import HerbsHead, weakly_select
+from fgjax.models.swin import Swin
 from fgjax.weights.herbs_keys import herbs_head_variables_from_torch
 from fgjax.weights.variables import flatten
 
@@ -232,3 +233,23 @@ def test_full_size_shapes_and_parameter_counts():
     pool0 = params[("params", "combiner", "param_pool0", "kernel")]
     assert pool0.shape == (480, 7)  # 480 selected tokens -> 480 // 64 = 7 graph nodes
     assert pool0.size + 7 == 3367  # "of which param_pool0 has 3,367"
+
+
+def test_head_consumes_swin_taps_as_returned():
+    """A tiny Swin's output dict (taps + `pooled`) feeds the head as is: the fixture's
+    token grids 8x8 / 4x4 / 2x2 / 2x2 are this Swin's post-merge taps."""
+    swin = Swin(
+        embed_dim=4, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), window_size=4, img_size=64
+    )
+    head = HerbsHead(num_classes=5, fpn_size=8, num_selects=(40, 10, 3, 2), tokens_per_node=16)
+    images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+
+    def forward(x):
+        taps, _ = swin.init_with_output(jax.random.key(0), x)
+        return head.init_with_output(jax.random.key(1), taps)[0]
+
+    out = jax.eval_shape(forward, images)
+    tiny_tokens = {n: _fixture()[1][n].shape[1] for n in LEVELS}
+    assert tiny_tokens == {"layer1": 64, "layer2": 16, "layer3": 4, "layer4": 4}
+    assert {n: out[n].shape for n in LEVELS} == {n: (2, s, 5) for n, s in tiny_tokens.items()}
+    assert out["comb_outs"].shape == (2, 5)

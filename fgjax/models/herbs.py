@@ -223,6 +223,7 @@ class GCNCombiner(nn.Module):
         z = jnp.einsum("bid,bij->bjd", _linear(d, d, self.dtype, "conv1")(x), a.astype(x.dtype))
         z = BatchNorm(dtype=self.dtype, name="batch_norm1")(z, train)
         z = _linear(1, nodes, self.dtype, "param_pool1")(z.swapaxes(1, 2))[..., 0]  # [B, D]
+        # flax Dropout asks for an rng even at rate 0; rate 0 is how parity tests train.
         z = nn.Dropout(self.dropout)(z, deterministic=not train or self.dropout == 0.0)
         return _linear(self.num_classes, d, self.dtype, "classifier")(z).astype(jnp.float32)
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fgjax.weights.report import LoadReport
-from fgjax.weights.swin_keys import HERBS_PREFIX, _unwrap
+from fgjax.weights.swin_keys import HERBS_PREFIX, unwrap_state_dict
 from fgjax.weights.variables import Path, fill, flatten
 
 _STATS = {"running_mean": "mean", "running_var": "var"}
@@ -72,7 +72,7 @@ def herbs_head_variables_from_torch(
     targets = flatten(target)
     report = LoadReport()
     sources: dict[Path, tuple[str, np.ndarray]] = {}
-    for key, value in _unwrap(state_dict).items():
+    for key, value in unwrap_state_dict(state_dict).items():
         if key.startswith(HERBS_PREFIX) or key.endswith(".num_batches_tracked"):
             continue
         path = flax_path(key, targets)

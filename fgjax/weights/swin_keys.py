@@ -35,7 +35,7 @@ _OLD_MARKER = re.compile(r"^layers\.0\.downsample\.")
 _DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
 
 
-def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+def unwrap_state_dict(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     """Accept `{'model': sd}` (Microsoft files, HERBS best.pt) and `{'state_dict': sd}`."""
     for wrapper in ("model", "state_dict"):
         inner = state_dict.get(wrapper)
@@ -105,7 +105,7 @@ def _split_sources(
 ) -> tuple[dict[str, np.ndarray], list[str], str]:
     """Backbone tensors keyed by (old or new) Swin names, the keys that are never ours
     (a HERBS head), and the prefix the backbone keys carried."""
-    state_dict = _unwrap(state_dict)
+    state_dict = unwrap_state_dict(state_dict)
     if not any(k.startswith(HERBS_PREFIX) for k in state_dict):
         return dict(state_dict), [], ""
     backbone = {

@@ -185,12 +185,12 @@ def _tiny_herbs_config(accumulate_steps=2):
 
 @pytest.fixture(scope="module")
 def stepped():
-    """One jitted step at epoch 10 (steps_per_epoch 1, step 10) with 2 micro-batches, and
+    """One jitted step at epoch 10 (steps_per_epoch 2, step 20) with 2 micro-batches, and
     each micro-batch's train-mode outputs under the step's parameters (float64)."""
     config = _tiny_herbs_config()
-    run = run_info(config, num_classes=CLASSES, steps_per_epoch=1, num_epochs=20)
+    run = run_info(config, num_classes=CLASSES, steps_per_epoch=2, num_epochs=20)
     method, state, frozen, step, mesh = jitted_step(config, run, lambda s: 0.1)
-    state = state.replace(step=jnp.asarray(10, jnp.int32))
+    state = state.replace(step=jnp.asarray(20, jnp.int32))
     before = jax.device_get(state)
     batch = random_batch(np.random.default_rng(0), ("view1",), B, SIZE, CLASSES)
     after, metrics = step(state, frozen, global_batch(batch, mesh))

@@ -332,3 +332,16 @@ def test_cub_recipe_schedule_is_herbs_per_micro_batch_warmup_and_whole_run_cosin
     for n in (0, 1, 100, 373, 374, 375, 1000, 7000, 80 * per_epoch - 1):
         assert float(sched(n)) == pytest.approx(herbs(a * n + a - 1), rel=1e-5), n
     assert float(sched(80 * per_epoch - 1)) == pytest.approx(7.7e-7, rel=0.02)  # spec 5.2
+
+
+def test_nabirds_recipe_is_the_cub_recipe_with_a_1500_micro_batch_warmup():
+    cub = load_config_file(os.path.join(REPO, "configs", "cub_herbs.py"))
+    nabirds = load_config_file(os.path.join(REPO, "configs", "nabirds_herbs.py"))
+    assert (nabirds.data.kind, nabirds.eval.class_groups) == ("nabirds", "")
+    per_epoch = 23929 // 32  # 747 optimiser steps, 2,988 micro-batches
+    assert nabirds.optim.warmup_epochs * per_epoch * 4 == pytest.approx(1500)
+    sched = optim.make_schedule(nabirds.optim, 32, per_epoch, 80, accumulate_steps=4)
+    assert float(sched(80 * per_epoch - 1)) == pytest.approx(4.9e-8, rel=0.02)  # spec 5.2
+    for c in (cub, nabirds):
+        c.data, c.eval, c.optim.warmup_epochs = cub.data, cub.eval, 0.0
+    assert nabirds.to_dict() == cub.to_dict()  # nothing else differs

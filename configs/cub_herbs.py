@@ -30,8 +30,8 @@ Not reproduced yet:
   * Epoch boundaries: the train loader drops the last partial batch (187 optimiser steps of
     32 per CUB epoch, HERBS 188 with a ragged last one divided by 2, spec 5.3), so the
     schedule counts 748 micro-batches per epoch instead of 750.
-  * Warm-up ends at peak on micro-batch 1500 (HERBS reaches it at 1499, from 1e-9):
-    a 1/1500 relative difference.
+  * Warm-up: 2 epochs = 1496 micro-batches here (1500 in HERBS), and it reaches the peak
+    one micro-batch later than HERBS' linspace from 1e-9 (a 1/1500 relative difference).
   * Swin's final LayerNorm (unused by HERBS, so it gets no gradient) still decays with the
     coupled weight decay; PyTorch skips parameters without gradients (spec 10.8).
   * Model selection on the test split (spec 5.5): fgjax reports the last epoch.

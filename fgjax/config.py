@@ -129,6 +129,7 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.optim.schedule_unit = "step"
     c.optim.warmup_epochs = 0.0
     c.optim.cosine_epochs = 0
+    c.optim.cosine_period = "after_warmup"  # or 'whole' (HERBS), see fgjax.train.optim
     c.optim.final_lr = 0.0
     c.optim.decay_epochs = ()  # schedule 'step': epochs where the lr is multiplied by
     c.optim.decay_factor = 0.1  # decay_factor (MoCo's lincls: (60, 80) and 0.1)

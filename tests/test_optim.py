@@ -100,3 +100,39 @@ def test_lars_without_momentum_matches_the_lcr_update():
 def test_unknown_optimizer_names_the_field():
     with pytest.raises(ValueError, match="config.optim.name"):
         optim.make_optimizer(_optim(name="rmsprop"), lambda s: 0.1)
+
+
+def test_micro_batch_unit_takes_the_lr_of_each_steps_last_micro_batch():
+    o = _optim(lr=1.0, warmup_epochs=1.0, schedule_unit="micro_batch")
+    sched = optim.make_schedule(o, 32, steps_per_epoch=5, num_epochs=4, accumulate_steps=4)
+    # 20 micro-batches per epoch, warm-up 20, cosine over the other 60.
+    assert float(sched(0)) == pytest.approx(3 / 20)
+    assert float(sched(4)) == pytest.approx(19 / 20)
+    assert float(sched(10)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 23 / 60)))
+    step = optim.make_schedule(_optim(lr=1.0, warmup_epochs=1.0), 32, 5, 4)
+    assert float(step(0)) == 0.0  # per optimiser step: the warm-up's first value
+
+
+def test_whole_cosine_period_ignores_the_warmup_and_stops_short_of_final_lr():
+    o = _optim(lr=1.0, warmup_epochs=1.0, cosine_period="whole", final_lr=0.0)
+    sched = optim.make_schedule(o, 32, steps_per_epoch=10, num_epochs=4)
+    assert float(sched(25)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 40)))
+    assert float(sched(39)) == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 40)))
+    with pytest.raises(ValueError, match="cosine_period"):
+        optim.make_schedule(_optim(cosine_period="all"), 32, 10, 4)
+
+
+def test_sgd_nesterov_with_coupled_decay_follows_pytorch():
+    """torch.optim.SGD(nesterov=True): g += wd p; buf = m buf + g; p -= lr (g + m buf)."""
+    o = _optim(name="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)
+    tx = optim.make_optimizer(o, lambda step: o.lr)
+    p, buf = np.array([1.0, -2.0]), np.zeros(2)
+    params = {"w": jnp.asarray(p)}
+    state = tx.init(params)
+    for g in (np.array([0.5, 0.25]), np.array([-0.3, 0.1])):
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = {"w": params["w"] + updates["w"]}
+        d = g + 0.01 * p
+        buf = 0.9 * buf + d
+        p = p - 0.1 * (d + 0.9 * buf)
+        np.testing.assert_allclose(np.asarray(params["w"]), p, rtol=1e-6)

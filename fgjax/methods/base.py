@@ -89,8 +89,10 @@ def apply_train(
 
 def backbone_variables(params: PyTree, model_state: PyTree) -> dict[str, PyTree]:
     """The backbone's Flax variables `{'params': ..., 'batch_stats': ...}` (no
-    'batch_stats' for networks without BatchNorm): what weight import/export read."""
-    return {"params": params["backbone"], **{c: t["backbone"] for c, t in model_state.items()}}
+    'batch_stats' for networks without BatchNorm, even when a head has some, e.g. HERBS'
+    Swin): what weight import/export read."""
+    state = {c: t["backbone"] for c, t in model_state.items() if "backbone" in t}
+    return {"params": params["backbone"], **state}
 
 
 def replace_backbone(
@@ -98,7 +100,9 @@ def replace_backbone(
 ) -> tuple[PyTree, PyTree]:
     """`(params, model_state)` with the backbone's variables replaced by `variables`."""
     params = {**params, "backbone": variables["params"]}
-    model_state = {c: {**t, "backbone": variables[c]} for c, t in model_state.items()}
+    model_state = {
+        c: {**t, "backbone": variables[c]} if c in variables else t for c, t in model_state.items()
+    }
     return params, model_state
 
 

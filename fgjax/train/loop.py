@@ -221,7 +221,9 @@ class _BadImages:
 def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     c, method, mesh = config, run.method, run.mesh
     per_epoch = run.steps_per_epoch
-    schedule = optim.make_schedule(c.optim, c.train.batch_size, per_epoch, c.train.num_epochs)
+    schedule = optim.make_schedule(
+        c.optim, c.train.batch_size, per_epoch, c.train.num_epochs, c.train.accumulate_steps
+    )
     tx = optim.make_optimizer(c.optim, schedule)
     state = create_train_state(method, tx, run.image_shape, c.seed, c.model.init_from)
     state = put_replicated(state, mesh)

@@ -4,13 +4,18 @@
   name: 'sgd' | 'lars' | 'adamw'
   lr: learning rate; if `lr_batch_reference > 0` it is a *base* lr and the actual
       peak is `lr * global_batch / lr_batch_reference` (the `0.3 * B / 256` rule).
-  schedule: 'cosine' | 'constant' | 'step'; `schedule_unit`: 'step' or 'epoch' (MoCo's
-      per-epoch cosine keeps the lr constant inside an epoch).
+  schedule: 'cosine' | 'constant' | 'step'; `schedule_unit`: 'step', 'epoch' (MoCo's
+      per-epoch cosine keeps the lr constant inside an epoch) or 'micro_batch' (HERBS:
+      lengths count micro-batches of `accumulate_steps`, and an optimiser step takes the
+      lr of its last micro-batch).
   decay_epochs, decay_factor ('step' schedule): the lr is multiplied by `decay_factor`
       from the start of each epoch in `decay_epochs` (MoCo's lincls: (60, 80), 0.1).
   warmup_epochs: linear warm-up from 0 to the peak (step-wise).
   cosine_epochs: length of the cosine in epochs (0 = the training length); LCR's
       CUB BYOL recipe lays the cosine over 800 epochs but stops at 100.
+  cosine_period: 'after_warmup' (the cosine spans cosine_epochs minus the warm-up) or
+      'whole' (HERBS: it starts after the warm-up but its half-period is all
+      cosine_epochs, so it stops short of final_lr).
   final_lr: value the cosine decays to.
   weight_decay, weight_decay_mask: 'all' (PyTorch SGD semantics) or 'kernels'
       (conv/dense kernels only: no BN parameters, no biases).
@@ -46,10 +51,21 @@ def peak_lr(optim: ml_collections.ConfigDict, global_batch: int) -> float:
 
 
 def make_schedule(
-    optim: ml_collections.ConfigDict, global_batch: int, steps_per_epoch: int, num_epochs: int
+    optim: ml_collections.ConfigDict,
+    global_batch: int,
+    steps_per_epoch: int,
+    num_epochs: int,
+    accumulate_steps: int = 1,
 ) -> optax.Schedule:
-    """Linear warm-up (per step) then cosine, constant or step decay, per step or per epoch."""
+    """Linear warm-up (per step) then cosine, constant or step decay, per step, per epoch
+    or per micro-batch (`accumulate_steps` micro-batches make one optimiser step)."""
     peak = peak_lr(optim, global_batch)
+    if optim.schedule_unit == "micro_batch":
+        # Lengths in micro-batches; optimiser step n ends with micro-batch a*n + a - 1.
+        a = accumulate_steps
+        steps_per_epoch *= a
+    else:
+        a = 1
     warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
     cosine_epochs = optim.cosine_epochs or num_epochs
     if optim.schedule not in ("cosine", "constant", "step"):
@@ -60,13 +76,22 @@ def make_schedule(
         raise ValueError(
             "config.optim.schedule='step' needs config.optim.decay_epochs, e.g. (60, 80)"
         )
-    if optim.schedule_unit not in ("step", "epoch"):
+    if optim.schedule_unit not in ("step", "epoch", "micro_batch"):
         raise ValueError(
-            f"config.optim.schedule_unit must be 'step' or 'epoch', got {optim.schedule_unit!r}"
+            "config.optim.schedule_unit must be 'step', 'epoch' or 'micro_batch', "
+            f"got {optim.schedule_unit!r}"
         )
+    if optim.cosine_period not in ("after_warmup", "whole"):
+        raise ValueError(
+            "config.optim.cosine_period must be 'after_warmup' or 'whole', "
+            f"got {optim.cosine_period!r}"
+        )
+    cosine_steps = cosine_epochs * steps_per_epoch
+    if optim.cosine_period == "after_warmup":
+        cosine_steps -= warmup_steps
 
     def schedule(step: jax.Array) -> jax.Array:
-        step = jnp.asarray(step, jnp.float32)
+        step = jnp.asarray(step, jnp.float32) * a + (a - 1)
         if optim.schedule == "constant":
             decayed = jnp.asarray(peak, jnp.float32)
         elif optim.schedule == "step":  # decays at epoch boundaries, whatever schedule_unit
@@ -78,8 +103,7 @@ def make_schedule(
                 progress = jnp.floor(step / steps_per_epoch) * steps_per_epoch
             else:
                 progress = step
-            total = max(cosine_epochs * steps_per_epoch - warmup_steps, 1)
-            t = jnp.clip((progress - warmup_steps) / total, 0.0, 1.0)
+            t = jnp.clip((progress - warmup_steps) / max(cosine_steps, 1), 0.0, 1.0)
             decayed = optim.final_lr + (peak - optim.final_lr) * 0.5 * (1 + jnp.cos(math.pi * t))
         if warmup_steps > 0:
             warm = peak * step / warmup_steps

@@ -73,7 +73,7 @@ def _read_input(path: str, notes: list[str]) -> dict[str, np.ndarray]:
     notes.append(f"fgjax training run {run[0]}, step {step}: its backbone")
     model_state = saved.get("model_state", {})
     variables = {"params": saved["params"]["backbone"]}
-    variables.update({c: t["backbone"] for c, t in model_state.items()})
+    variables.update({c: t["backbone"] for c, t in model_state.items() if "backbone" in t})
     return flatten_to_strings(variables)
 
 

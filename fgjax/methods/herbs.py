@@ -1,0 +1,275 @@
+"""HERBS (Chou et al. 2023, arXiv 2303.06442): a Swin backbone with the HERBS plug-in head
+(`fgjax.models.herbs.HerbsHead`), trained with labels (../shared/methods/herbs.md).
+
+Params are `{'backbone': <Swin>, 'head': <HerbsHead>}`; model_state is
+`{'batch_stats': {'head': ...}}` (the Swin has no BatchNorm, the head has nine).
+
+The loss of one (micro-)batch, spec section 4, with the `config.herbs` weights:
+
+    L = sum_k [ hr_weight    * L_HR,k        KL(softmax(sg(Y^u_k)/T) || softmax(Y^d_k/T)),
+                                             mean over all B*S_k*N elements, no T^2
+              + layer_weight * L_layer,k     CE(mean_s Y^u_k, y)
+              + drop_weight  * L_drop,k      mean over B*(S_k-K_k)*N of (tanh(Y^u_drop) + 1)^2
+              + select_weight * L_sel,k ]    CE of every selected token (0 in HERBS)
+        + comb_weight * CE(comb_outs, y)
+
+with Y^d_k the first-pass (`FPN1_layer{k}`) and Y^u_k the refined (`layer{k}`) per-token
+logits and T = temperature * 0.5^floor(epoch / halve_every) (64, 32, ..., 0.5 over 80
+epochs). There is no CE on the first-pass logits: they learn through L_HR only.
+Gradient accumulation (spec 5.3: the loss of each of 4 micro-batches divided by 4, each
+micro-batch with its own BatchNorm statistics) is the trainer's `accumulate_steps`.
+
+Evaluation: `embed` is the mean over tokens of the last Swin tap (`layer4`, the features
+the head reads; HERBS never uses Swin's final LayerNorm, so neither does the embedding).
+The `herbs` evaluator scores the test split with the spec's prediction (section 6.2): the
+argmax of the sum of 9 softmaxes (token-averaged `layer1..4`, `FPN1_layer1..4`, and
+`comb_outs`), plus the combiner alone and every head (section 6.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fgjax.core.objectives import accuracy, cross_entropy
+from fgjax.data.augment import PhotometricSpec
+from fgjax.eval.classification import HERBS_CUB_GROUPS, classification_metrics
+from fgjax.methods.base import LossAux, Method, apply_train, register
+from fgjax.models.factory import backbone_from_config
+from fgjax.models.herbs import HerbsHead
+from fgjax.models.registry import arch_family
+
+Array = jax.Array
+
+# Spec 5.4: Resize(510 x 510) then RandomCrop(384) keeps (384 / 510)^2 of the image area.
+HERBS_CROP_AREA = (384 / 510) ** 2
+GROUPS = {"": None, "herbs_cub": HERBS_CUB_GROUPS}  # config.eval.class_groups
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+def temperature(epoch: Array, start: float = 64.0, halve_every: float = 10.0) -> Array:
+    """T(e) = start * 0.5^floor(e / halve_every) for the (0-based, possibly fractional)
+    epoch e: 64, 32, 16, ..., 0.5 over HERBS' 80 epochs (spec section 4)."""
+    return start * jnp.power(0.5, jnp.floor(jnp.asarray(epoch, jnp.float32) / halve_every))
+
+
+def refinement_loss(refined: Array, first_pass: Array, t: Array | float) -> Array:
+    """High-temperature refinement L_HR of one level: `[B, S, N]` logits ->  scalar.
+
+    KL(p || q) with p = softmax(stopgrad(refined) / t) (the teacher) and
+    q = softmax(first_pass / t), averaged over EVERY element B*S*N (PyTorch `KLDivLoss`
+    with its default 'mean' reduction: the class axis too), without a T^2 factor.
+    """
+    teacher = jax.lax.stop_gradient(refined.astype(jnp.float32)) / t
+    log_p = jax.nn.log_softmax(teacher, axis=-1)
+    log_q = jax.nn.log_softmax(first_pass.astype(jnp.float32) / t, axis=-1)
+    return jnp.mean(jnp.exp(log_p) * (log_p - log_q))
+
+
+def layer_loss(refined: Array, labels: Array) -> Array:
+    """L_layer: CE of the token-averaged refined logits `[B, S, N]` against `labels [B]`."""
+    return cross_entropy(jnp.mean(refined.astype(jnp.float32), axis=1), labels)
+
+
+def suppression_loss(dropped: Array) -> Array:
+    """Background suppression L_drop: MSE of tanh(dropped logits) `[B, S-K, N]` to -1,
+    averaged over every element."""
+    return jnp.mean(jnp.square(jnp.tanh(dropped.astype(jnp.float32)) + 1.0))
+
+
+def selection_loss(selected: Array, labels: Array) -> Array:
+    """L_sel: CE of every selected token's logits `[B, K, N]` against its image's label,
+    averaged over the B*K tokens."""
+    b, k, n = selected.shape
+    return cross_entropy(selected.reshape(b * k, n), jnp.repeat(labels, k))
+
+
+def herbs_loss(
+    out: Mapping[str, Array],
+    labels: Array,
+    t: Array | float,
+    section: ml_collections.ConfigDict,
+) -> tuple[Array, dict[str, Array]]:
+    """`(total, terms)` of the HerbsHead outputs `out` (spec 3.8) for `labels [B]` at
+    temperature `t`; `terms` are the unweighted per-term sums over the levels
+    ('hr_loss', 'layer_loss', 'drop_loss', 'select_loss') and 'comb_loss'."""
+    levels = [f"layer{k + 1}" for k in range(len(section.num_selects))]
+    terms = {
+        "hr_loss": sum(refinement_loss(out[n], out[f"FPN1_{n}"], t) for n in levels),
+        "layer_loss": sum(layer_loss(out[n], labels) for n in levels),
+        "drop_loss": sum(suppression_loss(out[f"drop_{n}"]) for n in levels),
+        "select_loss": sum(selection_loss(out[f"select_{n}"], labels) for n in levels),
+        "comb_loss": cross_entropy(out["comb_outs"], labels),
+    }
+    weights = {
+        "hr_loss": section.hr_weight,
+        "layer_loss": section.layer_weight,
+        "drop_loss": section.drop_weight,
+        "select_loss": section.select_weight,
+        "comb_loss": section.comb_weight,
+    }
+    total = sum(weights[name] * value for name, value in terms.items())
+    return total, terms
+
+
+def vote_heads(num_levels: int) -> list[str]:
+    """The 9 voting heads in HERBS' order: layer1, FPN1_layer1, ..., FPN1_layer4, comb_outs."""
+    names = [n for k in range(num_levels) for n in (f"layer{k + 1}", f"FPN1_layer{k + 1}")]
+    return [*names, "comb_outs"]
+
+
+def head_probabilities(out: Mapping[str, Array], num_levels: int) -> Array:
+    """`[B, H, N]` softmax of every voting head (`vote_heads` order), per-token heads
+    averaged over tokens before the softmax (spec 6.1)."""
+    probs = []
+    for name in vote_heads(num_levels):
+        logits = out[name].astype(jnp.float32)
+        if logits.ndim == 3:
+            logits = jnp.mean(logits, axis=1)
+        probs.append(jax.nn.softmax(logits, axis=-1))
+    return jnp.stack(probs, axis=1)
+
+
+# ------------------------------------------------------------------------------ method
+
+
+class HerbsNet(nn.Module):
+    """Backbone taps -> HerbsHead: `[B, H, W, 3]` -> the head's dict of logits."""
+
+    backbone: nn.Module
+    head: HerbsHead
+
+    def __call__(self, x: Array, train: bool) -> dict[str, Array]:
+        return self.head(self.backbone(x, train), train)
+
+
+@register
+class Herbs(Method):
+    name = "herbs"
+    view_names = ("view1",)
+
+    @classmethod
+    def config_section(cls) -> ml_collections.ConfigDict:
+        # Spec 5.1 (configs/config.yaml of the original code); key names of the original
+        # in the README's table (lambda_b0 = hr_weight, ...).
+        return ml_collections.ConfigDict(
+            dict(
+                fpn_size=1536,
+                num_selects=(256, 128, 64, 32),
+                tokens_per_node=64,
+                comb_dropout=0.1,
+                temperature=64.0,
+                halve_every=10,
+                hr_weight=1.375,
+                layer_weight=0.3,
+                drop_weight=5.0,
+                select_weight=0.0,
+                comb_weight=1.0,
+            )
+        )
+
+    @classmethod
+    def default_views(cls):
+        # Spec 5.4 as far as the views allow: a crop of HERBS' area (Resize 510 + Crop 384)
+        # at random aspect, flip, and p = 0.1 Gaussian blur (kernel 5 at 384 px, sigma
+        # U(0.1, 5)); no colour jitter. HERBS' p = 0.1 sharpness is not available.
+        return {
+            "view1": dict(
+                crop_scale=(HERBS_CROP_AREA, HERBS_CROP_AREA),
+                photometric=PhotometricSpec(
+                    jitter_prob=0.0,
+                    grayscale_prob=0.0,
+                    blur_prob=0.1,
+                    blur_sigma=(0.1, 5.0),
+                    blur_kernel_fraction=5 / 384,
+                    solarize_prob=0.0,
+                ),
+            )
+        }
+
+    def __init__(self, config, run):
+        super().__init__(config, run)
+        if arch_family(config.model.arch) != "swin":
+            raise ValueError(
+                f"config.method='herbs' needs a Swin backbone (its stage taps layer1..4), "
+                f"got config.model.arch={config.model.arch!r}"
+            )
+        s = self.section
+        self.net = HerbsNet(
+            backbone=backbone_from_config(config.model),
+            head=HerbsHead(
+                num_classes=run.num_classes,
+                fpn_size=s.fpn_size,
+                num_selects=tuple(s.num_selects),
+                tokens_per_node=s.tokens_per_node,
+                comb_dropout=s.comb_dropout,
+                dtype=self.backbone().dtype,
+            ),
+        )
+        # One function object, so the feature extractor compiles it once.
+        self._eval_probs = lambda state, images: self.probabilities(
+            state.params, state.model_state, images
+        )
+
+    def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
+        s = self.section
+        out, model_state = apply_train(
+            self.net, params, model_state, views["view1"], rngs={"dropout": rng}
+        )
+        t = temperature(ctx.epoch, s.temperature, s.halve_every)
+        labels = batch["label"]
+        loss, terms = herbs_loss(out, labels, t, s)
+        metrics = {
+            "loss": loss,
+            **terms,
+            "temperature": t,
+            "accuracy": accuracy(out["comb_outs"], labels),
+        }
+        return loss, LossAux(model_state, metrics, {})
+
+    def embed(self, params: Any, model_state: Any, images: Array) -> Array:
+        """Eval-mode mean over tokens of the last Swin tap `[B, C_L]` float32 (the head's
+        input; Swin's final LayerNorm is not part of HERBS)."""
+        taps = self.backbone().apply({"params": params["backbone"]}, images, train=False)
+        last = max(int(k[len("layer") :]) for k in taps if k.startswith("layer"))
+        return jnp.mean(taps[f"layer{last}"].astype(jnp.float32), axis=1)
+
+    def probabilities(self, params: Any, model_state: Any, images: Array) -> Array:
+        """Eval-mode `[B, 9 * N]`: the voting heads' softmaxes (`vote_heads` order), flat."""
+        out = self.net.apply({"params": params, **model_state}, images, train=False)
+        probs = head_probabilities(out, len(self.section.num_selects))
+        return probs.reshape(probs.shape[0], -1)
+
+    def evaluators(self):
+        return {"herbs": self._evaluate}
+
+    def _evaluate(self, state: Any, tools: Any) -> dict[str, float]:
+        """Test-split top-1/top-5 of the 9-head vote (`vote/`, with HERBS' outer errors for
+        `config.eval.class_groups`), top-1 of the combiner and of every head."""
+        groups_name = self.config.eval.class_groups
+        if groups_name not in GROUPS:
+            raise ValueError(
+                f"config.eval.class_groups={groups_name!r} is not one of {sorted(GROUPS)}"
+            )
+        out = tools.extract("test", self._eval_probs, state)
+        heads = vote_heads(len(self.section.num_selects))
+        probs = np.asarray(out.features).reshape(len(out.labels), len(heads), -1)
+        results = {
+            f"vote/{k}": v
+            for k, v in classification_metrics(
+                probs.sum(axis=1), out.labels, ks=(1, 5), groups=GROUPS[groups_name]
+            ).items()
+        }
+        for h, name in enumerate(heads):
+            results[f"{name}/top1"] = classification_metrics(probs[:, h], out.labels, ks=(1,))[
+                "top1"
+            ]
+        return results

@@ -99,7 +99,9 @@ def load_init_from(
     params, model_state = dict(params), {c: dict(t) for c, t in model_state.items()}
     for group in groups:
         pairs = [("params", params, saved.get("params", {}))]
-        pairs += [(c, model_state[c], saved.get("model_state", {}).get(c, {})) for c in model_state]
+        saved_state = saved.get("model_state", {})
+        # Collections hold the groups that have such state (HERBS: BN in the head only).
+        pairs += [(c, t, saved_state.get(c, {})) for c, t in model_state.items() if group in t]
         for name, target, source in pairs:
             if group not in source:
                 raise ValueError(

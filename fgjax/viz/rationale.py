@@ -66,9 +66,11 @@ def draw(
             if row == 0:
                 ax.set_title(COLUMNS[col], fontsize=10)
         axes[row, 0].set_ylabel(names[row][:28], fontsize=8)
+    top = 1.0
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        top -= 0.35 / fig.get_figheight()  # room for the title above the column headers
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -122,17 +122,21 @@ def linear(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict
 CLASS_GROUPS = {"": None, "herbs_cub": HERBS_CUB_GROUPS}
 
 
-def classify(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
-    """Top-1/top-5 and per-class accuracy of the model's own classifier on the test split,
-    and per-group accuracy / outer errors for `config.eval.class_groups` (e.g. 'herbs_cub')."""
+def class_groups(config: ml_collections.ConfigDict) -> dict | None:
+    """The class groups `config.eval.class_groups` names (None for '')."""
     if config.eval.class_groups not in CLASS_GROUPS:
         raise ValueError(
             f"config.eval.class_groups={config.eval.class_groups!r} is not one of "
             f"{sorted(CLASS_GROUPS)}"
         )
+    return CLASS_GROUPS[config.eval.class_groups]
+
+
+def classify(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Top-1/top-5 and per-class accuracy of the model's own classifier on the test split,
+    and per-group accuracy / outer errors for `config.eval.class_groups` (e.g. 'herbs_cub')."""
     test = features["test"]
-    groups = CLASS_GROUPS[config.eval.class_groups]
-    return classification_metrics(test.features, test.labels, groups=groups)
+    return classification_metrics(test.features, test.labels, groups=class_groups(config))
 
 
 def clustering(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:

@@ -39,7 +39,8 @@ import numpy as np
 
 from fgjax.core.objectives import accuracy, cross_entropy
 from fgjax.data.augment import PhotometricSpec
-from fgjax.eval.classification import HERBS_CUB_GROUPS, classification_metrics
+from fgjax.eval.classification import classification_metrics
+from fgjax.eval.protocols import class_groups
 from fgjax.methods.base import LossAux, Method, apply_train, register
 from fgjax.models.factory import backbone_from_config
 from fgjax.models.herbs import HerbsHead
@@ -49,7 +50,6 @@ Array = jax.Array
 
 # Spec 5.4: Resize(510 x 510) then RandomCrop(384) keeps (384 / 510)^2 of the image area.
 HERBS_CROP_AREA = (384 / 510) ** 2
-GROUPS = {"": None, "herbs_cub": HERBS_CUB_GROUPS}  # config.eval.class_groups
 
 
 # ------------------------------------------------------------------------------ losses
@@ -254,18 +254,14 @@ class Herbs(Method):
     def _evaluate(self, state: Any, tools: Any) -> dict[str, float]:
         """Test-split top-1/top-5 of the 9-head vote (`vote/`, with HERBS' outer errors for
         `config.eval.class_groups`), top-1 of the combiner and of every head."""
-        groups_name = self.config.eval.class_groups
-        if groups_name not in GROUPS:
-            raise ValueError(
-                f"config.eval.class_groups={groups_name!r} is not one of {sorted(GROUPS)}"
-            )
+        groups = class_groups(self.config)
         out = tools.extract("test", self._eval_probs, state)
         heads = vote_heads(len(self.section.num_selects))
         probs = np.asarray(out.features).reshape(len(out.labels), len(heads), -1)
         results = {
             f"vote/{k}": v
             for k, v in classification_metrics(
-                probs.sum(axis=1), out.labels, ks=(1, 5), groups=GROUPS[groups_name]
+                probs.sum(axis=1), out.labels, ks=(1, 5), groups=groups
             ).items()
         }
         for h, name in enumerate(heads):

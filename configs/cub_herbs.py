@@ -34,7 +34,8 @@ Not reproduced yet:
     one micro-batch later than HERBS' linspace from 1e-9 (a 1/1500 relative difference).
   * Swin's final LayerNorm (unused by HERBS, so it gets no gradient) still decays with the
     coupled weight decay; PyTorch skips parameters without gradients (spec 10.8).
-  * Model selection on the test split (spec 5.5): fgjax reports the last epoch.
+  * Model selection on the test split (spec 5.5): fgjax evaluates on the same schedule and
+    eval.json's `best` names the best epoch, but the run ends with the last epoch's weights.
 """
 
 from fgjax.config import default_config
@@ -47,6 +48,10 @@ def get_config():
     c.data.image_size = 384  # spec 5.1 data_size
     c.eval.class_groups = "herbs_cub"  # spec 6.2 fine-class accuracy and outer errors
     c.eval.best_metric = "herbs/vote/top1"
+    # Spec 5.5: after the first epoch, every 10, every 2 from epoch 64, every one from 72.
+    c.eval.every_epochs = 10
+    c.eval.every_epochs_from = ((0.8, 2), (0.9, 1))
+    c.eval.after_first_epoch = True
 
     c.model.arch = "swin_large_patch4_window12_384"  # spec 2.1
     c.model.drop_path_rate = 0.1  # spec 2.2 (timm default, not overridden by HERBS)

@@ -157,6 +157,10 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.eval.enabled = True
     c.eval.at_start = False  # also evaluate the untrained network (written to eval.json)
     c.eval.every_epochs = 0  # > 0: also evaluate every this many epochs, track the best
+    # ((fraction, every), ...): from the epoch index >= fraction * num_epochs on, evaluate
+    # every `every` epochs instead (HERBS: ((0.8, 2), (0.9, 1)), spec 5.5)
+    c.eval.every_epochs_from = ()
+    c.eval.after_first_epoch = False  # also evaluate after the first epoch (HERBS)
     c.eval.best_metric = "retrieval_recall@1"  # higher is better
     c.eval.batch_size = 256
     c.eval.knn_k = 200

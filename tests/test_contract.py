@@ -14,10 +14,10 @@ import toy_methods
 from conftest import jitted_step, random_batch, run_info, tiny_config
 from PIL import Image
 
-from fgjax.config import default_config, photometric_config
+from fgjax.config import default_config, load_config_file, photometric_config
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
-from fgjax.train.loop import NonFiniteError, train_and_evaluate
+from fgjax.train.loop import NonFiniteError, evaluation_epochs, train_and_evaluate
 
 
 def _checkpoint(workdir, step=None) -> dict[str, np.ndarray]:
@@ -296,17 +296,49 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
 # ----------------------------------------------------------------- evaluation
 
 
-def test_eval_every_epoch_tracks_the_best_and_writes_history(tmp_path):
+def test_eval_schedule_tracks_the_best_and_writes_history(tmp_path):
     config = tiny_config("moco")
-    config.train.num_epochs = 3
-    config.eval.every_epochs = 1
+    config.train.num_epochs = 4
+    config.eval.after_first_epoch = True  # then every epoch from epoch index 2 (= 0.5 * 4)
+    config.eval.every_epochs_from = ((0.5, 1),)
     train_and_evaluate(config, str(tmp_path))
     saved = json.loads((tmp_path / "eval.json").read_text())
-    assert [h["epoch"] for h in saved["history"]] == [1.0, 2.0, 3.0]
+    assert [h["epoch"] for h in saved["history"]] == [1.0, 3.0, 4.0]
     metric = config.eval.best_metric
     best = max(saved["history"], key=lambda h: h[metric])
     assert saved["best"] == {"step": best["step"], "epoch": best["epoch"], metric: best[metric]}
     assert saved[metric] == saved["history"][-1][metric]
+
+
+def herbs_eval_epochs(max_epochs: int) -> list[int]:
+    """HERBS main.py as written (spec 5.5): eval_freq mutated after each epoch's training,
+    then `epoch == 0 or (epoch + 1) % eval_freq == 0`."""
+    eval_freq, out = 10, []
+    for epoch in range(max_epochs):
+        if epoch >= max_epochs * 0.9:
+            eval_freq = 1
+        elif epoch >= max_epochs * 0.8:
+            eval_freq = 2
+        if epoch == 0 or (epoch + 1) % eval_freq == 0:
+            out.append(epoch + 1)
+    return out
+
+
+@pytest.mark.parametrize("num_epochs", [80, 50, 7])
+def test_herbs_evaluation_schedule_matches_the_original_loop(num_epochs):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config_file(os.path.join(repo, "configs", "cub_herbs.py"))
+    got = evaluation_epochs(config.eval, num_epochs)
+    assert sorted(got) == herbs_eval_epochs(num_epochs)
+    if num_epochs == 80:
+        assert sorted(got)[:9] == [1, 10, 20, 30, 40, 50, 60, 66, 68]
+
+
+def test_evaluation_schedule_rejects_bad_rules():
+    config = tiny_config("moco")
+    config.eval.every_epochs_from = ((1.5, 2),)
+    with pytest.raises(ValueError, match="every_epochs_from"):
+        evaluation_epochs(config.eval, 10)
 
 
 def test_evaluation_only_run_needs_no_optimiser_and_no_train_loader(tmp_path, monkeypatch):

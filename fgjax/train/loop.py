@@ -3,7 +3,7 @@
 Resumes automatically from the newest restorable checkpoint in the workdir (train
 state and data-iterator position), so a killed run finishes with the same parameters
 as an uninterrupted one. SIGTERM saves a checkpoint and returns cleanly. Evaluation
-runs at the end, optionally before training and every `config.eval.every_epochs`;
+runs at the end, optionally before training and after the epochs `evaluation_epochs` names;
 `eval.json` holds the final numbers, the history and the best epoch.
 `config.train.num_epochs=0` only evaluates (no optimiser, no train loader).
 """
@@ -151,6 +151,33 @@ def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
     return result
 
 
+def evaluation_epochs(eval_config: ml_collections.ConfigDict, num_epochs: int) -> frozenset[int]:
+    """Epoch counts n (1..num_epochs) after which the periodic evaluation runs.
+
+    After epoch index e = n - 1, HERBS' rule (spec 5.5): e == 0 (`after_first_epoch`) or
+    n % every == 0, where `every` is `every_epochs`, replaced by the last
+    `(fraction, every)` of `every_epochs_from` with e >= fraction * num_epochs.
+    """
+    rules = [tuple(rule) for rule in eval_config.every_epochs_from]
+    for rule in rules:
+        if len(rule) != 2 or not 0 <= rule[0] <= 1 or int(rule[1]) < 1:
+            raise ValueError(
+                "config.eval.every_epochs_from must hold (fraction in [0, 1], every >= 1) "
+                f"pairs, got {rule!r}"
+            )
+    if eval_config.every_epochs < 0:
+        raise ValueError(f"config.eval.every_epochs must be >= 0, got {eval_config.every_epochs}")
+    epochs = set()
+    for n in range(1, num_epochs + 1):
+        every = eval_config.every_epochs
+        for fraction, later in sorted(rules):
+            if n - 1 >= fraction * num_epochs:
+                every = int(later)
+        if (eval_config.after_first_epoch and n == 1) or (every and n % every == 0):
+            epochs.add(n)
+    return frozenset(epochs)
+
+
 class _EvalHistory:
     """Evaluations during training, kept in `eval_history.json` so a resumed run keeps
     them; the best entry maximises `config.eval.best_metric`."""
@@ -221,6 +248,7 @@ class _BadImages:
 def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     c, method, mesh = config, run.method, run.mesh
     per_epoch = run.steps_per_epoch
+    eval_epochs = evaluation_epochs(c.eval, c.train.num_epochs)  # checked before any work
     schedule = optim.make_schedule(
         c.optim, c.train.batch_size, per_epoch, c.train.num_epochs, c.train.accumulate_steps
     )
@@ -272,7 +300,6 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         every=c.train.log_every_steps,
     )
     throughput.measure(step)
-    eval_every = c.eval.every_epochs * per_epoch
     previous_bad = None
     try:
         while step < run.stop_step:
@@ -320,7 +347,12 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             if stop.requested:
                 print(f"SIGTERM: saved step {step}, exiting")
                 break
-            if c.eval.enabled and eval_every and step % eval_every == 0 and step < run.stop_step:
+            if (
+                c.eval.enabled
+                and step % per_epoch == 0
+                and step // per_epoch in eval_epochs
+                and step < run.stop_step
+            ):
                 results = run.evaluate(state, periodic=True)
                 history.add(step, step / per_epoch, results)
                 print(f"epoch {step / per_epoch:g}:", _format(results))

@@ -11,9 +11,11 @@ Loss (spec 4, 5.1): weights 1.375 (L_HR), 0.3 (L_layer), 5.0 (L_drop), 0 (L_sel)
 Optimisation (spec 5.1-5.3): SGD, momentum 0.9, Nesterov, coupled weight decay 3e-4 on
 every parameter, peak lr 5e-4 (no batch scaling), 80 epochs; micro-batches of 8 with 4
 accumulated per optimiser step (global batch 32, each micro-batch with its own BatchNorm
-statistics); the lr is set per micro-batch: linear warm-up over 1500 micro-batches (2 CUB
-epochs of 750), then a cosine whose half-period is the whole run (80 x 750 micro-batches,
-not minus the warm-up), so it ends near 7.7e-7 instead of 0.
+statistics); each epoch ends with its partial batch (CUB: 188 steps, the last of 10
+images in micro-batches of 8 and 2, their losses divided by 2); the lr is set per
+micro-batch: np.linspace(1e-9, 5e-4) over 1500 micro-batches (2 CUB epochs of 750), then
+a cosine whose half-period is the whole run (80 x 750 micro-batches, not minus the
+warm-up), so it ends near 7.7e-7 instead of 0.
 
 Data (spec 5.4): 384 px crops, flip, p = 0.1 Gaussian blur (kernel 5, sigma U(0.1, 5)),
 ImageNet mean/std; no colour jitter, mixup or label smoothing. Evaluation (spec 6): the
@@ -27,11 +29,6 @@ Not reproduced yet:
   * The p = 0.1 sharpness adjustment (factor 1.5) of the train transform.
   * Test transform: HERBS squashes to 510 x 510 then centre-crops 384; the evaluation loader
     resizes the short side to 384 / 0.875 = 439 and centre-crops 384.
-  * Epoch boundaries: the train loader drops the last partial batch (187 optimiser steps of
-    32 per CUB epoch, HERBS 188 with a ragged last one divided by 2, spec 5.3), so the
-    schedule counts 748 micro-batches per epoch instead of 750.
-  * Warm-up: 2 epochs = 1496 micro-batches here (1500 in HERBS), and it reaches the peak
-    one micro-batch later than HERBS' linspace from 1e-9 (a 1/1500 relative difference).
   * Swin's final LayerNorm (unused by HERBS, so it gets no gradient) still decays with the
     coupled weight decay; PyTorch skips parameters without gradients (spec 10.8).
   * Model selection on the test split (spec 5.5): fgjax evaluates on the same schedule and
@@ -69,11 +66,14 @@ def get_config():
     c.optim.schedule = "cosine"  # spec 5.2
     c.optim.schedule_unit = "micro_batch"
     c.optim.warmup_epochs = 2.0  # 1500 micro-batches / 750 per CUB epoch
+    c.optim.warmup_init_lr = 1e-9  # np.linspace(1e-9, max_lr, 1500)
+    c.optim.warmup_reaches_peak = "last"
     c.optim.cosine_period = "whole"
     c.optim.final_lr = 1e-12
 
     c.train.batch_size = 32  # 8 per micro-batch (spec 5.1 batch_size) x 4 (update_freq)
     c.train.accumulate_steps = 4  # spec 5.3
+    c.train.keep_last_batch = True  # drop_last=False, the ragged group divided by its size
     c.train.num_epochs = 80  # spec 5.1 max_epochs
     c.eval.batch_size = 32
     return c

@@ -22,6 +22,7 @@ def get_config():
     c.data.kind = "nabirds"
     c.data.root = "data/nabirds"
     c.eval.class_groups = ""
-    micro_batches = NABIRDS_TRAIN // c.train.batch_size * c.train.accumulate_steps
+    micro_batch = c.train.batch_size // c.train.accumulate_steps
+    micro_batches = -(-NABIRDS_TRAIN // micro_batch)  # 2,992 per epoch, the last partial
     c.optim.warmup_epochs = 1500 / micro_batches  # spec 5.1 warmup_batchs, in micro-batches
     return c

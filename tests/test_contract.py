@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 import toy_methods
-from conftest import jitted_step, random_batch, run_info, tiny_config
+from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
 from PIL import Image
 
 from fgjax.config import default_config, load_config_file, photometric_config
@@ -220,11 +220,61 @@ def test_swin_gradient_accumulation_equals_the_full_batch_step():
     assert moved > 10
 
 
-def test_swin_trains_and_evaluates_end_to_end(tmp_path):
-    config = _swin_config(2, 8)
-    config.train.max_steps = 2
+def test_partial_last_batch_averages_its_micro_batches_as_herbs_does():
+    """Spec 5.3's ragged group: an epoch's last batch of 5 with micro-batches of 2 makes
+    {0, 2}, {1, 3} (strided, as full batches) and the remainder {4}; the update is the mean
+    of the 3 micro-batch gradients (HERBS divides each loss by the group's size), checked
+    against jax.grad of the loss of each micro-batch on its own (SGD, lr 0.1)."""
+    from fgjax.methods.base import StepContext
+
+    config = _swin_config(4, 8)
+    config.views.view1.photometric = photometric_config(no_augment_spec())
+    config.optim.update(momentum=0.0, weight_decay=0.0)
+    run = run_info(config)
+    method, state, frozen, step, mesh = jitted_step(config, run, lambda s: 0.1)
+    batch = random_batch(np.random.default_rng(3), ("view1",), 5, 16)
+    before = jax.device_get(state)
+    after, metrics = step(state, frozen, global_batch(batch, mesh))
+    x = normalized(batch["views"]["view1"], config.views.view1.photometric)
+    ctx = StepContext(step=before.step, epoch=before.step / run.steps_per_epoch, run=run)
+
+    def grad(rows):
+        def loss(params):
+            fields = {k: v[rows] for k, v in batch.items() if k != "views"}
+            views = {"view1": x[rows]}
+            out = method.loss(params, {}, {}, frozen, views, fields, ctx, jax.random.key(0))
+            return out[0]
+
+        return jax.value_and_grad(loss)(before.params)
+
+    parts = [grad(np.asarray(rows)) for rows in ([0, 2], [1, 3], [4])]
+    assert float(metrics["loss"]) == pytest.approx(np.mean([p[0] for p in parts]), rel=1e-5)
+    want = jax.tree.map(lambda p, *g: p - 0.1 * sum(g) / 3, before.params, *(g for _, g in parts))
+    for w, got in zip(jax.tree.leaves(want), jax.tree.leaves(after.params), strict=True):
+        np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-6)
+    concatenated = jax.tree.map(lambda p, g: p - 0.1 * g, before.params, grad(np.arange(5))[1])
+    assert not all(  # a plain mean over the 5 examples differs: the remainder weighs 1/3
+        np.allclose(a, b, rtol=2e-4, atol=2e-6)
+        for a, b in zip(jax.tree.leaves(concatenated), jax.tree.leaves(after.params), strict=True)
+    )
+
+
+def test_swin_trains_and_evaluates_end_to_end_keeping_each_epochs_last_batch(tmp_path):
+    config = _swin_config(2, 6)  # 16 training images: batches of 6, 6 and the last 4
+    config.train.num_epochs = 1
+    config.train.keep_last_batch = True
     result = train_and_evaluate(config, str(tmp_path))
-    assert result["finished"] and 0 <= result["eval"]["knn_top1"] <= 1
+    assert result["finished"] and result["step"] == 3 and 0 <= result["eval"]["knn_top1"] <= 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all(np.isfinite(r["loss"]) and r["skipped"] == 0 for r in records)
+
+
+def test_keep_last_batch_is_refused_for_a_method_that_needs_full_batches(tmp_path):
+    config = tiny_config("moco")
+    config.train.keep_last_batch = True
+    with pytest.raises(ValueError, match="keep_last_batch=True: method 'moco' needs full"):
+        train_and_evaluate(config, str(tmp_path))
 
 
 # ----------------------------------------------------------------- non-finite guard

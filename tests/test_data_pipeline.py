@@ -21,7 +21,7 @@ from fgjax.data.decode import (
 from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource
-from fgjax.data.train_loader import make_train_loader, steps_per_epoch
+from fgjax.data.train_loader import last_batch_size, make_train_loader, steps_per_epoch
 from fgjax.data.views import ViewSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -237,6 +237,33 @@ def test_train_loader_process_shards_concatenate_to_the_global_batch():
         make_train_loader(src, process_count=4, **kw)
     with pytest.raises(ValueError, match="fewer than global_batch_size"):
         make_train_loader(ArraySource(4), **kw)
+
+
+def test_train_loader_keep_last_yields_each_epochs_remainder():
+    src = ArraySource(22)
+    kw = dict(global_batch_size=6, views=[ViewSpec("a", 6)], seed=2, num_workers=0)
+    assert steps_per_epoch(22, 6, keep_last=True) == 4 and last_batch_size(22, 6, True) == 4
+    assert last_batch_size(18, 6, True) == 6 and last_batch_size(22, 6) == 6
+    batches = list(make_train_loader(src, num_epochs=2, keep_last=True, **kw))
+    assert [len(b["index"]) for b in batches] == [6, 6, 6, 4] * 2
+    dropped = list(make_train_loader(src, num_epochs=2, **kw))
+    for e in (0, 1):  # every record once per epoch; the full batches are drop-last's
+        epoch = batches[4 * e : 4 * e + 4]
+        assert sorted(np.concatenate([b["index"] for b in epoch]).tolist()) == list(range(22))
+        for kept, drop in zip(epoch[:3], dropped[3 * e : 3 * e + 3], strict=True):
+            np.testing.assert_array_equal(kept["index"], drop["index"])
+    _assert_batches_equal(batches[:3], dropped[:3])  # same crops until the streams shift
+    assert batches[3]["views"]["a"].shape == (4, 6, 6, 3)
+    parts = [
+        list(make_train_loader(src, num_epochs=1, keep_last=True, process_index=p,
+                               process_count=2, **kw))
+        for p in range(2)
+    ]  # fmt: skip
+    for t in range(4):
+        whole = np.concatenate([parts[p][t]["index"] for p in range(2)])
+        np.testing.assert_array_equal(whole, batches[t]["index"])
+    with pytest.raises(ValueError, match="last batch of each epoch holds 5"):
+        make_train_loader(ArraySource(23), keep_last=True, process_count=2, **kw)
 
 
 def test_train_loader_state_resume_and_worker_independence():

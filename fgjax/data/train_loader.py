@@ -3,8 +3,9 @@ one per `ViewSpec` (each with its own size, crop parameters and image root).
 
 Every epoch is a fresh permutation of the source (seeded by (seed, epoch)) cut into
 `steps_per_epoch` global batches; the remainder of each epoch is dropped (PyTorch
-`drop_last=True` per epoch, so epochs line up with `steps_per_epoch`). Process p of P
-takes the rows [p b, (p + 1) b) of every global batch (b = global_batch_size / P). Each
+`drop_last=True` per epoch, so epochs line up with `steps_per_epoch`), or with
+`keep_last` is the epoch's last, smaller batch (`drop_last=False`). Process p of P takes
+the rows [p b, (p + 1) b) of every global batch (b = its size / P). Each
 element of the grain pipeline is one whole per-process batch, so a batch's content does
 not depend on `num_workers`, and every random crop/flip is drawn from a generator seeded
 by (seed, position in the global stream), which draws, per view in order, the crop box
@@ -34,27 +35,45 @@ from fgjax.data.views import ViewSpec
 _TAG_SHUFFLE, _TAG_CROP = 0, 1
 
 
-def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
-    """Training steps per epoch with drop-last semantics (CUB 5994 @ 128 -> 46)."""
+def steps_per_epoch(num_examples: int, global_batch_size: int, keep_last: bool = False) -> int:
+    """Training steps per epoch: drop-last (CUB 5994 @ 128 -> 46) or, with `keep_last`,
+    counting the epoch's last partial batch (-> 47)."""
     if global_batch_size <= 0:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    if keep_last:
+        return -(-num_examples // global_batch_size)
     return num_examples // global_batch_size
+
+
+def last_batch_size(num_examples: int, global_batch_size: int, keep_last: bool = False) -> int:
+    """Size of each epoch's last batch: `global_batch_size`, or with `keep_last` the
+    remainder when there is one (CUB 5994 @ 32 -> 10)."""
+    remainder = num_examples % global_batch_size
+    return remainder if keep_last and remainder else global_batch_size
 
 
 class _TrainBatches:
     """Random-access 'source' of per-process training batches (raw records + positions)."""
 
     def __init__(
-        self, source, *, seed, global_batch_size, process_index, process_count, num_batches
+        self,
+        source,
+        *,
+        seed,
+        global_batch_size,
+        process_index,
+        process_count,
+        num_batches,
+        keep_last,
     ):
         self._source = source
         self._n = len(source)
         self._seed = seed
         self._global = global_batch_size
-        self._local = global_batch_size // process_count
         self._process_index = process_index
         self._process_count = process_count
-        self._steps = steps_per_epoch(self._n, global_batch_size)
+        self._steps = steps_per_epoch(self._n, global_batch_size, keep_last)
+        self._keep_last = keep_last
         self._num_batches = num_batches
         self._perm_cache: tuple[int, np.ndarray] | None = None
 
@@ -69,19 +88,24 @@ class _TrainBatches:
 
     def __getitem__(self, t: int) -> dict:
         epoch, j = divmod(int(t), self._steps)
-        start = j * self._global + self._process_index * self._local
-        keys = self.permutation(epoch)[start : start + self._local]
-        first = int(t) * self._global + self._process_index * self._local
+        size = self._global
+        if j == self._steps - 1:
+            size = last_batch_size(self._n, self._global, self._keep_last)
+        local = size // self._process_count
+        offset = self._process_index * local
+        keys = self.permutation(epoch)[j * self._global + offset :][:local]
+        first = int(t) * self._global + offset
         return {
             "records": [self._source[int(k)] for k in keys],
-            "positions": np.arange(first, first + self._local, dtype=np.int64),
+            "positions": np.arange(first, first + local, dtype=np.int64),
         }
 
     def __repr__(self) -> str:
         return (
             f"_TrainBatches(source={stable_repr(self._source)}, seed={self._seed}, "
             f"global_batch_size={self._global}, process={self._process_index}/"
-            f"{self._process_count}, num_batches={self._num_batches})"
+            f"{self._process_count}, num_batches={self._num_batches}, "
+            f"keep_last={self._keep_last})"
         )
 
 
@@ -174,6 +198,7 @@ def make_train_loader(
     num_epochs: int | None = None,
     worker_buffer_size: int = 2,
     skip_bad: bool = False,
+    keep_last: bool = False,
 ) -> grain.DataLoader:
     """Training loader over `source` (see the module docstring for the semantics).
 
@@ -183,6 +208,8 @@ def make_train_loader(
       'label', 'coarse_label', 'index': int32 [b],
       'bad_images': list of str, one error message per undecodable image replaced in
         this batch (always empty without `skip_bad`).
+    With `keep_last`, each epoch's last batch holds the remainder of the epoch (its size
+    must then be divisible by `process_count`).
     An undecodable image raises ImageDecodeError naming the file; with `skip_bad` it is
     replaced by the next decodable record of the source (same crops draws), reported in
     'bad_images'.
@@ -199,7 +226,13 @@ def make_train_loader(
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     seed = int(seed)
-    steps = steps_per_epoch(len(source), global_batch_size)
+    steps = steps_per_epoch(len(source), global_batch_size, keep_last)
+    last = last_batch_size(len(source), global_batch_size, keep_last)
+    if last % process_count:
+        raise ValueError(
+            f"keep_last: the last batch of each epoch holds {last} of the {len(source)} "
+            f"records, not divisible by process_count={process_count}"
+        )
     if steps == 0:
         raise ValueError(
             f"the source has {len(source)} records, fewer than global_batch_size="
@@ -216,6 +249,7 @@ def make_train_loader(
         process_index=process_index,
         process_count=process_count,
         num_batches=num_batches,
+        keep_last=keep_last,
     )
     transform = _TrainTransform(
         seed=seed,

@@ -116,6 +116,9 @@ class Method(abc.ABC):
     # Top-level parameter groups `config.model.init_from` fills: a weights file holds the
     # backbone only; a training workdir gives every group named here.
     pretrained_groups: tuple[str, ...] = ("backbone",)
+    # Whether a step may see a smaller batch (config.train.keep_last_batch): False for
+    # methods whose state assumes a fixed batch, e.g. a queue enqueued a batch at a time.
+    partial_batches_ok: ClassVar[bool] = False
 
     def __init__(self, config: ml_collections.ConfigDict, run: RunInfo):
         self.config = config

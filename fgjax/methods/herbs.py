@@ -155,6 +155,7 @@ class HerbsNet(nn.Module):
 class Herbs(Method):
     name = "herbs"
     view_names = ("view1",)
+    partial_batches_ok = True
 
     @classmethod
     def config_section(cls) -> ml_collections.ConfigDict:

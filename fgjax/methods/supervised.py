@@ -16,6 +16,7 @@ from fgjax.models.factory import backbone_from_config
 class Supervised(Method):
     name = "supervised"
     view_names = ("view1",)
+    partial_batches_ok = True
 
     @classmethod
     def config_section(cls) -> ml_collections.ConfigDict:

@@ -23,7 +23,7 @@ from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.datasets import build_source
 from fgjax.data.sources import summarize
-from fgjax.data.train_loader import make_train_loader, steps_per_epoch
+from fgjax.data.train_loader import last_batch_size, make_train_loader, steps_per_epoch
 from fgjax.eval.evaluate import Evaluator
 from fgjax.eval.features import FeatureExtractor
 from fgjax.methods import Method, RunInfo, build_method
@@ -84,7 +84,16 @@ class _Run:
         for role, split in (("train", c.data.train_split), ("test", c.data.test_split)):
             print("data", summarize(self.sources[role], f"{role} = {c.data.kind}/{split}"))
         train = self.sources["train"]
-        self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size)
+        keep_last = c.train.keep_last_batch
+        self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size, keep_last)
+        micro = c.train.batch_size // c.train.accumulate_steps
+        # Per epoch, for a per-micro-batch schedule (fewer when the last batch is partial).
+        self.micro_batches_per_epoch = self.steps_per_epoch * c.train.accumulate_steps
+        if keep_last:
+            self.micro_batches_per_epoch = -(-len(train) // micro)
+        last = last_batch_size(len(train), c.train.batch_size, keep_last)
+        if last != c.train.batch_size:
+            check_batch_divisible(last, "config.train.keep_last_batch: the last batch of an epoch")
         if self.steps_per_epoch == 0 and c.train.num_epochs > 0:
             raise ValueError(
                 f"config.train.batch_size={c.train.batch_size} exceeds the {len(train)} "
@@ -101,6 +110,11 @@ class _Run:
             num_train_examples=len(train),
         )
         self.method: Method = build_method(c, self.info)
+        if keep_last and not self.method.partial_batches_ok:
+            raise ValueError(
+                f"config.train.keep_last_batch=True: method {c.method!r} needs full batches "
+                "(its state assumes a fixed batch size); set it to False"
+            )
         first_view = self.method.view_names[0]
         first = photometric_spec(c, first_view)  # evaluation normalises as this view
         size = c.views[first_view].size
@@ -250,7 +264,12 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     per_epoch = run.steps_per_epoch
     eval_epochs = evaluation_epochs(c.eval, c.train.num_epochs)  # checked before any work
     schedule = optim.make_schedule(
-        c.optim, c.train.batch_size, per_epoch, c.train.num_epochs, c.train.accumulate_steps
+        c.optim,
+        c.train.batch_size,
+        per_epoch,
+        c.train.num_epochs,
+        c.train.accumulate_steps,
+        run.micro_batches_per_epoch,
     )
     tx = optim.make_optimizer(c.optim, schedule)
     state = create_train_state(method, tx, run.image_shape, c.seed, c.model.init_from)
@@ -266,6 +285,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         skip_bad=c.data.skip_bad,
+        keep_last=c.train.keep_last_batch,
     )
     iterator = iter(loader)
     checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)

@@ -7,10 +7,13 @@
   schedule: 'cosine' | 'constant' | 'step'; `schedule_unit`: 'step', 'epoch' (MoCo's
       per-epoch cosine keeps the lr constant inside an epoch) or 'micro_batch' (HERBS:
       lengths count micro-batches of `accumulate_steps`, and an optimiser step takes the
-      lr of its last micro-batch).
+      lr of its last micro-batch; an epoch's smaller last step ends at the epoch's last
+      micro-batch).
   decay_epochs, decay_factor ('step' schedule): the lr is multiplied by `decay_factor`
       from the start of each epoch in `decay_epochs` (MoCo's lincls: (60, 80), 0.1).
-  warmup_epochs: linear warm-up from 0 to the peak (step-wise).
+  warmup_epochs: linear warm-up (step-wise) from `warmup_init_lr` (0) to the peak, which
+      the first step after the warm-up reaches (`warmup_reaches_peak='after'`) or its
+      last step (`'last'`: np.linspace(init, peak, W), HERBS).
   cosine_epochs: length of the cosine in epochs (0 = the training length); LCR's
       CUB BYOL recipe lays the cosine over 800 epochs but stops at 100.
   cosine_period: 'after_warmup' (the cosine spans cosine_epochs minus the warm-up) or
@@ -56,17 +59,29 @@ def make_schedule(
     steps_per_epoch: int,
     num_epochs: int,
     accumulate_steps: int = 1,
+    micro_batches_per_epoch: int | None = None,
 ) -> optax.Schedule:
     """Linear warm-up (per step) then cosine, constant or step decay, per step, per epoch
-    or per micro-batch (`accumulate_steps` micro-batches make one optimiser step)."""
+    or per micro-batch (`accumulate_steps` micro-batches make one optimiser step).
+
+    `micro_batches_per_epoch` (default `steps_per_epoch * accumulate_steps`) is smaller
+    when an epoch's last step is a partial one (`config.train.keep_last_batch`)."""
     peak = peak_lr(optim, global_batch)
+    a = accumulate_steps if optim.schedule_unit == "micro_batch" else 1
+    optimiser_steps = per_epoch = steps_per_epoch
     if optim.schedule_unit == "micro_batch":
-        # Lengths in micro-batches; optimiser step n ends with micro-batch a*n + a - 1.
-        a = accumulate_steps
-        steps_per_epoch *= a
-    else:
-        a = 1
-    warmup_steps = int(round(optim.warmup_epochs * steps_per_epoch))
+        per_epoch = micro_batches_per_epoch or steps_per_epoch * a
+
+    def position(step: jax.Array) -> jax.Array:
+        """Step -> its last micro-batch (step n of epoch e ends with micro-batch
+        e * per_epoch + min(a (n + 1), per_epoch) - 1); the step itself otherwise."""
+        if a == 1:
+            return jnp.asarray(step, jnp.float32)
+        epoch, within = jnp.divmod(jnp.asarray(step).astype(jnp.int32), optimiser_steps)
+        last = epoch * per_epoch + jnp.minimum(a * within + a, per_epoch) - 1
+        return last.astype(jnp.float32)
+
+    warmup_steps = int(round(optim.warmup_epochs * per_epoch))
     cosine_epochs = optim.cosine_epochs or num_epochs
     if optim.schedule not in ("cosine", "constant", "step"):
         raise ValueError(
@@ -86,27 +101,34 @@ def make_schedule(
             "config.optim.cosine_period must be 'after_warmup' or 'whole', "
             f"got {optim.cosine_period!r}"
         )
-    cosine_steps = cosine_epochs * steps_per_epoch
+    if optim.warmup_reaches_peak not in ("after", "last"):
+        raise ValueError(
+            "config.optim.warmup_reaches_peak must be 'after' or 'last', "
+            f"got {optim.warmup_reaches_peak!r}"
+        )
+    ramp = warmup_steps - (optim.warmup_reaches_peak == "last")  # steps from init to peak
+    cosine_steps = cosine_epochs * per_epoch
     if optim.cosine_period == "after_warmup":
         cosine_steps -= warmup_steps
 
     def schedule(step: jax.Array) -> jax.Array:
-        step = jnp.asarray(step, jnp.float32) * a + (a - 1)
+        step = position(step)
         if optim.schedule == "constant":
             decayed = jnp.asarray(peak, jnp.float32)
         elif optim.schedule == "step":  # decays at epoch boundaries, whatever schedule_unit
-            epoch = jnp.floor(step / steps_per_epoch)
+            epoch = jnp.floor(step / per_epoch)
             passed = sum((epoch >= e).astype(jnp.float32) for e in optim.decay_epochs)
             decayed = peak * jnp.power(jnp.float32(optim.decay_factor), passed)
         else:
             if optim.schedule_unit == "epoch":
-                progress = jnp.floor(step / steps_per_epoch) * steps_per_epoch
+                progress = jnp.floor(step / per_epoch) * per_epoch
             else:
                 progress = step
             t = jnp.clip((progress - warmup_steps) / max(cosine_steps, 1), 0.0, 1.0)
             decayed = optim.final_lr + (peak - optim.final_lr) * 0.5 * (1 + jnp.cos(math.pi * t))
         if warmup_steps > 0:
-            warm = peak * step / warmup_steps
+            init = optim.warmup_init_lr
+            warm = init + (peak - init) * step / max(ramp, 1)
             return jnp.where(step < warmup_steps, warm, decayed)
         return decayed
 

@@ -1,9 +1,12 @@
 """The generic, jit-compiled train step: `(state, frozen, batch) -> (state, metrics)`.
 
 Per step: photometric augmentation of every view on the device, the method's
-`before_step`, the loss and its gradients (over `accumulate_steps` micro-batches),
-one optimiser update, the method's `after_step`. A step whose loss or gradients are
-not finite changes nothing but the step counter and `bad_steps` (the non-finite guard).
+`before_step`, the loss and its gradients (over `accumulate_steps` micro-batches; an
+epoch's last, smaller batch under `config.train.keep_last_batch` makes as many full
+micro-batches as it holds plus one of the rest, and its gradients are averaged over that
+count, as HERBS does), one optimiser update, the method's `after_step`. A step whose
+loss or gradients are not finite changes nothing but the step counter and `bad_steps`
+(the non-finite guard).
 """
 
 from __future__ import annotations
@@ -81,23 +84,34 @@ def make_train_step(
             grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
             return (grad_sum, aux.model_state), (loss, aux.metrics, aux.state_update)
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        if accumulate_steps == 1:
-            (grads, model_state), (loss, metrics, update) = micro_step(
-                (zeros, state.model_state), (views, fields, 0)
-            )
-            updates = [update]
-        else:
-            micro = split_micro_batches((views, fields), accumulate_steps)
-            (grad_sum, model_state), (losses, metrics, stacked) = jax.lax.scan(
-                micro_step,
-                (zeros, state.model_state),
-                (*micro, jnp.arange(accumulate_steps)),
-            )
-            grads = jax.tree.map(lambda g: g / accumulate_steps, grad_sum)
-            loss = jnp.mean(losses)
-            metrics = jax.tree.map(jnp.mean, metrics)
-            updates = [jax.tree.map(lambda x, a=a: x[a], stacked) for a in range(accumulate_steps)]
+        # A batch of the run's size makes `accumulate_steps` micro-batches; an epoch's last,
+        # smaller batch (keep_last_batch) as many full ones as it holds plus its remainder.
+        full, remainder = divmod(fields["label"].shape[0], run.batch_size // accumulate_steps)
+        carry = (jax.tree.map(jnp.zeros_like, state.params), state.model_state)
+        losses, metrics, updates = [], [], []
+        if full == 1 and not remainder:
+            carry, (loss, metric, update) = micro_step(carry, (views, fields, 0))
+            losses, metrics, updates = [loss], [metric], [update]
+        elif full:
+            head = jax.tree.map(lambda x: x[: x.shape[0] - remainder], (views, fields))
+            micro = split_micro_batches(head, full)
+            carry, stacked = jax.lax.scan(micro_step, carry, (*micro, jnp.arange(full)))
+            for a in range(full):
+                loss, metric, update = jax.tree.map(lambda x, a=a: x[a], stacked)
+                losses.append(loss)
+                metrics.append(metric)
+                updates.append(update)
+        if remainder:
+            tail = jax.tree.map(lambda x: x[x.shape[0] - remainder :], (views, fields))
+            carry, (loss, metric, update) = micro_step(carry, (*tail, full))
+            losses.append(loss)
+            metrics.append(metric)
+            updates.append(update)
+        count = len(losses)  # HERBS divides a ragged group's losses by its size (spec 5.3)
+        grad_sum, model_state = carry
+        grads = jax.tree.map(lambda g: g / count, grad_sum)
+        loss = sum(losses) / count
+        metrics = jax.tree.map(lambda *m: sum(m) / count, *metrics)
 
         for update in updates:  # e.g. enqueue each micro-batch's keys in turn
             method_state = method.after_step(method_state, update, ctx)

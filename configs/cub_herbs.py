@@ -17,18 +17,19 @@ micro-batch: np.linspace(1e-9, 5e-4) over 1500 micro-batches (2 CUB epochs of 75
 a cosine whose half-period is the whole run (80 x 750 micro-batches, not minus the
 warm-up), so it ends near 7.7e-7 instead of 0.
 
-Data (spec 5.4): 384 px crops, flip, p = 0.1 Gaussian blur (kernel 5, sigma U(0.1, 5)),
-ImageNet mean/std; no colour jitter, mixup or label smoothing. Evaluation (spec 6): the
-`herbs` evaluator's `vote/top1` (sum of 9 softmaxes) is the paper's number (93.1 %),
-with HERBS' CUB group outer errors; `comb_outs/top1` is the combiner alone.
+Data (spec 5.4): train views squash the image to 510 x 510 (aspect ignored) and take a
+uniformly placed 384 px crop (`crop='squash_random_crop'`, set by the method), flip, p = 0.1
+Gaussian blur (kernel 5, sigma U(0.1, 5)), p = 0.1 sharpness 1.5, ImageNet mean/std; no
+colour jitter, mixup or label smoothing. Test: squash to 510 x 510, centre crop 384
+(`config.data.eval_resize='squash'`). Evaluation (spec 6): the `herbs` evaluator's
+`vote/top1` (sum of 9 softmaxes) is the paper's number (93.1 %), with HERBS' CUB group
+outer errors; `comb_outs/top1` is the combiner alone.
 
 Not reproduced yet:
-  * Train crop: HERBS squashes to 510 x 510 and takes a random 384 crop (the image's own
-    aspect, 56.7 % of its area); here a RandomResizedCrop of that area at an aspect in
-    (3/4, 4/3).
-  * The p = 0.1 sharpness adjustment (factor 1.5) of the train transform.
-  * Test transform: HERBS squashes to 510 x 510 then centre-crops 384; the evaluation loader
-    resizes the short side to 384 / 0.875 = 439 and centre-crops 384.
+  * Decoding: HERBS decodes every image at full size (OpenCV) and blurs / sharpens uint8
+    PIL images; fgjax decodes JPEGs of at least 1020 px on both sides at a reduced DCT
+    scale (1/2, 1/4, 1/8: still >= 510 px), and blurs / sharpens in float32 on the device
+    (the sharpening within 1/255 of PIL's).
   * Swin's final LayerNorm (unused by HERBS, so it gets no gradient) still decays with the
     coupled weight decay; PyTorch skips parameters without gradients (spec 10.8).
   * Model selection on the test split (spec 5.5): fgjax evaluates on the same schedule and
@@ -43,6 +44,8 @@ def get_config():
     c.data.kind = "cub"
     c.data.root = "data/CUB_200_2011"
     c.data.image_size = 384  # spec 5.1 data_size
+    c.data.eval_resize = "squash"  # spec 5.4 test: Resize((510, 510)) + CenterCrop(384)
+    c.data.eval_squash_size = 510
     c.eval.class_groups = "herbs_cub"  # spec 6.2 fine-class accuracy and outer errors
     c.eval.best_metric = "herbs/vote/top1"
     # Spec 5.5: after the first epoch, every 10, every 2 from epoch 64, every one from 72.

@@ -27,9 +27,11 @@ def view_config(config: ml_collections.ConfigDict, **fields) -> ml_collections.C
     """One entry of `config.views`: how the CPU crops a view and the device augments it.
 
     Fields: `size` (output side in pixels; by default follows `config.data.image_size`),
-    `crop_scale`, `crop_ratio` (RandomResizedCrop), `interpolation`, `root` ('' = the
-    dataset's own files, or a parallel root holding the same relative paths, e.g.
-    LEAD++'s DDT crops) and `photometric` (a `PhotometricSpec`, on the device).
+    `crop` ('random_resized': RandomResizedCrop(`crop_scale`, `crop_ratio`);
+    'squash_random_crop': resize to `squash_size` x `squash_size` ignoring the aspect, then
+    a uniformly placed `size` crop, HERBS), `interpolation`, `root` ('' = the dataset's own
+    files, or a parallel root holding the same relative paths, e.g. LEAD++'s DDT crops)
+    and `photometric` (a `PhotometricSpec`, on the device).
     """
     view = ml_collections.ConfigDict(
         dict(
@@ -38,6 +40,8 @@ def view_config(config: ml_collections.ConfigDict, **fields) -> ml_collections.C
             crop_ratio=(3 / 4, 4 / 3),
             interpolation="bilinear",
             root="",
+            crop="random_resized",
+            squash_size=0,  # crop 'squash_random_crop' only (HERBS: 510 for 384 px crops)
             photometric=photometric_config(PhotometricSpec()),
         )
     )
@@ -63,6 +67,8 @@ def view_spec(config: ml_collections.ConfigDict, view: str) -> ViewSpec:
         crop_ratio=tuple(v.crop_ratio),
         interpolation=v.interpolation,
         root=v.root,
+        crop=v.crop,
+        squash_size=v.squash_size,
     )
 
 
@@ -101,6 +107,10 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
     c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'
     c.data.image_size = 224  # evaluation crop, and the default size of every view
+    # Evaluation resize before the centre crop: 'short_side' (to image_size / 0.875) or
+    # 'squash' (to eval_squash_size x eval_squash_size ignoring the aspect: HERBS, 510).
+    c.data.eval_resize = "short_side"
+    c.data.eval_squash_size = 0  # eval_resize 'squash' only
     c.data.num_workers = 4
     c.data.procedural = ml_collections.ConfigDict(
         dict(

@@ -29,6 +29,7 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 OFF = dict(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+SMOOTH = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32)
 
 
 def _images(b, h=8, w=8, seed=0):
@@ -250,6 +251,10 @@ def _np_chain(x, p, spec):
                     y, float(p["sigma"][i]), axis=axis, mode="mirror", radius=k // 2
                 )
             y = np.clip(y, 0, 1)
+        if p["sharpness"][i]:  # torchvision's tensor adjust_sharpness
+            smooth = y.copy()
+            smooth[1:-1, 1:-1] = ndimage.correlate(y, SMOOTH[..., None] / 13.0)[1:-1, 1:-1]
+            y = np.clip(spec.sharpness_factor * y + (1 - spec.sharpness_factor) * smooth, 0, 1)
         if p["solarize"][i]:
             y = np.where(y >= spec.solarize_threshold, 1 - y, y)
         out.append(y)
@@ -263,6 +268,8 @@ def test_full_chain_matches_numpy_replay():
         blur_prob=0.5,
         solarize_prob=0.3,
         blur_kernel_fraction=0.5,
+        sharpness_prob=0.5,
+        sharpness_factor=1.5,
     )
     x = _images(24, 6, 6, seed=8)
     keys = jax.random.split(jax.random.key(11), 24)
@@ -272,5 +279,6 @@ def test_full_chain_matches_numpy_replay():
     )
     assert params["jitter"].any() and params["grayscale"].any() and params["blur"].any()
     assert params["solarize"].any() and not params["jitter"].all()
+    assert params["sharpness"].any() and not params["sharpness"].all()
     ref = _np_chain(x.astype(np.float32) / 255.0, params, spec)
     np.testing.assert_allclose(ours, ref, atol=2e-5)

@@ -307,8 +307,9 @@ def test_cub_recipe_equals_spec_section_5_1():
     assert (o.weight_decay, o.weight_decay_mask, tuple(o.freeze)) == (3e-4, "all", ())
     assert (c.train.batch_size, c.train.accumulate_steps, c.train.num_epochs) == (32, 4, 80)
     view = c.views.view1
-    assert view.crop_scale == ((384 / 510) ** 2,) * 2
+    assert (view.crop, view.squash_size) == ("squash_random_crop", 510)  # spec 5.4
     p = view.photometric
+    assert (p.sharpness_prob, p.sharpness_factor) == (0.1, 1.5)
     assert (p.jitter_prob, p.grayscale_prob, p.solarize_prob) == (0, 0, 0)
     assert (p.blur_prob, tuple(p.blur_sigma)) == (0.1, (0.1, 5.0))
     from fgjax.data.augment import blur_kernel_size

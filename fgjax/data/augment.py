@@ -6,7 +6,7 @@ on how the batch is sharded), the torchvision-style chain
 
   ColorJitter (p=jitter_prob; brightness, contrast, saturation, hue in a random
   per-example order) -> RandomGrayscale (p) -> GaussianBlur (p, sigma ~ U(blur_sigma))
-  -> RandomSolarize (p) -> Normalize(mean, std),
+  -> RandomAdjustSharpness (p, factor) -> RandomSolarize (p) -> Normalize(mean, std),
 
 clamping to [0, 1] after every op. Semantics (float images in [0, 1]):
   brightness  x * f,                            f ~ U(max(0, 1 - b), 1 + b)
@@ -17,9 +17,14 @@ clamping to [0, 1] after every op. Semantics (float images in [0, 1]):
   blur        separable Gaussian, kernel = nearest odd integer to
               blur_kernel_fraction * H (23 at 224 px, as torchvision BYOL), sigma in pixels,
               reflect padding (torchvision's GaussianBlur)
+  sharpness   f x + (1 - f) smooth(x), f = sharpness_factor; smooth(x) is x filtered by the
+              3x3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 inside, x itself on the
+              one-pixel border (torchvision's tensor `adjust_sharpness`; on uint8 PIL
+              images, HERBS' case, torchvision's ImageEnhance path rounds to uint8, <= 1/255)
   solarize    x -> 1 - x where x >= solarize_threshold. The default 0.5 selects exactly the
               uint8 values >= 128 (PIL's ImageOps.solarize(threshold=128) on uint8 input).
-Ops whose strength is 0 are skipped (as torchvision does for a None jitter parameter).
+Ops whose strength is 0 (sharpness: factor 1) are skipped (as torchvision does for a None
+jitter parameter).
 Note: torchvision's tensor grayscale uses 0.2989 for R; PIL and this module use 0.299.
 """
 
@@ -33,6 +38,8 @@ import jax.numpy as jnp
 
 _LUMA = (0.299, 0.587, 0.114)
 _JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+_PROBABILITIES = ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob", "sharpness_prob")
+_NON_NEGATIVE = ("brightness", "contrast", "saturation", "blur_kernel_fraction", "sharpness_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +57,8 @@ class PhotometricSpec:
     blur_kernel_fraction: float = 0.1
     solarize_prob: float = 0.0
     solarize_threshold: float = 0.5
+    sharpness_prob: float = 0.0
+    sharpness_factor: float = 1.0  # 1 = identity; HERBS: 1.5 with p = 0.1
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -61,10 +70,10 @@ class PhotometricSpec:
             else:
                 value = float(value)
             object.__setattr__(self, f.name, value)
-        for name in ("jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        for name in _PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation", "blur_kernel_fraction"):
+        for name in _NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.hue <= 0.5:
@@ -194,6 +203,23 @@ def gaussian_blur(x: jax.Array, sigma: jax.Array, kernel_size: int) -> jax.Array
     return jnp.clip(_blur_axis(_blur_axis(x, w, 1), w, 2), 0.0, 1.0)
 
 
+_SMOOTH = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))  # / 13: PIL's ImageFilter.SMOOTH
+
+
+def adjust_sharpness(x: jax.Array, factor: jax.Array) -> jax.Array:
+    """Blend of x [B, H, W, 3] with its 3x3-smoothed interior (border pixels kept) by
+    per-example factor [B] (or a scalar); images under 3 px on a side are returned as is."""
+    h, w = x.shape[1], x.shape[2]
+    if h <= 2 or w <= 2:
+        return x
+    inner = sum(
+        _SMOOTH[i][j] / 13.0 * x[:, i : i + h - 2, j : j + w - 2]
+        for i in range(3)
+        for j in range(3)
+    )
+    return _blend(x, x.at[:, 1:-1, 1:-1].set(inner), factor)
+
+
 def solarize(x: jax.Array, threshold: float) -> jax.Array:
     return jnp.where(x >= threshold, 1.0 - x, x)
 
@@ -208,12 +234,15 @@ def normalize(x: jax.Array, mean, std) -> jax.Array:
 def sample_params(key: jax.Array, spec: PhotometricSpec) -> dict[str, jax.Array]:
     """One example's random draws (vmap over keys for a batch).
 
-    Returns scalars 'jitter', 'grayscale', 'blur', 'solarize' (bool: op applied),
+    Returns scalars 'jitter', 'grayscale', 'blur', 'solarize', 'sharpness' (bool: op applied),
     'brightness', 'contrast', 'saturation' (factors), 'hue' (shift), 'sigma', and
     'order' int32 [4]: the jitter op applied in each slot (0 brightness, 1 contrast,
     2 saturation, 3 hue), a uniformly random permutation.
     """
-    u = jax.random.uniform(key, (13,), jnp.float32)  # one draw: small graph, fast compile
+    # One draw: small graph, fast compile. JAX's partitionable threefry (the default) makes
+    # the first n values of a longer draw those of an n-value draw, so appending u[13] for
+    # sharpness left every earlier recipe's draws unchanged.
+    u = jax.random.uniform(key, (14,), jnp.float32)
     lerp = lambda v, lo, hi: lo + (hi - lo) * v
     return {
         "jitter": u[0] < spec.jitter_prob,
@@ -226,6 +255,7 @@ def sample_params(key: jax.Array, spec: PhotometricSpec) -> dict[str, jax.Array]
         "blur": u[10] < spec.blur_prob,
         "sigma": lerp(u[11], spec.blur_sigma[0], spec.blur_sigma[1]),
         "solarize": u[12] < spec.solarize_prob,
+        "sharpness": u[13] < spec.sharpness_prob,
     }
 
 
@@ -257,6 +287,8 @@ def apply_params(x: jax.Array, p: dict[str, jax.Array], spec: PhotometricSpec) -
     k = blur_kernel_size(x.shape[1], spec.blur_kernel_fraction)
     if spec.blur_prob > 0 and k > 1:
         x = _where(p["blur"], gaussian_blur(x, p["sigma"], k), x)
+    if spec.sharpness_prob > 0 and spec.sharpness_factor != 1.0:
+        x = _where(p["sharpness"], adjust_sharpness(x, spec.sharpness_factor), x)
     if spec.solarize_prob > 0:
         x = _where(p["solarize"], solarize(x, spec.solarize_threshold), x)
     return x

@@ -1,7 +1,7 @@
-"""Image decoding and crop geometry on a source's records: RandomResizedCrop + flip
-views for training (`random_crop_views`, one per ViewSpec; a view may read the same
-relative path under a parallel root) and Resize + CenterCrop for evaluation
-(`resize_center_crop`).
+"""Image decoding and crop geometry on a source's records: RandomResizedCrop (or, HERBS,
+squash + RandomCrop) + flip views for training (`random_crop_views`, one per ViewSpec; a
+view may read the same relative path under a parallel root) and Resize (short side, or a
+squash to a square) + CenterCrop for evaluation (`resize_center_crop`).
 
 JPEG files are decoded in draft mode (DCT scaling by 1/2, 1/4, 1/8) whenever the
 reduced image still gives every crop taken from it at least its output resolution; crop
@@ -11,7 +11,9 @@ boxes are computed in original coordinates and mapped to the drafted image.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -29,6 +31,7 @@ INTERPOLATIONS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 _DRAFT_FACTORS = (8, 4, 2)
+EVAL_RESIZES = ("short_side", "squash")
 
 
 class ImageDecodeError(OSError):
@@ -180,6 +183,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _crop_enclosing(img, x0, y0, x1, y1) -> tuple[Image.Image, tuple[float, ...]]:
+    """The pixels of `img` enclosing the float box (x0, y0, x1, y1), and the box in them."""
+    c0, r0 = math.floor(x0), math.floor(y0)
+    c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
+    return img.crop((c0, r0, c1, r1)), (x0 - c0, y0 - r0, x1 - c0, y1 - r0)
+
+
 def _crop_resize(img, sx, sy, box, size, resample, flip) -> np.ndarray:
     """Resizes the original-coordinates `box` (top, left, h, w) of the decoded `img`.
 
@@ -187,15 +197,27 @@ def _crop_resize(img, sx, sy, box, size, resample, flip) -> np.ndarray:
     on a drafted image crops the enclosing pixels and resizes the sub-box.
     """
     top, left, h, w = box
-    x0, y0, x1, y1 = left * sx, top * sy, (left + w) * sx, (top + h) * sy
-    c0, r0 = math.floor(x0), math.floor(y0)
-    c1, r1 = min(math.ceil(x1), img.size[0]), min(math.ceil(y1), img.size[1])
-    view = img.crop((c0, r0, c1, r1)).resize(
-        (size, size), resample, box=(x0 - c0, y0 - r0, x1 - c0, y1 - r0)
-    )
+    img, sub = _crop_enclosing(img, left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+    view = img.resize((size, size), resample, box=sub)
     if flip:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return np.asarray(view)
+
+
+def _squash_crop(img, sx, sy, region, squash_size, top, left, size, resample, flip):
+    """uint8 [size, size, 3]: rows top.., columns left.. of the squash_size x squash_size
+    resize of the original-coordinates `region` (left, top, w, h) of the decoded `img`
+    (torchvision's Resize((squash_size, squash_size)) then a crop; the filter sees the
+    region's enclosing pixels only), mirrored if `flip`.
+
+    The whole square is resized, then sliced: a resize of the crop's box alone differs by
+    a level here and there (the box's float coordinates).
+    """
+    rl, rt, rw, rh = region
+    img, box = _crop_enclosing(img, rl * sx, rt * sy, (rl + rw) * sx, (rt + rh) * sy)
+    square = img.resize((squash_size, squash_size), resample, box=box)
+    crop = np.asarray(square)[top : top + size, left : left + size]
+    return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
 
 
 def random_crop_views(
@@ -205,12 +227,14 @@ def random_crop_views(
     *,
     source_root: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """RandomResizedCrop + horizontal flip (p=0.5) per view: {name: uint8 [size, size, 3]}.
+    """A random crop + horizontal flip (p=0.5) per view: {name: uint8 [size, size, 3]}.
 
-    Per view, in order: the crop box from `sample_crop` (on the dimensions of the record's
-    `record_region` of its file; of the whole file under a parallel root), then one uniform
-    draw for the flip. A view with `root` reads `parallel_path`
-    of the record; the views of one root share one decode of its file.
+    Per view, in order: the crop (view.crop 'random_resized': the box from `sample_crop`;
+    'squash_random_crop': the top then left offset in the squash_size square, each
+    uniform in 0..squash_size - size as torchvision's RandomCrop), on the record's
+    `record_region` of its file (the whole file under a parallel root), then one uniform
+    draw for the flip. A view with `root` reads `parallel_path` of the record; the views
+    of one root share one decode of its file.
     """
     with contextlib.ExitStack() as stack:
         opened: dict[str, tuple[Image.Image, str | None]] = {}
@@ -228,34 +252,97 @@ def random_crop_views(
             left, top, width, height = (
                 (0, 0, *img.size) if view.root else record_region(record, *img.size)
             )
-            box = sample_crop(rng, int(height), int(width), view.crop_scale, view.crop_ratio)
-            box = (box[0] + top, box[1] + left, box[2], box[3])
-            draws.append((view, box, bool(rng.uniform() < 0.5)))
+            if view.crop == "squash_random_crop":
+                margin = view.squash_size - view.size + 1
+                i, j = int(rng.integers(0, margin)), int(rng.integers(0, margin))
+                crop = functools.partial(
+                    _squash_crop,
+                    region=(left, top, width, height),
+                    squash_size=view.squash_size,
+                    top=i,
+                    left=j,
+                )
+                side = min(width, height) * view.size / view.squash_size  # in original px
+            else:
+                box = sample_crop(rng, int(height), int(width), view.crop_scale, view.crop_ratio)
+                box = (box[0] + top, box[1] + left, box[2], box[3])
+                crop = functools.partial(_crop_resize, box=box)
+                side = min(box[2], box[3])
+            draws.append((view, side, crop, bool(rng.uniform() < 0.5)))
         out = {}
         for root, (img, path) in opened.items():
             mine = [d for d in draws if d[0].root == root]
-            img, sx, sy = _decode(img, path, [(min(b[2], b[3]), v.size) for v, b, _ in mine])
-            for view, box, flip in mine:
-                resample = resample_filter(view.interpolation)
-                out[view.name] = _crop_resize(img, sx, sy, box, view.size, resample, flip)
+            img, sx, sy = _decode(img, path, [(side, v.size) for v, side, _, _ in mine])
+            for view, _, crop, flip in mine:
+                out[view.name] = crop(
+                    img,
+                    sx,
+                    sy,
+                    size=view.size,
+                    resample=resample_filter(view.interpolation),
+                    flip=flip,
+                )
     return {view.name: out[view.name] for view in views}
 
 
-def resize_center_crop(
-    record: dict, *, image_size: int, resize_ratio: float = 0.875, interpolation="bilinear"
-) -> np.ndarray:
-    """Resize(short side = round(image_size / resize_ratio)) + CenterCrop: uint8 [S, S, 3].
+def check_eval_resize(resize: str, squash_size: int, image_size: int) -> None:
+    """Validates an evaluation resize (config.data.eval_resize, eval_squash_size)."""
+    if resize not in EVAL_RESIZES:
+        raise ValueError(
+            f"eval resize (config.data.eval_resize) must be one of {list(EVAL_RESIZES)}, "
+            f"got {resize!r}"
+        )
+    if isinstance(squash_size, bool) or not isinstance(squash_size, numbers.Integral):
+        raise ValueError(
+            f"eval squash size (config.data.eval_squash_size) must be an integer, "
+            f"got {squash_size!r}"
+        )
+    if resize == "squash" and squash_size < image_size:
+        raise ValueError(
+            f"eval resize 'squash' needs a squash size (config.data.eval_squash_size) >= "
+            f"the crop (config.data.image_size={image_size}), got {squash_size}"
+        )
+    if resize != "squash" and squash_size != 0:
+        raise ValueError(
+            f"config.data.eval_squash_size={squash_size} is only read with "
+            f"config.data.eval_resize='squash' (it is {resize!r}); leave it 0"
+        )
 
-    Same geometry as torchvision's Resize(int) + CenterCrop on PIL images (long side
-    int(short * long / short_in), crop offsets int(round((side - S) / 2))), computed as
-    one resize of the crop box (mapped to original coordinates). A record with a region
-    (`record_region`: 'box', 'trim_bottom') is treated as the image cut to that region.
+
+def resize_center_crop(
+    record: dict,
+    *,
+    image_size: int,
+    resize_ratio: float = 0.875,
+    interpolation="bilinear",
+    resize: str = "short_side",
+    squash_size: int = 0,
+) -> np.ndarray:
+    """Resize + CenterCrop(image_size = S): uint8 [S, S, 3].
+
+    `resize` 'short_side': Resize(short side = round(S / resize_ratio)), the long side
+    int(short * long / short_in) (torchvision's Resize(int)), computed as one resize of
+    the crop box (mapped to original coordinates); 'squash': Resize((squash_size,
+    squash_size)) ignoring the aspect (HERBS' test transform). Crop offsets
+    int(round((side - S) / 2)), as torchvision's CenterCrop on PIL images. A record with
+    a region (`record_region`: 'box', 'trim_bottom') is treated as the image cut to that
+    region.
     """
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
+    check_eval_resize(resize, squash_size, image_size)
+    resample = resample_filter(interpolation)
     img, path = _open(record)
     with img:
         x0, y0, width, height = record_region(record, *img.size)
+        if resize == "squash":
+            side = min(width, height) * image_size / squash_size  # the crop's, original px
+            img, sx, sy = _decode(img, path, [(side, image_size)])
+            off = int(round((squash_size - image_size) / 2.0))
+            region = (x0, y0, width, height)
+            return _squash_crop(
+                img, sx, sy, region, squash_size, off, off, image_size, resample, False
+            )
         short = int(round(image_size / resize_ratio))
         if width <= height:
             new_w, new_h = short, int(short * height / width)
@@ -271,5 +358,4 @@ def resize_center_crop(
             x0 * sx + (left + image_size) * fx,
             y0 * sy + (top + image_size) * fy,
         )
-        resample = resample_filter(interpolation)
         return np.asarray(img.resize((image_size, image_size), resample, box=box))

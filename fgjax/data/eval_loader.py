@@ -1,6 +1,7 @@
-"""grain evaluation loader: Resize(short side = round(image_size / resize_ratio)) +
-CenterCrop(image_size), in source order, each process a contiguous share, the last
-batch padded (rows with 'mask' False, image 0, label/coarse_label/index -1).
+"""grain evaluation loader: Resize(short side = round(image_size / resize_ratio), or a
+squash to squash_size x squash_size) + CenterCrop(image_size), in source order, each
+process a contiguous share, the last batch padded (rows with 'mask' False, image 0,
+label/coarse_label/index -1).
 """
 
 from __future__ import annotations
@@ -8,7 +9,12 @@ from __future__ import annotations
 import grain.python as grain
 import numpy as np
 
-from fgjax.data.decode import ImageDecodeError, resample_filter, resize_center_crop
+from fgjax.data.decode import (
+    ImageDecodeError,
+    check_eval_resize,
+    resample_filter,
+    resize_center_crop,
+)
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
@@ -48,10 +54,8 @@ class _EvalBatches:
 
 
 class _EvalTransform(grain.MapTransform):
-    def __init__(self, *, image_size, resize_ratio, interpolation, skip_bad):
-        self._kwargs = dict(
-            image_size=image_size, resize_ratio=resize_ratio, interpolation=interpolation
-        )
+    def __init__(self, *, skip_bad, **kwargs):
+        self._kwargs = kwargs  # of resize_center_crop
         self._skip_bad = skip_bad
 
     def map(self, element: dict) -> dict:
@@ -103,8 +107,12 @@ def make_eval_loader(
     interpolation: str = "bilinear",
     num_workers: int = 0,
     skip_bad: bool = False,
+    resize: str = "short_side",
+    squash_size: int = 0,
 ) -> EvalLoader:
-    """Deterministic eval loader: Resize(round(S / resize_ratio)) + CenterCrop(S).
+    """Deterministic eval loader: Resize + CenterCrop(S) (`decode.resize_center_crop`):
+    `resize` 'short_side' resizes the short side to round(S / resize_ratio), 'squash'
+    resizes to squash_size x squash_size ignoring the aspect (HERBS).
 
     Process p gets the contiguous records [p m, (p + 1) m), m = ceil(N / P); every process
     yields the same number of batches; padded rows have mask False, zero images and
@@ -120,6 +128,7 @@ def make_eval_loader(
     if not 0 < resize_ratio <= 1:
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     resample_filter(interpolation)
+    check_eval_resize(resize, squash_size, image_size)
     plan = _EvalBatches(
         source, batch_size=batch_size, process_index=process_index, process_count=process_count
     )
@@ -132,6 +141,8 @@ def make_eval_loader(
                 image_size=image_size,
                 resize_ratio=resize_ratio,
                 interpolation=interpolation,
+                resize=resize,
+                squash_size=squash_size,
                 skip_bad=skip_bad,
             )
         ],

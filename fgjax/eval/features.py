@@ -54,6 +54,8 @@ class FeatureExtractor:
         std: Sequence[float],
         show_progress: bool = True,
         skip_bad: bool = False,
+        resize: str = "short_side",
+        squash_size: int = 0,
     ):
         self.sources, self.mesh = sources, mesh
         self.mean, self.std = tuple(mean), tuple(std)
@@ -66,6 +68,8 @@ class FeatureExtractor:
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
                 skip_bad=skip_bad,
+                resize=resize,
+                squash_size=squash_size,
             )
             for split, source in sources.items()
         }

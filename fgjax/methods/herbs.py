@@ -48,8 +48,8 @@ from fgjax.models.registry import arch_family
 
 Array = jax.Array
 
-# Spec 5.4: Resize(510 x 510) then RandomCrop(384) keeps (384 / 510)^2 of the image area.
-HERBS_CROP_AREA = (384 / 510) ** 2
+# Spec 5.4: the train crops are taken from a 510 x 510 squash (it goes with 384 px crops).
+HERBS_SQUASH_SIZE = 510
 
 
 # ------------------------------------------------------------------------------ losses
@@ -179,12 +179,12 @@ class Herbs(Method):
 
     @classmethod
     def default_views(cls):
-        # Spec 5.4 as far as the views allow: a crop of HERBS' area (Resize 510 + Crop 384)
-        # at random aspect, flip, and p = 0.1 Gaussian blur (kernel 5 at 384 px, sigma
-        # U(0.1, 5)); no colour jitter. HERBS' p = 0.1 sharpness is not available.
+        # Spec 5.4: Resize((510, 510)) + RandomCrop(384), flip, p = 0.1 Gaussian blur
+        # (kernel 5 at 384 px, sigma U(0.1, 5)), p = 0.1 sharpness 1.5; no colour jitter.
         return {
             "view1": dict(
-                crop_scale=(HERBS_CROP_AREA, HERBS_CROP_AREA),
+                crop="squash_random_crop",
+                squash_size=HERBS_SQUASH_SIZE,
                 photometric=PhotometricSpec(
                     jitter_prob=0.0,
                     grayscale_prob=0.0,
@@ -192,6 +192,8 @@ class Herbs(Method):
                     blur_sigma=(0.1, 5.0),
                     blur_kernel_fraction=5 / 384,
                     solarize_prob=0.0,
+                    sharpness_prob=0.1,
+                    sharpness_factor=1.5,
                 ),
             )
         }

@@ -128,6 +128,8 @@ class _Run:
             std=first.std,
             show_progress=c.train.progress_bar,
             skip_bad=c.data.skip_bad,
+            resize=c.data.eval_resize,
+            squash_size=c.data.eval_squash_size,
         )
         method = self.method
         self.evaluate = Evaluator(

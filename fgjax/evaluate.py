@@ -4,9 +4,13 @@
     python -m fgjax.eval --init-from W.pth --config configs/X.py --out DIR --protocol ...
 
 The first restores DIR's checkpoint (the newest, or step N) with DIR/config.json (or
-`--config FILE`); the second loads a backbone weights file (see `fgjax.weights`) into a
-fresh model of the recipe, no training. `--config.a.b=value` overrides any field (e.g.
+`--config FILE`); the second loads a weights file into a fresh model of the recipe, no
+training, as `config.model.init_from` does (a backbone, see `fgjax.weights`; a HERBS
+`best.pt` fills the head too). `--config.a.b=value` overrides any field (e.g.
 `--config.data.root=...`, `--config.eval.recall_ks='(1,2,4,8,16)'`).
+
+A protocol is a `fgjax.eval.protocols` name or one of the method's evaluators (what the
+trainer adds to eval.json, e.g. `herbs`: HERBS' 9-head vote), reported as `name/metric`.
 
 Features (`--features pooled|proj|stageN|...`, `--flip` to average each image with its
 mirror) are cached in `OUT/features_<split>.npz` and reused while the weights and settings
@@ -44,7 +48,7 @@ from fgjax.eval.features import (
     select_feature,
 )
 from fgjax.eval.knn import nearest_neighbors
-from fgjax.eval.protocols import PROTOCOLS, get_protocol
+from fgjax.eval.protocols import PROTOCOLS
 from fgjax.methods import Method, backbone_variables
 from fgjax.models.encoder import Encoder
 from fgjax.train.checkpoint import restore_state
@@ -150,13 +154,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", help="a training run: its checkpoints and config.json")
     p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    p.add_argument("--init-from", help="a backbone weights file (.pth/.safetensors/.npz)")
+    p.add_argument(
+        "--init-from",
+        help="a weights file (.pth/.pt/.safetensors/.npz): a backbone, or what the method "
+        "loads from it (a HERBS best.pt: Swin and head)",
+    )
     p.add_argument("--config", help="recipe file (required with --init-from)")
     p.add_argument("--out", help="output folder (default WORKDIR/eval)")
     p.add_argument(
         "--protocol",
         action="append",
-        help=f"{', '.join(PROTOCOLS)} or all (repeatable or comma-separated; default retrieval)",
+        help=f"{', '.join(PROTOCOLS)}, an evaluator of the method (e.g. herbs), or all "
+        "(repeatable or comma-separated; default retrieval)",
     )
     p.add_argument("--features", default="pooled", help="pooled | proj | pred | stageN | ...")
     p.add_argument("--flip", action="store_true", help="average with the mirrored image")
@@ -254,12 +263,22 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     _usage_checks(parser, a)
     names = [n for arg in a.protocol or ["retrieval"] for n in arg.split(",") if n]
     explicit = "all" not in names
-    names = list(PROTOCOLS) if not explicit else list(dict.fromkeys(names))
-    protocols = {name: get_protocol(name) for name in names}
     config = load_run_config(a.workdir, a.config, overrides, a.init_from or "")
     out = a.out or os.path.join(a.workdir, "eval")
 
     run = _Run(config)
+    # The method's own evaluators (e.g. HERBS' 9-head vote) are protocols by their name.
+    evaluators = run.method.evaluators()
+    if not explicit:
+        names = [*PROTOCOLS, *evaluators]
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in PROTOCOLS and n not in evaluators]
+    if unknown:
+        raise ValueError(
+            f"unknown protocol {unknown[0]!r}; choose from {sorted(PROTOCOLS)}, the "
+            f"evaluators of config.method={config.method!r} {sorted(evaluators)}, or 'all'"
+        )
+    protocols = {name: PROTOCOLS[name] for name in names if name not in evaluators}
     step = None
     if a.init_from:
         state = create_train_state(run.method, None, run.image_shape, config.seed, a.init_from)
@@ -304,7 +323,12 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         return cache[(role, output)]
 
     results: dict[str, float] = {}
-    for name, protocol in protocols.items():
+    for name in names:
+        if name in evaluators:  # keys as in the trainer's eval.json: `name/metric`
+            metrics = evaluators[name](state, run.extractor)
+            results.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
+            continue
+        protocol = protocols[name]
         output = protocol.output or a.features
         try:
             feats = {role: features_of(role, output) for role in protocol.splits(config)}

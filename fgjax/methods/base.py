@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import flax
@@ -113,8 +113,8 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     view_names: tuple[str, ...] = ("view1", "view2")
-    # Top-level parameter groups `config.model.init_from` fills: a weights file holds the
-    # backbone only; a training workdir gives every group named here.
+    # Top-level parameter groups `config.model.init_from` fills from a training workdir;
+    # a weights file fills what `load_weights` takes from it (the backbone by default).
     pretrained_groups: tuple[str, ...] = ("backbone",)
     # Whether a step may see a smaller batch (config.train.keep_last_batch): False for
     # methods whose state assumes a fixed batch, e.g. a queue enqueued a batch at a time.
@@ -147,6 +147,20 @@ class Method(abc.ABC):
         variables = dict(self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=False))
         params = variables.pop("params")
         return params, variables
+
+    def load_weights(
+        self, tensors: Mapping[str, Any], params: PyTree, model_state: PyTree
+    ) -> tuple[PyTree, PyTree, Any]:
+        """`(params, model_state, report)` with what a weights file named by
+        `config.model.init_from` holds (`tensors`: its `fgjax.weights.read_checkpoint`
+        dict). By default the backbone, through `config.model.arch`'s key map; the report
+        (`fgjax.weights.ImportReport`) is printed, not enforced."""
+        from fgjax.weights import variables_from_tensors
+
+        loaded, report = variables_from_tensors(
+            tensors, backbone_variables(params, model_state), self.config.model.arch
+        )
+        return (*replace_backbone(params, model_state, loaded), report)
 
     def init_state(self, params: PyTree, model_state: PyTree, rng: jax.Array) -> PyTree:
         """Checkpointed method state (targets, queues), built after pretrained weights load."""
@@ -199,6 +213,25 @@ class Method(abc.ABC):
         """Extra evaluations `name -> fn(state, tools) -> {metric: value}`, run beside
         the standard retrieval/kNN evaluation; results are prefixed with `name/`."""
         return {}
+
+
+def check_same_classes(
+    sources: Mapping[str, Any], config: ml_collections.ConfigDict, name: str
+) -> None:
+    """Raise unless the test split has the train split's classes in the same order: a
+    classifier trained on one scores the other's labels as indices into its classes.
+    `sources` by role ('train', 'test'); `name` names the evaluator in the message."""
+    train, test = list(sources["train"].class_names), list(sources["test"].class_names)
+    if train == test:
+        return
+    extra, absent = sorted(set(test) - set(train)), sorted(set(train) - set(test))
+    detail = f"test only: {extra[:3]}; " if extra else ""
+    detail += f"train only: {absent[:3]}; " if absent else ""
+    raise ValueError(
+        f"{name}: the test split ({config.data.test_split}) must have the classes of the "
+        f"train split ({config.data.train_split}) in the same order; they differ "
+        f"({detail}{len(test)} vs {len(train)} classes)"
+    )
 
 
 _REGISTRY: dict[str, type[Method]] = {}

@@ -24,6 +24,11 @@ the head reads; HERBS never uses Swin's final LayerNorm, so neither does the emb
 The `herbs` evaluator scores the test split with the spec's prediction (section 6.2): the
 argmax of the sum of 9 softmaxes (token-averaged `layer1..4`, `FPN1_layer1..4`, and
 `comb_outs`), plus the combiner alone and every head (section 6.1).
+
+`config.model.init_from` of a HERBS `best.pt` (the original code's checkpoint, spec 5.5 /
+8.2 C) loads the Swin and the head with its BatchNorm statistics (`load_weights`), so the
+released model is evaluated (`num_epochs=0`, or `python -m fgjax.eval --init-from best.pt
+--protocol herbs`) or fine-tuned as a whole; a plain Swin file starts the backbone only.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ from fgjax.core.objectives import accuracy, cross_entropy
 from fgjax.data.augment import PhotometricSpec
 from fgjax.eval.classification import classification_metrics
 from fgjax.eval.protocols import class_groups
-from fgjax.methods.base import LossAux, Method, apply_train, register
+from fgjax.methods.base import LossAux, Method, apply_train, check_same_classes, register
 from fgjax.models.factory import backbone_from_config
 from fgjax.models.herbs import HerbsHead
 from fgjax.models.registry import arch_family
+from fgjax.weights.herbs_keys import herbs_variables_from_torch, is_herbs_checkpoint
 
 Array = jax.Array
 
@@ -251,12 +257,47 @@ class Herbs(Method):
         probs = head_probabilities(out, len(self.section.num_selects))
         return probs.reshape(probs.shape[0], -1)
 
+    def load_weights(
+        self, tensors: Mapping[str, Any], params: Any, model_state: Any
+    ) -> tuple[Any, Any, Any]:
+        """A HERBS `best.pt` (head keys beside `backbone.*`) fills the Swin AND the head,
+        running statistics included, and must match the model exactly (any missing,
+        unexpected or mismatched tensor is an error); any other file fills the Swin only
+        (`Method.load_weights`)."""
+        if not is_herbs_checkpoint(tensors):
+            return super().load_weights(tensors, params, model_state)
+        target = {"params": params, **model_state}
+        variables, report = herbs_variables_from_torch(tensors, target)
+        if not report.ok:
+            raise ValueError(
+                "the HERBS checkpoint does not fit this model"
+                f"{self._class_count_hint(tensors)}:\n{report}"
+            )
+        params = variables.pop("params")
+        return params, variables, report
+
+    def _class_count_hint(self, tensors: Mapping[str, Any]) -> str:
+        """A sentence on differing class counts of the checkpoint and the data (the usual
+        mismatch: a best.pt of another dataset), or ''."""
+        key = "combiner.classifier.weight"
+        classes = np.shape(tensors[key])[0] if key in tensors else self.run.num_classes
+        if classes == self.run.num_classes:
+            return ""
+        d = self.config.data
+        return (
+            f" ({key} classifies {classes} classes, config.data {d.kind}/{d.train_split} "
+            f"has {self.run.num_classes}; to start only its Swin, convert that first: "
+            f"python -m fgjax.weights convert best.pt swin.npz --arch {self.config.model.arch})"
+        )
+
     def evaluators(self):
         return {"herbs": self._evaluate}
 
     def _evaluate(self, state: Any, tools: Any) -> dict[str, float]:
         """Test-split top-1/top-5 of the 9-head vote (`vote/`, with HERBS' outer errors for
-        `config.eval.class_groups`), top-1 of the combiner and of every head."""
+        `config.eval.class_groups`), top-1 of the combiner and of every head. The test
+        split must have the train split's classes (those of the head) in the same order."""
+        check_same_classes(tools.sources, self.config, "herbs")
         groups = class_groups(self.config)
         out = tools.extract("test", self._eval_probs, state)
         heads = vote_heads(len(self.section.num_selects))

@@ -36,7 +36,7 @@ import ml_collections
 from fgjax.core.objectives import accuracy, cross_entropy
 from fgjax.data.augment import no_augment_spec
 from fgjax.eval.classification import classification_metrics
-from fgjax.methods.base import LossAux, Method, register
+from fgjax.methods.base import LossAux, Method, check_same_classes, register
 from fgjax.methods.lcr import RationaleBranch, attention_maps, descriptor, with_branch
 from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config
@@ -151,13 +151,7 @@ class LinCls(Method):
         return {"lincls": self._evaluate}
 
     def _evaluate(self, state: Any, tools: Any) -> dict[str, float]:
-        train, test = tools.sources["train"], tools.sources["test"]
-        if list(train.class_names) != list(test.class_names):
-            raise ValueError(
-                f"lincls: the test split ({self.config.data.test_split}) must have the "
-                f"classes of the train split ({self.config.data.train_split}) in the same "
-                f"order; they differ ({test.num_classes} vs {train.num_classes} classes)"
-            )
+        check_same_classes(tools.sources, self.config, "lincls")
         out = tools.extract("test", self._eval_logits, state)
         metrics = classification_metrics(out.features, out.labels, ks=(1, 5))
         return {k: metrics[k] for k in ("top1", "top5", "per_class_accuracy")}

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fgjax.methods.base import Method, backbone_variables, replace_backbone
+from fgjax.methods.base import Method
 from fgjax.train.checkpoint import conformed, read_saved_state, run_checkpoint
 
 PyTree = Any
@@ -48,9 +48,18 @@ def create_train_state(
         check_init_from(method, init_from)
     root = jax.random.PRNGKey(seed)
     init_rng, state_rng, train_rng = jax.random.split(root, 3)
-    params, model_state = jax.jit(method.init_variables, static_argnums=1)(init_rng, image_shape)
+    init = jax.jit(method.init_variables, static_argnums=1)
     if init_from:
-        params, model_state = load_init_from(method, params, model_state, init_from)
+        # Load into abstract variables first: a file that fills every leaf (a whole HERBS
+        # best.pt) then compiles no initialisation at all.
+        shapes = jax.eval_shape(lambda: init(init_rng, image_shape))
+        params, model_state = load_init_from(method, *shapes, init_from)
+        loaded = (params, model_state)
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(loaded)):
+            fresh = init(init_rng, image_shape)
+            params, model_state = jax.tree.map(_fresh_if_abstract, loaded, fresh)
+    else:
+        params, model_state = init(init_rng, image_shape)
     method_state = method.init_state(params, model_state, state_rng)
     # A method state that starts as a copy of the params (key/target encoders) must not
     # alias their buffers: the train step donates the whole state.
@@ -64,6 +73,10 @@ def create_train_state(
         rng=train_rng,
         bad_steps=jnp.zeros((), jnp.int32),
     )
+
+
+def _fresh_if_abstract(loaded: Any, fresh: jax.Array) -> Any:
+    return fresh if isinstance(loaded, jax.ShapeDtypeStruct) else loaded
 
 
 def check_init_from(method: Method, init_from: str) -> None:
@@ -82,17 +95,22 @@ def load_init_from(
 ) -> tuple[PyTree, PyTree]:
     """`(params, model_state)` with `method.pretrained_groups` loaded from `init_from`: a
     training workdir (or its `checkpoints/<step>`), whose groups of the same name must have
-    the same structure and shapes, or a weights file, which holds a backbone only."""
+    the same structure and shapes, or a weights file, from which `method.load_weights`
+    takes what it holds (a backbone; HERBS: a `best.pt`'s head too)."""
     groups = tuple(method.pretrained_groups)
     run = run_checkpoint(init_from)
     if run is None:
-        from fgjax.weights import load_pretrained
+        from fgjax.weights import read_checkpoint
 
-        loaded, report = load_pretrained(
-            init_from, backbone_variables(params, model_state), method.config.model.arch
-        )
+        notes: list[str] = []
+        tensors = read_checkpoint(init_from, notes)
+        try:
+            params, model_state, report = method.load_weights(tensors, params, model_state)
+        except ValueError as err:
+            raise ValueError(f"config.model.init_from={init_from}: {err}") from None
+        report.notes[:0] = notes
         print(f"init_from {init_from}: {report}")
-        return replace_backbone(params, model_state, loaded)
+        return params, model_state
 
     saved, step = read_saved_state(*run)
     where = f"{run[0]} step {step}"

@@ -13,6 +13,7 @@ from fgjax.weights.load import (
     load_pretrained,
     save_variables,
     target_for_arch,
+    variables_from_tensors,
     variables_from_torch,
     variables_to_torch,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "select_state_dict",
     "target_for_arch",
     "unflatten_strings",
+    "variables_from_tensors",
     "variables_from_torch",
     "variables_to_torch",
     "write_state_dict",

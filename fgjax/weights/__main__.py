@@ -30,8 +30,7 @@ from fgjax.weights.load import (
     export_torch,
     is_fgjax_file,
     target_for_arch,
-    variables_from_fgjax,
-    variables_from_torch,
+    variables_from_tensors,
 )
 from fgjax.weights.load import save_variables as save_fgjax_npz
 from fgjax.weights.pth_reader import CheckpointFormatError, UnsafeCheckpointError
@@ -84,10 +83,7 @@ def _convert(args: argparse.Namespace) -> int:
     notes: list[str] = []
     tensors = _read_input(args.input, notes)
     target = target_for_arch(args.arch, tensors)
-    if is_fgjax_file(tensors):
-        variables, report = variables_from_fgjax(tensors, target)
-    else:
-        variables, report = variables_from_torch(tensors, target, args.arch, args.prefix)
+    variables, report = variables_from_tensors(tensors, target, args.arch, args.prefix)
     report.notes[:0] = notes
     print(f"{args.input} -> {args.arch}:")
     print(report)

@@ -15,6 +15,11 @@ is the flax path; only the leaf is renamed (herbs.md sections 8.2 / 8.3):
 e.g. `fpn_down.Up_layer2.weight [2304, 576, 1]` -> `params/fpn_down/Up_layer2/kernel
 [576, 2304]`, `fpn_classifier_up_layer3.1.running_var` ->
 `batch_stats/fpn_classifier_up_layer3/1/var`.
+
+`herbs_variables_from_torch` loads a whole `best.pt` (Swin + head) into the variables of
+`fgjax.methods.herbs.HerbsNet`, whose tree is the checkpoint's: `params/backbone` from the
+`backbone.*` keys (`swin_keys`, timm 0.4.12 layout), `params/head` and
+`batch_stats/head` from the head keys.
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ from typing import Any
 import numpy as np
 
 from fgjax.weights.report import LoadReport
-from fgjax.weights.swin_keys import HERBS_PREFIX, unwrap_state_dict
-from fgjax.weights.variables import Path, fill, flatten
+from fgjax.weights.swin_keys import HERBS_PREFIX, swin_variables_from_torch, unwrap_state_dict
+from fgjax.weights.variables import ImportReport, Path, fill, flatten
+
+# The head's top-level modules in a best.pt (spec 8.2 C); the selector has no tensors.
+HEAD_MODULES = ("fpn_down.", "fpn_up.", "fpn_classifier_", "combiner.")
+# The Swin's own ImageNet classifier: in every best.pt, never used by HERBS (spec 9).
+_SWIN_CLASSIFIER = HERBS_PREFIX + "head."
 
 _STATS = {"running_mean": "mean", "running_var": "var"}
 
@@ -81,4 +91,62 @@ def herbs_head_variables_from_torch(
             continue
         sources[path] = (key, np.asarray(value, dtype=np.float32))
     variables = fill(target, sources, report, convert=_to_flax, source_shape=_torch_shape)
+    return variables, report
+
+
+def _in_group(path: str, group: str) -> str:
+    """'params/fpn_up/x/bias' -> 'params/<group>/fpn_up/x/bias'."""
+    collection, _, rest = path.partition("/")
+    return f"{collection}/{group}/{rest}"
+
+
+def is_herbs_checkpoint(state_dict: Mapping[str, Any]) -> bool:
+    """True when the (optionally `{'model': ...}`-wrapped) state dict holds HERBS head keys."""
+    return any(k.startswith(HEAD_MODULES) for k in unwrap_state_dict(state_dict))
+
+
+def herbs_variables_from_torch(
+    state_dict: Mapping[str, Any], target: Mapping[str, Any]
+) -> tuple[dict, ImportReport]:
+    """Load a whole HERBS `best.pt` model dict into `HerbsNet` variables.
+
+    Args:
+      state_dict: key -> array, `backbone.` + Swin (timm 0.4.12) keys and the head's keys,
+        optionally wrapped as `{'model': ...}`.
+      target: `{'params': {'backbone': ..., 'head': ...}, 'batch_stats': {'head': ...}}`
+        (arrays or `jax.eval_shape` structs).
+    Returns:
+      `(variables, report)`: `target` with every matched tensor replaced; `missing` names
+      variable paths ('params/backbone/...', 'batch_stats/head/...'), `unexpected` and
+      `mismatched` checkpoint keys. The Swin's unused `backbone.head.*` classifier and the
+      BatchNorm counters are `ignored`, and the buffers the Swin derives are skipped.
+    """
+    params, stats = target["params"], target["batch_stats"]
+    swin, swin_report = swin_variables_from_torch(state_dict, {"params": params["backbone"]})
+    head, head_report = herbs_head_variables_from_torch(
+        state_dict, {"params": params["head"], "batch_stats": stats["head"]}
+    )
+    report = ImportReport(
+        loaded=swin_report.loaded + head_report.loaded,
+        missing=[f"params/backbone/{p}" for p in swin_report.missing]
+        + [_in_group(p, "head") for p in head_report.missing],
+        mismatched=swin_report.mismatched + head_report.mismatched,
+        notes=[
+            "HERBS checkpoint: the Swin from backbone.* (timm 0.4.12 layout), the head from "
+            + ", ".join(m.rstrip(".") + "*" for m in HEAD_MODULES)
+        ],
+    )
+    # The Swin map reports every non-backbone key; the head map has taken those it knows.
+    backbone_unexpected = [k for k in swin_report.unexpected if k.startswith(HERBS_PREFIX)]
+    report.ignored = [k for k in backbone_unexpected if k.startswith(_SWIN_CLASSIFIER)]
+    report.unexpected = [k for k in backbone_unexpected if k not in report.ignored]
+    report.unexpected += head_report.unexpected
+    if report.ignored:
+        report.notes.append(
+            "ignored backbone.head.* (the Swin's ImageNet classifier, unused by HERBS)"
+        )
+    variables = {
+        "params": {"backbone": swin["params"], "head": head["params"]},
+        "batch_stats": {**stats, "head": head["batch_stats"]},
+    }
     return variables, report

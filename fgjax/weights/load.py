@@ -97,6 +97,19 @@ def variables_to_torch(variables: Mapping[str, Any], arch: str) -> dict[str, np.
     raise ValueError(f"architecture {arch!r} ({family}) has no torch key map")
 
 
+def variables_from_tensors(
+    tensors: Mapping[str, np.ndarray],
+    target: Mapping[str, Any],
+    arch: str,
+    prefix: str | None = None,
+) -> tuple[dict[str, Any], ImportReport]:
+    """The backbone variables `target` filled from a file's `tensors` (`read_checkpoint`):
+    fgjax's own paths as they are, torch keys through `arch`'s key map."""
+    if is_fgjax_file(tensors):
+        return variables_from_fgjax(tensors, target)
+    return variables_from_torch(tensors, target, arch, prefix)
+
+
 def load_pretrained(
     path: PathLike,
     target: Mapping[str, Any],
@@ -123,10 +136,7 @@ def load_pretrained(
     """
     notes: list[str] = []
     tensors = read_checkpoint(path, notes)
-    if is_fgjax_file(tensors):
-        variables, report = variables_from_fgjax(tensors, target)
-    else:
-        variables, report = variables_from_torch(tensors, target, arch, prefix)
+    variables, report = variables_from_tensors(tensors, target, arch, prefix)
     report.notes[:0] = notes
     if strict:
         report.raise_if_incomplete(os.fspath(path))

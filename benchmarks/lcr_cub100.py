@@ -26,7 +26,6 @@ the curves.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -38,6 +37,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
+from cub100 import write_manifest  # noqa: E402
+
 from fgjax.config import load_config_file  # noqa: E402
 
 VARIANTS = {"moco": "cub_moco.py", "lcr": "cub_lcr.py", "lcr_fixed": "cub_lcr_fixed.py"}
@@ -47,26 +48,6 @@ METRICS = (  # (key in the eval.json of `python -m fgjax.eval`, column title)
     ("retrieval_map", "mAP"),
     ("linear_top1", "linear top-1"),
 )
-
-
-def write_manifest(data: str, path: str) -> str:
-    """`path`: a CSV (path, label, split) of the CUB-100 crops; in this copy's
-    train_test_split.txt `1` marks the official test split."""
-
-    def table(name: str) -> dict[str, str]:
-        with open(os.path.join(data, name)) as f:
-            return dict(line.strip().split(", ", 1) for line in f if line.strip())
-
-    paths, labels, split = (
-        table(n) for n in ("images.txt", "image_class_labels.txt", "train_test_split.txt")
-    )
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split"])
-        for image_id, rel in paths.items():
-            role = "test" if split[image_id] == "1" else "train"
-            writer.writerow([os.path.join(data, "images", rel), labels[image_id], role])
-    return path
 
 
 def small_config(variant: str, manifest: str, seed: int, epochs: int):

@@ -78,22 +78,17 @@ def _numpy_map(a, g, size):
     return np.asarray(grid.resize((size, size), Image.BILINEAR))
 
 
-@pytest.fixture(scope="module")
-def restored(tiny_herbs_run):
-    """(net, variables, 4 normalised test crops) of the tiny trained HERBS run."""
+def test_every_place_map_and_the_product_match_numpy_of_independent_gradients(tiny_herbs_run):
     config, run = open_run(tiny_herbs_run, [], lambda m: True, "")
     state, _ = restore_checkpoint(run, config.seed, tiny_herbs_run)
-    # The hooks never reach a train state: init skips them.
-    assert set(state.model_state) == {"batch_stats"}
+    assert set(state.model_state) == {"batch_stats"}  # init skips the hooks
+    net, variables = run.method.net, {"params": state.params, **state.model_state}
+    mean, std = run.extractor.mean, run.extractor.std
+    # The images and batch shape the CLI test uses: one compile serves both.
     crops = eval_crops(run.sources["test"], [0, 5, 10, 15], config.data.image_size)
-    x = normalize_images(jnp.asarray(crops), run.extractor.mean, run.extractor.std)
-    return run.method.net, {"params": state.params, **state.model_state}, x
-
-
-def test_every_place_map_and_the_product_match_numpy_of_independent_gradients(restored):
-    net, variables, x = restored
-    target = jnp.asarray([-1, -1, 0, 1], jnp.int32)  # predicted, predicted, user labels
-    got = jax.jit(lambda v, x, t: heatmap.herbs_heatmaps(net, v, x, t))(variables, x, target)
+    target = np.array([-1, -1, 0, 1], np.int32)  # predicted, predicted, user labels
+    got = heatmap.explain(net, variables, crops, target, mean, std)
+    x = normalize_images(jnp.asarray(crops), mean, std)
     assert heatmap.place_names(2) == PLACES
 
     zeros = jnp.zeros(len(x), jnp.int32)
@@ -137,18 +132,18 @@ def test_relu_per_channel_before_the_sum_and_empty_maps_stay_zero():
 
 def test_heatmap_cli_writes_the_overlay_and_the_maps(tiny_herbs_run, tmp_path):
     out = heatmap.main(
-        ["--workdir", tiny_herbs_run, "--num", "2", "--out", str(tmp_path / "h.png")]
+        ["--workdir", tiny_herbs_run, "--num", "4", "--out", str(tmp_path / "h.png")]
     )
     width, height = Image.open(out).size
-    assert (width, height) == (500, 540)  # 2 rows x 2 columns of 2.5-inch panels + title
+    assert (width, height) == (500, 1040)  # 4 rows x 2 columns of 2.5-inch panels + title
     saved = np.load(tmp_path / "h.npz")
-    assert saved["maps"].shape == (2, 6, 32, 32) and list(saved["places"]) == PLACES
+    assert saved["maps"].shape == (4, 6, 32, 32) and list(saved["places"]) == PLACES
     product = saved["maps"].prod(axis=1)
     np.testing.assert_allclose(
         saved["final"], product / product.max(axis=(1, 2), keepdims=True), rtol=1e-6
     )
-    np.testing.assert_array_equal(saved["index"], [0, 15])
-    assert set(saved["target"]) <= {0, 1} and list(saved["label"]) == [0, 1]
+    np.testing.assert_array_equal(saved["index"], [0, 5, 10, 15])
+    assert set(saved["target"]) <= {0, 1} and list(saved["label"]) == [0, 0, 1, 1]
     pixels = np.asarray(Image.open(out).convert("L"), np.float32)
     assert pixels.std() > 10
 

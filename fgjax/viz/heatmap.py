@@ -21,6 +21,7 @@ maps in float32.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -135,6 +136,20 @@ def herbs_heatmaps(net: HerbsNet, variables: Any, images: jax.Array, target: jax
     return HeatMaps(final=final, maps=maps, target=c, scores=s)
 
 
+@functools.partial(jax.jit, static_argnames=("net", "mean", "std"))
+def explain(
+    net: HerbsNet,
+    variables: Any,
+    images: jax.Array,
+    target: jax.Array,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> HeatMaps:
+    """`herbs_heatmaps` of uint8 crops `[B, S, S, 3]` normalised by `mean`/`std` as
+    evaluation does; compiled once per network, normalisation and batch shape."""
+    return herbs_heatmaps(net, variables, normalize_images(images, mean, std), target)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fgjax.viz.heatmap",
@@ -170,15 +185,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     images = eval_crops(source, picks, config.data.image_size)
     labels = np.asarray([int(source[int(i)]["label"]) for i in picks], np.int32)
     target = np.full(len(picks), -1 if a.label is None else a.label, np.int32)
-    mean, std = run.extractor.mean, run.extractor.std
     net = run.method.net
-
-    @jax.jit
-    def explain(variables, images, target):
-        return herbs_heatmaps(net, variables, normalize_images(images, mean, std), target)
-
     variables = {"params": state.params, **state.model_state}
-    maps = jax.device_get(explain(variables, jnp.asarray(images), jnp.asarray(target)))
+    maps = explain(net, variables, images, target, run.extractor.mean, run.extractor.std)
+    maps = jax.device_get(maps)
     out = a.out or os.path.join(a.workdir, "heatmap.png")
     np.savez(
         os.path.splitext(out)[0] + ".npz",

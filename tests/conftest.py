@@ -65,6 +65,36 @@ def tiny_lcr_run(tmp_path_factory) -> str:
     return workdir
 
 
+def tiny_herbs_config():
+    """`tiny_config('herbs')` on a 2-stage width-8 Swin at 32 px: both taps are 4 x 4 tokens
+    of 16 channels; 6 selected tokens make 2 graph nodes."""
+    import ml_collections
+
+    c = tiny_config("herbs")
+    c.model.arch = "swin_tiny_patch4_window7_224"
+    c.model.overrides = ml_collections.ConfigDict(
+        dict(embed_dim=8, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32)
+    )
+    c.model.drop_path_rate = 0.0
+    c.data.image_size = 32
+    c.herbs.update(fpn_size=8, num_selects=(4, 2), tokens_per_node=3, comb_dropout=0.0)
+    return c
+
+
+@pytest.fixture(scope="session")
+def tiny_herbs_run(tmp_path_factory) -> str:
+    """The workdir of a tiny HERBS run trained for 1 epoch of 2 steps (checkpoint at step
+    2); trained once per session (the heat-map and report tests read it)."""
+    from fgjax.train.loop import train_and_evaluate
+
+    config = tiny_herbs_config()
+    config.train.num_epochs = 1
+    config.eval.enabled = False
+    workdir = str(tmp_path_factory.mktemp("tiny_herbs") / "run")
+    train_and_evaluate(config, workdir)
+    return workdir
+
+
 @pytest.fixture
 def shared_data() -> str:
     if not os.path.isdir(SHARED_DATA):

@@ -24,10 +24,17 @@ ALLOWED = {
 
 
 # Command-line entry points (`python -m fgjax.data.inspect`, `python -m fgjax.eval`,
-# `python -m fgjax.weights`, `python -m fgjax.viz.rationale`) read configs, checkpoints and
-# whole runs, so they may import any layer; they stay leaves (nothing imports them), which
-# keeps the layers acyclic.
-ENTRY_POINTS = {"data/inspect.py", "eval/__main__.py", "weights/__main__.py", "viz/rationale.py"}
+# `python -m fgjax.weights`, `python -m fgjax.viz.{rationale,heatmap,report}`) read configs,
+# checkpoints and whole runs, so they may import any layer; they stay leaves (nothing
+# imports them), which keeps the layers acyclic.
+ENTRY_POINTS = {
+    "data/inspect.py",
+    "eval/__main__.py",
+    "weights/__main__.py",
+    "viz/rationale.py",
+    "viz/heatmap.py",
+    "viz/report.py",
+}
 
 
 def _fgjax_imports(path: str) -> set[str]:

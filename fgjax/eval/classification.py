@@ -3,8 +3,10 @@
 - `topk_accuracy`: fraction of examples whose true class is among the k best scores.
 - `per_class_accuracy`: mean over the classes present in the labels of their recall
   (scikit-learn's `balanced_accuracy_score`).
-- `confusion_matrix`: `[C, C]` counts, row = true class, column = predicted class.
-- `group_errors`: HERBS's fine-class accuracy and "outer errors" for user-given groups of
+- `confusion_matrix`: `[C, C]` counts, row = true class, column = predicted class;
+  `class_accuracies`: the recall of every class.
+- `group_confusion`: HERBS' in-group matrix with the extra "outside" column;
+  `group_errors`: HERBS's fine-class accuracy and "outer errors" for user-given groups of
   confusable classes (../shared/methods/herbs.md section 6.2).
 - `classification_metrics`: all of the above as one flat `{name: float}` dict.
 
@@ -94,14 +96,41 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, num_classes: int) ->
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, -1)
 
 
+def class_accuracies(confusion: np.ndarray) -> np.ndarray:
+    """`[C]` float64 recall of every class (diagonal over row sum); NaN for a class
+    without examples."""
+    support = confusion.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(support > 0, np.diag(confusion) / support, np.nan)
+
+
 def per_class_accuracy(confusion: np.ndarray) -> float:
     """Mean recall over the classes that have examples (rows with a non-zero sum): a class
     absent from the test labels is left out, as in `balanced_accuracy_score`."""
-    support = confusion.sum(axis=1)
-    present = support > 0
-    if not present.any():
+    recall = class_accuracies(confusion)
+    if np.isnan(recall).all():
         raise ValueError("no examples: per-class accuracy is undefined")
-    return float(np.mean(np.diag(confusion)[present] / support[present]))
+    return float(np.nanmean(recall))
+
+
+def group_members(name: str, members: Sequence[int], num_classes: int) -> np.ndarray:
+    """The sorted distinct class ids of group `name`, checked to lie in [0, num_classes)."""
+    idx = np.asarray(sorted(set(int(m) for m in members)), np.int64)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= num_classes:
+        raise ValueError(
+            f"class group {name!r} must be a non-empty list of class ids in "
+            f"[0, {num_classes}), got {list(members)}"
+        )
+    return idx
+
+
+def group_confusion(confusion: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """HERBS' matrix of one group (spec 6.2): `[n, n + 1]` int64 for its n classes
+    (`members`, sorted ids): entry (i, j < n) counts examples of class members[i]
+    predicted as members[j]; column n ("outside") those predicted outside the group."""
+    rows = confusion[members]
+    inside = rows[:, members]
+    return np.concatenate([inside, (rows.sum(axis=1) - inside.sum(axis=1))[:, None]], axis=1)
 
 
 def group_errors(
@@ -112,22 +141,13 @@ def group_errors(
     total), `outer_errors` = how many were predicted as a class outside the group (the
     "outside" column), `count` = how many there are. `accuracy` is NaN for a group
     without test examples."""
-    num_classes = confusion.shape[0]
     out = {}
     for name, members in groups.items():
-        idx = np.asarray(sorted(set(int(m) for m in members)), np.int64)
-        if idx.size == 0 or idx.min() < 0 or idx.max() >= num_classes:
-            raise ValueError(
-                f"class group {name!r} must be a non-empty list of class ids in "
-                f"[0, {num_classes}), got {list(members)}"
-            )
-        rows = confusion[idx]
-        count = int(rows.sum())
-        inside = int(rows[:, idx].sum())
-        correct = int(np.trace(confusion[np.ix_(idx, idx)]))
+        m = group_confusion(confusion, group_members(name, members, confusion.shape[0]))
+        count = int(m.sum())
         out[name] = {
-            "accuracy": correct / count if count else float("nan"),
-            "outer_errors": float(count - inside),
+            "accuracy": int(np.trace(m)) / count if count else float("nan"),
+            "outer_errors": float(m[:, -1].sum()),
             "count": float(count),
         }
     return out

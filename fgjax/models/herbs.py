@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.models.hooks import grad_cam_point
 from fgjax.models.norm import BatchNorm
 
 Array = jnp.ndarray
@@ -112,8 +113,13 @@ class FPNDown(nn.Module):
 
     @nn.compact
     def __call__(self, taps: Sequence[Array]) -> list[Array]:
+        # F'_k is a Grad-CAM place of HERBS' heat maps (spec 6.3), before any use.
         proj = [
-            TwoLayerProj(f.shape[-1], self.fpn_size, self.dtype, name=f"Proj_layer{k + 1}")(f)
+            grad_cam_point(
+                self,
+                f"Proj_layer{k + 1}_out",
+                TwoLayerProj(f.shape[-1], self.fpn_size, self.dtype, name=f"Proj_layer{k + 1}")(f),
+            )
             for k, f in enumerate(taps)
         ]
         p = list(proj)
@@ -136,8 +142,15 @@ class FPNUp(nn.Module):
 
     @nn.compact
     def __call__(self, p: Sequence[Array]) -> list[Array]:
+        # Q_k is a Grad-CAM place of HERBS' heat maps (spec 6.3), before any use.
         q = [
-            TwoLayerProj(self.fpn_size, self.fpn_size, self.dtype, name=f"Proj_layer{k + 1}")(x)
+            grad_cam_point(
+                self,
+                f"Proj_layer{k + 1}_out",
+                TwoLayerProj(self.fpn_size, self.fpn_size, self.dtype, name=f"Proj_layer{k + 1}")(
+                    x
+                ),
+            )
             for k, x in enumerate(p)
         ]
         n = list(q)

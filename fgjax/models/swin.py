@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.models.hooks import grad_cam_point
+
 LN_EPSILON = 1e-5  # torch.nn.LayerNorm default, used by timm's Swin (flax defaults to 1e-6)
 MASK_VALUE = -100.0  # what timm / Microsoft add between shifted-window regions
 
@@ -354,6 +356,8 @@ class Swin(nn.Module):
                 remat=self.remat,
                 name=f"layers_{s}",
             )(x, train)
+            # The tap feeds the head and the next stage: one Grad-CAM place for both.
+            x = grad_cam_point(self, f"layer{s + 1}", x)
             out[f"layer{s + 1}"] = x.reshape(x.shape[0], -1, x.shape[-1])
         x = _layer_norm(self.dtype, "norm")(x)
         out["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -23,63 +23,20 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
-from PIL import Image
 
-from fgjax.data.decode import resize_center_crop
 from fgjax.eval.features import normalize_images
-from fgjax.evaluate import load_run_config, restore_checkpoint
-from fgjax.train.loop import _Run
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from fgjax.evaluate import restore_checkpoint
+from fgjax.viz.common import (
+    draw_overlays,
+    eval_crops,
+    open_run,
+    per_image_unit,
+    split_overrides,
+    spread,
+)
 
 COLUMNS = ("image", "Grad-CAM (target)", "learned attention")
-
-
-def upsampled(heat: np.ndarray, size: int) -> np.ndarray:
-    """A `[h, w]` map bilinearly resized to `[size, size]` (for overlaying)."""
-    return np.asarray(Image.fromarray(np.asarray(heat, np.float32)).resize((size, size), 2))
-
-
-def draw(
-    path: str,
-    images: np.ndarray,
-    cams: np.ndarray,
-    attentions: np.ndarray,
-    names: Sequence[str],
-    title: str = "",
-) -> str:
-    """Write rows of (image, Grad-CAM overlay, attention overlay) to `path`: `images` uint8
-    `[N, S, S, 3]`, `cams` and `attentions` `[N, h, w]` in [0, 1], one name per row."""
-    n, size = len(images), images.shape[1]
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n + 0.4), squeeze=False)
-    for row in range(n):
-        for col, heat in enumerate((None, cams[row], attentions[row])):
-            ax = axes[row, col]
-            ax.imshow(images[row])
-            if heat is not None:
-                ax.imshow(upsampled(heat, size), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(COLUMNS[col], fontsize=10)
-        axes[row, 0].set_ylabel(names[row][:28], fontsize=8)
-    top = 1.0
-    if title:
-        fig.suptitle(title, fontsize=10)
-        top -= 0.35 / fig.get_figheight()  # room for the title above the column headers
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def per_image_unit(x: np.ndarray) -> np.ndarray:
-    """`x [N, h, w]` divided by each image's maximum (a zero map stays zero)."""
-    top = x.reshape(len(x), -1).max(axis=1)[:, None, None]
-    return np.where(top > 0, x / np.where(top > 0, top, 1.0), 0.0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,25 +54,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    overrides = [x for x in argv if x.startswith("--config.")]
-    a = _parser().parse_args([x for x in argv if not x.startswith("--config.")])
+    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
+    a = _parser().parse_args(rest)
     if a.num < 1:
         raise ValueError(f"--num must be at least 1, got {a.num}")
-    config = load_run_config(a.workdir, overrides=overrides)
-    config.train.progress_bar = False
-    run = _Run(config)
-    if not hasattr(run.method, "explain"):
-        raise ValueError(
-            f"{a.workdir} is a config.method={config.method!r} run, which has no rationale "
-            "branch: the pictures need an LCR run (lcr, lcr_byol)"
-        )
+    config, run = open_run(
+        a.workdir,
+        overrides,
+        accepts=lambda method: hasattr(method, "explain"),
+        refusal="which has no rationale branch: the pictures need an LCR run (lcr, lcr_byol)",
+    )
     state, step = restore_checkpoint(run, config.seed, a.workdir, a.step)
     source = run.sources[a.split]
-    picks = np.unique(np.linspace(0, len(source) - 1, min(a.num, len(source))).round().astype(int))
-    images = np.stack(
-        [resize_center_crop(source[int(i)], image_size=config.data.image_size) for i in picks]
-    )
+    picks = spread(len(source), a.num)
+    images = eval_crops(source, picks, config.data.image_size)
     mean, std = run.extractor.mean, run.extractor.std
 
     @jax.jit
@@ -126,11 +78,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         )
 
     cams, attentions = (np.asarray(v, np.float32) for v in explain(state, jnp.asarray(images)))
-    labels = [int(source[int(i)]["label"]) for i in picks]
-    names = [str(source.class_names[label]) for label in labels]
+    names = [str(source.class_names[int(source[int(i)]["label"])]) for i in picks]
     out = a.out or os.path.join(a.workdir, "rationale.png")
     title = f"{config.method} step {step}, {config.data.kind}/{config.data[a.split + '_split']}"
-    draw(out, images, per_image_unit(cams), attentions, names, title=title)
+    columns = zip(COLUMNS, (None, per_image_unit(cams), attentions), strict=True)
+    draw_overlays(out, images, list(columns), names, title=title)
     print(f"wrote {out}")
     return out
 

@@ -85,7 +85,7 @@ def test_every_place_map_and_the_product_match_numpy_of_independent_gradients(ti
     net, variables = run.method.net, {"params": state.params, **state.model_state}
     mean, std = run.extractor.mean, run.extractor.std
     # The images and batch shape the CLI test uses: one compile serves both.
-    crops = eval_crops(run.sources["test"], [0, 5, 10, 15], config.data.image_size)
+    crops = eval_crops(run.sources["test"], [0, 5, 10, 15], config.data)
     target = np.array([-1, -1, 0, 1], np.int32)  # predicted, predicted, user labels
     got = heatmap.explain(net, variables, crops, target, mean, std)
     x = normalize_images(jnp.asarray(crops), mean, std)

@@ -53,10 +53,21 @@ def spread(n: int, num: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
 
 
-def eval_crops(source: Any, indices: Sequence[int], image_size: int) -> np.ndarray:
+def eval_crops(source: Any, indices: Sequence[int], data: ml_collections.ConfigDict) -> np.ndarray:
     """uint8 `[N, S, S, 3]` crops of `source[indices]` as evaluation sees them (the eval
-    loader's Resize + CenterCrop)."""
-    return np.stack([resize_center_crop(source[int(i)], image_size=image_size) for i in indices])
+    loader's Resize + CenterCrop under `config.data`: image_size, eval_resize,
+    eval_squash_size)."""
+    return np.stack(
+        [
+            resize_center_crop(
+                source[int(i)],
+                image_size=data.image_size,
+                resize=data.eval_resize,
+                squash_size=data.eval_squash_size,
+            )
+            for i in indices
+        ]
+    )
 
 
 def upsampled(heat: np.ndarray, size: int) -> np.ndarray:

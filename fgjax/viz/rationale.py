@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     state, step = restore_checkpoint(run, config.seed, a.workdir, a.step)
     source = run.sources[a.split]
     picks = spread(len(source), a.num)
-    images = eval_crops(source, picks, config.data.image_size)
+    images = eval_crops(source, picks, config.data)
     mean, std = run.extractor.mean, run.extractor.std
 
     @jax.jit

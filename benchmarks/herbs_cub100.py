@@ -18,8 +18,12 @@ test bounding-box crops) through a CSV manifest written into OUT, labelled by sp
 with the bird family (last word of the name) as the coarse level.
 
 Each run lives in OUT/seed<N>; a killed script resumes (finished runs are skipped, others
-resume from their checkpoints). OUT/summary.md gets the table (mean +- std over seeds) of
-the 9-head vote, the combiner and every head; OUT/curves.png the vote top-1 over epochs.
+resume from their checkpoints). Each run then gets its classification report
+(`python -m fgjax.viz.report --groups coarse`: the bird families as HERBS' groups, in
+OUT/seed<N>/report) and heat maps (`python -m fgjax.viz.heatmap`,
+OUT/seed<N>/heatmap.png). OUT/summary.md gets the table (mean +- std over seeds) of the
+9-head vote, the combiner and every head, and the outer errors; OUT/curves.png the vote
+top-1 over epochs.
 """
 
 from __future__ import annotations
@@ -85,6 +89,17 @@ def run_one(seed: int, args) -> str:
         config = small_config(os.path.join(args.out, "manifest.csv"), seed, args.epochs)
         train_and_evaluate(config, workdir)
         print(f"seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
+    metrics_path = os.path.join(workdir, "report", "metrics.json")
+    if not os.path.exists(metrics_path):  # the vote's report, the families as groups
+        from fgjax.viz.report import main as report
+
+        metrics = report(["--workdir", workdir, "--groups", "coarse"])
+        with open(metrics_path, "w") as f:
+            json.dump(metrics, f, indent=1)
+    if not os.path.exists(os.path.join(workdir, "heatmap.png")):
+        from fgjax.viz.heatmap import main as heatmap
+
+        heatmap(["--workdir", workdir, "--num", "8"])
     return workdir
 
 
@@ -108,6 +123,31 @@ def summarize(args) -> str:
         rows.append(f"| {title} | {len(found)} | {cell} | {best_cell} |")
     head = "| head | seeds | top-1 at the last epoch (%) | at the best evaluation (%) |"
     table = "\n".join([head, "|---|---|---|---|", *rows])
+    reports = [
+        _read(p)
+        for s in args.seeds
+        if os.path.exists(p := os.path.join(args.out, f"seed{s}", "report", "metrics.json"))
+    ]
+    if reports:
+        outer = np.array([r["outer_errors"] for r in reports])
+        counts = {k[: -len("/count")]: v for k, v in reports[0].items() if k.endswith("/count")}
+        grouped = sum(counts.values())
+        table += (
+            f"\n\nOuter errors (test images predicted as a species of another family; "
+            f"{len(counts)} families, {grouped:.0f} test images): "
+            f"{outer.mean():.0f} ± {outer.std():.0f} over {len(reports)} seeds."
+        )
+        largest = sorted(counts, key=counts.get, reverse=True)[:6]
+        cells = []
+        for name in largest:
+            acc = 100 * np.array([r[f"{name}/accuracy"] for r in reports])
+            err = np.array([r[f"{name}/outer_errors"] for r in reports])
+            cells.append(
+                f"| {name} | {counts[name]:.0f} | {acc.mean():.1f} ± {acc.std():.1f} | "
+                f"{err.mean():.1f} ± {err.std():.1f} |"
+            )
+        table += "\n\n| family | test images | accuracy within (%) | outer errors |\n"
+        table += "|---|---|---|---|\n" + "\n".join(cells)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n")
     _plot_curves(args)

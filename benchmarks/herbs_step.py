@@ -311,10 +311,11 @@ class Spawner:
         try:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
             stdout, stderr, rc = done.stdout, done.stderr, done.returncode
-        except subprocess.TimeoutExpired as e:  # the child is killed
-            stdout, stderr, rc = e.stdout or "", e.stderr or "", f"timeout after {timeout:.0f} s"
-            stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
-            stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+        except subprocess.TimeoutExpired:  # the child is killed
+            if timeout < args.timeout_s:  # by the deadline: no verdict on this setting
+                return {"run": run, "batch": batch, "error": "--deadline-s reached (killed)",
+                        "skipped": True}  # fmt: skip
+            stdout, stderr, rc = "", "", f"timeout after {timeout:.0f} s (--timeout-s)"
         rows = [line for line in stdout.splitlines() if line.startswith("{")]
         if rows:
             row = json.loads(rows[-1])

@@ -217,8 +217,9 @@ def herbs_loss(
         refined, first = out[f"layer{k}"], out[f"FPN1_layer{k}"]
         teacher = torch.softmax(refined.detach() / temperature, dim=-1)
         student = torch.log_softmax(first / temperature, dim=-1)
-        # KLDivLoss() with its default 'mean' reduction: over every element, no T^2.
-        loss = loss + weights["hr"] * F.kl_div(student, teacher, reduction="mean")
+        # KLDivLoss() with its default 'mean' reduction: over every element, no T^2
+        # (spelt out: torch warns that reduction='mean' will become 'batchmean').
+        loss = loss + weights["hr"] * F.kl_div(student, teacher, reduction="none").mean()
         loss = loss + weights["layer"] * F.cross_entropy(refined.mean(1), labels)
         dropped = torch.tanh(out[f"drop_layer{k}"])
         loss = loss + weights["drop"] * F.mse_loss(dropped, -torch.ones_like(dropped))

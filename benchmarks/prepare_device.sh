@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run HERE (not on the GPU host) before a device run: fills the git-ignored .carry/
 # with what the GPU host lacks (Python 3.12 wheels of grain, array_record,
-# ml_collections, portpicker) and, if ../shared/data is present, JPEGs with CSV
+# ml_collections, portpicker; timm 1.0.31, the version the PyTorch sides were written
+# against, over the host's own) and, if ../shared/data is present, JPEGs with CSV
 # manifests for the input-pipeline and end-to-end benchmarks, under .carry/data/ in
 # the shared layout: 20 CUB-100 crops per class (2,000 files; all 5,902 would not fit
 # the 64 MiB carry limit next to the rest) and the full-size CUB-200 official sample.
@@ -12,7 +13,7 @@ mkdir -p .carry/whl
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .carry/whl \
-  grain==0.2.18 array_record ml_collections portpicker
+  grain==0.2.18 array_record ml_collections portpicker timm==1.0.31
 shared=../shared/data
 # <name>/images/<class>/*.jpg, at most $2 files per class, and <name>/manifest.csv
 # (path,label; paths relative to the CSV's folder, labels by sorted class folder).

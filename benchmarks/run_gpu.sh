@@ -3,12 +3,15 @@
 # or `bash benchmarks/run_gpu.sh input e2e` for some parts only; see prepare_device.sh).
 # Parts: steps (fgjax train steps, + MoCo/BYOL/supervised fed from the CUB crops),
 # torch (PyTorch reference steps), parity (weight import), input (input pipeline against
-# torchvision, one worker per core), e2e (MoCo v2 fed from full-size JPEGs vs synthetic).
+# torchvision, one worker per core), e2e (MoCo v2 fed from full-size JPEGs vs synthetic),
+# herbs (Swin-L/384 + HERBS step at micro-batch 8, fgjax vs the PyTorch original; at most
+# 3 minutes), and, only when named, herbsmax (the largest micro-batch, remat off/on, both
+# frameworks; at most 9 minutes: `bash benchmarks/run_gpu.sh herbsmax`).
 # Writes every result to $OUT (or ./bench_out) as JSON plus a log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench_out}; mkdir -p "$out"
-parts=" ${*:-steps torch parity input e2e} "
+parts=" ${*:-steps torch parity input e2e herbs} "
 want() { [[ $parts == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if [ -d .carry/whl ]; then
@@ -24,6 +27,14 @@ jpeg=""; [ -f $crops ] && jpeg="--jpeg-csv $crops --workers $workers"
 want steps && python3 benchmarks/train_step.py --which supervised,moco,byol,lcr $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
 want torch && python3 benchmarks/torch_train_step.py --which supervised,moco,byol --modes eager,compile --out "$out/torch.json" 2>&1 | tee "$out/torch.log"
 want parity && python3 benchmarks/weights_parity.py 2>&1 | tee "$out/parity.log"
+# HERBS: fgjax without remat and the recipe (a4-remat: 4 micro-batches of 8, remat) against
+# the original (fp16 autocast, no checkpointing); Swin-L compilation dominates the time.
+# The deadlines kill what is left (each row is written as it comes).
+want herbs && python3 benchmarks/herbs_step.py --jax-runs a1,a4-remat --torch-runs a1,a4 \
+  --warmup 2 --steps 8 --deadline-s 180 --out "$out/herbs.json" 2>&1 | tee "$out/herbs.log"
+want herbsmax && python3 benchmarks/herbs_step.py --find-max-batch --framework torch,jax \
+  --search-budget-s 240 --deadline-s 540 --out "$out/herbs_max.json" 2>&1 |
+  tee "$out/herbs_max.log"
 # One grain/DataLoader worker per core; a worker makes a whole batch, so warm up a batch
 # per worker and time 10 per worker.
 want input && [ -d $data ] && python3 benchmarks/input_pipeline.py --data $data --workers "$workers" \

@@ -3,8 +3,13 @@ dataset kind: 100 species, official split (2,999 train and 2,903 test bounding-b
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import os
+import sys
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
 
 def _table(data: str, name: str) -> dict[str, str]:
@@ -33,3 +38,27 @@ def write_manifest(data: str, path: str, names: bool = False) -> str:
                 row.append(name.split("_")[-1])
             writer.writerow(row)
     return path
+
+
+def arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every CUB-100 comparison takes: --out, --data, --seeds, --epochs."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", default=out)
+    p.add_argument("--data", default=os.path.join(DATA, "cub100_crops227"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=25)
+    return p
+
+
+def prepare(args: argparse.Namespace, names: bool = False) -> str:
+    """Check --data, create --out and write its manifest.csv (see `write_manifest`)."""
+    if not os.path.isdir(args.data):
+        sys.exit(f"{args.data}: no CUB-100 crops there (give --data)")
+    os.makedirs(args.out, exist_ok=True)
+    manifest = os.path.join(args.out, "manifest.csv")
+    return write_manifest(os.path.abspath(args.data), manifest, names=names)
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)

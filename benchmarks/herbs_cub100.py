@@ -28,7 +28,6 @@ top-1 over epochs.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -41,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from cub100 import write_manifest  # noqa: E402
+from cub100 import arguments, prepare, read_json  # noqa: E402
 
 from fgjax.config import load_config_file  # noqa: E402
 
@@ -103,14 +102,9 @@ def run_one(seed: int, args) -> str:
     return workdir
 
 
-def _read(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
 def summarize(args) -> str:
     found = [
-        _read(p)
+        read_json(p)
         for s in args.seeds
         if os.path.exists(p := os.path.join(args.out, f"seed{s}", "eval.json"))
     ]
@@ -124,7 +118,7 @@ def summarize(args) -> str:
     head = "| head | seeds | top-1 at the last epoch (%) | at the best evaluation (%) |"
     table = "\n".join([head, "|---|---|---|---|", *rows])
     reports = [
-        _read(p)
+        read_json(p)
         for s in args.seeds
         if os.path.exists(p := os.path.join(args.out, f"seed{s}", "report", "metrics.json"))
     ]
@@ -164,7 +158,7 @@ def _plot_curves(args) -> None:
     for s in args.seeds:
         path = os.path.join(args.out, f"seed{s}", "eval_history.json")
         if os.path.exists(path):
-            history = _read(path)
+            history = read_json(path)
             for key, style in (("herbs/vote/top1", "-o"), ("herbs/comb_outs/top1", "--")):
                 ax.plot(
                     [e["epoch"] for e in history],
@@ -183,16 +177,9 @@ def _plot_curves(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/herbs_cub100")
-    p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "cub100_crops227"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=25)
+    p = arguments(__doc__.split("\n")[0], out="runs/herbs_cub100")
     args = p.parse_args()
-    if not os.path.isdir(args.data):
-        sys.exit(f"{args.data}: no CUB-100 crops there (give --data)")
-    os.makedirs(args.out, exist_ok=True)
-    write_manifest(os.path.abspath(args.data), os.path.join(args.out, "manifest.csv"), names=True)
+    prepare(args, names=True)
     for seed in args.seeds:
         run_one(seed, args)
     print(summarize(args))

@@ -25,8 +25,6 @@ the curves.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from cub100 import write_manifest  # noqa: E402
+from cub100 import arguments, prepare, read_json  # noqa: E402
 
 from fgjax.config import load_config_file  # noqa: E402
 
@@ -112,17 +110,14 @@ def draw_rationale(variant: str, seed: int, args) -> None:
         rationale(["--workdir", workdir, "--num", "8", "--out", picture])
 
 
-def _read(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
 def summarize(args) -> str:
     rows, curves = [], {}
     for variant in VARIANTS:
         for folder, label in (("eval", "embedding"), ("eval_gap", "pooled (GAP)")):
             paths = [os.path.join(args.out, variant, f"seed{s}", folder) for s in args.seeds]
-            found = [_read(f) for p in paths if os.path.exists(f := os.path.join(p, "eval.json"))]
+            found = [
+                read_json(f) for p in paths if os.path.exists(f := os.path.join(p, "eval.json"))
+            ]
             if not found:
                 continue
             cells = []
@@ -131,7 +126,7 @@ def summarize(args) -> str:
                 cells.append(f"{values.mean():.2f} ± {values.std():.2f}")
             rows.append(f"| {variant} | {label} | {len(found)} | " + " | ".join(cells) + " |")
         curves[variant] = [
-            _read(os.path.join(args.out, variant, f"seed{s}", "eval_history.json"))
+            read_json(os.path.join(args.out, variant, f"seed{s}", "eval_history.json"))
             for s in args.seeds
             if os.path.exists(os.path.join(args.out, variant, f"seed{s}", "eval_history.json"))
         ]
@@ -176,17 +171,10 @@ def _plot_curves(curves: dict[str, list[list[dict]]], args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="runs/lcr_cub100")
-    p.add_argument("--data", default=os.path.join(REPO, "..", "shared", "data", "cub100_crops227"))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--epochs", type=int, default=25)
+    p = arguments(__doc__.split("\n")[0], out="runs/lcr_cub100")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()
-    if not os.path.isdir(args.data):
-        sys.exit(f"{args.data}: no CUB-100 crops there (give --data)")
-    os.makedirs(args.out, exist_ok=True)
-    write_manifest(os.path.abspath(args.data), os.path.join(args.out, "manifest.csv"))
+    prepare(args)
     for seed in args.seeds:  # seed-major: a partial sweep already compares the variants
         for variant in args.variants:
             run_one(variant, seed, args)

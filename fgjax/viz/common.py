@@ -4,6 +4,7 @@ rows of heat-map overlays."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +26,22 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """`(--config.a.b=value overrides, the other arguments)` of a command line."""
     overrides = [x for x in argv if x.startswith("--config.")]
     return overrides, [x for x in argv if not x.startswith("--config.")]
+
+
+def picture_parser(prog: str, description: str, runs: str, out: str) -> argparse.ArgumentParser:
+    """The arguments every picture command takes: --workdir (a training run of `runs`),
+    --step, --num (rows), --split, --out (`out` describes the default)."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Any --config.FIELD=VALUE overrides that field of the run's config.",
+    )
+    p.add_argument("--workdir", required=True, help=f"a training run of {runs}")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.add_argument("--num", type=int, default=8, help="images (rows)")
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split")
+    p.add_argument("--out", help=out)
+    return p
 
 
 def open_run(

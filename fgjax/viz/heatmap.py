@@ -35,7 +35,14 @@ from matplotlib.colors import LinearSegmentedColormap
 from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
 from fgjax.methods.herbs import Herbs, HerbsNet, head_probabilities
-from fgjax.viz.common import draw_overlays, eval_crops, open_run, split_overrides, spread
+from fgjax.viz.common import (
+    draw_overlays,
+    eval_crops,
+    open_run,
+    picture_parser,
+    split_overrides,
+    spread,
+)
 
 # HERBS' display colormap (`vis_utils.get_cdict`): jet with a darker blue end, an orange
 # shoulder and a dark red top; (position, value) breakpoints per channel.
@@ -151,17 +158,13 @@ def explain(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fgjax.viz.heatmap",
-        description=__doc__.split("\n")[0],
-        epilog="Any --config.FIELD=VALUE overrides that field of the run's config.",
+    p = picture_parser(
+        "python -m fgjax.viz.heatmap",
+        __doc__.split("\n")[0],
+        runs="herbs",
+        out="PNG path (default WORKDIR/heatmap.png; maps in .npz beside)",
     )
-    p.add_argument("--workdir", required=True, help="a training run of herbs")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    p.add_argument("--num", type=int, default=8, help="images (rows)")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="which split")
     p.add_argument("--label", type=int, help="class to explain (default: each prediction)")
-    p.add_argument("--out", help="PNG path (default WORKDIR/heatmap.png; maps in .npz beside)")
     return p
 
 

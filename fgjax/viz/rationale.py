@@ -32,6 +32,7 @@ from fgjax.viz.common import (
     eval_crops,
     open_run,
     per_image_unit,
+    picture_parser,
     split_overrides,
     spread,
 )
@@ -40,17 +41,12 @@ COLUMNS = ("image", "Grad-CAM (target)", "learned attention")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m fgjax.viz.rationale",
-        description=__doc__.split("\n")[0],
-        epilog="Any --config.FIELD=VALUE overrides that field of the run's config.",
+    return picture_parser(
+        "python -m fgjax.viz.rationale",
+        __doc__.split("\n")[0],
+        runs="lcr or lcr_byol",
+        out="PNG path (default WORKDIR/rationale.png)",
     )
-    p.add_argument("--workdir", required=True, help="a training run of lcr or lcr_byol")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    p.add_argument("--num", type=int, default=8, help="images (rows)")
-    p.add_argument("--split", default="test", choices=("train", "test"), help="which split")
-    p.add_argument("--out", help="PNG path (default WORKDIR/rationale.png)")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> str:

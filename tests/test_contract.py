@@ -238,22 +238,26 @@ def test_partial_last_batch_averages_its_micro_batches_as_herbs_does():
     x = normalized(batch["views"]["view1"], config.views.view1.photometric)
     ctx = StepContext(step=before.step, epoch=before.step / run.steps_per_epoch, run=run)
 
-    def grad(rows):
+    @jax.jit
+    def grad(views, fields):
         def loss(params):
-            fields = {k: v[rows] for k, v in batch.items() if k != "views"}
-            views = {"view1": x[rows]}
             out = method.loss(params, {}, {}, frozen, views, fields, ctx, jax.random.key(0))
             return out[0]
 
         return jax.value_and_grad(loss)(before.params)
 
-    parts = [grad(np.asarray(rows)) for rows in ([0, 2], [1, 3], [4])]
+    parts = [
+        grad({"view1": x[rows]}, {k: v[rows] for k, v in batch.items() if k != "views"})
+        for rows in (np.array([0, 2]), np.array([1, 3]), np.array([4]))
+    ]
     assert float(metrics["loss"]) == pytest.approx(np.mean([p[0] for p in parts]), rel=1e-5)
     want = jax.tree.map(lambda p, *g: p - 0.1 * sum(g) / 3, before.params, *(g for _, g in parts))
     for w, got in zip(jax.tree.leaves(want), jax.tree.leaves(after.params), strict=True):
         np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-6)
-    concatenated = jax.tree.map(lambda p, g: p - 0.1 * g, before.params, grad(np.arange(5))[1])
-    assert not all(  # a plain mean over the 5 examples differs: the remainder weighs 1/3
+    # A plain mean over the 5 examples weighs the micro-batches 2/5, 2/5, 1/5, not 1/3 each.
+    plain = jax.tree.map(lambda a, b, c: (2 * a + 2 * b + c) / 5, *(g for _, g in parts))
+    concatenated = jax.tree.map(lambda p, g: p - 0.1 * g, before.params, plain)
+    assert not all(
         np.allclose(a, b, rtol=2e-4, atol=2e-6)
         for a, b in zip(jax.tree.leaves(concatenated), jax.tree.leaves(after.params), strict=True)
     )

@@ -111,12 +111,16 @@ def summarize(args) -> str:
     rows = []
     for key, title in HEADS:
         values = 100 * np.array([r[key] for r in found])
-        best = 100 * np.array([r["best"][key] for r in found if key in r.get("best", {})])
-        cell = f"{values.mean():.2f} ± {values.std():.2f}"
-        best_cell = f"{best.mean():.2f} ± {best.std():.2f}" if len(best) else ""
-        rows.append(f"| {title} | {len(found)} | {cell} | {best_cell} |")
-    head = "| head | seeds | top-1 at the last epoch (%) | at the best evaluation (%) |"
-    table = "\n".join([head, "|---|---|---|---|", *rows])
+        rows.append(f"| {title} | {len(found)} | {values.mean():.2f} ± {values.std():.2f} |")
+    table = "\n".join(["| head | seeds | top-1 (%) |", "|---|---|---|", *rows])
+    best = [r["best"] for r in found if r.get("best")]
+    if best:
+        top = 100 * np.array([b["herbs/vote/top1"] for b in best])
+        epochs = ", ".join(f"{b['epoch']:g}" for b in best)
+        table += (
+            f"\n\nBest evaluation of the vote (eval.json's `best`, as the original selects on "
+            f"the test split): {top.mean():.2f} ± {top.std():.2f} (epochs {epochs})."
+        )
     reports = [
         read_json(p)
         for s in args.seeds
@@ -155,7 +159,7 @@ def _plot_curves(args) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for s in args.seeds:
+    for i, s in enumerate(args.seeds):
         path = os.path.join(args.out, f"seed{s}", "eval_history.json")
         if os.path.exists(path):
             history = read_json(path)
@@ -164,6 +168,7 @@ def _plot_curves(args) -> None:
                     [e["epoch"] for e in history],
                     [100 * e[key] for e in history],
                     style,
+                    color=f"C{i}",
                     label=f"seed {s} {key.split('/')[1]}",
                 )
     ax.set_xlabel("epoch")

@@ -37,7 +37,7 @@ import numpy as np
 
 from fgjax.config import check_override_names, default_config, load_config_file
 from fgjax.core.sharding import put_replicated
-from fgjax.data.decode import resize_center_crop
+from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval import plots
 from fgjax.eval.cache import cache_path, cached_features, fingerprint
 from fgjax.eval.features import (
@@ -230,7 +230,7 @@ def _weights_identity(a: argparse.Namespace, step: int | None) -> dict[str, Any]
 def _grid_pictures(out: str, run: _Run, test: Features, config, a) -> None:
     source = run.sources["test"]
     n = len(test.labels)
-    queries = np.unique(np.linspace(0, n - 1, min(a.grid_queries, n)).round().astype(int))
+    queries = spread(n, a.grid_queries)
     _, neighbours = nearest_neighbors(test.features[queries], test.features, a.grid_k + 1)
     # Leave the query itself out (the search above includes it; drop its own row).
     rows = [
@@ -238,10 +238,7 @@ def _grid_pictures(out: str, run: _Run, test: Features, config, a) -> None:
     ]
     k = min(len(r) for r in rows)
     ids = np.array([[q, *r[:k]] for q, r in zip(queries, rows, strict=True)])
-    size = config.data.image_size
-    images = np.stack(
-        [[resize_center_crop(source[int(i)], image_size=size) for i in r] for r in ids]
-    )
+    images = np.stack([eval_crops(source, r, config.data) for r in ids])
     correct = test.labels[ids[:, 1:]] == test.labels[ids[:, :1]]
     names = [[source.class_names[test.labels[i]] for i in r] for r in ids]
     plots.retrieval_grid(os.path.join(out, "retrieval_grid.png"), images, correct, names)

@@ -18,13 +18,14 @@ from conftest import tiny_config
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 
+from fgjax.data.eval_loader import eval_crops
 from fgjax.eval.classification import confusion_matrix, group_confusion, group_errors
 from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
 from fgjax.models.herbs import TwoLayerProj
 from fgjax.models.swin import SwinStage
 from fgjax.viz import heatmap, report
-from fgjax.viz.common import eval_crops, open_run
+from fgjax.viz.common import open_run
 
 PLACES = [
     "layer1",

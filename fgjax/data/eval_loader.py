@@ -6,6 +6,8 @@ label/coarse_label/index -1).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grain.python as grain
 import numpy as np
 
@@ -150,3 +152,25 @@ def make_eval_loader(
         shard_options=grain.NoSharding(),
     )
     return EvalLoader(loader, plan.num_batches, len(source))
+
+
+def spread(n: int, num: int) -> np.ndarray:
+    """Up to `num` distinct indices spread evenly over `range(n)` (first and last included)."""
+    return np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
+
+
+def eval_crops(source, indices: Sequence[int], data) -> np.ndarray:
+    """uint8 `[N, S, S, 3]` crops of `source[indices]` as evaluation sees them (the eval
+    loader's Resize + CenterCrop under `data`, a `config.data`: image_size, eval_resize,
+    eval_squash_size), for pictures."""
+    return np.stack(
+        [
+            resize_center_crop(
+                source[int(i)],
+                image_size=data.image_size,
+                resize=data.eval_resize,
+                squash_size=data.eval_squash_size,
+            )
+            for i in indices
+        ]
+    )

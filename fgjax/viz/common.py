@@ -1,5 +1,5 @@
 """What the picture and report commands of `fgjax.viz` share: reading a run from its
-workdir (refusing runs of another method by name), the evaluation crops of a split, and
+workdir (refusing runs of another method by name), the picture commands' arguments, and
 rows of heat-map overlays."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from fgjax.data.decode import resize_center_crop
 from fgjax.evaluate import load_run_config
 from fgjax.methods import Method
 from fgjax.train.loop import _Run
@@ -63,28 +62,6 @@ def open_run(
     if not accepts(run.method):
         raise ValueError(f"{workdir} is a config.method={config.method!r} run, {refusal}")
     return config, run
-
-
-def spread(n: int, num: int) -> np.ndarray:
-    """Up to `num` distinct indices spread evenly over `range(n)` (first and last included)."""
-    return np.unique(np.linspace(0, n - 1, min(num, n)).round().astype(int))
-
-
-def eval_crops(source: Any, indices: Sequence[int], data: ml_collections.ConfigDict) -> np.ndarray:
-    """uint8 `[N, S, S, 3]` crops of `source[indices]` as evaluation sees them (the eval
-    loader's Resize + CenterCrop under `config.data`: image_size, eval_resize,
-    eval_squash_size)."""
-    return np.stack(
-        [
-            resize_center_crop(
-                source[int(i)],
-                image_size=data.image_size,
-                resize=data.eval_resize,
-                squash_size=data.eval_squash_size,
-            )
-            for i in indices
-        ]
-    )
 
 
 def upsampled(heat: np.ndarray, size: int) -> np.ndarray:

@@ -32,16 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
+from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
 from fgjax.methods.herbs import Herbs, HerbsNet, head_probabilities
 from fgjax.viz.common import (
     draw_overlays,
-    eval_crops,
     open_run,
     picture_parser,
     split_overrides,
-    spread,
 )
 
 # HERBS' display colormap (`vis_utils.get_cdict`): jet with a darker blue end, an orange

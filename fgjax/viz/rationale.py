@@ -25,16 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
 from fgjax.viz.common import (
     draw_overlays,
-    eval_crops,
     open_run,
     per_image_unit,
     picture_parser,
     split_overrides,
-    spread,
 )
 
 COLUMNS = ("image", "Grad-CAM (target)", "learned attention")

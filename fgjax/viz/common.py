@@ -5,6 +5,7 @@ rows of heat-map overlays."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -62,6 +63,24 @@ def open_run(
     if not accepts(run.method):
         raise ValueError(f"{workdir} is a config.method={config.method!r} run, {refusal}")
     return config, run
+
+
+def run_command(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    accepts: Callable[[Method], bool],
+    refusal: str,
+    progress: bool = False,
+) -> tuple[argparse.Namespace, ml_collections.ConfigDict, _Run]:
+    """`(arguments, config, run)` of a command line (`sys.argv[1:]` when None): `parser`
+    reads it without its --config.* overrides, which apply to the --workdir run's config
+    (`open_run`, with `accepts`, `refusal` and `progress`)."""
+    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
+    a = parser.parse_args(rest)
+    if getattr(a, "num", 1) < 1:
+        raise ValueError(f"--num must be at least 1, got {a.num}")
+    config, run = open_run(a.workdir, overrides, accepts, refusal, progress)
+    return a, config, run
 
 
 def upsampled(heat: np.ndarray, size: int) -> np.ndarray:

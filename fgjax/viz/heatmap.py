@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -38,9 +37,8 @@ from fgjax.evaluate import restore_checkpoint
 from fgjax.methods.herbs import Herbs, HerbsNet, head_probabilities
 from fgjax.viz.common import (
     draw_overlays,
-    open_run,
     picture_parser,
-    split_overrides,
+    run_command,
 )
 
 # HERBS' display colormap (`vis_utils.get_cdict`): jet with a darker blue end, an orange
@@ -168,13 +166,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
-    a = _parser().parse_args(rest)
-    if a.num < 1:
-        raise ValueError(f"--num must be at least 1, got {a.num}")
-    config, run = open_run(
-        a.workdir,
-        overrides,
+    a, config, run = run_command(
+        argv,
+        _parser(),
         accepts=lambda method: isinstance(method, Herbs),
         refusal="not a HERBS run: the heat maps need config.method='herbs'",
     )

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 
 import jax
@@ -30,10 +29,9 @@ from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
 from fgjax.viz.common import (
     draw_overlays,
-    open_run,
     per_image_unit,
     picture_parser,
-    split_overrides,
+    run_command,
 )
 
 COLUMNS = ("image", "Grad-CAM (target)", "learned attention")
@@ -49,13 +47,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
-    a = _parser().parse_args(rest)
-    if a.num < 1:
-        raise ValueError(f"--num must be at least 1, got {a.num}")
-    config, run = open_run(
-        a.workdir,
-        overrides,
+    a, config, run = run_command(
+        argv,
+        _parser(),
         accepts=lambda method: hasattr(method, "explain"),
         refusal="which has no rationale branch: the pictures need an LCR run (lcr, lcr_byol)",
     )

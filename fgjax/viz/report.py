@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,7 +44,7 @@ from fgjax.eval.classification import (
 from fgjax.eval.protocols import CLASS_GROUPS
 from fgjax.evaluate import restore_checkpoint
 from fgjax.methods.herbs import Herbs, vote_heads
-from fgjax.viz.common import open_run, split_overrides
+from fgjax.viz.common import run_command
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -220,11 +219,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
-    a = _parser().parse_args(rest)
-    config, run = open_run(
-        a.workdir,
-        overrides,
+    a, config, run = run_command(
+        argv,
+        _parser(),
         accepts=lambda method: isinstance(method, Herbs),
         refusal="not a HERBS run: the report scores config.method='herbs' (the 9-head vote)",
         progress=True,

@@ -264,13 +264,21 @@ def test_partial_last_batch_averages_its_micro_batches_as_herbs_does():
 
 
 def test_swin_trains_and_evaluates_end_to_end_keeping_each_epochs_last_batch(tmp_path):
-    config = _swin_config(2, 6)  # 16 training images: batches of 6, 6 and the last 4
+    import math
+
+    from fgjax.train.optim import peak_lr
+
+    config = _swin_config(3, 6)  # 16 training images: batches of 6, 6 and the last 4
     config.train.num_epochs = 1
     config.train.keep_last_batch = True
+    config.optim.schedule_unit = "micro_batch"  # 8 micro-batches of 2 per epoch, not 3 x 3
     result = train_and_evaluate(config, str(tmp_path))
     assert result["finished"] and result["step"] == 3 and 0 <= result["eval"]["knn_top1"] <= 1
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    peak, final = peak_lr(config.optim, 6), config.optim.final_lr
+    cosine = [final + (peak - final) * 0.5 * (1 + math.cos(math.pi * m / 8)) for m in (2, 5, 7)]
+    assert [r["lr"] for r in records] == pytest.approx(cosine, rel=1e-5)  # last micro-batches
     assert all(np.isfinite(r["loss"]) and r["skipped"] == 0 for r in records)
 
 

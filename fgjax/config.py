@@ -107,10 +107,13 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
     c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'
     c.data.image_size = 224  # evaluation crop, and the default size of every view
-    # Evaluation resize before the centre crop: 'short_side' (to image_size / 0.875) or
+    # Evaluation resize before the centre crop: 'short_side' (see eval_resize_ratio) or
     # 'squash' (to eval_squash_size x eval_squash_size ignoring the aspect: HERBS, 510).
     c.data.eval_resize = "short_side"
     c.data.eval_squash_size = 0  # eval_resize 'squash' only
+    # 'short_side': the short side becomes round(image_size / eval_resize_ratio) (256 for
+    # 224; CFGA's metric-learning pipelines crop 227 of 256: 227 / 256).
+    c.data.eval_resize_ratio = 0.875
     c.data.num_workers = 4
     c.data.procedural = ml_collections.ConfigDict(
         dict(

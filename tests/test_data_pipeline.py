@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
@@ -18,7 +19,7 @@ from fgjax.data.decode import (
     resize_center_crop,
     sample_crop,
 )
-from fgjax.data.eval_loader import make_eval_loader
+from fgjax.data.eval_loader import eval_crops, make_eval_loader
 from fgjax.data.procedural import ProceduralFineGrained
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource
 from fgjax.data.train_loader import last_batch_size, make_train_loader, steps_per_epoch
@@ -542,6 +543,20 @@ def test_eval_resize_center_crop_matches_torchvision_geometry():
     img = img.transpose(1, 0, 2)
     out = resize_center_crop({"image": img}, image_size=16, resize_ratio=0.875)
     ref = np.asarray(Image.fromarray(img).resize((18, 24), Image.BILINEAR))[4:20, 1:17]
+    assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_eval_crops_follow_config_eval_resize_ratio():
+    # CFGA's metric-learning test transform: Resize(256) + CenterCrop(227), i.e. the ratio
+    # 227 / 256 (the default 0.875 would resize to round(227 / 0.875) = 259).
+    img = np.random.default_rng(4).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    data = ml_collections.ConfigDict(
+        dict(image_size=227, eval_resize="short_side", eval_squash_size=0)
+    )
+    data.eval_resize_ratio = 227 / 256
+    (out,) = eval_crops([{"image": img}], [0], data)
+    # short side 256, long int(256 * 400 / 300) = 341; offsets round(29 / 2), 114 / 2
+    ref = np.asarray(Image.fromarray(img).resize((341, 256), Image.BILINEAR))[14:241, 57:284]
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 1
 
 

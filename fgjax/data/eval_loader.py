@@ -162,7 +162,7 @@ def spread(n: int, num: int) -> np.ndarray:
 def eval_crops(source, indices: Sequence[int], data) -> np.ndarray:
     """uint8 `[N, S, S, 3]` crops of `source[indices]` as evaluation sees them (the eval
     loader's Resize + CenterCrop under `data`, a `config.data`: image_size, eval_resize,
-    eval_squash_size), for pictures."""
+    eval_squash_size, eval_resize_ratio), for pictures."""
     return np.stack(
         [
             resize_center_crop(
@@ -170,6 +170,7 @@ def eval_crops(source, indices: Sequence[int], data) -> np.ndarray:
                 image_size=data.image_size,
                 resize=data.eval_resize,
                 squash_size=data.eval_squash_size,
+                resize_ratio=data.eval_resize_ratio,
             )
             for i in indices
         ]

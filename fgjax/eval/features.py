@@ -56,6 +56,7 @@ class FeatureExtractor:
         skip_bad: bool = False,
         resize: str = "short_side",
         squash_size: int = 0,
+        resize_ratio: float = 0.875,
     ):
         self.sources, self.mesh = sources, mesh
         self.mean, self.std = tuple(mean), tuple(std)
@@ -70,6 +71,7 @@ class FeatureExtractor:
                 skip_bad=skip_bad,
                 resize=resize,
                 squash_size=squash_size,
+                resize_ratio=resize_ratio,
             )
             for split, source in sources.items()
         }

@@ -130,6 +130,7 @@ class _Run:
             skip_bad=c.data.skip_bad,
             resize=c.data.eval_resize,
             squash_size=c.data.eval_squash_size,
+            resize_ratio=c.data.eval_resize_ratio,
         )
         method = self.method
         self.evaluate = Evaluator(

@@ -4,7 +4,7 @@ Pure float32 `jnp` functions, jittable and differentiable (no NaN gradient on th
 skipped or degenerate entries). Sources, read for facts:
 
 - `multi_similarity_loss`: msight-tech/research-ms-loss `ret_benchmark/losses/
-  multi_similarity_loss.py` (as copied into CFGA_CARS196_train `about_msloss/ms_loss.py`).
+  multi_similarity_loss.py` (the same code is CFGA_CARS196_train `about_msloss/ms_loss.py`).
 - `cosface_logits`, `arcface_logits`: CFGA_CARS196_train `cosface.py` (AddMarginProduct,
   ArcMarginProduct of ronghuaiyang/arcface-pytorch); the loss is
   `objectives.cross_entropy(logits, labels)`.

@@ -11,7 +11,8 @@ No training either way (../shared/methods/cfga.md).
 `--method` (repeatable or comma-separated; default cfga_plus,scda,gap) picks descriptor
 families of `fgjax.descriptors.METHOD_DESCRIPTORS`: 'cfga' (the six CFGA 4-b-k vectors and
 CFGA+), 'cfga_plus', 'scda' (both normalisation orders), 'gap' (GAP and L2(GAP, GMP)), and
-'embedding', a trained run's own retrieval embedding (`Method.embed`).
+'embedding', a trained run's own retrieval embedding (`Method.embed`); any single name of
+`fgjax.descriptors.DESCRIPTORS` works too (e.g. 'cfga_4_1_2', the ablation 'cfga_eq5_4_1_2').
 
 `--pipeline` sets the test preprocessing and the SCDA mask (spec §4.5, table `PIPELINES`):
 'imagenet' (uncropped, shorter side capped at 256, largest connected component),
@@ -49,14 +50,15 @@ import numpy as np
 from fgjax.core.progress import progress
 from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.shape_buckets import make_shape_bucket_loader
-from fgjax.descriptors import METHOD_DESCRIPTORS, describe_fn
+from fgjax.descriptors import DESCRIPTORS, METHOD_DESCRIPTORS, describe_fn
 from fgjax.eval.cache import fingerprint, save_npz_atomic
 from fgjax.eval.features import normalize_images
 from fgjax.eval.retrieval import retrieval_metrics
 from fgjax.evaluate import load_run_config, restore_checkpoint, weights_identity
 from fgjax.methods import backbone_variables
+from fgjax.train.checkpoint import checkpoint_step
 from fgjax.train.loop import _Run
-from fgjax.train.state import create_train_state
+from fgjax.train.state import create_train_state, load_init_from
 
 DEFAULT_METHODS = ("cfga_plus", "scda", "gap")
 EMBEDDING = "embedding"
@@ -102,8 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--method",
         action="append",
-        help=f"{', '.join(METHODS)} (repeatable or comma-separated; default "
-        f"{','.join(DEFAULT_METHODS)})",
+        help=f"{', '.join(METHODS)} or a descriptor name (repeatable or comma-separated; "
+        f"default {','.join(DEFAULT_METHODS)})",
     )
     p.add_argument(
         "--pipeline",
@@ -126,9 +128,12 @@ def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace, methods: li
             p.error("--init-from needs --out DIR")
     elif not a.workdir:
         p.error("give --workdir DIR (a checkpoint) or --init-from FILE --config FILE")
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in DESCRIPTORS]
     if unknown:
-        raise ValueError(f"unknown method {unknown[0]!r}; choose from {list(METHODS)}")
+        raise ValueError(
+            f"unknown method {unknown[0]!r}; choose from {list(METHODS)} or a descriptor "
+            f"name of fgjax.descriptors.DESCRIPTORS ({', '.join(DESCRIPTORS)})"
+        )
     if EMBEDDING in methods and not a.workdir:
         raise ValueError(
             "method 'embedding' is a trained run's own embedding: give --workdir RUN "
@@ -142,23 +147,18 @@ def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace, methods: li
 
 def descriptor_names(methods: list[str]) -> list[str]:
     """The descriptor names (npz keys) the methods produce, in order, without repeats."""
-    names = [n for m in methods for n in ((m,) if m == EMBEDDING else METHOD_DESCRIPTORS[m])]
+    names = [n for m in methods for n in METHOD_DESCRIPTORS.get(m, (m,))]
     return list(dict.fromkeys(names))
 
 
-def _loader(run: _Run, pipeline: Pipeline, batch_size: int, skip_bad: bool):
+def _loader(run: _Run, pipeline: Pipeline, batch_size: int, data: Any):
     source = run.sources["test"]
+    common = dict(batch_size=batch_size, skip_bad=data.skip_bad, num_workers=data.num_workers)
     if pipeline.crop:
         return make_eval_loader(
-            source,
-            batch_size=batch_size,
-            image_size=pipeline.crop,
-            resize_ratio=pipeline.crop / pipeline.short,
-            skip_bad=skip_bad,
+            source, image_size=pipeline.crop, resize_ratio=pipeline.crop / pipeline.short, **common
         )
-    loader = make_shape_bucket_loader(
-        source, batch_size=batch_size, max_short=pipeline.short, skip_bad=skip_bad
-    )
+    loader = make_shape_bucket_loader(source, max_short=pipeline.short, **common)
     print(
         f"{len(source)} images in {len(loader.shapes)} shapes (one compile each), "
         f"{len(loader)} batches of {batch_size}"
@@ -166,40 +166,68 @@ def _loader(run: _Run, pipeline: Pipeline, batch_size: int, skip_bad: bool):
     return loader
 
 
+def load_weights(run: _Run, a: argparse.Namespace, seed: int, step: int | None):
+    """`(params, model_state)` to describe with: the trained run's state at `step`, or for
+    `--init-from` the backbone alone, loaded from the file into abstract variables (no
+    initialisation is compiled: nothing but the backbone is used)."""
+    if not a.init_from:
+        state, _ = restore_checkpoint(run, seed, a.workdir, step)
+        return state.params, state.model_state
+    abstract = jax.eval_shape(lambda: create_train_state(run.method, None, run.image_shape, seed))
+    params, model_state = load_init_from(
+        run.method, abstract.params, abstract.model_state, a.init_from
+    )
+    variables = backbone_variables(params, model_state)
+    absent = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if absent:
+        raise ValueError(
+            f"{a.init_from} has no weights for {len(absent)} backbone variables, e.g. "
+            f"{absent[:3]} (config.model.arch={run.method.config.model.arch!r})"
+        )
+    model_state = {c: {"backbone": v} for c, v in variables.items() if c != "params"}
+    return {"backbone": variables["params"]}, model_state
+
+
 def compute_descriptors(
     run: _Run,
-    state: Any,
+    weights: tuple[Any, Any],
     names: list[str],
     pipeline: Pipeline,
     batch_size: int,
-    *,
-    skip_bad: bool = False,
+    data: Any,
     show_progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """`({name: float32 [N, D]}, labels int32 [N])` of `run`'s test source, in source
     order, through `pipeline`: one jitted function of the descriptors and the embedding
-    (compiled once per image shape)."""
+    (compiled once per image shape). `weights`: `(params, model_state)` of the method
+    (the backbone group alone without 'embedding'); `data`: the config.data (skip_bad,
+    num_workers)."""
     method, (mean, std) = run.method, (run.extractor.mean, run.extractor.std)
-    grads = [n for n in names if n != EMBEDDING]
-    describe = describe_fn(method.backbone(), grads, use_lcc=pipeline.lcc) if grads else None
+    own = [n for n in names if n != EMBEDDING]  # fgjax.descriptors' names
+    describe = describe_fn(method.backbone(), own, use_lcc=pipeline.lcc) if own else None
+    weights = jax.device_put(weights)  # once, not at every batch; one device
 
     @jax.jit
-    def apply(state: Any, images: jax.Array) -> dict[str, jax.Array]:
+    def apply(weights: tuple[Any, Any], images: jax.Array) -> dict[str, jax.Array]:
         x = normalize_images(images, mean, std)
         out = {}
         if describe is not None:
-            out.update(describe(backbone_variables(state.params, state.model_state), x))
+            out.update(describe(backbone_variables(*weights), x))
         if EMBEDDING in names:
-            out[EMBEDDING] = method.embed(state.params, state.model_state, x)
+            out[EMBEDDING] = method.embed(*weights, x)
         return out
 
-    loader = _loader(run, pipeline, batch_size, skip_bad)
+    loader = _loader(run, pipeline, batch_size, data)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
     index, labels, bad = [], [], []
     bar = progress(loader.num_examples, desc="describe", enabled=show_progress, every=100)
     for batch in loader:
         keep = batch["mask"]
-        out = apply(state, batch["images"])
+        out = apply(weights, batch["images"])
         for name in names:
             rows[name].append(np.asarray(out[name], np.float32)[keep])
         index.append(batch["index"][keep])
@@ -284,11 +312,7 @@ def describe(argv: list[str]) -> dict[str, Any]:
     print(f"pipeline {name}: {pipeline}")
 
     run = _Run(config)
-    step = None
-    if a.init_from:
-        state = create_train_state(run.method, None, run.image_shape, config.seed, a.init_from)
-    else:
-        state, step = restore_checkpoint(run, config.seed, a.workdir, a.step)
+    step = None if a.init_from else checkpoint_step(a.workdir, a.step)
 
     names = descriptor_names(methods)
     settings = dict(
@@ -316,11 +340,11 @@ def describe(argv: list[str]) -> dict[str, Any]:
         batch_size = a.batch_size or pipeline.batch_size
         computed, labels = compute_descriptors(
             run,
-            state,
+            load_weights(run, a, config.seed, step),
             missing,
             pipeline,
             batch_size,
-            skip_bad=config.data.skip_bad,
+            config.data,
             show_progress=config.train.progress_bar,
         )
         if saved and not np.array_equal(saved["labels"], labels):

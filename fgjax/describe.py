@@ -128,6 +128,8 @@ def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace, methods: li
             p.error("--init-from needs --out DIR")
     elif not a.workdir:
         p.error("give --workdir DIR (a checkpoint) or --init-from FILE --config FILE")
+    if a.init_from and not os.path.exists(a.init_from):
+        raise FileNotFoundError(f"--init-from: no file {a.init_from}")
     unknown = [m for m in methods if m not in METHODS and m not in DESCRIPTORS]
     if unknown:
         raise ValueError(

@@ -226,7 +226,9 @@ def compute_descriptors(
     loader = _loader(run, pipeline, batch_size, data)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
     index, labels, bad = [], [], []
-    bar = progress(loader.num_examples, desc="describe", enabled=show_progress, every=100)
+    # Per batch (a log line every 10), with the images done so far.
+    bar = progress(len(loader), desc="describe", enabled=show_progress, every=10)
+    done = 0
     for batch in loader:
         keep = batch["mask"]
         out = apply(weights, batch["images"])
@@ -235,7 +237,9 @@ def compute_descriptors(
         index.append(batch["index"][keep])
         labels.append(batch["label"][keep])
         bad.extend(batch["bad_images"])
-        bar.update(int(keep.sum()))
+        done += int(keep.sum())
+        bar.set_postfix(images=f"{done}/{loader.num_examples}")
+        bar.update(1)
     bar.close()
     for error in bad:
         print(f"warning: describe: a black image stands in for: {error}")

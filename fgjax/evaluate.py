@@ -220,7 +220,9 @@ def restore_checkpoint(run: _Run, seed: int, workdir: str, step: int | None = No
     return state, step
 
 
-def _weights_identity(a: argparse.Namespace, step: int | None) -> dict[str, Any]:
+def weights_identity(a: argparse.Namespace, step: int | None) -> dict[str, Any]:
+    """What identifies the weights of `a.init_from` (path, size, mtime) or of `a.workdir`
+    at `step`, for cache fingerprints."""
     if a.init_from:
         info = os.stat(a.init_from)
         return {"file": os.path.abspath(a.init_from), "size": info.st_size, "mtime": info.st_mtime}
@@ -297,7 +299,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
             data = {k: v for k, v in config.data.to_dict().items() if k != "num_workers"}
             key = fingerprint(
                 dict(
-                    weights=_weights_identity(a, step),
+                    weights=weights_identity(a, step),
                     feature=output,
                     flip=a.flip,
                     data=data,

@@ -41,20 +41,26 @@ def save_features(
     names = np.array(list(paths) if paths is not None else [""] * n, dtype=str)
     if len(names) != n:
         raise ValueError(f"{len(names)} paths for {n} feature rows")
+    save_npz_atomic(
+        path,
+        features=np.asarray(features.features, np.float32),
+        labels=np.asarray(features.labels, np.int32),
+        coarse_labels=np.asarray(features.coarse_labels, np.int32),
+        index=np.arange(n, dtype=np.int64),
+        paths=names,
+        fingerprint=np.array(key),
+    )
+
+
+def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
+    """`np.savez(path, **arrays)` through a temporary file in the same folder and a rename:
+    an interrupted write never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".features_", suffix=".npz.tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                features=np.asarray(features.features, np.float32),
-                labels=np.asarray(features.labels, np.int32),
-                coarse_labels=np.asarray(features.coarse_labels, np.int32),
-                index=np.arange(n, dtype=np.int64),
-                paths=names,
-                fingerprint=np.array(key),
-            )
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -102,20 +102,30 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
     return template.replace(**fields), step
 
 
-def read_saved_state(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
-    """`(saved train state as nested dicts of host arrays, step)` of `WORKDIR/checkpoints`
-    at `step` (default: the newest), with no template; errors say what exists."""
+def checkpoint_step(workdir: str, step: int | None = None) -> int:
+    """`step` (default: the newest) if `WORKDIR/checkpoints` holds it complete, else a
+    FileNotFoundError saying what exists; reads no state."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"no checkpoints in {workdir} (no folder {directory})")
     options = ocp.CheckpointManagerOptions(read_only=True)
     with ocp.CheckpointManager(directory, options=options) as manager:
         steps = sorted(manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        step = steps[-1] if step is None else int(step)
-        if step not in steps:
-            raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; steps: {steps}")
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; steps: {steps}")
+    return step
+
+
+def read_saved_state(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+    """`(saved train state as nested dicts of host arrays, step)` of `WORKDIR/checkpoints`
+    at `step` (default: the newest), with no template; errors say what exists."""
+    step = checkpoint_step(workdir, step)
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    with ocp.CheckpointManager(directory, options=options) as manager:
         # Without a target orbax returns the saved tree as nested dicts of arrays.
         saved = manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore())

@@ -1,0 +1,218 @@
+"""Uncropped, aspect-keeping evaluation images batched by shape (CFGA's ImageNet and DGPCRL
+test pipelines, ../shared/methods/cfga.md §4.5).
+
+Each image is decoded to RGB and, if its shorter side exceeds `max_short`, resized with PIL
+(bilinear by default) so that the shorter side is `max_short`; otherwise it is left as it
+is. No crop. Sizes follow mikiyukio/CFGA `src/dataloader_test.py` (cap 256) and
+`src/dataloader_DGPCRL_test.py` (cap 280): each side becomes `int(round(side * cap /
+short))` (Python's round, half to even).
+
+Images of different shapes cannot share a batch, and a jitted function compiles once per
+input shape. The loader therefore groups the split by the resized (H, W) (every image's
+header is read once, up front) and batches each group, the last batch of a group padded to
+`batch_size` (rows with 'mask' False, a black image, label/coarse_label/index -1): one
+compile per distinct shape. Groups come in order of their first image; rows go back to
+source order through 'index'. CUB's test split gives a few hundred shapes (202 official
+CUB images give 100 distinct ones); a persistent jax compilation cache saves them across
+runs. Single process: every batch is this process's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grain.python as grain
+import numpy as np
+
+from fgjax.data.decode import (
+    ImageDecodeError,
+    _decode,
+    _open,
+    record_region,
+    resample_filter,
+)
+from fgjax.data.grain_utils import (
+    IndexSampler,
+    absl_flags_workaround,
+    int32_field,
+    stable_repr,
+)
+
+
+def capped_size(width: float, height: float, max_short: int) -> tuple[int, int]:
+    """`(width, height)` after the cap: unchanged (rounded) when the shorter side is at
+    most `max_short`, else both sides scaled by `max_short / short`, each rounded."""
+    short = min(width, height)
+    if short <= max_short:
+        return int(round(width)), int(round(height))
+    scale = max_short / short
+    return int(round(width * scale)), int(round(height * scale))
+
+
+def resize_capped(record: dict, *, max_short: int, interpolation: str = "bilinear") -> np.ndarray:
+    """uint8 `[H, W, 3]`: the record's image (its `record_region`: a 'box' or
+    'trim_bottom' cuts it first) with the shorter side capped at `max_short` (module doc).
+
+    JPEGs are decoded in full, never drafted: the reference resizes the full image, and
+    DCT scaling would change the pixels."""
+    resample = resample_filter(interpolation)
+    img, path = _open(record)
+    with img:
+        x0, y0, width, height = record_region(record, *img.size)
+        size = capped_size(width, height, max_short)
+        short = min(width, height)
+        img, sx, sy = _decode(img, path, [(short, short)])  # (side, side): no draft
+        box = (x0 * sx, y0 * sy, (x0 + width) * sx, (y0 + height) * sy)
+        # PIL returns a plain copy when the size and box are the whole image.
+        return np.asarray(img.resize(size, resample, box=box))
+
+
+def planned_shape(record: dict, max_short: int) -> tuple[int, int]:
+    """`(H, W)` that `resize_capped` will give, from the image header only."""
+    if "image" in record:
+        height, width = np.asarray(record["image"]).shape[:2]
+    else:
+        img, _ = _open(record)
+        with img:
+            width, height = img.size
+    _, _, w, h = record_region(record, width, height)
+    w, h = capped_size(w, h, max_short)
+    return h, w
+
+
+class _ShapeBatches:
+    """Random-access 'source' of batches: batch t is `plan[t]` = (shape, source indices)."""
+
+    def __init__(self, source, plan: list[tuple[tuple[int, int], list[int]]], batch_size: int):
+        self._source, self._plan, self._batch_size = source, plan, batch_size
+
+    def __len__(self) -> int:
+        return len(self._plan)
+
+    def __getitem__(self, t: int) -> dict:
+        shape, ids = self._plan[int(t)]
+        return {
+            "records": [self._source[i] for i in ids],
+            "shape": shape,
+            "batch_size": self._batch_size,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"_ShapeBatches(source={stable_repr(self._source)}, batch_size={self._batch_size}, "
+            f"batches={len(self._plan)})"
+        )
+
+
+class _CappedTransform(grain.MapTransform):
+    def __init__(self, *, max_short: int, interpolation: str, skip_bad: bool):
+        self._max_short, self._interpolation, self._skip_bad = max_short, interpolation, skip_bad
+
+    def map(self, element: dict) -> dict:
+        records, b, (h, w) = element["records"], element["batch_size"], element["shape"]
+        images = np.zeros((b, h, w, 3), np.uint8)
+        bad = []
+        for i, record in enumerate(records):
+            try:
+                image = resize_capped(
+                    record, max_short=self._max_short, interpolation=self._interpolation
+                )
+            except ImageDecodeError as e:
+                if not self._skip_bad:
+                    raise
+                bad.append(str(e))  # the row keeps its label and index, with a black image
+                continue
+            if image.shape[:2] != (h, w):  # the header disagreed with the decoded pixels
+                raise ImageDecodeError(
+                    f"image {record.get('path', record.get('index'))!r}: planned {h}x{w} "
+                    f"from its header, decoded to {image.shape[0]}x{image.shape[1]}"
+                )
+            images[i] = image
+        pad = np.full(b - len(records), -1, np.int32)
+        return {
+            "images": images,
+            "label": np.concatenate([int32_field(records, "label"), pad]),
+            "coarse_label": np.concatenate([int32_field(records, "coarse_label"), pad]),
+            "index": np.concatenate([int32_field(records, "index"), pad]),
+            "mask": np.arange(b) < len(records),
+            "bad_images": bad,
+        }
+
+
+class ShapeBucketLoader:
+    """Re-iterable loader of shape-bucketed batches (`make_shape_bucket_loader`).
+
+    `shapes`: `{(H, W): number of images}` in batch order; `len()` = number of batches."""
+
+    def __init__(
+        self, loader: grain.DataLoader, shapes: dict[tuple[int, int], int], batches: int, n: int
+    ):
+        self._loader = loader
+        self.shapes = shapes
+        self.num_batches = batches
+        self.num_examples = n
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        return iter(self._loader)
+
+
+def plan_batches(
+    shapes: Sequence[tuple[int, int]], batch_size: int
+) -> list[tuple[tuple[int, int], list[int]]]:
+    """`[(shape, indices)]`: the indices of each shape (groups in order of first
+    appearance, indices ascending) cut into runs of at most `batch_size`."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(shape), []).append(i)
+    return [
+        (shape, ids[k : k + batch_size])
+        for shape, ids in groups.items()
+        for k in range(0, len(ids), batch_size)
+    ]
+
+
+def make_shape_bucket_loader(
+    source,
+    *,
+    batch_size: int,
+    max_short: int,
+    interpolation: str = "bilinear",
+    num_workers: int = 0,
+    skip_bad: bool = False,
+) -> ShapeBucketLoader:
+    """Deterministic loader of `source` through `resize_capped(max_short)`, batched by
+    shape (module doc). Batches: 'images' uint8 [batch_size, H, W, 3], 'label',
+    'coarse_label', 'index' int32 [batch_size], 'mask' bool [batch_size], 'bad_images'
+    (list of str). An unreadable image raises ImageDecodeError naming the file; with
+    `skip_bad` it becomes a black max_short x max_short image listed in 'bad_images'."""
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if max_short <= 0:
+        raise ValueError(f"max_short must be positive, got {max_short}")
+    resample_filter(interpolation)
+    shapes = []
+    for i in range(len(source)):
+        try:
+            shapes.append(planned_shape(source[i], max_short))
+        except ImageDecodeError:
+            if not skip_bad:
+                raise
+            shapes.append((max_short, max_short))  # decoding fails again: a black image
+    plan = plan_batches(shapes, batch_size)
+    counts: dict[tuple[int, int], int] = {}
+    for shape, ids in plan:
+        counts[shape] = counts.get(shape, 0) + len(ids)
+    absl_flags_workaround(num_workers)
+    loader = grain.DataLoader(
+        data_source=_ShapeBatches(source, plan, batch_size),
+        sampler=IndexSampler(len(plan)),
+        operations=[
+            _CappedTransform(max_short=max_short, interpolation=interpolation, skip_bad=skip_bad)
+        ],
+        worker_count=num_workers,
+        shard_options=grain.NoSharding(),
+    )
+    return ShapeBucketLoader(loader, counts, len(plan), len(source))

@@ -115,6 +115,11 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     # 224; CFGA's metric-learning pipelines crop 227 of 256: 227 / 256).
     c.data.eval_resize_ratio = 0.875
     c.data.num_workers = 4
+    # Training batch order: 'shuffle' (a permutation per epoch) or 'pk' (P x K class-balanced
+    # batches, pk_classes x pk_images = train.batch_size; the metric-learning baselines).
+    c.data.sampler = "shuffle"
+    c.data.pk_classes = 0  # P, sampler 'pk' (MS loss: 16; CosFace / ArcFace: 80)
+    c.data.pk_images = 0  # K, sampler 'pk' (MS loss: 5; CosFace / ArcFace: 1)
     c.data.procedural = ml_collections.ConfigDict(
         dict(
             num_coarse=4,
@@ -148,6 +153,7 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.optim.final_lr = 0.0
     c.optim.decay_epochs = ()  # schedule 'step': epochs where the lr is multiplied by
     c.optim.decay_factor = 0.1  # decay_factor (MoCo's lincls: (60, 80) and 0.1)
+    c.optim.decay_steps = ()  # or optimiser steps where it is (MS loss: (1200, 2400))
     c.optim.weight_decay = 1e-4
     c.optim.weight_decay_mask = "all"
     c.optim.momentum = 0.9
@@ -155,6 +161,8 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.optim.trust_coefficient = 1e-3
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
+    c.optim.eps = 1e-8  # adamw, adam, rmsprop (the torch default)
+    c.optim.rms_decay = 0.99  # rmsprop's square-average decay (torch's alpha)
     c.optim.freeze = ()  # top-level param groups the optimiser never changes ('backbone')
 
     c.train = ml_collections.ConfigDict()

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from fgjax.config import default_config
@@ -99,7 +100,7 @@ def test_lars_without_momentum_matches_the_lcr_update():
 
 def test_unknown_optimizer_names_the_field():
     with pytest.raises(ValueError, match="config.optim.name"):
-        optim.make_optimizer(_optim(name="rmsprop"), lambda s: 0.1)
+        optim.make_optimizer(_optim(name="adagrad"), lambda s: 0.1)
 
 
 def test_micro_batch_unit_takes_the_lr_of_each_steps_last_micro_batch():
@@ -136,3 +137,83 @@ def test_sgd_nesterov_with_coupled_decay_follows_pytorch():
         buf = 0.9 * buf + d
         p = p - 0.1 * (d + 0.9 * buf)
         np.testing.assert_allclose(np.asarray(params["w"]), p, rtol=1e-6)
+
+
+def _torch_adam(p, grads, lr, wd, b1, b2, eps):
+    """torch.optim.Adam (not amsgrad): L2 decay joins the gradient before the moments."""
+    m, v = np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        denom = np.sqrt(v) / np.sqrt(1 - b2**t) + eps
+        p = p - lr / (1 - b1**t) * m / denom
+        yield p
+
+
+def _torch_rmsprop(p, grads, lr, wd, alpha, eps):
+    """torch.optim.RMSprop (no momentum, not centred): square average from 0, eps
+    outside the sqrt, L2 decay joins the gradient."""
+    v = np.zeros_like(p)
+    for g in grads:
+        g = g + wd * p
+        v = alpha * v + (1 - alpha) * g * g
+        p = p - lr * g / (np.sqrt(v) + eps)
+        yield p
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_adam_and_rmsprop_follow_torch_with_coupled_l2(name):
+    """Three steps against torch's update rules. eps=1e-3 against gradients of 1e-3 to
+    1 so that where eps goes matters; the decay is large so that coupled vs decoupled
+    does; biases are left undecayed ('kernels') and 'head' frozen."""
+    lr, wd, eps = 0.01, 0.1, 1e-3
+    o = _optim(
+        name=name,
+        lr=lr,
+        weight_decay=wd,
+        eps=eps,
+        weight_decay_mask="kernels",
+        b1=0.8,
+        b2=0.95,
+        rms_decay=0.9,
+        freeze=("head",),
+    )
+    w = np.array([1.0, -2.0, 0.5], np.float32)
+    b = np.array([0.3], np.float32)
+    gw = [np.array(g, np.float32) for g in ([0.5, 1e-3, -0.2], [-0.3, 2e-3, 0.1], [0.2, 1e-3, 1.0])]
+    gb = [np.array([x], np.float32) for x in (0.4, -0.1, 0.3)]
+    params = {
+        "fc": {"kernel": jnp.asarray(w), "bias": jnp.asarray(b)},
+        "head": {"kernel": jnp.ones(2)},
+    }
+    tx = optim.make_optimizer(o, lambda step: lr)
+    state = tx.init(params)
+    if name == "adam":
+        want_w = _torch_adam(w, gw, lr, wd, 0.8, 0.95, eps)
+        want_b = _torch_adam(b, gb, lr, 0.0, 0.8, 0.95, eps)
+    else:
+        want_w = _torch_rmsprop(w, gw, lr, wd, 0.9, eps)
+        want_b = _torch_rmsprop(b, gb, lr, 0.0, 0.9, eps)
+    for g_w, g_b, ww, wb in zip(gw, gb, want_w, want_b, strict=True):
+        grads = {
+            "fc": {"kernel": jnp.asarray(g_w), "bias": jnp.asarray(g_b)},
+            "head": {"kernel": jnp.ones(2)},
+        }
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(np.asarray(params["fc"]["kernel"]), ww, rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(params["fc"]["bias"]), wb, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(params["head"]["kernel"]), np.ones(2))
+
+
+def test_decay_steps_are_optimiser_step_milestones():
+    """MS loss: lr 3e-5, x0.1 from step 1200 and again from 2400 (0-based)."""
+    o = _optim(lr=3e-5, schedule="step", decay_steps=(1200, 2400))
+    sched = optim.make_schedule(o, global_batch=80, steps_per_epoch=100, num_epochs=30)
+    lrs = [float(sched(s)) for s in (0, 1199, 1200, 2399, 2400, 2999)]
+    np.testing.assert_allclose(lrs, [3e-5, 3e-5, 3e-6, 3e-6, 3e-7, 3e-7], rtol=1e-6)
+    with pytest.raises(ValueError, match="decay_epochs and config.optim.decay_steps"):
+        optim.make_schedule(_optim(schedule="step", decay_steps=(5,), decay_epochs=(1,)), 8, 10, 4)
+    with pytest.raises(ValueError, match="decay_steps needs config.optim.schedule='step'"):
+        optim.make_schedule(_optim(decay_steps=(5,)), 8, 10, 4)

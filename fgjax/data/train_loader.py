@@ -4,7 +4,9 @@ one per `ViewSpec` (each with its own size, crop parameters and image root).
 Every epoch is a fresh permutation of the source (seeded by (seed, epoch)) cut into
 `steps_per_epoch` global batches; the remainder of each epoch is dropped (PyTorch
 `drop_last=True` per epoch, so epochs line up with `steps_per_epoch`), or with
-`keep_last` is the epoch's last, smaller batch (`drop_last=False`). Process p of P takes
+`keep_last` is the epoch's last, smaller batch (`drop_last=False`). With the 'pk' sampler
+an epoch is instead `steps_per_epoch` P x K class-balanced batches (`pk_sampler.pk_order`,
+a fresh pass at each epoch's start, seeded by (seed, epoch)). Process p of P takes
 the rows [p b, (p + 1) b) of every global batch (b = its size / P). Each
 element of the grain pipeline is one whole per-process batch, so a batch's content does
 not depend on `num_workers`, and every random crop/flip is drawn from a generator seeded
@@ -30,6 +32,7 @@ from fgjax.data.grain_utils import (
     int32_field,
     stable_repr,
 )
+from fgjax.data.pk_sampler import pk_order
 from fgjax.data.views import ViewSpec
 
 _TAG_SHUFFLE, _TAG_CROP = 0, 1
@@ -65,6 +68,7 @@ class _TrainBatches:
         process_count,
         num_batches,
         keep_last,
+        pk,
     ):
         self._source = source
         self._n = len(source)
@@ -75,6 +79,8 @@ class _TrainBatches:
         self._steps = steps_per_epoch(self._n, global_batch_size, keep_last)
         self._keep_last = keep_last
         self._num_batches = num_batches
+        self._pk = pk  # None (shuffle) or (P, K)
+        self._labels = None if pk is None else np.asarray(source.labels)
         self._perm_cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -83,7 +89,11 @@ class _TrainBatches:
     def permutation(self, epoch: int) -> np.ndarray:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
             rng = np.random.default_rng([self._seed, _TAG_SHUFFLE, epoch])
-            self._perm_cache = (epoch, rng.permutation(self._n))
+            if self._pk is None:
+                order = rng.permutation(self._n)
+            else:
+                order = pk_order(self._labels, *self._pk, rng, self._steps)
+            self._perm_cache = (epoch, order)
         return self._perm_cache[1]
 
     def __getitem__(self, t: int) -> dict:
@@ -105,7 +115,8 @@ class _TrainBatches:
             f"_TrainBatches(source={stable_repr(self._source)}, seed={self._seed}, "
             f"global_batch_size={self._global}, process={self._process_index}/"
             f"{self._process_count}, num_batches={self._num_batches}, "
-            f"keep_last={self._keep_last})"
+            f"keep_last={self._keep_last}" + ("" if self._pk is None else f", pk={self._pk}") + ")"
+            # Only for 'pk', so that 'shuffle' checkpoints of earlier versions still resume.
         )
 
 
@@ -186,6 +197,34 @@ def _check_views(views: Sequence[ViewSpec], source) -> tuple[ViewSpec, ...]:
     return views
 
 
+def _check_pk(
+    sampler: str, p: int, k: int, global_batch_size: int, keep_last: bool, source
+) -> tuple[int, int] | None:
+    """(P, K) for sampler 'pk', None for 'shuffle'; errors name the config fields."""
+    if sampler == "shuffle":
+        return None
+    if sampler != "pk":
+        raise ValueError(f"config.data.sampler must be 'shuffle' or 'pk', got {sampler!r}")
+    if p < 1 or k < 1 or p * k != global_batch_size:
+        raise ValueError(
+            f"config.data.sampler='pk': config.data.pk_classes={p} x config.data.pk_images="
+            f"{k} must equal config.train.batch_size={global_batch_size} (both >= 1)"
+        )
+    if keep_last:
+        raise ValueError(
+            "config.data.sampler='pk' makes only full P x K batches: set "
+            "config.train.keep_last_batch=False"
+        )
+    if not hasattr(source, "labels"):
+        raise ValueError(f"config.data.sampler='pk' needs a source with `labels`: {source!r}")
+    num_classes = len(np.unique(source.labels))
+    if num_classes < p:
+        raise ValueError(
+            f"config.data.pk_classes={p} exceeds the {num_classes} classes of the training split"
+        )
+    return p, k
+
+
 def make_train_loader(
     source,
     *,
@@ -199,6 +238,9 @@ def make_train_loader(
     worker_buffer_size: int = 2,
     skip_bad: bool = False,
     keep_last: bool = False,
+    sampler: str = "shuffle",
+    pk_classes: int = 0,
+    pk_images: int = 0,
 ) -> grain.DataLoader:
     """Training loader over `source` (see the module docstring for the semantics).
 
@@ -213,6 +255,9 @@ def make_train_loader(
     An undecodable image raises ImageDecodeError naming the file; with `skip_bad` it is
     replaced by the next decodable record of the source (same crops draws), reported in
     'bad_images'.
+    `sampler` 'pk' orders the batches P x K (`pk_classes` classes x `pk_images` images,
+    their product `global_batch_size`; see fgjax.data.pk_sampler) by the source's
+    `labels`, still `steps_per_epoch` batches an epoch (`keep_last` not allowed).
     A view with a `root` needs a source with a `root` attribute and records with
     'path' (ImageFolderSource, CsvManifestSource). `num_epochs=None` repeats forever.
     `iter(loader)` supports get_state()/set_state().
@@ -238,6 +283,7 @@ def make_train_loader(
             f"the source has {len(source)} records, fewer than global_batch_size="
             f"{global_batch_size}: no full batch (batches drop the remainder)"
         )
+    pk = _check_pk(sampler, pk_classes, pk_images, global_batch_size, keep_last, source)
     views = _check_views(views, source)
     if num_epochs is not None and num_epochs < 1:
         raise ValueError(f"num_epochs must be >= 1 or None, got {num_epochs}")
@@ -250,6 +296,7 @@ def make_train_loader(
         process_count=process_count,
         num_batches=num_batches,
         keep_last=keep_last,
+        pk=pk,
     )
     transform = _TrainTransform(
         seed=seed,

@@ -289,6 +289,9 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         process_count=jax.process_count(),
         skip_bad=c.data.skip_bad,
         keep_last=c.train.keep_last_batch,
+        sampler=c.data.sampler,
+        pk_classes=c.data.pk_classes,
+        pk_images=c.data.pk_images,
     )
     iterator = iter(loader)
     checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)

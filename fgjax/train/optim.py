@@ -1,7 +1,10 @@
 """Optimisers, learning-rate schedules and weight-decay masks from the config.
 
 `config.optim` fields:
-  name: 'sgd' | 'lars' | 'adamw'
+  name: 'sgd' | 'lars' | 'adamw' | 'adam' (torch.optim.Adam: `weight_decay` is L2 added
+      to the gradient before the moments) | 'rmsprop' (torch.optim.RMSprop: square
+      average decay `rms_decay`, starting at 0, `eps` outside the sqrt, coupled L2, no
+      momentum, not centred)
   lr: learning rate; if `lr_batch_reference > 0` it is a *base* lr and the actual
       peak is `lr * global_batch / lr_batch_reference` (the `0.3 * B / 256` rule).
   schedule: 'cosine' | 'constant' | 'step'; `schedule_unit`: 'step', 'epoch' (MoCo's
@@ -11,6 +14,9 @@
       micro-batch).
   decay_epochs, decay_factor ('step' schedule): the lr is multiplied by `decay_factor`
       from the start of each epoch in `decay_epochs` (MoCo's lincls: (60, 80), 0.1).
+  decay_steps ('step' schedule, instead of decay_epochs): the same at optimiser steps
+      (0-based: the step numbered 1200 is the first at the lower lr; CFGA's MS loss:
+      (1200, 2400)).
   warmup_epochs: linear warm-up (step-wise) from `warmup_init_lr` (0) to the peak, which
       the first step after the warm-up reaches (`warmup_reaches_peak='after'`) or its
       last step (`'last'`: np.linspace(init, peak, W), HERBS).
@@ -22,7 +28,8 @@
   final_lr: value the cosine decays to.
   weight_decay, weight_decay_mask: 'all' (PyTorch SGD semantics) or 'kernels'
       (conv/dense kernels only: no BN parameters, no biases).
-  momentum, nesterov (sgd, lars), trust_coefficient (lars), b1, b2 (adamw).
+  momentum, nesterov (sgd, lars), trust_coefficient (lars), b1, b2 (adamw, adam),
+  eps (adamw, adam, rmsprop), rms_decay (rmsprop).
   freeze: top-level parameter groups (keys of the params, e.g. 'backbone' for a linear
       probe) the optimiser never changes: zero update, no optimiser state, no decay.
 """
@@ -87,9 +94,18 @@ def make_schedule(
         raise ValueError(
             f"config.optim.schedule must be 'cosine', 'constant' or 'step', got {optim.schedule!r}"
         )
-    if optim.schedule == "step" and not optim.decay_epochs:
+    if optim.schedule == "step" and not optim.decay_epochs and not optim.decay_steps:
         raise ValueError(
-            "config.optim.schedule='step' needs config.optim.decay_epochs, e.g. (60, 80)"
+            "config.optim.schedule='step' needs config.optim.decay_epochs, e.g. (60, 80), "
+            "or config.optim.decay_steps, e.g. (1200, 2400)"
+        )
+    if optim.decay_epochs and optim.decay_steps:
+        raise ValueError(
+            "config.optim.decay_epochs and config.optim.decay_steps are both set; give one"
+        )
+    if optim.decay_steps and optim.schedule != "step":
+        raise ValueError(
+            f"config.optim.decay_steps needs config.optim.schedule='step', not {optim.schedule!r}"
         )
     if optim.schedule_unit not in ("step", "epoch", "micro_batch"):
         raise ValueError(
@@ -111,13 +127,16 @@ def make_schedule(
     if optim.cosine_period == "after_warmup":
         cosine_steps -= warmup_steps
 
-    def schedule(step: jax.Array) -> jax.Array:
-        step = position(step)
+    def schedule(count: jax.Array) -> jax.Array:
+        step = position(count)
         if optim.schedule == "constant":
             decayed = jnp.asarray(peak, jnp.float32)
-        elif optim.schedule == "step":  # decays at epoch boundaries, whatever schedule_unit
-            epoch = jnp.floor(step / per_epoch)
-            passed = sum((epoch >= e).astype(jnp.float32) for e in optim.decay_epochs)
+        elif optim.schedule == "step":
+            if optim.decay_steps:  # milestones in optimiser steps
+                reached, milestones = jnp.asarray(count), optim.decay_steps
+            else:  # at epoch boundaries, whatever schedule_unit
+                reached, milestones = jnp.floor(step / per_epoch), optim.decay_epochs
+            passed = sum((reached >= m).astype(jnp.float32) for m in milestones)
             decayed = peak * jnp.power(jnp.float32(optim.decay_factor), passed)
         else:
             if optim.schedule_unit == "epoch":
@@ -190,6 +209,29 @@ def _base_optimizer(
         )
     if optim.name == "adamw":
         return optax.adamw(
-            schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=mask
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=mask,
         )
-    raise ValueError(f"config.optim.name must be 'sgd', 'lars' or 'adamw', got {optim.name!r}")
+    # torch.optim.Adam / RMSprop: weight_decay is L2 added to the gradient before the
+    # moments (coupled), unlike adamw's decay added to the update after them.
+    if optim.name == "adam":
+        scale = optax.scale_by_adam(b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    elif optim.name == "rmsprop":
+        # torch: v = a v + (1 - a) g^2 from v = 0; p -= lr g / (sqrt(v) + eps).
+        scale = optax.scale_by_rms(
+            decay=optim.rms_decay, eps=optim.eps, initial_scale=0.0, eps_in_sqrt=False
+        )
+    else:
+        raise ValueError(
+            "config.optim.name must be 'sgd', 'lars', 'adamw', 'adam' or 'rmsprop', "
+            f"got {optim.name!r}"
+        )
+    return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay, mask),
+        scale,
+        optax.scale_by_learning_rate(schedule),
+    )

@@ -375,7 +375,9 @@ def recipe(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.Co
         c.optim.update(name="rmsprop", lr=1e-5, weight_decay=5e-4, schedule="constant")
         _iterations(c, dataset, 4000 if dataset == "cars" else 3000)
     elif method == "dgpcrl":  # train_DGPCRL.py: Resize((280, 280)) + RandomCrop(256) + flip
-        view.update(crop="squash_random_crop", squash_size=280, size=256)
+        view.update(crop="squash_random_crop", squash_size=280)
+        del view["size"]  # its own 256, no longer a reference to data.image_size
+        view.size = 256
         # Test images keep their aspect, short side capped at 280, uncropped; fgjax's
         # evaluation crops: short side 280, centre 280 x 280.
         c.data.image_size, c.data.eval_resize_ratio = 280, 1.0

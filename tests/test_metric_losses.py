@@ -159,10 +159,19 @@ def test_multi_similarity_equals_research_ms_loss_and_pml():
     _close(loss, ref)
     _close(loss, pml[2:].sum() / 12)
     assert np.all(np.isfinite(grad))
+    # Near-duplicates: S = 1 - 4e-6 is dropped like the exact copy, S = 1 - 5e-5 is a
+    # positive (anchors 0 and 1 count).
+    for step, (low, high), counted in ((0.003, (1e-6, 1e-5), False), (0.02, (1e-5, 1e-3), True)):
+        x = x.copy()
+        x[1] = _unit(x[0] + step * x[5])
+        per, ref = ms_np(x, y)
+        assert 1 - high < x[0] @ x[1] < 1 - low and np.all((per[:2] > 0.1) == counted)
+        _close(_ms(x, y)[0], ref)
 
-    # Anchors whose class has one sample (no positive: skipped).
+    # Anchors whose class has one sample (no positive: skipped). Clustered points (S about
+    # 0.5), where the negatives' beta = 40 term is large enough to see the mining margin.
     rng = np.random.default_rng(0)
-    x = _unit(rng.normal(size=(12, 8))).astype(np.float32)
+    x = _unit(1.0 + rng.normal(size=(12, 8))).astype(np.float32)
     y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 4])
     per, ref = ms_np(x, y)
     assert per[10] == 0 and per[11] == 0 and np.count_nonzero(per) >= 6
@@ -222,9 +231,13 @@ def test_dgpcrl_equals_train_script_and_its_gradient():
     logits = rng.normal(size=(6, 5)).astype(np.float32)
     y = np.array([0, 1, 2, 3, 4, 0])
     logits[[0, 3], y[[0, 3]]] += 4.0  # p_y >= 0.7 for samples 0 and 3
+    # p_y = 0.72 and 0.68 exactly: either side of the threshold.
+    for b, p_y in ((1, 0.72), (2, 0.68)):
+        logits[b] = np.log((1 - p_y) / 4)
+        logits[b, y[b]] = np.log(p_y)
     w = rng.normal(scale=0.3, size=(5, 7)).astype(np.float32)
     total, cls, dec, signs = dgpcrl_np(logits, y, w)
-    assert signs.tolist() == [1, -1, -1, 1, -1, -1]
+    assert signs.tolist() == [1, 1, -1, 1, -1, -1]
 
     (loss, parts), (g_logits, g_w) = _dg(logits, y, w)
     _close(loss, total)

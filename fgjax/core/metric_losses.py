@@ -4,7 +4,7 @@ Pure float32 `jnp` functions, jittable and differentiable (no NaN gradient on th
 skipped or degenerate entries). Sources, read for facts:
 
 - `multi_similarity_loss`: msight-tech/research-ms-loss `ret_benchmark/losses/
-  multi_similarity_loss.py` (as copied into CFGA_CARS196_train `about_msloss/ms_loss.py`).
+  multi_similarity_loss.py` (the same code is CFGA_CARS196_train `about_msloss/ms_loss.py`).
 - `cosface_logits`, `arcface_logits`: CFGA_CARS196_train `cosface.py` (AddMarginProduct,
   ArcMarginProduct of ronghuaiyang/arcface-pytorch); the loss is
   `objectives.cross_entropy(logits, labels)`.
@@ -80,6 +80,8 @@ def multi_similarity_loss(
     keep_neg = neg & (mined + margin > hardest_pos)
     pos_term = _log1p_sum_exp(-alpha * (sim - base), keep_pos, axis=1) / alpha
     neg_term = _log1p_sum_exp(beta * (sim - base), keep_neg, axis=1) / beta
+    # In exact arithmetic one kept set is empty only when the other is (the terms are then
+    # log 1 = 0); the reference still tests both, which decides float ties at the margin.
     valid = jnp.any(keep_pos, axis=1) & jnp.any(keep_neg, axis=1)
     return jnp.sum(jnp.where(valid, pos_term + neg_term, 0.0)) / x.shape[0]
 

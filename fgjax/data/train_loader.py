@@ -111,12 +111,14 @@ class _TrainBatches:
         }
 
     def __repr__(self) -> str:
+        # grain checks this on set_state; named only for 'pk', so that the checkpoints of
+        # earlier 'shuffle' runs still resume.
+        pk = "" if self._pk is None else f", pk={self._pk}"
         return (
             f"_TrainBatches(source={stable_repr(self._source)}, seed={self._seed}, "
             f"global_batch_size={self._global}, process={self._process_index}/"
             f"{self._process_count}, num_batches={self._num_batches}, "
-            f"keep_last={self._keep_last}" + ("" if self._pk is None else f", pk={self._pk}") + ")"
-            # Only for 'pk', so that 'shuffle' checkpoints of earlier versions still resume.
+            f"keep_last={self._keep_last}{pk})"
         )
 
 

@@ -164,6 +164,8 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8  # adamw, adam, rmsprop (the torch default)
     c.optim.rms_decay = 0.99  # rmsprop's square-average decay (torch's alpha)
     c.optim.freeze = ()  # top-level param groups the optimiser never changes ('backbone')
+    # top-level param group -> lr factor (PyTorch per-group lr; Proxy-Anchor: proxies 100)
+    c.optim.lr_multipliers = ml_collections.ConfigDict()
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global, over all processes and devices

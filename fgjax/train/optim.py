@@ -32,6 +32,9 @@
   eps (adamw, adam, rmsprop), rms_decay (rmsprop).
   freeze: top-level parameter groups (keys of the params, e.g. 'backbone' for a linear
       probe) the optimiser never changes: zero update, no optimiser state, no decay.
+  lr_multipliers: {top-level group: factor}: that group's updates, decay included, are
+      multiplied by the factor, i.e. PyTorch's per-group `lr` of `factor x lr`
+      (Proxy-Anchor's proxies: 100).
 """
 
 from __future__ import annotations
@@ -158,8 +161,10 @@ def make_optimizer(
     optim: ml_collections.ConfigDict, schedule: optax.Schedule
 ) -> optax.GradientTransformation:
     """The optax transformation for `config.optim`; weight-decay masks applied to params,
-    the groups of `optim.freeze` left untouched."""
+    the groups of `optim.freeze` left untouched, those of `optim.lr_multipliers` scaled."""
     tx = _base_optimizer(optim, schedule)
+    if optim.lr_multipliers:
+        tx = optax.chain(tx, scale_groups(dict(optim.lr_multipliers)))
     if not optim.freeze:
         return tx
     freeze = tuple(optim.freeze)
@@ -174,6 +179,30 @@ def make_optimizer(
         return {name: "frozen" if name in freeze else "trained" for name in params}
 
     return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def scale_groups(factors: dict[str, float]) -> optax.GradientTransformation:
+    """Multiply the updates of top-level parameter groups by `factors[group]`: after the
+    whole optimiser (moments, decay, lr) this is PyTorch's per-group lr for sgd, adam,
+    adamw and rmsprop."""
+
+    def init(params: Any) -> optax.EmptyState:
+        missing = sorted(set(factors) - set(params))
+        if missing:
+            raise ValueError(
+                f"config.optim.lr_multipliers names {missing}, which the params do not have "
+                f"(top-level groups: {sorted(params)})"
+            )
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple:
+        scaled = {
+            k: jax.tree.map(lambda u, f=factors[k]: u * f, v) if k in factors else v
+            for k, v in updates.items()
+        }
+        return scaled, state
+
+    return optax.GradientTransformation(init, update)
 
 
 def _base_optimizer(

@@ -14,9 +14,11 @@ from conftest import REPO, run_info, tiny_config
 
 from fgjax.config import default_config, load_config_file, photometric_spec
 from fgjax.data.augment import no_augment_spec
+from fgjax.data.sources import LabeledSource
 from fgjax.methods import StepContext, build_method
 from fgjax.methods.metric_learning import RETRIEVAL_TRAIN_IMAGES
 from fgjax.train import optim
+from fgjax.train.loop import training_classes
 
 METHODS = ("ms_loss", "cosface", "arcface", "proxy_anchor", "dgpcrl")
 LABELS = np.array([2, 0, 1, 3, 0, 2, 3, 1], np.int32)  # two images of each of 4 classes
@@ -239,7 +241,7 @@ def test_resnet50_heads_and_embeddings_have_the_spec_shapes():
         c.data.train_split = "retrieval_train"
         if name == "ms_loss":
             c.ms_loss.embedding_dim = 1024  # Table 4's variant
-        method = build_method(c, run_info(c, num_classes=200))
+        method = build_method(c, run_info(c, num_classes=100))  # CUB's retrieval_train
         images = jax.ShapeDtypeStruct((2, 227, 227, 3), np.float32)
         # One trace: the embedding `embed` returns and the variables init_variables makes.
         out, variables = jax.eval_shape(
@@ -250,6 +252,19 @@ def test_resnet50_heads_and_embeddings_have_the_spec_shapes():
         for group, shape in groups.items():
             assert jax.tree.map(lambda s: s.shape, params[group]) == shape, name
         assert embedding.shape == (2, dim), name
+
+
+def test_a_zero_shot_split_sizes_the_classifier_by_its_labels():
+    # CUB's retrieval_train keeps the 200 class names but labels its images 0..99 only.
+    names = [f"c{i}" for i in range(6)]
+    split = LabeledSource(
+        dataset="toy",
+        split="retrieval_train",
+        labels=np.array([0, 2, 1, 2]),
+        class_names=names,
+        images=np.zeros((4, 2, 2, 3), np.uint8),
+    )
+    assert split.num_classes == 6 and training_classes(split) == 3
 
 
 def _recipe(dataset, name):
@@ -267,7 +282,7 @@ def test_recipes_follow_the_spec(dataset):
         assert (c.data.train_split, c.data.test_split) == ("retrieval_train", "retrieval_test")
         assert c.model.init_from == "resnet50-19c8e357.pth"
         per_epoch = RETRIEVAL_TRAIN_IMAGES[dataset] // c.train.batch_size
-        run = run_info(c, classes, per_epoch, c.train.num_epochs)
+        run = run_info(c, classes // 2, per_epoch, c.train.num_epochs)
         method = build_method(c, run)
         if method.class_param:
             assert method.net.num_classes == classes // 2

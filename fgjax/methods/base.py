@@ -48,7 +48,7 @@ class RunInfo:
     steps_per_epoch: int
     total_steps: int
     batch_size: int  # global
-    num_classes: int  # fine classes of the training split
+    num_classes: int  # 1 + the largest fine label of the training split (CUB retrieval_train: 100)
     num_coarse_classes: int  # 0 when the dataset has no coarse level
     num_train_examples: int
 

@@ -117,18 +117,6 @@ class MetricNet(nn.Module):
         return out
 
 
-def head_classes(config: ml_collections.ConfigDict, run: RunInfo) -> int:
-    """Rows of the class vectors: `config.<method>.num_classes`, or by default the training
-    split's classes. The zero-shot split 'retrieval_train' of cub / cars / aircraft labels
-    its images 0 .. C/2 - 1 while keeping all C class names (fgjax/data/datasets), so it
-    has run.num_classes // 2 (CUB 100, Cars 98): extra rows would change every loss."""
-    if config[config.method].num_classes:
-        return config[config.method].num_classes
-    if config.data.train_split == "retrieval_train":
-        return run.num_classes // 2
-    return run.num_classes
-
-
 class MetricLearning(Method):
     """Shared network, BN handling, `embed` and loss wiring; a subclass sets the head
     (`pooling`, `class_param`, inits) and `objective`."""
@@ -152,7 +140,7 @@ class MetricLearning(Method):
         fields: dict[str, Any] = {"embedding_dim": 512} if cls.has_embedding_layer else {}
         fields["freeze_bn"] = True  # backbone BN in eval mode while training (spec 10.9)
         if cls.class_param:
-            fields["num_classes"] = 0  # 0: the training split's (see head_classes)
+            fields["num_classes"] = 0  # 0: the training split's (RunInfo.num_classes)
         return ml_collections.ConfigDict({**fields, **cls.loss_config()})
 
     @classmethod
@@ -169,7 +157,7 @@ class MetricLearning(Method):
             kernel_init=type(self).kernel_init,
             torch_bias_init=self.torch_bias_init,
             class_param=self.class_param,
-            num_classes=head_classes(config, run) if self.class_param else 0,
+            num_classes=(self.section.num_classes or run.num_classes) if self.class_param else 0,
             class_init=type(self).class_init,
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from fgjax.config import photometric_spec, view_spec
 from fgjax.core.progress import progress
@@ -69,6 +70,14 @@ def _format(results: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in results.items())
 
 
+def training_classes(train) -> int:
+    """A classifier's width for the training split: 1 + its largest fine label. A zero-shot
+    split keeps the dataset's class names but labels its images with the first ones only
+    (CUB's retrieval_train: 100 of 200), and per-class parameters beyond them (Proxy-Anchor's
+    proxies, a margin layer) would change the loss."""
+    return int(np.max(train.labels)) + 1 if len(train) else train.num_classes
+
+
 class _Run:
     """What a run builds once: mesh, sources, method, evaluator."""
 
@@ -105,7 +114,7 @@ class _Run:
             steps_per_epoch=self.steps_per_epoch,
             total_steps=total,
             batch_size=c.train.batch_size,
-            num_classes=train.num_classes,
+            num_classes=training_classes(train),
             num_coarse_classes=train.num_coarse_classes,
             num_train_examples=len(train),
         )

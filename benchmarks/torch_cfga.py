@@ -32,13 +32,13 @@ def scda_mask(features: torch.Tensor, use_lcc: bool) -> torch.Tensor:
     its largest 4-connected component (scipy's default cross structure; ties: the lowest
     label, i.e. the first in raster order)."""
     a = features.detach().sum(dim=1)[0]
-    mask = (a > a.mean()).cpu().numpy()
-    if use_lcc:
-        labels, count = scipy.ndimage.label(mask)
+    mask = a > a.mean()
+    if use_lcc:  # on the host, as the reference does
+        labels, count = scipy.ndimage.label(mask.cpu().numpy())
         if count:
             sizes = np.bincount(labels.ravel())[1:]
-            mask = labels == 1 + int(np.argmax(sizes))
-    return torch.as_tensor(mask, dtype=features.dtype, device=features.device)
+            mask = torch.as_tensor(labels == 1 + int(np.argmax(sizes)), device=features.device)
+    return mask.to(features.dtype)
 
 
 def masked_avg_max(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -105,9 +105,7 @@ def torch_child(args: argparse.Namespace) -> dict:
     warmup_s = run(images[: args.warmup])
     seconds = run(images[args.warmup :])
     return {
-        "device": f"cuda: {torch.cuda.get_device_name()}"
-        if cuda
-        else f"cpu: {platform.processor()}",
+        "device": f"cuda: {torch.cuda.get_device_name()}" if cuda else f"cpu: {cpu_name()}",
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "images": args.images,

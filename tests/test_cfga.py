@@ -53,13 +53,22 @@ def test_descriptors_equal_the_torch_reference():
     embed = lambda v, x: model.apply(v, x, train=False)["pooled"]  # noqa: E731
     with_lcc = describe_fn(model, NAMES, use_lcc=True, embed=embed)
     without = describe_fn(model, NAMES, use_lcc=False)
-    both = jax.jit(lambda v, x: {"lcc": with_lcc(v, x), "nolcc": without(v, x)})
+    # Without a CFGA name: one batched forward, no gradients.
+    pooled = describe_fn(
+        model, METHOD_DESCRIPTORS["scda"] + METHOD_DESCRIPTORS["gap"], use_lcc=True
+    )
+    both = jax.jit(
+        lambda v, x: {"lcc": with_lcc(v, x), "nolcc": without(v, x), "pooled": pooled(v, x)}
+    )
     sizes = [k.split("/")[1] for k in d if k.startswith("images/")]
     assert sorted(sizes) == ["96x128", "96x96"]
     for size in sizes:
         images = d[f"images/{size}"]
         assert images.shape[0] == 2
         got = both(variables, images.astype(np.float32) / 64 - 2)
+        for name, value in got.pop("pooled").items():
+            want = d[f"expected/lcc/{size}/{name}"]
+            np.testing.assert_allclose(value, want, rtol=0, atol=2e-6, err_msg=f"{size} {name}")
         for lcc, out in got.items():
             assert set(out) == {*NAMES, *(("embedding",) if lcc == "lcc" else ())}
             for name in NAMES:

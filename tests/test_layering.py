@@ -17,6 +17,7 @@ ALLOWED = {
     "models": {"core"},
     "data": {"core"},
     "weights": {"core", "models"},
+    "descriptors": {"core", "models"},
     "eval": {"core", "models", "data"},
     "methods": {"core", "models", "data", "weights", "eval"},
     "train": {"core", "models", "data", "weights", "eval", "methods", "config"},

@@ -23,7 +23,8 @@ def _free_port() -> int:
 
 def test_two_processes_read_disjoint_shares_and_gather_the_single_process_features(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's, so both sides compile alike
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=1".strip()
     port = _free_port()
     script = os.path.join(SCRIPTS, "two_process_features.py")
     procs = [

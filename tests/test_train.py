@@ -20,7 +20,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 def _env(devices: int = 1) -> dict[str, str]:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's, so both sides compile alike
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
     return env
 
 

@@ -6,12 +6,14 @@
 # torchvision, one worker per core), e2e (MoCo v2 fed from full-size JPEGs vs synthetic),
 # herbs (Swin-L/384 + HERBS step at micro-batch 8, fgjax vs the PyTorch original; at most
 # 3 minutes), and, only when named, herbsmax (the largest micro-batch, remat off/on, both
-# frameworks; at most 9 minutes: `bash benchmarks/run_gpu.sh herbsmax`).
+# frameworks; at most 9 minutes: `bash benchmarks/run_gpu.sh herbsmax`), describe (CFGA
+# descriptors/s of ResNet-50 at 224, fgjax batch 32 vs the PyTorch per-image procedure;
+# about 1 minute, at most 3).
 # Writes every result to $OUT (or ./bench_out) as JSON plus a log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench_out}; mkdir -p "$out"
-parts=" ${*:-steps torch parity input e2e herbs} "
+parts=" ${*:-steps torch parity input e2e herbs describe} "
 want() { [[ $parts == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if [ -d .carry/whl ]; then
@@ -35,6 +37,9 @@ want herbs && python3 benchmarks/herbs_step.py --jax-runs a1,a4-remat --torch-ru
 want herbsmax && python3 benchmarks/herbs_step.py --find-max-batch --framework torch,jax \
   --search-budget-s 240 --deadline-s 540 --out "$out/herbs_max.json" 2>&1 |
   tee "$out/herbs_max.log"
+# CFGA descriptors: fgjax compiles one vmapped forward + backward (most of its time).
+want describe && python3 benchmarks/describe.py --timeout-s 90 --out "$out/describe.json" 2>&1 |
+  tee "$out/describe.log"
 # One grain/DataLoader worker per core; a worker makes a whole batch, so warm up a batch
 # per worker and time 10 per worker.
 want input && [ -d $data ] && python3 benchmarks/input_pipeline.py --data $data --workers "$workers" \

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.ndimage
 
 from fgjax.descriptors import METHOD_DESCRIPTORS, describe_fn
-from fgjax.models.resnet import ResNet
+from fgjax.models.resnet import ResNet, stage_valid
 
 SIZES = ((149, 101), (93, 163))  # (H, W), each padded in both directions below
 BATCH_SHAPE = (160, 176)
@@ -83,8 +83,11 @@ def test_padded_batch_gives_each_images_stage_maps_and_descriptors():
     assert all(BATCH_SHAPE[0] > h and BATCH_SHAPE[1] > w for h, w in SIZES)
     got, padded = run(variables, batch, valid)
     alone = [run(variables, image[None], None) for image in images]
-    for k in nets:
+    for k, net in nets.items():
         check_backbone(padded[k], [out[k] for _, out in alone])
+        for s in range(1, len(net.stage_sizes) + 1):  # the closed form the descriptors use
+            got_sizes = stage_valid(valid, s, net.stem_maxpool)
+            np.testing.assert_array_equal(got_sizes, padded[k][f"valid{s}"], f"{k} {s}")
     components = []
     for i, (want, out) in enumerate(alone):
         for name in names:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from fgjax.descriptors.cfga import Kernel, cfga_vector, kernel_gradients
 from fgjax.descriptors.masks import scda_mask
 from fgjax.descriptors.pooling import pooled_descriptors
-from fgjax.models.resnet import ResNet, valid_region
+from fgjax.models.resnet import ResNet, stage_valid, valid_region
 
 Describe = Callable[[Mapping[str, Any], jax.Array, jax.Array | None], dict[str, jax.Array]]
 
@@ -161,14 +161,14 @@ def describe_fn(
                 out[n] = cfga_vector(grads[kernel], variant)
             if "cfga_plus" in names:
                 out["cfga_plus"] = jnp.concatenate([out[n] for n in _PLUS], axis=-1)
+        elif pooled:
+            features = backbone.apply(variables, images, train=False, valid=valid)["stage4"]
         if pooled:
-            # With CFGA only the valid size is used from this forward (jit drops the rest).
-            net = backbone.apply(variables, images, train=False, valid=valid)
-            region = (
-                None if valid is None else valid_region(net["valid4"], *net["stage4"].shape[1:3])
-            )
-            if not kernels:
-                features = net["stage4"]
+            region = None  # a padded batch's valid stage-4 positions
+            if valid is not None:
+                sizes = stage_valid(valid, 4, backbone.stem_maxpool)
+                region = valid_region(sizes, *features.shape[1:3])
+            if not kernels:  # CFGA's masks came with its maps
                 masks = jax.vmap(lambda f, r: scda_mask(f, use_lcc, r))(features, region)
             out.update(pooled_descriptors(features, masks, region))
         if embed is not None:

@@ -46,6 +46,13 @@ def _downsize(valid: jax.Array | None, stride: int) -> jax.Array | None:
     return valid if valid is None or stride == 1 else -(-valid // stride)
 
 
+def stage_valid(valid: jax.Array, stage: int, stem_maxpool: bool = True) -> jax.Array:
+    """The valid sizes [B, 2] of a ResNet's `stage{stage}` map for input sizes `valid`
+    [B, 2]: ceil(n / 2^(stage + 1)), 2^stage without the stem max-pool (the stride-2
+    layers' ceilings compose: ceil(ceil(n / a) / b) = ceil(n / (a b)))."""
+    return _downsize(valid, 2 ** (stage + int(stem_maxpool)))
+
+
 def valid_region(valid: jax.Array, height: int, width: int) -> jax.Array:
     """bool [B, height, width]: True on each image's top-left `valid` [B, 2] (height,
     width) region of a padded map."""

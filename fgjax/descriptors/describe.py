@@ -127,8 +127,8 @@ def describe_fn(
     `variables` are the backbone's {'params', 'batch_stats'} (eval mode); `images` float32
     [B, H, W, 3], normalised; `valid` int [B, 2]: each image's real (height, width) at the
     top left of a padded batch (`ResNet`'s `valid`; not with `embed`): the descriptors
-    are then those of each image alone. With a CFGA name, one vmapped forward + backward per example
-    serves every name; otherwise one batched forward. An image whose map is constant has
+    are then those of each image alone. With a CFGA name, one vmapped forward + backward
+    per example serves every name; otherwise one batched forward. An image whose map is constant has
     an empty mask: its masked pools and CFGA vectors are zeros.
     """
     names = tuple(dict.fromkeys(names))

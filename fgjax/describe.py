@@ -18,8 +18,11 @@ CFGA+), 'cfga_plus', 'scda' (both normalisation orders), 'gap' (GAP and L2(GAP, 
 'imagenet' (uncropped, shorter side capped at 256, largest connected component),
 'dgpcrl' (cap 280, no LCC), 'ms_loss' / 'cosface' / 'arcface' (Resize 256 + CenterCrop 227)
 and 'proxy_anchor' (Resize 256 + CenterCrop 224), all three without LCC. Default: the
-config's method when it is one of these, else 'imagenet'. Uncropped images are batched
-by shape (`fgjax.data.shape_buckets`: one compile per distinct shape).
+config's method when it is one of these, else 'imagenet'. Uncropped images are padded
+into a few batch shapes (`fgjax.data.shape_buckets`: one compile each) and the backbone
+masks the padding, so each image's descriptors are those of the image alone; with
+'embedding' (a method's own head, which knows nothing of padding) every exact size gets
+its own shape.
 
 Output in OUT (`--out`, default WORKDIR/describe): `descriptors_<split>.npz` (one float32
 [N, D] array per descriptor, 'labels', 'paths', the pipeline settings and a fingerprint;
@@ -49,7 +52,7 @@ import numpy as np
 
 from fgjax.core.progress import progress
 from fgjax.data.eval_loader import make_eval_loader
-from fgjax.data.shape_buckets import make_shape_bucket_loader
+from fgjax.data.shape_buckets import PAD_TO, make_shape_bucket_loader
 from fgjax.descriptors import DESCRIPTORS, METHOD_DESCRIPTORS, describe_fn
 from fgjax.eval.cache import fingerprint, save_npz_atomic
 from fgjax.eval.features import normalize_images
@@ -153,16 +156,20 @@ def descriptor_names(methods: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _loader(run: _Run, pipeline: Pipeline, batch_size: int, data: Any):
+def _loader(run: _Run, pipeline: Pipeline, batch_size: int, data: Any, pad: bool):
+    """The test split through `pipeline`; uncropped images padded into shared batch shapes
+    when `pad`, else one batch shape per exact size."""
     source = run.sources["test"]
     common = dict(batch_size=batch_size, skip_bad=data.skip_bad, num_workers=data.num_workers)
     if pipeline.crop:
         return make_eval_loader(
             source, image_size=pipeline.crop, resize_ratio=pipeline.crop / pipeline.short, **common
         )
-    loader = make_shape_bucket_loader(source, max_short=pipeline.short, **common)
+    pad_to = PAD_TO if pad else 1
+    loader = make_shape_bucket_loader(source, max_short=pipeline.short, pad_to=pad_to, **common)
     print(
-        f"{len(source)} images in {len(loader.shapes)} shapes (one compile each), "
+        f"{len(source)} images of {loader.num_sizes} sizes in {len(loader.shapes)} batch "
+        f"shapes (padded to multiples of {pad_to}; one compile each), "
         f"{len(loader)} batches of {batch_size}"
     )
     return loader
@@ -205,7 +212,7 @@ def compute_descriptors(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """`({name: float32 [N, D]}, labels int32 [N])` of `run`'s test source, in source
     order, through `pipeline`: one jitted function of the descriptors and the embedding
-    (compiled once per image shape). `weights`: `(params, model_state)` of the method
+    (compiled once per batch shape). `weights`: `(params, model_state)` of the method
     (the backbone group alone without 'embedding'); `data`: the config.data (skip_bad,
     num_workers)."""
     method, (mean, std) = run.method, (run.extractor.mean, run.extractor.std)
@@ -214,16 +221,18 @@ def compute_descriptors(
     weights = jax.device_put(weights)  # once, not at every batch; one device
 
     @jax.jit
-    def apply(weights: tuple[Any, Any], images: jax.Array) -> dict[str, jax.Array]:
+    def apply(
+        weights: tuple[Any, Any], images: jax.Array, valid: jax.Array | None
+    ) -> dict[str, jax.Array]:
         x = normalize_images(images, mean, std)
         out = {}
         if describe is not None:
-            out.update(describe(backbone_variables(*weights), x))
+            out.update(describe(backbone_variables(*weights), x, valid))
         if EMBEDDING in names:
             out[EMBEDDING] = method.embed(*weights, x)
         return out
 
-    loader = _loader(run, pipeline, batch_size, data)
+    loader = _loader(run, pipeline, batch_size, data, pad=EMBEDDING not in names)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
     index, labels, bad = [], [], []
     # Per batch (a log line every 10), with the images done so far.
@@ -231,7 +240,7 @@ def compute_descriptors(
     done = 0
     for batch in loader:
         keep = batch["mask"]
-        out = apply(weights, batch["images"])
+        out = apply(weights, batch["images"], batch.get("valid"))  # None: crops
         for name in names:
             rows[name].append(np.asarray(out[name], np.float32)[keep])
         index.append(batch["index"][keep])

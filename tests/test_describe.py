@@ -117,19 +117,33 @@ def test_bucket_loader_covers_every_image_once_in_source_order_as_pil_resizes(tm
         np.asarray(Image.fromarray(pixels).resize((32, 24), Image.BILINEAR, (10, 5, 50, 35)))
     )
 
-    loader = make_shape_bucket_loader(records, batch_size=2, max_short=cap)
     shapes = [w.shape[:2] for w in want]
-    assert loader.shapes == {s: shapes.count(s) for s in dict.fromkeys(shapes)}
-    assert (24, 40) in loader.shapes and (23, 20) in loader.shapes  # resized, and kept
+    exact = make_shape_bucket_loader(records, batch_size=2, max_short=cap, pad_to=1)
+    assert exact.shapes == {s: shapes.count(s) for s in dict.fromkeys(shapes)}
+    assert (24, 40) in exact.shapes and (23, 20) in exact.shapes  # resized, and kept
+    loader = make_shape_bucket_loader(records, batch_size=2, max_short=cap, pad_to=16)
+    # Sides rounded up to multiples of 16, those up to the cap (24) to at most 24:
+    # (24, 40) -> (24, 48), (38, 24) -> (48, 24), (23, 20) and (24, 24) -> (24, 24),
+    # (30, 16) -> (32, 16), (24, 30) and (24, 32) -> (24, 32).
+    buckets = {(24, 48): 3, (48, 24): 2, (24, 24): 2, (32, 16): 1, (24, 32): 2}
+    assert loader.shapes == buckets and loader.num_sizes == exact.num_sizes == 7
     seen, batches = [], list(loader)
-    assert len(batches) == len(loader) == sum(-(-n // 2) for n in loader.shapes.values())
+    assert len(batches) == len(loader) == sum(-(-n // 2) for n in buckets.values())
     for batch in batches:
-        assert batch["images"].shape[0] == 2 and batch["images"].dtype == np.uint8
+        images, valid = batch["images"], batch["valid"]
+        assert images.shape[0] == 2 and images.dtype == np.uint8
+        assert valid.shape == (2, 2) and valid.dtype == np.int32
         for row, (i, keep) in enumerate(zip(batch["index"], batch["mask"], strict=True)):
-            if not keep:  # padding: black, label/index -1
-                assert i == -1 and batch["label"][row] == -1 and not batch["images"][row].any()
+            if not keep:  # padding: black, label/index -1, the whole image valid
+                assert i == -1 and batch["label"][row] == -1 and not images[row].any()
+                assert tuple(valid[row]) == images.shape[1:3]
                 continue
-            np.testing.assert_array_equal(batch["images"][row], want[i], err_msg=f"image {i}")
+            h, w = want[i].shape[:2]  # the image at the top left, zeros beyond
+            assert tuple(valid[row]) == (h, w)
+            np.testing.assert_array_equal(images[row, :h, :w], want[i], err_msg=f"image {i}")
+            beyond = images[row].copy()
+            beyond[:h, :w] = 0
+            assert not beyond.any(), f"image {i}: non-zero padding"
             assert batch["label"][row] == records[i]["label"]
             seen.append(int(i))
     assert sorted(seen) == list(range(len(records)))
@@ -153,13 +167,17 @@ def test_real_cub_images_through_the_imagenet_pipeline():
     got = {}
     for batch in loader:
         for row in np.flatnonzero(batch["mask"]):
-            got[int(batch["index"][row])] = batch["images"][row]
+            h, w = batch["valid"][row]
+            got[int(batch["index"][row])] = batch["images"][row, :h, :w]
     assert sorted(got) == list(range(8))
-    assert len(loader.shapes) > 1  # real CUB images vary in shape
+    assert loader.num_sizes > 1  # real CUB images vary in shape
     for i, record in enumerate(records):
         want = reference_image(os.path.join(source.root, record["path"]), 256)
         assert min(want.shape[:2]) <= 256
         np.testing.assert_array_equal(got[i], want, err_msg=record["path"])
+    # The whole sample split (headers only): 58 sizes share 7 padded batch shapes.
+    split = make_shape_bucket_loader(source, batch_size=4, max_short=256)
+    assert (split.num_sizes, len(split.shapes)) == (58, 7)
 
 
 # ---------------------------------------------------------------- the command line
@@ -198,14 +216,15 @@ RECIPE = (
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """An image folder (3 classes x 3 images of two shapes after the cap, 5 + 4), random
+    """An image folder (3 classes x 3 images of three sizes after the cap: 4 x 384 x 256,
+    4 x 256 x 384 and one 256 x 341, padded into the latter's batch shape), random
     weights of a width-4 ResNet (1, 1, 1, 3) in a .pth, a recipe, and one describe run."""
     from fgjax.models.factory import backbone_from_config
     from fgjax.weights import export_torch
 
     base = tmp_path_factory.mktemp("describe")
     root = base / "data"
-    sizes = [(384, 256), (256, 384), (480, 320), (320, 480), (420, 280), (384, 256)]
+    sizes = [(384, 256), (256, 384), (480, 320), (320, 480), (400, 300), (384, 256)]
     rng = np.random.default_rng(1)
     for i in range(9):
         w, h = sizes[i % len(sizes)]
@@ -314,7 +333,7 @@ def test_command_line_writes_descriptors_and_retrieval(tiny, capsys):
     # Pooled / SCDA rows against numpy on the stage-4 maps of PIL-resized images (source
     # order, the cap, ImageNet normalisation, LCC on).
     images = [reference_image(os.path.join(source.root, p), 256) for p in source.paths]
-    assert {im.shape for im in images} == {(256, 384, 3), (384, 256, 3)}
+    assert {im.shape for im in images} == {(256, 384, 3), (384, 256, 3), (256, 341, 3)}
     maps = _stage4(config, tiny["donor"], images)
     lcc_matters = False
     for i, f in enumerate(maps):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from fgjax.core.objectives import l2_normalize
 from fgjax.descriptors.masks import scda_mask
 from fgjax.descriptors.pooling import masked_avg_max
+from fgjax.models.resnet import valid_region
 
 # (block, conv) of a Flax kernel, e.g. ("layer4_1", "conv2")
 Kernel = tuple[str, str]
@@ -89,12 +90,18 @@ def kernel_gradients(
     images: jax.Array,
     kernels: Sequence[Kernel],
     use_lcc: bool,
+    valid: jax.Array | None = None,
 ) -> tuple[dict[Kernel, jax.Array], jax.Array, jax.Array]:
     """Per-example gradients of `objective` w.r.t. `kernels`, each example with its own mask.
 
     One eval-mode forward per example (vmapped): it also gives the stage-4 map and mask.
     Only the named kernels are differentiated, so the backward pass stops where they are
     (inside layer4); JAX never linearises the layers before them.
+
+    `valid` int [B, 2]: the real size of each padded image (`ResNet`'s `valid`); the mask
+    stays inside the valid region. Nothing else is needed for the gradients: the backbone
+    zeroes every padded activation before it reaches a real position, so padded positions
+    add nothing to a kernel's gradient (and the objective sees only masked positions).
 
     Returns `({kernel: [B, kh, kw, C, N]}, features [B, h, w, C], masks bool [B, h, w])`.
     """
@@ -104,12 +111,15 @@ def kernel_gradients(
             raise KeyError(f"CFGA: the backbone's variables have no params/{block}/{conv}")
     start = {k: params[k[0]][k[1]]["kernel"] for k in kernels}
 
-    def per_example(ks: dict, image: jax.Array) -> tuple[jax.Array, tuple]:
+    def per_example(ks: dict, image: jax.Array, size: jax.Array | None) -> tuple:
         v = {**variables, "params": _with_kernels(params, ks)}
-        f = backbone.apply(v, image[None], train=False)["stage4"]
-        mask = scda_mask(f[0], use_lcc)  # bool: a constant of the objective
+        size = None if size is None else size[None]
+        out = backbone.apply(v, image[None], train=False, valid=size)
+        f = out["stage4"]
+        region = None if size is None else valid_region(out["valid4"], *f.shape[1:3])[0]
+        mask = scda_mask(f[0], use_lcc, region)  # bool: a constant of the objective
         return objective(f, mask[None]), (f[0], mask)
 
     grad = jax.grad(per_example, has_aux=True)
-    grads, (features, masks) = jax.vmap(grad, in_axes=(None, 0))(start, images)
+    grads, (features, masks) = jax.vmap(grad, in_axes=(None, 0, 0))(start, images, valid)
     return grads, features, masks

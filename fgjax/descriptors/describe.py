@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from fgjax.descriptors.cfga import Kernel, cfga_vector, kernel_gradients
 from fgjax.descriptors.masks import scda_mask
 from fgjax.descriptors.pooling import pooled_descriptors
-from fgjax.models.resnet import ResNet
+from fgjax.models.resnet import ResNet, stage_valid, valid_region
 
-Describe = Callable[[Mapping[str, Any], jax.Array], dict[str, jax.Array]]
+Describe = Callable[[Mapping[str, Any], jax.Array, jax.Array | None], dict[str, jax.Array]]
 
 # conv k of a stage-4 block: (what it is, its input channels C_in, its filters N_out)
 _CONVS = {1: ("1x1 reduce", "C4", "w4"), 2: ("3x3", "w4", "w4"), 3: ("1x1 expand", "w4", "C4")}
@@ -114,7 +114,8 @@ def describe_fn(
     use_lcc: bool,
     embed: Callable[[Mapping[str, Any], jax.Array], jax.Array] | None = None,
 ) -> Describe:
-    """A pure function `(variables, images) -> {name: float32 [B, D_name]}` (jit it).
+    """A pure function `(variables, images, valid=None) -> {name: float32 [B, D_name]}`
+    (jit it).
 
     Args:
       backbone: a 4-stage fgjax ResNet (Bottleneck with >= 3 stage-4 blocks for CFGA).
@@ -124,8 +125,10 @@ def describe_fn(
       embed: optional `embed(variables, images) -> [B, D]`, returned as 'embedding'.
 
     `variables` are the backbone's {'params', 'batch_stats'} (eval mode); `images` float32
-    [B, H, W, 3], normalised. With a CFGA name, one vmapped forward + backward per example
-    serves every name; otherwise one batched forward. An image whose map is constant has
+    [B, H, W, 3], normalised; `valid` int [B, 2]: each image's real (height, width) at the
+    top left of a padded batch (`ResNet`'s `valid`; not with `embed`): the descriptors
+    are then those of each image alone. With a CFGA name, one vmapped forward + backward
+    per example serves every name; otherwise one batched forward. An image whose map is constant has
     an empty mask: its masked pools and CFGA vectors are zeros.
     """
     names = tuple(dict.fromkeys(names))
@@ -143,20 +146,31 @@ def describe_fn(
     pooled = any(n in _POOLED for n in names)
     returned = (*names, *(("embedding",) if embed is not None and "embedding" not in names else ()))
 
-    def describe(variables: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
+    def describe(
+        variables: Mapping[str, Any], images: jax.Array, valid: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
+        if valid is not None and embed is not None:
+            raise ValueError("describe: `embed` cannot see `valid`; give unpadded images")
         out = {}
         if kernels:
-            grads, features, masks = kernel_gradients(backbone, variables, images, kernels, use_lcc)
+            grads, features, masks = kernel_gradients(
+                backbone, variables, images, kernels, use_lcc, valid
+            )
             for n in singles:
                 kernel, variant, _ = _CFGA[n]
                 out[n] = cfga_vector(grads[kernel], variant)
             if "cfga_plus" in names:
                 out["cfga_plus"] = jnp.concatenate([out[n] for n in _PLUS], axis=-1)
         elif pooled:
-            features = backbone.apply(variables, images, train=False)["stage4"]
-            masks = jax.vmap(lambda f: scda_mask(f, use_lcc))(features)
+            features = backbone.apply(variables, images, train=False, valid=valid)["stage4"]
         if pooled:
-            out.update(pooled_descriptors(features, masks))
+            region = None  # a padded batch's valid stage-4 positions
+            if valid is not None:
+                sizes = stage_valid(valid, 4, backbone.stem_maxpool)
+                region = valid_region(sizes, *features.shape[1:3])
+            if not kernels:  # CFGA's masks came with its maps
+                masks = jax.vmap(lambda f, r: scda_mask(f, use_lcc, r))(features, region)
+            out.update(pooled_descriptors(features, masks, region))
         if embed is not None:
             out["embedding"] = jnp.asarray(embed(variables, images), jnp.float32)
         return {n: out[n] for n in returned}

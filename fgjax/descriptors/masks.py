@@ -11,11 +11,13 @@ import jax
 import jax.numpy as jnp
 
 
-def mean_threshold_mask(features: jax.Array) -> jax.Array:
+def mean_threshold_mask(features: jax.Array, region: jax.Array | None = None) -> jax.Array:
     """`features` [h, w, C] -> bool [h, w]: A > mean(A) with A = sum_c features (strict, so
-    a constant A, e.g. an all-zero map, gives an empty mask)."""
+    a constant A, e.g. an all-zero map, gives an empty mask). `region` bool [h, w]: the
+    valid positions of a padded map, the only ones averaged and selected (None: all)."""
     a = jnp.sum(features.astype(jnp.float32), axis=-1)
-    return a > jnp.mean(a)
+    mask = a > jnp.mean(a, where=region)
+    return mask if region is None else mask & region
 
 
 def _min_neighbour(labels: jax.Array, background: int) -> jax.Array:
@@ -58,9 +60,10 @@ def largest_component(mask: jax.Array) -> jax.Array:
     return mask & (labels == jnp.argmax(sizes))
 
 
-def scda_mask(features: jax.Array, use_lcc: bool) -> jax.Array:
+def scda_mask(features: jax.Array, use_lcc: bool, region: jax.Array | None = None) -> jax.Array:
     """The mask CFGA and SCDA use (spec 3): `mean_threshold_mask`, then the largest
     component when `use_lcc` (ImageNet backbones; the metric-learned ones skip it).
-    `features` [h, w, C] -> bool [h, w]."""
-    mask = mean_threshold_mask(features)
+    `features` [h, w, C] -> bool [h, w]; `region` as `mean_threshold_mask`'s (the mask
+    lies inside it, so its components are those of the image alone)."""
+    mask = mean_threshold_mask(features, region)
     return largest_component(mask) if use_lcc else mask

@@ -26,16 +26,23 @@ def masked_avg_max(features: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax
     return jnp.sum(g, axis=(1, 2)) / count, jnp.max(g, axis=(1, 2))
 
 
-def gap(features: jax.Array) -> jax.Array:
-    """L2(GAP(F)) [B, C]."""
-    return l2_normalize(jnp.mean(features.astype(jnp.float32), axis=(1, 2)))
+def _avg(features: jax.Array, region: jax.Array | None) -> jax.Array:
+    """GAP [B, C] float32, over `region` bool [B, h, w] (a padded map's valid positions)."""
+    where = None if region is None else region[..., None]
+    return jnp.mean(features.astype(jnp.float32), axis=(1, 2), where=where)
 
 
-def pooling(features: jax.Array) -> jax.Array:
+def gap(features: jax.Array, region: jax.Array | None = None) -> jax.Array:
+    """L2(GAP(F)) [B, C], GAP over `region` when given."""
+    return l2_normalize(_avg(features, region))
+
+
+def pooling(features: jax.Array, region: jax.Array | None = None) -> jax.Array:
     """The paper's "Pooling" (DGPCRL's embedding): L2(concat[GAP(F), GMP(F)]) [B, 2C],
-    unmasked."""
+    unmasked (GAP over `region` when given; the GMP of F >= 0 is that of the region when
+    the padding is 0, as the backbone's `valid` makes it)."""
     f = features.astype(jnp.float32)
-    return l2_normalize(jnp.concatenate([jnp.mean(f, axis=(1, 2)), jnp.max(f, axis=(1, 2))], -1))
+    return l2_normalize(jnp.concatenate([_avg(f, region), jnp.max(f, axis=(1, 2))], -1))
 
 
 def scda(features: jax.Array, mask: jax.Array) -> jax.Array:
@@ -51,11 +58,14 @@ def scda_concat(features: jax.Array, mask: jax.Array) -> jax.Array:
     return l2_normalize(jnp.concatenate(masked_avg_max(features, mask), axis=-1))
 
 
-def pooled_descriptors(features: jax.Array, mask: jax.Array) -> dict[str, jax.Array]:
-    """Every pooled descriptor by name (unused ones cost nothing under jit)."""
+def pooled_descriptors(
+    features: jax.Array, mask: jax.Array, region: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Every pooled descriptor by name (unused ones cost nothing under jit); `region` bool
+    [B, h, w] the valid positions of a padded map (the SCDA `mask` lies inside them)."""
     return {
-        "gap": gap(features),
-        "pooling": pooling(features),
+        "gap": gap(features, region),
+        "pooling": pooling(features, region),
         "scda": scda(features, mask),
         "scda_concat": scda_concat(features, mask),
     }

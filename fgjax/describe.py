@@ -57,7 +57,13 @@ from fgjax.descriptors import DESCRIPTORS, METHOD_DESCRIPTORS, describe_fn
 from fgjax.eval.cache import fingerprint, save_npz_atomic
 from fgjax.eval.features import normalize_images
 from fgjax.eval.retrieval import retrieval_metrics
-from fgjax.evaluate import load_run_config, restore_checkpoint, weights_identity
+from fgjax.evaluate import (
+    add_weights_arguments,
+    check_weights_arguments,
+    load_run_config,
+    restore_checkpoint,
+    weights_identity,
+)
 from fgjax.methods import backbone_variables
 from fgjax.train.checkpoint import checkpoint_step
 from fgjax.train.loop import _Run
@@ -98,12 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Any --config.FIELD=VALUE overrides that field of the config.",
     )
-    p.add_argument("--workdir", help="a training run: its checkpoints and config.json")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    p.add_argument(
-        "--init-from", help="a weights file (.pth/.pt/.safetensors/.npz) for the backbone"
-    )
-    p.add_argument("--config", help="recipe file (required with --init-from)")
+    add_weights_arguments(p, "a weights file (.pth/.pt/.safetensors/.npz) for the backbone")
     p.add_argument(
         "--method",
         action="append",
@@ -122,15 +123,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace, methods: list[str]) -> None:
-    if a.init_from:
-        if a.workdir or a.step is not None:
-            p.error("--init-from describes a weights file: do not give --workdir/--step")
-        if not a.config:
-            p.error("--init-from needs --config FILE (the model and data recipe)")
-        if not a.out:
-            p.error("--init-from needs --out DIR")
-    elif not a.workdir:
-        p.error("give --workdir DIR (a checkpoint) or --init-from FILE --config FILE")
+    check_weights_arguments(p, a)
     if a.init_from and not os.path.exists(a.init_from):
         raise FileNotFoundError(f"--init-from: no file {a.init_from}")
     unknown = [m for m in methods if m not in METHODS and m not in DESCRIPTORS]

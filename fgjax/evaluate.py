@@ -152,14 +152,11 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Any --config.FIELD=VALUE overrides that field of the config.",
     )
-    p.add_argument("--workdir", help="a training run: its checkpoints and config.json")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    p.add_argument(
-        "--init-from",
-        help="a weights file (.pth/.pt/.safetensors/.npz): a backbone, or what the method "
+    add_weights_arguments(
+        p,
+        "a weights file (.pth/.pt/.safetensors/.npz): a backbone, or what the method "
         "loads from it (a HERBS best.pt: Swin and head)",
     )
-    p.add_argument("--config", help="recipe file (required with --init-from)")
     p.add_argument("--out", help="output folder (default WORKDIR/eval)")
     p.add_argument(
         "--protocol",
@@ -176,10 +173,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _usage_checks(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+def add_weights_arguments(p: argparse.ArgumentParser, init_from_help: str) -> None:
+    """`--workdir`, `--step`, `--init-from`, `--config`: what the evaluation command lines
+    read their weights and recipe from (checked by `check_weights_arguments`)."""
+    p.add_argument("--workdir", help="a training run: its checkpoints and config.json")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    p.add_argument("--init-from", help=init_from_help)
+    p.add_argument("--config", help="recipe file (required with --init-from)")
+
+
+def check_weights_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """A run (`--workdir [--step]`) or a weights file with its recipe and `--out`."""
     if a.init_from:
         if a.workdir or a.step is not None:
-            p.error("--init-from evaluates a weights file: do not give --workdir/--step")
+            p.error("--init-from reads a weights file: do not give --workdir/--step")
         if not a.config:
             p.error("--init-from needs --config FILE (the model and data recipe)")
         if not a.out:
@@ -259,7 +266,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
     parser = _parser()
     overrides = [x for x in argv if x.startswith("--config.")]
     a = parser.parse_args([x for x in argv if not x.startswith("--config.")])
-    _usage_checks(parser, a)
+    check_weights_arguments(parser, a)
     names = [n for arg in a.protocol or ["retrieval"] for n in arg.split(",") if n]
     explicit = "all" not in names
     config = load_run_config(a.workdir, a.config, overrides, a.init_from or "")

@@ -35,6 +35,7 @@ from fgjax.data.decode import (
     record_region,
     resample_filter,
 )
+from fgjax.data.eval_loader import EvalLoader
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
@@ -168,7 +169,7 @@ class _CappedTransform(grain.MapTransform):
         }
 
 
-class ShapeBucketLoader:
+class ShapeBucketLoader(EvalLoader):
     """Re-iterable loader of shape-bucketed batches (`make_shape_bucket_loader`).
 
     `shapes`: `{(H, W) padded: number of images}` in batch order (one compile each);
@@ -182,17 +183,9 @@ class ShapeBucketLoader:
         batches: int,
         n: int,
     ):
-        self._loader = loader
+        super().__init__(loader, batches, n)
         self.shapes = shapes
         self.num_sizes = num_sizes
-        self.num_batches = batches
-        self.num_examples = n
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self):
-        return iter(self._loader)
 
 
 def plan_batches(

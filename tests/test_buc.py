@@ -1,0 +1,147 @@
+"""BuCSFR's BuC building blocks (shared/methods/bucsfr.md 5.2-5.3): fgjax.core.kmeans against
+scikit-learn's KMeans, fgjax.core.coding_length against a float64 numpy transcription of the
+original's criterion (n x n Gram when n <= d, d x d otherwise; np.linalg.slogdet)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from fgjax.core import coding_length as cl
+from fgjax.core import kmeans as km
+
+
+@functools.partial(jax.jit, static_argnames=("k", "restarts"))
+def _kmeans(x, key, valid, *, k, restarts):
+    return km.kmeans(x, k, key, restarts=restarts, valid=valid)
+
+
+def _np_length(z: np.ndarray, d: int) -> float:
+    """The original's L(Z) in float64, with its Gram-size switch."""
+    n = len(z)
+    gram = z @ z.T if n <= d else z.T @ z
+    return (n + d) / 2 * np.linalg.slogdet(np.eye(len(gram)) + d / (16 * n) * gram)[1] / np.log(2)
+
+
+def _np_ratios(x: np.ndarray, assign: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """r[a, b] pair by pair, and how many pairs of non-empty clusters had I <= 0."""
+    d = x.shape[1]
+    r = np.full((k, k), np.inf)
+    nonpositive = 0
+    for a in range(k):
+        for b in range(k):
+            za, zb = x[assign == a], x[assign == b]
+            if a == b or not len(za) or not len(zb):
+                continue
+            la, lb = _np_length(za, d), _np_length(zb, d)
+            info = la + lb - _np_length(np.concatenate([za, zb]), d)
+            nonpositive += info <= 0
+            if info > 0:
+                r[a, b] = (la if len(za) < len(zb) else lb) / info
+    return r, nonpositive
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = set(zip(a.tolist(), b.tolist(), strict=True))
+    return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
+
+
+def test_kmeans_blobs_restarts_and_padding():
+    k, restarts = 4, 5
+    x, labels = make_blobs(60, n_features=6, centers=k, cluster_std=0.3, random_state=0)
+    x = x.astype(np.float32)
+    key = jax.random.key(0)
+
+    # Separable blobs: recovered exactly, objective = scikit-learn's inertia.
+    cent, assign, obj = _kmeans(x, key, np.ones(60, bool), k=k, restarts=restarts)
+    assign = np.asarray(assign)
+    assert assign.dtype == np.int32 and _same_partition(assign, labels)
+    ref = KMeans(k, n_init=5, random_state=0).fit(x.astype(np.float64))
+    np.testing.assert_allclose(float(obj), ref.inertia_, rtol=1e-4)
+    np.testing.assert_allclose(float(obj), np.sum((x - np.asarray(cent)[assign]) ** 2), rtol=1e-5)
+
+    # Padding: far-away rows inserted among the valid ones (they would grab a centroid and
+    # shift the others if they counted) change nothing on the valid rows.
+    pad = np.full((20, 6), 50.0, np.float32)
+    xp = np.concatenate([pad[:10], x, pad[10:]])
+    valid = np.r_[np.zeros(10, bool), np.ones(60, bool), np.zeros(10, bool)]
+    cent_p, assign_p, obj_p = _kmeans(xp, jax.random.key(3), valid, k=k, restarts=restarts)
+    assign_p = np.asarray(assign_p)[valid]
+    assert _same_partition(assign_p, labels)
+    np.testing.assert_allclose(float(obj_p), float(obj), rtol=1e-5)
+    perm = [int(assign_p[np.flatnonzero(assign == c)[0]]) for c in range(k)]
+    np.testing.assert_allclose(np.asarray(cent_p)[perm], np.asarray(cent), atol=1e-5)
+
+    # Restarts on unstructured data (the runs differ): the lowest objective wins.
+    u = jax.random.uniform(jax.random.key(1), (60, 6))
+    runs = jax.vmap(lambda kk: km._lloyd(u, jnp.ones(60, bool), kk, k, 20))(
+        jax.random.split(key, restarts)
+    )
+    objs = np.asarray(runs[2])
+    assert np.ptp(objs) > 1e-3 * objs.min()
+    cent_u, assign_u, obj_u = _kmeans(u, key, np.ones(60, bool), k=k, restarts=restarts)
+    best = int(np.argmin(objs))
+    assert float(obj_u) == objs.min()
+    np.testing.assert_array_equal(np.asarray(assign_u), np.asarray(runs[1][best]))
+    np.testing.assert_array_equal(np.asarray(cent_u), np.asarray(runs[0][best]))
+
+
+def test_kmeans_empty_cluster_keeps_its_centroid():
+    # Two distinct points, each twice, k = 3: two seeds coincide, one cluster stays empty
+    # (argmin ties go to the lower id) and must keep its seed, not collapse to 0.
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [-3.0, 1.0], [-3.0, 1.0]], np.float32)
+    cent, assign, obj = _kmeans(x, jax.random.key(0), np.ones(4, bool), k=3, restarts=1)
+    cent = np.asarray(cent)
+    assert float(obj) == 0.0 and len(set(np.asarray(assign).tolist())) == 2
+    assert all(any(np.array_equal(c, p) for p in x) for c in cent), cent
+
+
+def test_coding_length_and_merge_ratios_match_numpy():
+    d, k = 8, 6
+    rng = np.random.default_rng(0)
+    # Cluster 0 empty; 1, 2 tie on size (3 each: "small" must be b); 3 has n > d; 4 are 17
+    # copies of one long vector and 5 two long vectors (their pair has I <= 0).
+    sizes = [0, 3, 3, 12, 17, 2]
+    x = rng.normal(size=(sum(sizes), d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    assign = np.repeat(np.arange(k), sizes)
+    x[assign == 4] = 10 * x[assign == 4][0]
+    x[assign == 5] *= 10
+    ref, nonpositive = _np_ratios(x, assign, k)
+    assert nonpositive > 0 and np.isfinite(ref).sum() > 10
+
+    # Padding rows (assigned to a real cluster) must not count.
+    xp = np.concatenate([x, rng.normal(size=(5, d))]).astype(np.float32)
+    ap = np.concatenate([assign, np.full(5, 1)]).astype(np.int32)
+    valid = np.arange(len(xp)) < len(x)
+    r = np.asarray(jax.jit(cl.merge_ratios, static_argnums=2)(xp, ap, k, valid))
+    np.testing.assert_array_equal(np.isinf(r), np.isinf(ref))
+    np.testing.assert_allclose(r[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=2e-4)
+
+    z = x[assign == 3]
+    length = cl.coding_length(jnp.asarray(z.T @ z, jnp.float32), 12)
+    np.testing.assert_allclose(float(length), _np_length(z, d), rtol=1e-5)
+    assert float(cl.coding_length(jnp.zeros((d, d)), 0)) == 0.0
+
+
+def test_best_merge_hand_made():
+    inf = np.inf
+    r = np.array(
+        [
+            [inf, 3.0, -1.0, 1.5],
+            [0.5, inf, 1.2, inf],  # 0.5 is below the diagonal: ignored
+            [0.1, 0.2, inf, 1.2],  # a tie with (1, 2): the first in row order wins
+            [0.3, 0.3, 0.3, inf],
+        ],
+        np.float32,
+    )
+    a, b, merge = cl.best_merge(jnp.asarray(r), 1.1)
+    assert (int(a), int(b), bool(merge)) == (1, 2, False)
+    a, b, merge = cl.best_merge(jnp.asarray(r), 1.3)
+    assert (int(a), int(b), bool(merge)) == (1, 2, True)
+    assert not bool(cl.best_merge(jnp.full((3, 3), jnp.inf), 5.0)[2])

@@ -79,7 +79,7 @@ def test_kmeans_blobs_restarts_and_padding():
 
     # Restarts on unstructured data (the runs differ): the lowest objective wins.
     u = jax.random.uniform(jax.random.key(1), (60, 6))
-    runs = jax.vmap(lambda kk: km._lloyd(u, jnp.ones(60, bool), kk, k, 20))(
+    runs = jax.vmap(lambda kk: km._lloyd(u, jnp.ones(60, bool), kk, k, 20, jnp.ones(k, bool)))(
         jax.random.split(key, restarts)
     )
     objs = np.asarray(runs[2])
@@ -145,3 +145,93 @@ def test_best_merge_hand_made():
     a, b, merge = cl.best_merge(jnp.asarray(r), 1.3)
     assert (int(a), int(b), bool(merge)) == (1, 2, True)
     assert not bool(cl.best_merge(jnp.full((3, 3), jnp.inf), 5.0)[2])
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _ratios(x, assign, valid, *, k):
+    return cl.merge_ratios(x, assign, k, valid)
+
+
+def _unit_blobs(rng, sizes, d, spread):
+    """Unit vectors around random unit centres, one blob per entry of `sizes`."""
+    centres = rng.normal(size=(len(sizes), d))
+    x = np.repeat(centres / np.linalg.norm(centres, axis=1, keepdims=True), sizes, axis=0)
+    x = x + spread * rng.normal(size=x.shape)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _buc_reference(x, coarse, k, key, threshold, n_max):
+    """Spec 5.2 class by class in a plain loop: kmeans (static k_c) + merge_ratios on the
+    class's padded block, then the pair choice and the merge bookkeeping in numpy."""
+    im2cluster, centroids, new_k, ratios = np.zeros(len(x), int), [], [], []
+    for c, key_c in enumerate(jax.random.split(key, len(k))):
+        idx = np.flatnonzero(coarse == c)
+        block = np.zeros((n_max, x.shape[1]), np.float32)
+        block[: len(idx)] = x[idx]
+        valid = np.arange(n_max) < len(idx)
+        k_c = min(k[c], len(idx))
+        cent, assign, _ = _kmeans(block, key_c, valid, k=k_c, restarts=5)
+        r = np.asarray(_ratios(block, assign, valid, k=k_c))
+        upper = r[np.triu_indices(k_c, 1)]
+        ratios.append(upper[upper > 0].min(initial=np.inf))
+        # best_merge in numpy: the first smallest positive upper-triangle ratio, if below T.
+        a, b = np.divmod(np.argmin(np.where(np.triu(r > 0, 1), r, np.inf)), k_c)
+        merge = ratios[-1] < threshold
+        labels, cent = np.asarray(assign)[: len(idx)].copy(), np.asarray(cent)
+        if merge:
+            labels[labels == b] = a
+            labels[labels > b] -= 1
+            cent = np.delete(cent, b, axis=0)
+            cent[a] = x[idx[labels == a]].mean(axis=0)
+        im2cluster[idx] = sum(new_k) + labels
+        centroids.append(cent / np.linalg.norm(cent, axis=1, keepdims=True))
+        new_k.append(k_c - merge)
+    return im2cluster, np.concatenate(centroids), np.array(new_k), np.array(ratios)
+
+
+def test_buc_step_matches_per_class_loop():
+    from fgjax.core import buc
+
+    rng = np.random.default_rng(0)
+    d, k_max, n_max, threshold = 8, 5, 40, 1.5
+    # Class 0: 3 tight blobs, k = 3 (separated: no merge); class 1: 2 blobs split into k = 4
+    # (halves of a blob: r ~ 1.46, merge); class 2: 3 points, k = 5 -> k_c = min(k, n_c) = 3.
+    parts = [_unit_blobs(rng, [15, 15, 10], d, 0.05), _unit_blobs(rng, [16, 14], d, 0.3)]
+    parts.append(_unit_blobs(rng, [3], d, 0.5))
+    x = np.concatenate(parts).astype(np.float32)
+    coarse = np.repeat(np.arange(3), [len(p) for p in parts])
+    perm = rng.permutation(len(x))  # interleave the classes
+    x, coarse = x[perm], coarse[perm]
+    k = np.array([3, 4, 5])
+    key = jax.random.key(7)
+
+    ref_ids, ref_cent, ref_k, ratios = _buc_reference(x, coarse, k, key, threshold, n_max)
+    merged_ref = ratios < threshold
+    assert merged_ref.any() and not merged_ref.all(), ratios  # both branches exercised
+    np.testing.assert_array_equal(ref_k, np.minimum(k, [40, 30, 3]) - merged_ref)
+
+    step = functools.partial(buc.buc_step, threshold=threshold, k_max=k_max, n_max=n_max)
+    ids, cent, new_k, merged = (np.asarray(v) for v in step(x, coarse, k, key))
+    np.testing.assert_array_equal(merged, merged_ref)
+    np.testing.assert_array_equal(new_k, ref_k)
+    np.testing.assert_array_equal(ids, ref_ids)
+    # Global ids contiguous, class blocks in class order.
+    total = int(new_k.sum())
+    assert ids.dtype == np.int32 and set(ids.tolist()) == set(range(total))
+    starts = np.cumsum(new_k) - new_k
+    for c in range(3):
+        assert set(ids[coarse == c].tolist()) == set(range(starts[c], starts[c] + new_k[c]))
+    # Centroids: the reference's, unit rows, zero padding; merged = normalised member mean.
+    assert cent.shape == (3 * k_max, d)
+    np.testing.assert_allclose(cent[:total], ref_cent, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(cent[:total], axis=1), 1.0, rtol=1e-5)
+    assert not cent[total:].any()
+    for i in range(total):
+        mean = x[ids == i].mean(axis=0)
+        if merged[coarse[ids == i][0]]:  # k-means centroids are means too on converged blobs
+            np.testing.assert_allclose(cent[i], mean / np.linalg.norm(mean), atol=1e-5)
+
+    # Deterministic for a key.
+    again = step(x, coarse, k, key)
+    np.testing.assert_array_equal(np.asarray(again[0]), ids)
+    np.testing.assert_array_equal(np.asarray(again[1]), cent)

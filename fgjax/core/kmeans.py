@@ -27,16 +27,23 @@ def _sq_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
     return x_sq - 2.0 * x @ centroids.T + c_sq
 
 
-def _lloyd(x: jax.Array, valid: jax.Array, key: jax.Array, k: int, iterations: int):
+def _lloyd(
+    x: jax.Array, valid: jax.Array, key: jax.Array, k: int, iterations: int, active: jax.Array
+):
     """One restart: random distinct valid points, `iterations` Lloyd updates, then the
     final nearest-centroid assignment and its objective."""
     # Distinct uniform draw among valid rows: the top-k of iid Gumbel noise (invalid rows -inf).
+    # top_k is sorted, so the first m seeds are those a call with k = m draws.
     noise = jnp.where(valid, jax.random.gumbel(key, valid.shape), -jnp.inf)
     centroids = x[jax.lax.top_k(noise, k)[1]]
     weight = valid.astype(x.dtype)
+    unused = jnp.where(active, 0.0, jnp.inf).astype(x.dtype)  # inactive: never nearest
+
+    def nearest(c):
+        return jnp.argmin(_sq_distances(x, c) + unused, axis=1)
 
     def step(_, c):
-        onehot = jax.nn.one_hot(jnp.argmin(_sq_distances(x, c), axis=1), k, dtype=x.dtype)
+        onehot = jax.nn.one_hot(nearest(c), k, dtype=x.dtype)
         onehot = onehot * weight[:, None]  # padded rows count nowhere
         counts = jnp.sum(onehot, axis=0)
         sums = onehot.T @ x
@@ -44,7 +51,7 @@ def _lloyd(x: jax.Array, valid: jax.Array, key: jax.Array, k: int, iterations: i
         return jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], c)
 
     centroids = jax.lax.fori_loop(0, iterations, step, centroids)
-    assignment = jnp.argmin(_sq_distances(x, centroids), axis=1).astype(jnp.int32)
+    assignment = nearest(centroids).astype(jnp.int32)
     # The objective from the differences (not the expanded form) for accuracy.
     residual = jnp.sum((x - centroids[assignment]) ** 2, axis=1)
     return centroids, assignment, jnp.sum(residual * weight)
@@ -58,12 +65,16 @@ def kmeans(
     iterations: int = 20,
     restarts: int = 5,
     valid: jax.Array | None = None,
+    active: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """L2 k-means of `x [n, d]`: the best of `restarts` Lloyd runs of `iterations` steps.
 
     `k` (static) clusters; `valid` an optional bool `[n]` mask: rows marked False (padding)
     neither seed, move nor count towards any centroid or the objective, so a padded block
-    gives the same result as its valid rows alone. Needs at least `k` valid rows.
+    gives the same result as its valid rows alone. `active` an optional bool `[k]` mask:
+    inactive clusters get no rows (their centroids are meaningless), so a traced cluster count
+    m fits a static k; with the prefix `arange(k) < m` the result is the call with k = m on the
+    same key. Needs at least as many valid rows as active clusters.
 
     Returns `(centroids [k, d], assignment int32 [n], objective)`: each row's nearest
     centroid (padded rows get one too; ignore them) and the sum of squared distances of the
@@ -77,6 +88,12 @@ def kmeans(
         valid = jnp.ones(x.shape[0], bool)
     elif valid.shape != x.shape[:1]:
         raise ValueError(f"kmeans: valid must be [{x.shape[0]}], got shape {valid.shape}")
-    runs = jax.vmap(lambda kk: _lloyd(x, valid, kk, k, iterations))(jax.random.split(key, restarts))
+    if active is None:
+        active = jnp.ones(k, bool)
+    elif active.shape != (k,):
+        raise ValueError(f"kmeans: active must be [{k}], got shape {active.shape}")
+    runs = jax.vmap(lambda kk: _lloyd(x, valid, kk, k, iterations, active))(
+        jax.random.split(key, restarts)
+    )
     best = jnp.argmin(runs[2])
     return jax.tree.map(lambda r: r[best], runs)

@@ -1,0 +1,131 @@
+"""BuCSFR's per-epoch BuC step for all coarse classes at once (shared/methods/bucsfr.md 5.2).
+
+Per coarse class c (n_c points, current leaf count k[c]): k_c = min(k[c], n_c); L2 k-means
+with k_c clusters (fgjax.core.kmeans: 20 Lloyd iterations, 5 restarts); the single cluster
+pair with the smallest positive merge ratio r (fgjax.core.coding_length); if r < T the pair
+(a < b) merges: b's points join a, the merged centroid is l2norm(mean of the members'
+embeddings), ids above b shift down by one (contiguous) and k_c drops by one. Unmerged
+clusters keep their k-means centroids, L2-normalised. Global ids are class-block offsets:
+sum of the previous classes' new k plus the local id.
+
+Classes are vmapped at a static padded shape: points gathered into `[C, n_max, d]` blocks
+(host-side index plan from `coarse`), clusters padded to `k_max` with clusters >= k_c
+inactive. Differences from the original (faiss, per class in a Python loop):
+
+- random streams: class c's k-means uses `jax.random.split(key, C)[c]` (faiss: seed 0);
+- an empty cluster after k-means keeps its previous centroid and its id (faiss splits a large
+  cluster; the original would then divide by zero in its merge bookkeeping); an empty
+  cluster never merges (its r is +inf).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fgjax.core.coding_length import best_merge, merge_ratios
+from fgjax.core.kmeans import kmeans
+from fgjax.core.objectives import l2_normalize
+
+
+def class_blocks(coarse: np.ndarray, num_classes: int, n_max: int) -> np.ndarray:
+    """Host-side index plan: int32 `[num_classes, n_max]`, row c = the indices of the points
+    of coarse class c in order, padded with N (out of range: padding)."""
+    coarse = np.asarray(coarse)
+    if coarse.ndim != 1 or coarse.size and not 0 <= coarse.min() <= coarse.max() < num_classes:
+        raise ValueError(f"buc: coarse must be [N] ints in [0, {num_classes})")
+    sizes = np.bincount(coarse, minlength=num_classes)
+    if sizes.max(initial=0) > n_max:
+        raise ValueError(f"buc: n_max={n_max} < the largest coarse class ({sizes.max()} points)")
+    index = np.full((num_classes, n_max), len(coarse), np.int32)
+    order = np.argsort(coarse, kind="stable")
+    starts = np.cumsum(sizes) - sizes
+    for c in range(num_classes):
+        index[c, : sizes[c]] = order[starts[c] : starts[c] + sizes[c]]
+    return index
+
+
+def _class_step(x, valid, k, key, threshold, k_max):
+    """One class's block `x [n, d]`: k-means with k active clusters of k_max, then at most one
+    merge. Returns (labels [n], centroids [k_max, d] unit, new k, merged)."""
+    slots = jnp.arange(k_max)
+    centroids, assign, _ = kmeans(x, k_max, key, valid=valid, active=slots < k)
+    # Inactive clusters are empty, so their ratios are +inf: no change needed in merge_ratios.
+    a, b, merge = best_merge(merge_ratios(x, assign, k_max, valid), threshold)
+    members = valid & ((assign == a) | (assign == b))
+    merged = jnp.sum(jnp.where(members[:, None], x, 0.0), axis=0)  # same direction as the mean
+    labels = jnp.where(merge & (assign == b), a, assign)
+    labels = jnp.where(merge & (labels > b), labels - 1, labels)
+    # Centroid ids above b move down one slot; slot a takes the members' mean.
+    source = jnp.where(merge & (slots >= b), jnp.minimum(slots + 1, k_max - 1), slots)
+    centroids = centroids[source]
+    centroids = centroids.at[a].set(jnp.where(merge, merged, centroids[a]))
+    return labels, l2_normalize(centroids), k - merge, merge
+
+
+@functools.partial(jax.jit, static_argnames="k_max")
+def _buc_blocks(features, index, clusters_per_class, key, threshold, *, k_max):
+    num_points = features.shape[0]
+    valid = index < num_points
+    blocks = features[jnp.minimum(index, num_points - 1)]
+    k = jnp.minimum(clusters_per_class, jnp.sum(valid, axis=1)).astype(jnp.int32)
+    keys = jax.random.split(key, index.shape[0])
+    labels, centroids, new_k, merged = jax.vmap(
+        lambda x, v, kc, kk: _class_step(x, v, kc, kk, threshold, k_max)
+    )(blocks, valid, k, keys)
+    offsets = jnp.cumsum(new_k) - new_k
+    # Scatter back: padded rows (index N) and unused slots (position C * k_max) are dropped.
+    im2cluster = (
+        jnp.zeros(num_points, jnp.int32).at[index].set(offsets[:, None] + labels, mode="drop")
+    )
+    slots = jnp.arange(k_max)
+    total = index.shape[0] * k_max
+    position = jnp.where(slots < new_k[:, None], offsets[:, None] + slots, total)
+    out = jnp.zeros((total, features.shape[1]), features.dtype)
+    out = out.at[position].set(centroids, mode="drop")
+    return im2cluster, out, new_k, merged
+
+
+def buc_step(
+    features: jax.Array,
+    coarse: np.ndarray,
+    clusters_per_class: jax.Array,
+    key: jax.Array,
+    *,
+    threshold: float,
+    k_max: int,
+    n_max: int,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """One epoch's BuC step for all C coarse classes (spec 5.2).
+
+    `features [N, d]` unit rows (the momentum encoder's embeddings); `coarse [N]` ints in
+    [0, C), concrete (a host-side gather plan is built from it); `clusters_per_class int [C]`
+    the current leaf counts (the carried state); `threshold` T; `k_max` (static) >= every
+    k[c], the padded cluster axis; `n_max` (static) >= every class size, the padded point
+    axis (raised to k_max if smaller).
+
+    Returns `(im2cluster int32 [N], centroids float32 [C * k_max, d], new_k int32 [C],
+    merged bool [C])`: global cluster ids (class offsets + local id, contiguous within
+    [0, sum(new_k))), the unit centroids indexed by global id (rows >= sum(new_k) are zero),
+    the new leaf counts (min(k[c], n_c) minus one where the class merged).
+    """
+    num_classes = int(np.shape(clusters_per_class)[0])
+    if np.ndim(features) != 2 or np.shape(features)[0] != np.shape(coarse)[0]:
+        raise ValueError(
+            f"buc_step: features must be [N, d] and coarse [N], got "
+            f"{np.shape(features)}, {np.shape(coarse)}"
+        )
+    if np.max(clusters_per_class, initial=0) > k_max:
+        raise ValueError(f"buc_step: k_max={k_max} < max(clusters_per_class)")
+    index = class_blocks(coarse, num_classes, max(n_max, k_max))
+    return _buc_blocks(
+        jnp.asarray(features, jnp.float32),
+        index,
+        jnp.asarray(clusters_per_class, jnp.int32),
+        key,
+        jnp.float32(threshold),
+        k_max=k_max,
+    )

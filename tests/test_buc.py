@@ -194,8 +194,9 @@ def test_buc_step_matches_per_class_loop():
 
     rng = np.random.default_rng(0)
     d, k_max, n_max, threshold = 8, 5, 40, 1.5
-    # Class 0: 3 tight blobs, k = 3 (separated: no merge); class 1: 2 blobs split into k = 4
-    # (halves of a blob: r ~ 1.46, merge); class 2: 3 points, k = 5 -> k_c = min(k, n_c) = 3.
+    # Class 0: 3 tight blobs, k = 3 (separated, r ~ 3.6: no merge); class 1: 2 blobs split
+    # into k = 4 (halves of a blob, r ~ 1.46: merge, so class 2's offset moves); class 2:
+    # 3 points, k = 5 -> k_c = min(k, n_c) = 3 (r ~ 1.17: merge).
     parts = [_unit_blobs(rng, [15, 15, 10], d, 0.05), _unit_blobs(rng, [16, 14], d, 0.3)]
     parts.append(_unit_blobs(rng, [3], d, 0.5))
     x = np.concatenate(parts).astype(np.float32)

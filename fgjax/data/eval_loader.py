@@ -72,15 +72,19 @@ class _EvalTransform(grain.MapTransform):
                 if not self._skip_bad:
                     raise
                 bad.append(str(e))  # the row keeps its label and index, with a black image
-        pad = np.full(b - len(records), -1, np.int32)
-        return {
-            "images": images,
-            "label": np.concatenate([int32_field(records, "label"), pad]),
-            "coarse_label": np.concatenate([int32_field(records, "coarse_label"), pad]),
-            "index": np.concatenate([int32_field(records, "index"), pad]),
-            "mask": np.arange(b) < len(records),
-            "bad_images": bad,
-        }
+        return {"images": images, **padded_fields(records, b), "bad_images": bad}
+
+
+def padded_fields(records: list[dict], batch_size: int) -> dict[str, np.ndarray]:
+    """'label', 'coarse_label', 'index' int32 [batch_size] of `records` (the rows past them
+    -1) and 'mask' bool [batch_size] (True on the records' rows)."""
+    pad = np.full(batch_size - len(records), -1, np.int32)
+    return {
+        "label": np.concatenate([int32_field(records, "label"), pad]),
+        "coarse_label": np.concatenate([int32_field(records, "coarse_label"), pad]),
+        "index": np.concatenate([int32_field(records, "index"), pad]),
+        "mask": np.arange(batch_size) < len(records),
+    }
 
 
 class EvalLoader:

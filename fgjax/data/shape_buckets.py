@@ -35,11 +35,10 @@ from fgjax.data.decode import (
     record_region,
     resample_filter,
 )
-from fgjax.data.eval_loader import EvalLoader
+from fgjax.data.eval_loader import EvalLoader, padded_fields
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
-    int32_field,
     stable_repr,
 )
 
@@ -157,16 +156,7 @@ class _CappedTransform(grain.MapTransform):
                     f"{image.shape[0]}x{image.shape[1]}"
                 )
             images[i, : size[0], : size[1]] = image
-        pad = np.full(b - len(records), -1, np.int32)
-        return {
-            "images": images,
-            "label": np.concatenate([int32_field(records, "label"), pad]),
-            "coarse_label": np.concatenate([int32_field(records, "coarse_label"), pad]),
-            "index": np.concatenate([int32_field(records, "index"), pad]),
-            "mask": np.arange(b) < len(records),
-            "valid": valid,
-            "bad_images": bad,
-        }
+        return {"images": images, **padded_fields(records, b), "valid": valid, "bad_images": bad}
 
 
 class ShapeBucketLoader(EvalLoader):

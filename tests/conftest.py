@@ -201,3 +201,23 @@ def random_batch(rng, view_names, batch_size: int, size: int, num_classes: int =
         "coarse_label": np.zeros(batch_size, np.int32),
         "index": np.arange(batch_size, dtype=np.int32),
     }
+
+
+@pytest.fixture(scope="module")
+def module_compilation_cache(tmp_path_factory):
+    """A persistent jax compilation cache for one test module: functions jitted anew (a new
+    method, a new command-line call) that compile to an earlier program load it instead."""
+    import jax
+
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)
+    for name, value in zip(names, values, strict=True):
+        jax.config.update(name, value)
+    yield
+    for name, value in before.items():
+        jax.config.update(name, value)

@@ -181,22 +181,8 @@ def test_real_cub_images_through_the_imagenet_pipeline():
 
 
 # ---------------------------------------------------------------- the command line
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: each describe call jits a new
-    function, which compiles to the same program as an earlier call's (and loads it)."""
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    before = {name: getattr(jax.config, name) for name in names}
-    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)
-    for name, value in zip(names, values, strict=True):
-        jax.config.update(name, value)
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
+# Each describe call jits a new function that compiles to an earlier call's program.
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 def _config(root: str):

@@ -100,23 +100,8 @@ def _test_images(config) -> np.ndarray:
     return ((x - np.array(spec.mean)) / np.array(spec.std)).astype(np.float32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: every evaluation builds a new
-    method, whose jitted functions are new Python objects but compile to the same
-    programs, so later tests load them instead of compiling again."""
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    before = {name: getattr(jax.config, name) for name in names}
-    values = (str(tmp_path_factory.mktemp("jax_cache")), 0, 0)
-    for name, value in zip(names, values, strict=True):
-        jax.config.update(name, value)
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
+# Every evaluation builds a new method whose jitted functions compile to earlier programs.
+pytestmark = pytest.mark.usefixtures("module_compilation_cache")
 
 
 # ---------------------------------------------------------------- a trained checkpoint

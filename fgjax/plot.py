@@ -30,13 +30,23 @@ def plot_curves(workdir: str, out: str | None = None) -> str:
     if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         raise FileNotFoundError(f"no metrics.jsonl in {workdir}: has this run logged a step yet?")
     records = read_metrics(workdir)
-    names = [k for k in records[0] if k not in ("step", "epoch")]
+    # Every metric of any record: epoch hooks log theirs only at an epoch's first step.
+    names = list(dict.fromkeys(k for r in records for k in r if k not in ("step", "epoch")))
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-    steps = [r["step"] for r in records]
     for ax, name in zip(axes.flat, names, strict=False):
-        ax.plot(steps, [r.get(name, math.nan) for r in records], lw=1.2)
+        logged = [r for r in records if name in r]
+        steps = [r["step"] for r in logged]
+        values = [r[name] for r in logged]
+        sparse = len(logged) < len(records) / 2  # per-epoch metrics: mark the points
+        if isinstance(values[0], list):  # one line per entry, e.g. per coarse class
+            for i, line in enumerate(zip(*values, strict=True)):
+                ax.plot(steps, line, lw=1.0, marker="." if sparse else None, label=str(i))
+            if len(values[0]) <= 10:
+                ax.legend(fontsize=6, ncol=2)
+        else:
+            ax.plot(steps, values, lw=1.2, marker="." if sparse else None)
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

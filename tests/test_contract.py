@@ -18,6 +18,7 @@ from fgjax.config import default_config, load_config_file, photometric_config
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 from fgjax.train.loop import NonFiniteError, evaluation_epochs, train_and_evaluate
+from fgjax.train.metrics_log import read_metrics
 
 
 def _checkpoint(workdir, step=None) -> dict[str, np.ndarray]:
@@ -145,6 +146,10 @@ def test_epoch_hook_targets_match_an_independent_clustering_and_feed_the_loss(tm
 
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["clusters/largest_cluster"] == pytest.approx(np.bincount(expected).max() / 16)
+    # The hook's metrics are logged at the epoch's first step, merged with step records.
+    (record,) = [r for r in read_metrics(str(tmp_path)) if r["step"] == 0]
+    assert record["cluster_sizes"] == np.bincount(expected, minlength=3).tolist()
+    assert record["epoch"] == 0
 
 
 def test_epoch_hook_loss_uses_the_targets_of_each_examples_index():

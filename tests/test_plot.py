@@ -23,3 +23,23 @@ def test_plot_writes_a_png_and_resumed_steps_keep_the_last_record(tmp_path):
     image = np.asarray(Image.open(tmp_path / "curves.png").convert("L"))
     assert image.shape[0] > 100 and image.shape[1] > 300
     assert image.std() > 5  # something was drawn, not a blank canvas
+
+
+def test_epoch_hook_records_merge_with_step_records_and_lists_are_drawn(tmp_path):
+    writer = MetricsWriter(str(tmp_path))
+    for step in range(1, 7):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.write(3, {"epoch": 1.0, "buc/clusters": np.array([4, 3]), "buc/merges": 1})
+    records = read_metrics(str(tmp_path))
+    assert records[2] == {
+        "step": 3,
+        "loss": 1.0 / 3,
+        "epoch": 1.0,
+        "buc/clusters": [4.0, 3.0],
+        "buc/merges": 1.0,
+    }
+    assert "buc/clusters" not in records[1]
+
+    main([str(tmp_path)])
+    image = np.asarray(Image.open(tmp_path / "curves.png").convert("L"))
+    assert image.shape[1] > 600  # three panels: loss, buc/clusters, buc/merges

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from fgjax.core.objectives import cross_entropy, l2_normalize
-from fgjax.methods import LossAux, Method, apply_train, register
+from fgjax.methods import EpochUpdate, LossAux, Method, apply_train, register
 from fgjax.methods.supervised import Supervised
 from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config
@@ -104,7 +104,8 @@ class ToyCluster(Method):
     def on_epoch_start(self, epoch, state, tools):
         feats = tools.extract("train", self.embed_state, state).features
         targets = kmeans(feats, self.section.num_clusters, seed=epoch)
-        return {"targets": targets, "epochs_seen": np.asarray(epoch + 1, np.int32)}
+        state = {"targets": targets, "epochs_seen": np.asarray(epoch + 1, np.int32)}
+        return EpochUpdate(state, {"cluster_sizes": np.bincount(targets, minlength=3)})
 
     def embed_state(self, state, images):
         return self.embed(state.params, state.model_state, images)

@@ -13,6 +13,7 @@ import ml_collections
 
 from fgjax.methods.base import (
     _REGISTRY,
+    EpochUpdate,
     LossAux,
     Method,
     RunInfo,
@@ -62,6 +63,7 @@ def build_method(config: ml_collections.ConfigDict, run: RunInfo) -> Method:
 
 
 __all__ = [
+    "EpochUpdate",
     "LossAux",
     "Method",
     "RunInfo",

@@ -14,7 +14,8 @@ Four kinds of state, each with its own lifetime:
   model_state   the online network's non-trained collections, e.g. `{'batch_stats': ...}`
                 for BatchNorm networks and `{}` for Swin/ViT (`apply(..., mutable=...)`).
   method_state  updated by the method, checkpointed: EMA targets, queues, per-example
-                targets written by `on_epoch_start` (indexed by `batch['index']`).
+                targets written by `on_epoch_start` (indexed by `batch['index']`), which
+                may also log per-epoch metrics (`EpochUpdate`).
   frozen        read-only, not checkpointed, reloaded from files at every start
                 (`init_frozen`): teachers, text prototypes.
 
@@ -61,6 +62,15 @@ class StepContext:
     step: jax.Array
     epoch: jax.Array
     run: RunInfo = flax.struct.field(pytree_node=False)
+
+
+class EpochUpdate(NamedTuple):
+    """What `Method.on_epoch_start` returns: `state` entries replace those of the method
+    state (same shapes; checkpointed with it), `metrics` (numbers or lists of numbers, e.g.
+    clusters per coarse class) go to `metrics.jsonl` at the epoch's first step."""
+
+    state: dict[str, Any]
+    metrics: dict[str, Any]
 
 
 class LossAux(NamedTuple):
@@ -193,10 +203,10 @@ class Method(abc.ABC):
         return method_state
 
     # ------------------------------------------------------------------ host hooks
-    def on_epoch_start(self, epoch: int, state: Any, tools: Any) -> dict[str, Any] | None:
+    def on_epoch_start(self, epoch: int, state: Any, tools: Any) -> EpochUpdate | None:
         """Host-side work before the first step of `epoch` (0-based), e.g. clustering
-        features extracted with `tools.extract(split, embed)`. Returned entries replace
-        those of `state.method_state` (same shapes) and are checkpointed with it."""
+        features extracted with `tools.extract(split, embed, state)`. Must depend only on
+        `epoch` and `state`: a run resumed at an epoch boundary runs it again."""
         return None
 
     # ------------------------------------------------------------------ evaluation

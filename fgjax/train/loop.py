@@ -227,13 +227,15 @@ class _EvalHistory:
         return {"step": top["step"], "epoch": top["epoch"], self.metric: top[self.metric]}
 
 
-def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh) -> TrainState:
-    """Run `method.on_epoch_start` and merge what it returns into the method state."""
-    updates = method.on_epoch_start(epoch, state, tools)
-    if not updates:
+def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh, writer, step: int):
+    """Run `method.on_epoch_start`: merge its state into the method state, log its metrics."""
+    update = method.on_epoch_start(epoch, state, tools)
+    if update is None:
         return state
+    if update.metrics:
+        writer.write(step, {"epoch": float(epoch), **update.metrics})
     method_state = dict(state.method_state)
-    for key, value in updates.items():
+    for key, value in update.state.items():
         if key not in method_state:
             raise KeyError(
                 f"{type(method).__name__}.on_epoch_start returned {key!r}, which init_state "
@@ -339,7 +341,9 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     try:
         while step < run.stop_step:
             if step % per_epoch == 0:
-                state = _apply_hook(method, step // per_epoch, state, run.extractor, mesh)
+                state = _apply_hook(
+                    method, step // per_epoch, state, run.extractor, mesh, writer, step
+                )
             local = next(iterator)
             bad_images.add(local.pop("bad_images"))
             state, metrics = train_step(state, frozen, global_batch(local, mesh))

@@ -10,9 +10,17 @@ from typing import Any
 import jax
 
 
+def _number(value: Any) -> float | list:
+    """A JSON number, or a list of them (e.g. one per coarse class)."""
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:
+        return [float(v) for v in value]
+    return float(value)
+
+
 class MetricsWriter:
     """Appends to metrics.jsonl; only process 0 writes. After a resume, steps between
-    the checkpoint and the kill appear twice; readers keep the last record per step."""
+    the checkpoint and the kill appear twice; readers merge the records of a step, the
+    last one winning (an epoch hook's record and a step's record may share a step)."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
@@ -21,19 +29,19 @@ class MetricsWriter:
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: _number(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """Records sorted by step, the last one kept where a resumed run repeated a step."""
-    by_step: dict[int, dict[str, float]] = {}
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """Records sorted by step; the records of one step merged, later values winning."""
+    by_step: dict[int, dict[str, Any]] = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         for line in f:
             if line.strip():
                 record = json.loads(line)
-                by_step[int(record["step"])] = record
+                by_step.setdefault(int(record["step"]), {}).update(record)
     return [by_step[s] for s in sorted(by_step)]
 
 

@@ -196,6 +196,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.eval.knn_bank = "train"  # 'train' (bank = train split) | 'test' (leave-one-out on test)
     c.eval.knn_vote = "weighted"  # 'weighted' (exp(sim / T), the MoCo monitor) | 'majority'
     c.eval.knn_labels = "fine"  # 'fine' | 'coarse' (config.data.coarse's level)
+    # also knn_top1@K for every K here, one neighbour search for all (BuCSFR: (1, 2, 5, 10,
+    # 50, 100, 200) with knn_vote 'majority'); knn_top1 stays at K = knn_k
+    c.eval.knn_ks = ()
     c.eval.class_groups = ""  # classify: groups for outer errors, '' | 'herbs_cub' (HERBS)
     c.eval.recall_ks = (1, 2, 4, 8)
     # mAP / MAP@R in the periodic (every_epochs) evaluations too; the final evaluation always

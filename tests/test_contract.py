@@ -363,11 +363,12 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, 
 # ----------------------------------------------------------------- evaluation
 
 
-def test_eval_schedule_tracks_the_best_and_writes_history(tmp_path):
+def test_eval_schedule_tracks_the_best_and_writes_history(tmp_path, capsys):
     config = tiny_config("moco")
     config.train.num_epochs = 4
     config.eval.after_first_epoch = True  # then every epoch from epoch index 2 (= 0.5 * 4)
     config.eval.every_epochs_from = ((0.5, 1),)
+    config.eval.knn_ks = (1, 2)
     train_and_evaluate(config, str(tmp_path))
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert [h["epoch"] for h in saved["history"]] == [1.0, 3.0, 4.0]
@@ -375,6 +376,12 @@ def test_eval_schedule_tracks_the_best_and_writes_history(tmp_path):
     best = max(saved["history"], key=lambda h: h[metric])
     assert saved["best"] == {"step": best["step"], "epoch": best["epoch"], metric: best[metric]}
     assert saved[metric] == saved["history"][-1][metric]
+    # each metric's own best epoch (BuCSFR's [Best] line), kNN at every knn_ks K included
+    assert {"knn_top1", "knn_top1@1", "knn_top1@2"} <= set(saved["best_each"])
+    for name, got in saved["best_each"].items():  # mAP: in the final evaluation only
+        top = max((h for h in saved["history"] if name in h), key=lambda h: h[name])
+        assert got == {"value": top[name], "epoch": top["epoch"], "step": top["step"]}
+    assert "best of each (value@epoch): retrieval_recall@1=" in capsys.readouterr().out
 
 
 def herbs_eval_epochs(max_epochs: int) -> list[int]:

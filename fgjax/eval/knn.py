@@ -3,16 +3,18 @@ cosine kNN search.
 
 Same backends and chunking as `fgjax.eval.retrieval`: `chunk_size` queries at a time, one
 `[chunk, N_bank]` similarity block; 'jax' keeps it on the device (`jax.lax.top_k` there,
-only `[chunk, k]` or `[chunk]` back), 'numpy' (the CPU default) uses a BLAS matmul and
-`fgjax.eval.ranking.top_k`.
+only `[chunk, k]` or `[len(ks), chunk]` back), 'numpy' (the CPU default) uses a BLAS matmul
+and `fgjax.eval.ranking.top_k`. Several k (`knn_classify_multi`, BuCSFR's kNN@{1, ..., 200})
+share one top-max(k) search; a single k is the special case.
 
 Ties: among equally similar bank items the lower bank index is taken first; a
-tie in the class vote goes to the lower class id (`argmax`).
+tie in the class vote goes to the lower class id (`argmax`; `torch.mode` in practice).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +35,9 @@ VOTES = ("weighted", "majority")
 
 
 def _setup(
-    bank_feats: ArrayLike, query_feats: ArrayLike | None, k: int, split: str
-) -> tuple[int, bool, int]:
-    """Checks; returns (number of queries, leave-one-out flag, k clamped to the bank)."""
+    bank_feats: ArrayLike, query_feats: ArrayLike | None, ks: Sequence[int], split: str
+) -> tuple[int, bool, tuple[int, ...]]:
+    """Checks; returns (number of queries, leave-one-out flag, each k clamped to the bank)."""
     check_features(bank_feats, "bank features", split)
     exclude_self = query_feats is None
     if not exclude_self:
@@ -46,9 +48,9 @@ def _setup(
     n_eff = bank_feats.shape[0] - int(exclude_self)
     if n_eff < 1:
         raise ValueError("the bank is empty (leave-one-out needs at least two items)")
-    if k < 1:
-        raise ValueError(f"k must be positive, got {k}")
-    return n_query, exclude_self, min(int(k), n_eff)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"k must be positive, got {tuple(ks)}")
+    return n_query, exclude_self, tuple(min(int(k), n_eff) for k in ks)
 
 
 def _device_setup(bank_feats, query_feats, chunk_size):
@@ -99,7 +101,7 @@ def nearest_neighbors(
     Returns:
       `(sims [Nq, k] float32 descending, indices [Nq, k] int32 into the bank)`.
     """
-    nq, loo, k = _setup(bank_feats, query_feats, k, split)
+    nq, loo, (k,) = _setup(bank_feats, query_feats, (k,), split)
     if resolve_backend(backend) == "numpy":
         parts = [(s, i) for _, s, i in _host_top_k(bank_feats, query_feats, k, chunk_size)]
     else:
@@ -121,19 +123,109 @@ def _vote_weights(top_sims, temperature, vote, xp):
     return xp.exp((top_sims - top_sims[:, :1]) / temperature)
 
 
+def _prefix_votes(top_sims, top_labels, ks, num_classes, temperature, vote, xp):
+    """Predictions `[len(ks), b]` of the vote over the first k neighbours for each k of the
+    ascending `ks`, from one top-max(ks) search (`top_sims`, `top_labels`: `[b, max(ks)]`,
+    nearest first). The vote vector grows by the columns between consecutive ks, so each
+    neighbour is added once whatever the number of ks; argmax: ties to the lower class."""
+    weights = _vote_weights(top_sims, temperature, vote, xp)
+    b = top_labels.shape[0]
+    flat = top_labels + num_classes * xp.arange(b)[:, None]  # index into [b * C] votes
+    votes = xp.zeros(b * num_classes, weights.dtype)
+    preds, done = [], 0
+    for k in ks:
+        idx, w = flat[:, done:k].ravel(), weights[:, done:k].ravel()
+        if xp is np:
+            votes += np.bincount(idx, w, minlength=votes.size)
+        else:  # a scatter-add, not a [b, k, C] one-hot
+            votes = votes.at[idx].add(w)
+        preds.append(xp.argmax(votes.reshape(b, num_classes), axis=1))
+        done = k
+    return xp.stack(preds).astype(xp.int32)
+
+
 @functools.partial(
-    jax.jit, static_argnames=("chunk", "k", "exclude_self", "num_classes", "temperature", "vote")
+    jax.jit, static_argnames=("chunk", "ks", "exclude_self", "num_classes", "temperature", "vote")
 )
 def _knn_chunk(
-    queries, start, bank, bank_labels, *, chunk, k, exclude_self, num_classes, temperature, vote
+    queries, start, bank, bank_labels, *, chunk, ks, exclude_self, num_classes, temperature, vote
 ):
     sims, _ = chunk_similarity(queries, start, chunk, bank, exclude_self)
-    top_sims, top_idx = jax.lax.top_k(sims, k)  # [chunk, k], descending
-    weights = _vote_weights(top_sims, temperature, vote, jnp)
-    votes = jax.vmap(lambda lab, w: jnp.zeros(num_classes, jnp.float32).at[lab].add(w))(
-        bank_labels[top_idx], weights
-    )  # scatter-add instead of a [chunk, k, C] one-hot
-    return jnp.argmax(votes, axis=1).astype(jnp.int32)
+    top_sims, top_idx = jax.lax.top_k(sims, ks[-1])  # [chunk, max k], descending
+    return _prefix_votes(
+        top_sims, bank_labels[top_idx], ks, num_classes, temperature, vote, jnp
+    )  # [len(ks), chunk]
+
+
+def knn_classify_multi(
+    train_feats: ArrayLike,
+    train_labels: ArrayLike,
+    test_feats: ArrayLike | None,
+    num_classes: int,
+    ks: Sequence[int],
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+    leave_one_out: bool = False,
+    *,
+    vote: str = "weighted",
+    backend: str = "auto",
+    split: str = "",
+) -> np.ndarray:
+    """`knn_classify` at every k of `ks` from ONE top-max(ks) neighbour search: the vote
+    over the first k neighbours for each k (BuCSFR's kNN@{1, 2, 5, ..., 200}).
+
+    Args: as `knn_classify`, with `ks` (positive ints, any order, each clamped to the bank
+      like `k`) in place of `k`.
+    Returns:
+      `[len(ks), Nq]` int32 predicted classes (numpy), row i for `ks[i]`.
+    """
+    if vote not in VOTES:
+        raise ValueError(f"vote must be one of {VOTES}, got {vote!r}")
+    if leave_one_out:
+        if test_feats is not None and test_feats is not train_feats:
+            if np.shape(test_feats) != np.shape(train_feats):
+                raise ValueError("leave_one_out=True: test_feats must be None or the bank itself")
+        test_feats = None
+    elif test_feats is None:
+        raise ValueError("test_feats is None; pass leave_one_out=True to classify the bank")
+    nq, loo, clamped = _setup(train_feats, test_feats, ks, split)
+    bank_labels = check_labels(train_labels, train_feats.shape[0], "train_labels")
+    lo, hi = int(bank_labels.min()), int(bank_labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
+    distinct = tuple(sorted(set(clamped)))  # ascending: the vote grows k by k
+    if resolve_backend(backend) == "numpy":
+        parts = [
+            _prefix_votes(
+                top_sims.astype(np.float64),
+                bank_labels[top_idx],
+                distinct,
+                num_classes,
+                temperature,
+                vote,
+                np,
+            )
+            for _, top_sims, top_idx in _host_top_k(
+                train_feats, test_feats, distinct[-1], chunk_size
+            )
+        ]
+    else:
+        queries, bank, chunk, n_chunks = _device_setup(train_feats, test_feats, chunk_size)
+        kernel = functools.partial(
+            _knn_chunk,
+            chunk=chunk,
+            ks=distinct,
+            exclude_self=loo,
+            num_classes=int(num_classes),
+            temperature=float(temperature),
+            vote=vote,
+        )
+        labels = jnp.asarray(bank_labels, jnp.int32)
+        parts = jax.device_get(
+            [kernel(queries, jnp.int32(i * chunk), bank, labels) for i in range(n_chunks)]
+        )
+    preds = np.concatenate(parts, axis=1)[:, :nq]
+    return preds[[distinct.index(k) for k in clamped]]
 
 
 def knn_classify(
@@ -145,10 +237,7 @@ def knn_classify(
     temperature: float = 0.1,
     chunk_size: int = 1024,
     leave_one_out: bool = False,
-    *,
-    vote: str = "weighted",
-    backend: str = "auto",
-    split: str = "",
+    **kwargs,
 ) -> np.ndarray:
     """kNN vote over cosine neighbours: each of the k nearest bank items votes for its class,
     with weight exp(sim / T) ('weighted', the InstDisc/MoCo monitor) or 1 ('majority').
@@ -167,48 +256,57 @@ def knn_classify(
       temperature: T in exp(sim / T) (0.1 in the monitors).
       chunk_size: queries per block.
       leave_one_out: see `test_feats`.
-      vote: 'weighted' or 'majority'.
-      backend: 'auto' | 'numpy' | 'jax' (see `fgjax.eval.retrieval`).
-      split: named in error messages.
+      kwargs: `vote` ('weighted' or 'majority'), `backend` ('auto' | 'numpy' | 'jax', see
+        `fgjax.eval.retrieval`), `split` (named in error messages).
     Returns:
       `[Nq]` int32 predicted classes (numpy).
     """
-    if vote not in VOTES:
-        raise ValueError(f"vote must be one of {VOTES}, got {vote!r}")
-    if leave_one_out:
-        if test_feats is not None and test_feats is not train_feats:
-            if np.shape(test_feats) != np.shape(train_feats):
-                raise ValueError("leave_one_out=True: test_feats must be None or the bank itself")
-        test_feats = None
-    elif test_feats is None:
-        raise ValueError("test_feats is None; pass leave_one_out=True to classify the bank")
-    nq, loo, k = _setup(train_feats, test_feats, k, split)
-    bank_labels = check_labels(train_labels, train_feats.shape[0], "train_labels")
-    lo, hi = int(bank_labels.min()), int(bank_labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes}), got [{lo}, {hi}]")
-    if resolve_backend(backend) == "numpy":
-        preds = []
-        for _, top_sims, top_idx in _host_top_k(train_feats, test_feats, k, chunk_size):
-            weights = _vote_weights(top_sims.astype(np.float64), temperature, vote, np)
-            rows = np.repeat(np.arange(len(top_idx)), k)
-            flat = rows * num_classes + bank_labels[top_idx].ravel()
-            votes = np.bincount(flat, weights.ravel(), minlength=len(top_idx) * num_classes)
-            preds.append(np.argmax(votes.reshape(-1, num_classes), axis=1))
-        return np.concatenate(preds).astype(np.int32)
-    queries, bank, chunk, n_chunks = _device_setup(train_feats, test_feats, chunk_size)
-    kernel = functools.partial(
-        _knn_chunk,
-        chunk=chunk,
-        k=k,
-        exclude_self=loo,
-        num_classes=int(num_classes),
-        temperature=float(temperature),
-        vote=vote,
+    return knn_classify_multi(
+        train_feats,
+        train_labels,
+        test_feats,
+        num_classes,
+        (k,),
+        temperature,
+        chunk_size,
+        leave_one_out,
+        **kwargs,
+    )[0]
+
+
+def knn_top1_multi(
+    train_feats: ArrayLike,
+    train_labels: ArrayLike,
+    test_feats: ArrayLike | None,
+    test_labels: ArrayLike | None,
+    num_classes: int,
+    ks: Sequence[int],
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+    leave_one_out: bool = False,
+    **kwargs,
+) -> dict[int, float]:
+    """`{k: top-1 accuracy}` of `knn_classify_multi` (one neighbour search) against
+    `test_labels [Nq]`, fractions in [0, 1], keyed by the requested (unclamped) ks.
+
+    With `leave_one_out=True`, `test_feats`/`test_labels` may be None: the bank's
+    own labels are the targets. `kwargs` (vote, backend, split) go to `knn_classify_multi`.
+    """
+    preds = knn_classify_multi(
+        train_feats,
+        train_labels,
+        test_feats,
+        num_classes,
+        ks,
+        temperature,
+        chunk_size,
+        leave_one_out,
+        **kwargs,
     )
-    labels = jnp.asarray(bank_labels, jnp.int32)
-    parts = [kernel(queries, jnp.int32(i * chunk), bank, labels) for i in range(n_chunks)]
-    return np.concatenate(jax.device_get(parts))[:nq]
+    targets = np.asarray(train_labels if test_labels is None and leave_one_out else test_labels)
+    if targets.shape != preds.shape[1:]:
+        raise ValueError(f"test_labels must have shape {preds.shape[1:]}, got {targets.shape}")
+    return {int(k): float(np.mean(p == targets)) for k, p in zip(ks, preds, strict=True)}
 
 
 def knn_top1(
@@ -228,18 +326,15 @@ def knn_top1(
     With `leave_one_out=True`, `test_feats`/`test_labels` may be None: the bank's
     own labels are the targets. `kwargs` (vote, backend, split) go to `knn_classify`.
     """
-    preds = knn_classify(
+    return knn_top1_multi(
         train_feats,
         train_labels,
         test_feats,
+        test_labels,
         num_classes,
-        k,
+        (k,),
         temperature,
         chunk_size,
         leave_one_out,
         **kwargs,
-    )
-    targets = np.asarray(train_labels if test_labels is None and leave_one_out else test_labels)
-    if targets.shape != preds.shape:
-        raise ValueError(f"test_labels must have shape {preds.shape}, got {targets.shape}")
-    return float(np.mean(preds == targets))
+    )[int(k)]

@@ -2,8 +2,8 @@
 
 A protocol reads the features of some splits (by role: 'train' is `config.data.train_split`,
 'test' `config.data.test_split`) and returns `{metric: value}`; results are reported as
-`<name>_<metric>` (e.g. `retrieval_recall@1`, `knn_top1`, the trainer's keys too). Adding
-one is one `register_protocol(name, Protocol(...))` line.
+`<name>_<metric>` (e.g. `retrieval_recall@1`, `knn_top1`, `knn_top1@5`, the trainer's keys
+too). Adding one is one `register_protocol(name, Protocol(...))` line.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 from fgjax.eval.classification import HERBS_CUB_GROUPS, classification_metrics
 from fgjax.eval.clustering import clustering_nmi
 from fgjax.eval.features import Features
-from fgjax.eval.knn import knn_top1
+from fgjax.eval.knn import knn_top1_multi
 from fgjax.eval.linear_probe import linear_probe
 from fgjax.eval.retrieval import retrieval_metrics
 
@@ -65,7 +65,22 @@ def retrieval(
     return {k: float(v) for k, v in found.items()}
 
 
+def _knn_ks(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+    """`config.eval.knn_ks` checked: positive integers."""
+    ks = config.eval.knn_ks
+    if not isinstance(ks, (tuple, list)) or not all(
+        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1 for k in ks
+    ):
+        raise ValueError(
+            f"config.eval.knn_ks must be a tuple of positive integers (e.g. '(1,2,5,10)'), "
+            f"got {ks!r}"
+        )
+    return tuple(int(k) for k in ks)
+
+
 def knn_splits(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The roles the kNN protocol reads; checks its config fields before any extraction."""
+    _knn_ks(config)
     if config.eval.knn_bank not in ("train", "test"):
         raise ValueError(
             f"config.eval.knn_bank must be 'train' or 'test', got {config.eval.knn_bank!r}"
@@ -89,8 +104,10 @@ def _labels(feats: Features, which: str, split: str) -> np.ndarray:
 def knn(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
     """kNN top-1 (k = `config.eval.knn_k`; `knn_vote` 'weighted' with T =
     `knn_temperature`, or 'majority') of the test split against the train split, or
-    leave-one-out on test (`knn_bank='test'`), on fine or coarse labels (`knn_labels`)."""
+    leave-one-out on test (`knn_bank='test'`), on fine or coarse labels (`knn_labels`).
+    With `knn_ks`, also `top1@K` for each K there, from the same neighbour search."""
     c, test = config.eval, features["test"]
+    ks = _knn_ks(config)
     bank = features["train"] if c.knn_bank == "train" else test
     bank_split = config.data.train_split if c.knn_bank == "train" else config.data.test_split
     bank_labels = _labels(bank, c.knn_labels, bank_split)
@@ -98,16 +115,16 @@ def knn(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[st
     num_classes = int(max(bank_labels.max(), test_labels.max())) + 1
     args = dict(
         num_classes=num_classes,
-        k=c.knn_k,
+        ks=(c.knn_k, *ks),
         temperature=c.knn_temperature,
         vote=c.knn_vote,
         split=bank_split,
     )
     if c.knn_bank == "train":
-        top1 = knn_top1(bank.features, bank_labels, test.features, test_labels, **args)
+        top1 = knn_top1_multi(bank.features, bank_labels, test.features, test_labels, **args)
     else:
-        top1 = knn_top1(test.features, test_labels, None, None, leave_one_out=True, **args)
-    return {"top1": float(top1)}
+        top1 = knn_top1_multi(test.features, test_labels, None, None, leave_one_out=True, **args)
+    return {"top1": top1[c.knn_k], **{f"top1@{k}": top1[k] for k in ks}}
 
 
 def linear(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:

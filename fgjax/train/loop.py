@@ -4,7 +4,7 @@ Resumes automatically from the newest restorable checkpoint in the workdir (trai
 state and data-iterator position), so a killed run finishes with the same parameters
 as an uninterrupted one. SIGTERM saves a checkpoint and returns cleanly. Evaluation
 runs at the end, optionally before training and after the epochs `evaluation_epochs` names;
-`eval.json` holds the final numbers, the history and the best epoch.
+`eval.json` holds the final numbers, the history, the best epoch and each metric's best.
 `config.train.num_epochs=0` only evaluates (no optimiser, no train loader).
 """
 
@@ -204,6 +204,12 @@ def evaluation_epochs(eval_config: ml_collections.ConfigDict, num_epochs: int) -
     return frozenset(epochs)
 
 
+# Evaluation keys (last `/` part) that are not "higher is better": HERBS' outer errors
+# (mistakes outside a class group) are minimised, its group sizes are not scores.
+_LOWER_IS_BETTER = ("outer_errors",)
+_NOT_SCORES = ("count",)
+
+
 class _EvalHistory:
     """Evaluations during training, kept in `eval_history.json` so a resumed run keeps
     them; the best entry maximises `config.eval.best_metric`."""
@@ -225,6 +231,32 @@ class _EvalHistory:
             return None
         top = max(scored, key=lambda e: e[self.metric])
         return {"step": top["step"], "epoch": top["epoch"], self.metric: top[self.metric]}
+
+    def best_each(self) -> dict[str, dict[str, Any]]:
+        """`{metric: {"value", "epoch", "step"}}`: each metric's best over the evaluations,
+        chosen separately (BuCSFR's "[Best]" line, spec 7.1). The maximum, or the minimum
+        for `_LOWER_IS_BETTER` keys; the earliest evaluation on a tie; NaNs and
+        `_NOT_SCORES` keys left out."""
+        out: dict[str, dict[str, Any]] = {}
+        for entry in self.entries:
+            for name, value in entry.items():
+                last = name.rsplit("/", 1)[-1]
+                if name in ("step", "epoch") or last in _NOT_SCORES:
+                    continue
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    continue
+                if value != value:  # NaN (e.g. mAP without any relevant item)
+                    continue
+                sign = -1 if last in _LOWER_IS_BETTER else 1
+                held = out.get(name)
+                if held is None or sign * value > sign * held["value"]:
+                    out[name] = {"value": value, "epoch": entry["epoch"], "step": entry["step"]}
+        return out
+
+
+def _format_best(best: dict[str, dict[str, Any]]) -> str:
+    """`metric=value@epoch` for every entry of `best_each`, on one line."""
+    return "  ".join(f"{k}={v['value']:.4f}@{v['epoch']:g}" for k, v in best.items())
 
 
 def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh, writer, step: int):
@@ -406,12 +438,21 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     if finished and c.eval.enabled:
         final = run.evaluate(state)
         history.add(step, step / per_epoch, final)
-        payload = {"step": step, **final, "best": history.best(), "history": history.entries}
+        best_each = history.best_each()
+        payload = {
+            "step": step,
+            **final,
+            "best": history.best(),
+            "best_each": best_each,
+            "history": history.entries,
+        }
         initial = _read_json(initial_path, None)
         if initial is not None:
             payload["initial"] = initial
             print("untrained:", _format(initial))
         _write_json(os.path.join(workdir, "eval.json"), payload)
         print("trained:  ", _format(final))
+        if len(history.entries) > 1:
+            print("best of each (value@epoch):", _format_best(best_each))
         result["eval"] = final
     return result

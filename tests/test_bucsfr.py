@@ -216,6 +216,15 @@ def test_bucsfr_step_equals_numpy_on_the_same_encoder_outputs():
     np.testing.assert_array_equal(after.method_state["queue_coarse"][B:], m["queue_coarse"][B:])
     np.testing.assert_array_equal(after.method_state["im2cluster"], m["im2cluster"])
 
+    # Before the first BuC step (warm-up) the same step is alpha InfoNCE + (1 - alpha) CE.
+    warm = state.replace(method_state={**state.method_state, "clustered": np.zeros((), np.int32)})
+    _, metrics = jax.device_get(step(warm, frozen, global_batch(batch, mesh)))
+    queue = np.asarray(m["queue"], np.float64)
+    logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / s.temperature
+    info_nce = -np.mean(_log_softmax(logits)[:, 0])
+    np.testing.assert_allclose(float(metrics["contrastive_loss"]), info_nce, rtol=1e-4)
+    assert abs(info_nce - contrastive) > 1e-2 and float(metrics["positives"]) == 0
+
 
 def test_bucsfr_hook_clusters_the_key_encoders_projections_inside_each_coarse_class():
     config = _config()
@@ -302,3 +311,50 @@ def test_bucsfr_run_logs_the_dendrogram_and_resumes_bit_identically(
     assert sum(clusters[1]) == sum(clusters[0]) - merges[1]  # leaf counts carry over
     assert 0 < merges[0] <= 2 and a.method_state["clusters_per_class"].tolist() == clusters[1]
     assert json.loads((tmp_path / "straight" / "config.json").read_text())["method"] == "bucsfr"
+
+
+@pytest.mark.parametrize(
+    "recipe, coarse, leaves, threshold",
+    [("cifar100_bucsfr.py", 20, 25, 2.0), ("cars_bucsfr.py", 8, 125, 1.1)],
+)
+def test_recipes_have_the_spec_constants_and_full_size_shapes(recipe, coarse, leaves, threshold):
+    """Traced only (jax.eval_shape): ResNet-50 at 224 px, the spec's head, classifier, queue
+    and cluster state for the recipe's dataset (section 6.1)."""
+    import os
+
+    from conftest import REPO
+
+    from fgjax.config import load_config_file
+    from fgjax.methods import RunInfo, build_method
+
+    c = load_config_file(os.path.join(REPO, "configs", recipe))
+    s = c.bucsfr
+    assert (s.clusters_per_coarse, s.merge_threshold, s.warmup_epochs) == (leaves, threshold, 10)
+    assert (s.dim, s.queue_size, s.momentum, s.temperature, s.bn_groups) == (
+        128,
+        65536,
+        0.999,
+        0.2,
+        2,
+    )
+    assert (c.optim.lr, c.optim.schedule_unit, c.train.batch_size, c.train.num_epochs) == (
+        0.03,
+        "epoch",
+        256,
+        100,
+    )
+    assert tuple(c.eval.recall_ks) == tuple(c.eval.knn_ks) == (1, 2, 5, 10, 50, 100, 200)
+    run = RunInfo(31, 3100, 256, 196, coarse, 8144)
+    method = build_method(c, run)
+    images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
+    params, model_state = jax.eval_shape(
+        lambda x: method.init_variables(jax.random.PRNGKey(0), x.shape), images
+    )
+    state = jax.eval_shape(
+        lambda p, m: method.init_state(p, m, jax.random.PRNGKey(1)), params, model_state
+    )
+    assert params["classifier"]["kernel"].shape == (2048, coarse)
+    assert params["projector"]["fc1"]["kernel"].shape == (2048, 128)
+    assert state["centroids"].shape == (coarse * leaves, 128)
+    assert state["queue"].shape == (65536, 128) and state["queue_coarse"].shape == (65536,)
+    assert state["im2cluster"].shape == (8144,) and state["clusters_per_class"].shape == (coarse,)

@@ -1,5 +1,6 @@
-"""Images/s of fgjax's supervised, MoCo v2, BYOL and LCR train steps (ResNet-50, 224 px,
-global batch 256, bfloat16 compute), and end-to-end throughput with JPEG decoding.
+"""Images/s of fgjax's supervised, MoCo v2, BYOL, LCR and BuCSFR train steps (ResNet-50,
+224 px, global batch 256, bfloat16 compute), and end-to-end throughput with JPEG decoding.
+BuCSFR's step is timed in its main phase (SFR with Cars' 1,000 clusters, not the warm-up).
 
 Run on the accelerator host (see benchmarks/run_gpu.sh, which also runs the PyTorch
 reference `torch_train_step.py` in the same session):
@@ -42,7 +43,30 @@ from fgjax.train.step import jit_train_step, make_train_step  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # supervised: the library default; lcr: MoCo v2 + LCR (faithful), its overhead over moco.
-RECIPES = {"moco": "cub_moco.py", "byol": "cub_byol.py", "lcr": "cub_lcr.py"}
+RECIPES = {
+    "moco": "cub_moco.py",
+    "byol": "cub_byol.py",
+    "lcr": "cub_lcr.py",
+    "bucsfr": "cars_bucsfr.py",
+}
+CARS_BODY_TYPES = 8
+
+
+def clustered(method, state, seed: int = 0):
+    """BuCSFR's state after a BuC step: every leaf live, random unit centroids and
+    assignments, a queue labelled with random coarse classes (so its SFR branch runs)."""
+    rng = np.random.default_rng(seed)
+    m = state.method_state
+    centroids = rng.normal(size=m["centroids"].shape).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    clusters = m["clusters_per_class"]
+    update = {
+        "clustered": np.ones((), np.int32),
+        "centroids": centroids,
+        "im2cluster": rng.integers(0, len(centroids), m["im2cluster"].shape).astype(np.int32),
+        "queue_coarse": rng.integers(0, len(clusters), m["queue_coarse"].shape).astype(np.int32),
+    }
+    return state.replace(method_state={**m, **update})
 
 
 def build(which: str, batch: int, image_size: int, dtype: str, num_classes: int = 200):
@@ -59,16 +83,17 @@ def build(which: str, batch: int, image_size: int, dtype: str, num_classes: int 
         total_steps=10_000,
         batch_size=batch,
         num_classes=num_classes,
-        num_coarse_classes=0,
+        num_coarse_classes=CARS_BODY_TYPES if which == "bucsfr" else 0,
         num_train_examples=100 * batch,
     )
     method = build_method(config, run)
     schedule = optim.make_schedule(config.optim, batch, steps_per_epoch=100, num_epochs=100)
     tx = optim.make_optimizer(config.optim, schedule)
     mesh = make_mesh()
-    state = put_replicated(
-        create_train_state(method, tx, (2, image_size, image_size, 3), seed=0), mesh
-    )
+    state = create_train_state(method, tx, (2, image_size, image_size, 3), seed=0)
+    if which == "bucsfr":
+        state = clustered(method, state)
+    state = put_replicated(state, mesh)
     specs = {name: photometric_spec(config, name) for name in method.view_names}
     step = jit_train_step(make_train_step(method, tx, specs, run), mesh)
     return config, method, mesh, state, step

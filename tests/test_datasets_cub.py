@@ -2,14 +2,17 @@
 and on a miniature copy with broken index files; BuCSFR's 24 groups against the official
 200 class names (../shared/data/cub200_classes.txt)."""
 
+import dataclasses
 import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import data_config, index_table, shared_path
+from conftest import REPO, data_config, index_table, shared_path
 from PIL import Image
 
+from fgjax.config import load_config_file, photometric_spec
+from fgjax.data.augment import moco_v2_spec
 from fgjax.data.datasets import build_source
 from fgjax.data.datasets.cub import BUCSFR_GROUPS, bucsfr_level
 from fgjax.data.decode import random_crop_views, resize_center_crop
@@ -190,3 +193,18 @@ def test_bucsfr_coarse_labels_on_the_images(tmp_path, mini_cub, cub_root):
     assert build_source(data_config("cub", tmp_path), "all").coarse_level == "family"
     with pytest.raises(DatasetFormatError, match=r"classes.txt: .*'001.Dodo'"):
         build_source(data_config("cub", tmp_path, coarse="bucsfr"), "all")
+
+
+def test_cub_bucsfr_recipe_reads_the_sample_with_both_views_strong(cub_root):
+    """configs/cub_bucsfr.py: spec 6.1/6.3 data and views; its data section on the sample."""
+    c = load_config_file(os.path.join(REPO, "configs", "cub_bucsfr.py"))
+    strong = dataclasses.replace(
+        moco_v2_spec(), mean=(0.486, 0.499, 0.432), std=(0.232, 0.228, 0.267)
+    )
+    assert sorted(c.views) == ["view1", "view2"]
+    for view in c.views:
+        assert photometric_spec(c, view) == strong and tuple(c.views[view].crop_scale) == (0.2, 1)
+    assert c.train.checkpoint_every_steps == 5994 // 256 and not c.data.get("crop_to_box")
+    c.data.root = cub_root
+    train = build_source(c.data, "train")
+    assert train.coarse_level == "bucsfr" and train.num_coarse_classes == 24

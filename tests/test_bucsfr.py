@@ -315,7 +315,11 @@ def test_bucsfr_run_logs_the_dendrogram_and_resumes_bit_identically(
 
 @pytest.mark.parametrize(
     "recipe, coarse, leaves, threshold",
-    [("cifar100_bucsfr.py", 20, 25, 2.0), ("cars_bucsfr.py", 8, 125, 1.1)],
+    [
+        ("cifar100_bucsfr.py", 20, 25, 2.0),
+        ("cars_bucsfr.py", 8, 125, 1.1),
+        ("cub_bucsfr.py", 24, 40, 1.1),
+    ],
 )
 def test_recipes_have_the_spec_constants_and_full_size_shapes(recipe, coarse, leaves, threshold):
     """Traced only (jax.eval_shape): ResNet-50 at 224 px, the spec's head, classifier, queue

@@ -1,15 +1,20 @@
 """kind='cub' on the official CUB-200-2011 sample in ../shared/data (skipped when absent)
-and on a miniature copy with broken index files."""
+and on a miniature copy with broken index files; BuCSFR's 24 groups against the official
+200 class names (../shared/data/cub200_classes.txt)."""
 
+import dataclasses
 import os
 import shutil
 
 import numpy as np
 import pytest
-from conftest import data_config, index_table
+from conftest import REPO, data_config, index_table, shared_path
 from PIL import Image
 
+from fgjax.config import load_config_file, photometric_spec
+from fgjax.data.augment import moco_v2_spec
 from fgjax.data.datasets import build_source
+from fgjax.data.datasets.cub import BUCSFR_GROUPS, bucsfr_level
 from fgjax.data.decode import random_crop_views, resize_center_crop
 from fgjax.data.layout import DatasetFormatError, DatasetLayoutError
 from fgjax.data.views import ViewSpec
@@ -114,3 +119,92 @@ def test_unknown_split_and_coarse_level(cub_root):
         build_source(data_config("cub", cub_root, coarse="order"), "train")
     none = build_source(data_config("cub", cub_root, coarse="none"), "train")
     assert none.num_coarse_classes == 0 and set(none.coarse_labels) == {-1}
+
+
+# Spec (../shared/methods/bucsfr.md section 6.2): the groups in BuCSFR's order, their sizes.
+BUCSFR_SIZES = {
+    "Waterbird": 43, "Icterid": 13, "Finch": 4, "Grosbeak/Cardinal": 5, "Bunting": 3,
+    "Sparrow": 25, "Warbler/Chat": 31, "Flycatcher": 11, "Vireo": 7, "Wren": 7,
+    "Thrasher/Mimid": 5, "Nightjar": 3, "Hummingbird": 4, "Woodpecker": 7, "Corvid": 8,
+    "Cuculidae": 5, "Swallow": 4, "Tanager": 2, "Pipit": 1, "Bark_Forager": 2, "Shrike": 2,
+    "Kingfisher": 5, "Starling": 1, "Waxwing": 2,
+}  # fmt: skip
+SPOT_CHECKS = {  # the spec's prose
+    "Sparrow": ("Dark_eyed_Junco", "Horned_Lark", "Eastern_Towhee", "Green_tailed_Towhee"),
+    "Bark_Forager": ("White_breasted_Nuthatch", "Brown_Creeper"),
+    "Warbler/Chat": (
+        "Northern_Waterthrush", "Louisiana_Waterthrush", "Common_Yellowthroat",
+        "American_Redstart", "Ovenbird", "Yellow_breasted_Chat",
+    ),
+    "Flycatcher": ("Western_Wood_Pewee", "Sayornis", "Tropical_Kingbird", "Gray_Kingbird"),
+    "Cuculidae": ("Geococcyx", "Groove_billed_Ani", "Mangrove_Cuckoo"),
+    "Thrasher/Mimid": ("Spotted_Catbird", "Gray_Catbird", "Mockingbird"),
+    "Corvid": ("Clark_Nutcracker", "Green_Jay", "White_necked_Raven"),
+}  # fmt: skip
+
+
+def official_names() -> list[str]:
+    """The 200 classes.txt names in id order, e.g. '001.Black_footed_Albatross'."""
+    with open(shared_path("cub200_classes.txt"), encoding="utf-8") as f:
+        rows = [line.split() for line in f if line.strip()]
+    assert [int(i) for i, _ in rows] == list(range(1, 201))
+    return [name for _, name in rows]
+
+
+def test_bucsfr_groups_cover_the_200_classes_once():
+    names = official_names()
+    bare = [n.split(".", 1)[1] for n in names]
+    members = [m for group in BUCSFR_GROUPS.values() for m in group]
+    assert sorted(members) == sorted(bare)  # each official name exactly once, same spelling
+    assert {g: len(m) for g, m in BUCSFR_GROUPS.items()} == BUCSFR_SIZES
+    assert list(BUCSFR_GROUPS) == list(BUCSFR_SIZES)  # order = coarse ids
+    level = bucsfr_level(names)
+    assert level.names == list(BUCSFR_SIZES)
+    np.testing.assert_array_equal(np.bincount(level.of_class), list(BUCSFR_SIZES.values()))
+    for group, species in SPOT_CHECKS.items():
+        assert {level.names[level.of_class[bare.index(s)]] for s in species} == {group}
+    # Without the 'NNN.' prefix, and in the original's every-word-capitalised spelling.
+    capitalised = ["_".join(w.capitalize() for w in n.split("_")) for n in bare]
+    for other in (bare, capitalised):
+        np.testing.assert_array_equal(bucsfr_level(other).of_class, level.of_class)
+    with pytest.raises(DatasetFormatError, match=r"my.txt: .*'201.Dodo'.*none of BuCSFR"):
+        bucsfr_level([*names, "201.Dodo"], "my.txt")
+
+
+def test_bucsfr_coarse_labels_on_the_images(tmp_path, mini_cub, cub_root):
+    """coarse='bucsfr' on the sample: its own 50-class classes.txt and the full 200 list."""
+    names = official_names()
+    group_of = {m: k for k, group in enumerate(BUCSFR_GROUPS.values()) for m in group}
+    sample = build_source(data_config("cub", cub_root, coarse="bucsfr"), "all")
+    shutil.copy(shared_path("cub200_classes.txt"), mini_cub / "classes.txt")
+    full = build_source(data_config("cub", tmp_path, coarse="bucsfr"), "all")
+    assert sample.num_classes == 50 and full.num_classes == 200
+    for src in (sample, full):
+        assert src.coarse_level == "bucsfr" and src.coarse_names == list(BUCSFR_SIZES)
+        want = [group_of[names[y].split(".", 1)[1]] for y in src.labels]
+        np.testing.assert_array_equal(src.coarse_labels, want)
+        k = next(i for i, p in enumerate(src.paths) if "Brewer_Blackbird_0028" in p)
+        assert src.coarse_names[src[k]["coarse_label"]] == "Icterid"
+    np.testing.assert_array_equal(full.coarse_labels, sample.coarse_labels)  # same classes
+    assert build_source(data_config("cub", tmp_path), "all").coarse_level == "family"
+    # A renamed class: 'family' still reads, 'bucsfr' names the file and the class.
+    lines = (mini_cub / "classes.txt").read_text().splitlines()
+    (mini_cub / "classes.txt").write_text("\n".join(["1 001.Dodo", *lines[1:]]) + "\n")
+    assert build_source(data_config("cub", tmp_path), "all").coarse_level == "family"
+    with pytest.raises(DatasetFormatError, match=r"classes.txt: .*'001.Dodo'"):
+        build_source(data_config("cub", tmp_path, coarse="bucsfr"), "all")
+
+
+def test_cub_bucsfr_recipe_reads_the_sample_with_both_views_strong(cub_root):
+    """configs/cub_bucsfr.py: spec 6.1/6.3 data and views; its data section on the sample."""
+    c = load_config_file(os.path.join(REPO, "configs", "cub_bucsfr.py"))
+    strong = dataclasses.replace(
+        moco_v2_spec(), mean=(0.486, 0.499, 0.432), std=(0.232, 0.228, 0.267)
+    )
+    assert sorted(c.views) == ["view1", "view2"]
+    for view in c.views:
+        assert photometric_spec(c, view) == strong and tuple(c.views[view].crop_scale) == (0.2, 1)
+    assert c.train.checkpoint_every_steps == 5994 // 256 and not c.data.get("crop_to_box")
+    c.data.root = cub_root
+    train = build_source(c.data, "train")
+    assert train.coarse_level == "bucsfr" and train.num_coarse_classes == 24

@@ -33,7 +33,7 @@ from fgjax.data.layout import DatasetLayoutError, describe_folder
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def _words(class_name: str) -> list[str]:
+def name_words(class_name: str) -> list[str]:
     """'001.Black_footed_Albatross' -> ['Black', 'footed', 'Albatross'] (drops a NNN. prefix)."""
     head, dot, tail = class_name.partition(".")
     name = tail if dot and head.isdigit() else class_name
@@ -42,12 +42,12 @@ def _words(class_name: str) -> list[str]:
 
 def last_word(class_name: str) -> str:
     """CUB species -> family: '001.Black_footed_Albatross' -> 'Albatross'."""
-    return _words(class_name)[-1]
+    return name_words(class_name)[-1]
 
 
 def first_word(class_name: str) -> str:
     """Cars model -> make: 'AM General Hummer SUV 2000' -> 'AM'."""
-    return _words(class_name)[0]
+    return name_words(class_name)[0]
 
 
 # Named class-name -> coarse-name rules usable from a config (`config.data.coarse_of`).

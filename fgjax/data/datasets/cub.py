@@ -25,7 +25,7 @@ from fgjax.data.layout import (
     read_keyed,
     require_paths,
 )
-from fgjax.data.sources import CoarseLevel, LabeledSource, _words, coarse_from_names, last_word
+from fgjax.data.sources import CoarseLevel, LabeledSource, coarse_from_names, last_word, name_words
 
 FOLDER = "CUB_200_2011"
 INDEX_FILES = (
@@ -136,7 +136,7 @@ BUCSFR_GROUPS: dict[str, tuple[str, ...]] = {
 
 def _species_key(class_name: str) -> str:
     """'001.Black_footed_Albatross' / 'Black_Footed_Albatross' -> 'black_footed_albatross'."""
-    return "_".join(_words(class_name)).lower()
+    return "_".join(name_words(class_name)).lower()
 
 
 def bucsfr_level(class_names: Sequence[str], source: str = "classes.txt") -> CoarseLevel:

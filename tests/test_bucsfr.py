@@ -226,7 +226,7 @@ def test_bucsfr_step_equals_numpy_on_the_same_encoder_outputs():
     assert abs(info_nce - contrastive) > 1e-2 and float(metrics["positives"]) == 0
 
 
-def test_bucsfr_hook_clusters_the_key_encoders_projections_inside_each_coarse_class():
+def test_bucsfr_hook_clusters_the_key_encoders_projections_inside_each_coarse_class(capsys):
     config = _config()
     source = build_source(config.data, "train")
     run = run_info(config, steps_per_epoch=len(source) // B)
@@ -278,6 +278,8 @@ def test_bucsfr_hook_clusters_the_key_encoders_projections_inside_each_coarse_cl
         ids = update.state["im2cluster"][coarse == c]
         assert offsets[c] <= ids.min() and ids.max() < offsets[c + 1]
     assert 0.0 <= update.metrics["buc/nmi"] <= 1.0
+    total = int(want[2].sum())
+    assert f"epoch 1 BuC: {total} leaves, {int(want[3].sum())} merged" in capsys.readouterr().out
 
 
 def _run_config():

@@ -140,6 +140,11 @@ class BuCSFR(MoCo):
         }
         if (train.labels >= 0).all():
             metrics["buc/nmi"] = nmi(train.labels, im2cluster)
+        nmi_note = f", NMI vs fine labels {metrics['buc/nmi']:.3f}" if "buc/nmi" in metrics else ""
+        print(
+            f"epoch {epoch} BuC: {metrics['buc/total_clusters']} leaves, "
+            f"{metrics['buc/merges']} merged{nmi_note} ({metrics['buc/seconds']:.1f} s)"
+        )
         update = {
             "clustered": np.ones((), np.int32),
             "clusters_per_class": new_k.astype(np.int32),

@@ -9,7 +9,8 @@ it (`Module.clone`). Adding an architecture is one `register(...)` call, e.g.
     register("vit_{size}_patch{P}_{IMG}", vit_from_name, family="vit", pattern=VIT_NAME)
 
 Registered here: resnet18/34 (BasicBlock), resnet50/101/152 (Bottleneck), torchvision
-layout; every timm Swin v1 name `swin_from_name` accepts.
+layout; every timm Swin v1 name `swin_from_name` accepts; CLIP image towers
+`clip_vit_{b,l}{14,16,32}[_IMG]` (`clip_vision_from_name`, e.g. `clip_vit_b16`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from fgjax.models.clip import CLIP_NAME, clip_vision_from_name
 from fgjax.models.resnet import ResNet
 from fgjax.models.swin import SWIN_NAME, swin_from_name
 
@@ -76,7 +78,7 @@ def _entry(arch: str) -> _Entry:
 
 
 def arch_family(arch: str) -> str:
-    """'resnet' | 'swin' (the weight key-map family of `arch`); ValueError if unknown."""
+    """'resnet' | 'swin' | 'clip' (the weight key-map family of `arch`); ValueError if unknown."""
     return _entry(arch).family
 
 
@@ -128,3 +130,4 @@ register(
     family="swin",
     pattern=SWIN_NAME,
 )
+register("clip_vit_{b,l}{14,16,32}[_IMG]", clip_vision_from_name, family="clip", pattern=CLIP_NAME)

@@ -34,7 +34,7 @@ ANY_RESNET = "resnet"
 
 
 def _family(arch: str) -> str:
-    """The key-map family of `arch` ('resnet', 'swin'): `fgjax.models.registry.arch_family`,
+    """The key-map family of `arch` ('resnet', 'swin', 'clip'): `registry.arch_family`,
     plus the bare `resnet`. ValueError for an unknown arch."""
     if arch == ANY_RESNET:
         return "resnet"
@@ -82,11 +82,15 @@ def variables_from_torch(
         report = as_import_report(report)
         report.notes[:0] = notes
         return variables, report
+    if family == "clip":
+        from fgjax.weights.clip_keys import clip_variables_from_torch
+
+        return clip_variables_from_torch(state_dict, target, prefix)
     raise ValueError(f"architecture {arch!r} ({family}) has no torch key map")
 
 
 def variables_to_torch(variables: Mapping[str, Any], arch: str) -> dict[str, np.ndarray]:
-    """fgjax variables -> the torchvision (ResNet) / timm (Swin) state dict."""
+    """fgjax variables -> the torchvision (ResNet) / timm (Swin) / OpenAI (CLIP) state dict."""
     family = _family(arch)
     if family == "resnet":
         return resnet_variables_to_torch(variables)
@@ -94,6 +98,10 @@ def variables_to_torch(variables: Mapping[str, Any], arch: str) -> dict[str, np.
         from fgjax.weights.swin_keys import swin_variables_to_torch
 
         return swin_variables_to_torch(variables)
+    if family == "clip":
+        from fgjax.weights.clip_keys import clip_variables_to_torch
+
+        return clip_variables_to_torch(variables)
     raise ValueError(f"architecture {arch!r} ({family}) has no torch key map")
 
 

@@ -8,6 +8,11 @@ element count followed by its raw bytes). The object pickle is read by
 (`torch._utils._rebuild_tensor_v2`/`_v3`/`_rebuild_parameter*`, `torch.*Storage`,
 `torch.<dtype>`, `collections.OrderedDict` and a few inert builtins) and refuses every
 other global with `UnsafeCheckpointError` naming it, so loading a file never runs code.
+TorchScript archives (`torch.jit.save`, e.g. OpenAI's CLIP `.pt` downloads: a zip with a
+`<root>/code/` tree beside `data.pkl`) pickle their modules as `__torch__.<Class>`
+objects whose state is an attribute dict; in such an archive, and only there, every
+`__torch__.*` global resolves to the inert `_ScriptObject`, which keeps that dict (nested
+modules and tensors) and nothing else. The archive's code is never read.
 Tensors come back as numpy arrays (bfloat16/float8 through `ml_dtypes`); views keep
 their offsets/strides and tensors sharing a storage are rebuilt from the same bytes.
 """
@@ -157,6 +162,20 @@ class _TensorRef(_Sealed):
         self.shape, self.stride, self.metadata = shape, stride, metadata
 
 
+class _ScriptObject:
+    """Stand-in for a TorchScript `__torch__.*` class: NEWOBJ makes an empty instance and
+    BUILD may only hand it an attribute dict (submodules, parameters, plain values)."""
+
+    __slots__ = ("attributes",)
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise CheckpointFormatError(
+                f"TorchScript object state is a {type(state).__name__}, not an attribute dict"
+            )
+        self.attributes = state
+
+
 def _int_tuple(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
@@ -260,11 +279,19 @@ class SafeUnpickler(pickle.Unpickler):
     `storage_loader(pid)`.
     """
 
-    def __init__(self, file: BinaryIO, storage_loader: Callable[[tuple], Any] | None = None):
+    def __init__(
+        self,
+        file: BinaryIO,
+        storage_loader: Callable[[tuple], Any] | None = None,
+        script_objects: bool = False,
+    ):
         super().__init__(file)
         self._storage_loader = storage_loader
+        self._script_objects = script_objects  # a TorchScript archive's data.pkl
 
     def find_class(self, module: str, name: str) -> Any:
+        if self._script_objects and (module == "__torch__" or module.startswith("__torch__.")):
+            return _ScriptObject
         key = (module, name)  # protocol-2 pickles use Python 2 names (__builtin__.eval)
         if key in _compat_pickle.NAME_MAPPING:
             key = _compat_pickle.NAME_MAPPING[key]
@@ -308,6 +335,8 @@ def _materialize(obj: Any, byteorder: str) -> Any:
     """Replace every `_TensorRef` in lists/tuples/dicts by an ndarray."""
     if isinstance(obj, _TensorRef):
         return _to_array(obj, byteorder)
+    if isinstance(obj, _ScriptObject):
+        return _materialize(getattr(obj, "attributes", {}), byteorder)
     if isinstance(obj, OrderedDict):
         return OrderedDict((k, _materialize(v, byteorder)) for k, v in obj.items())
     if isinstance(obj, dict):
@@ -368,7 +397,8 @@ def load_pth(path: PathLike) -> Any:
     """Unpickle a torch checkpoint safely; tensors become numpy arrays.
 
     Returns whatever was saved (usually a dict of arrays, or a dict holding one, e.g.
-    `{'epoch': 3, 'state_dict': {...}}`). Raises `UnsafeCheckpointError` for any global
+    `{'epoch': 3, 'state_dict': {...}}`; a TorchScript archive gives its top module's
+    attributes, submodules as nested dicts). Raises `UnsafeCheckpointError` for any global
     outside the allowlist and `CheckpointFormatError` for malformed files; both name
     `path`.
     """
@@ -432,7 +462,8 @@ def _load_zip(path: str) -> Any:
                 storages[key] = _Storage(key, storage_type.np, numel, fetch)
             return storages[key]
 
-        obj = SafeUnpickler(io.BytesIO(zf.read(pkls[0])), storage_loader).load()
+        script = any(n.startswith(f"{root}/code/") for n in names)
+        obj = SafeUnpickler(io.BytesIO(zf.read(pkls[0])), storage_loader, script).load()
         return _materialize(obj, byteorder)
 
 

@@ -150,7 +150,10 @@ def test_reports_other_tower_prefixes_gaps_and_round_trips(tmp_path):
     exported = clip_variables_to_torch(loaded)
     assert set(exported) == set(state) - text_keys
     assert all(np.array_equal(exported[k], state[k]) for k in exported)
-    text_loaded, _ = clip_variables_from_torch(state, text)
+    # OpenAI's TorchScript models also hold their hyper-parameters as 0-d tensors.
+    extras = {k: np.array(224) for k in ("input_resolution", "context_length", "vocab_size")}
+    text_loaded, report = clip_variables_from_torch({**state, **extras}, text)
+    assert report.ok and set(extras) | {"logit_scale"} <= set(report.ignored)
     exported = clip_variables_to_torch(text_loaded)
     assert set(exported) == text_keys - {"logit_scale"}
     assert all(np.array_equal(exported[k], state[k]) for k in exported)

@@ -17,7 +17,8 @@ Layouts, recognised from the keys:
            transposed into `proj` / `text_projection` matrices).
 
 The target's parameters say which tower is loaded (`conv1`: image, `token_embedding`:
-text); the other tower's tensors and `logit_scale` are reported as ignored, the
+text); the other tower's tensors, `logit_scale` and the 0-d `input_resolution`,
+`context_length`, `vocab_size` of OpenAI's TorchScript files are reported as ignored, the
 `attn_mask` / `position_ids` buffers are skipped.
 """
 
@@ -35,7 +36,9 @@ from fgjax.weights.variables import ImportReport, fill, flatten
 VISUAL = "visual."
 DDP_PREFIX = "module."
 _BUFFERS = ("attn_mask", "position_ids")  # derived, never weights
-_NOT_TOWER = ("logit_scale", "logit_bias")
+# Not tower weights: the contrastive temperature, and the hyper-parameters OpenAI's
+# TorchScript models carry as 0-d tensors (their `build_model` deletes these too).
+_NOT_TOWER = ("logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size")
 
 # Hugging Face name -> OpenAI name, applied in order (whole-name rules first).
 _HF_RULES = (
@@ -137,7 +140,7 @@ def clip_variables_from_torch(
     Returns:
       (variables, report): `target` with each matched tensor replaced by a float32 array;
       `report` names keys in OpenAI terms (Hugging Face keys are renamed first, see
-      `notes`), the other tower and `logit_scale` under `ignored`.
+      `notes`), the other tower and `logit_scale` (etc.) under `ignored`.
     """
     report = ImportReport()
     tensors = dict(state_dict)

@@ -27,8 +27,10 @@ k-means quality: per class, fgjax's objective / the reference's inertia (the sum
 distances to the nearest centroid): < 1 means fgjax's clustering is tighter.
 
 The issue's goal: the BuC step under 5 % of one training epoch. The epoch time is
-`--epoch-seconds`, else points / `--images-per-s` (default 2,500 img/s: an ASSUMPTION for
-ResNet-50 at 224 px, bf16, on one H100-class GPU, BuCSFR's MoCo v2 step; not measured).
+`--epoch-seconds`, else points / images per second: `--images-per-s-from` a
+`benchmarks/train_step.py --out` file (its MoCo v2 row: BuCSFR's step is MoCo v2 plus a coarse
+head), else `--images-per-s` (default 2,500 img/s: an ASSUMPTION for ResNet-50 at 224 px,
+bf16, on one H100-class GPU; issue #2's PyTorch torch.compile MoCo v2 target is ~4,100).
 """
 
 from __future__ import annotations
@@ -284,6 +286,18 @@ def faiss_row(blocks, objective, cfg, args) -> dict:
     return row
 
 
+def measured_rate(path: str) -> tuple[float, str]:
+    """images/s of the synthetic-input MoCo v2 row of a `train_step.py --out` file (BuCSFR's
+    step is MoCo v2 plus a coarse head at the same 224 px), and its description."""
+    with open(path) as f:
+        rows = json.load(f)
+    for row in rows:
+        if row.get("step") == "moco" and row.get("input") == "synthetic":
+            rate = float(row["images_per_s"])
+            return rate, f"measured {rate:.0f} img/s (fgjax MoCo v2 step, {row['device']})"
+    raise SystemExit(f"{path}: no synthetic 'moco' row (benchmarks/train_step.py --which moco)")
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__}
     for name in ("sklearn", "faiss"):
@@ -302,7 +316,10 @@ def run_preset(name: str, args: argparse.Namespace) -> dict:
     x_host, coarse = make_features(cfg, args.seed)
     x = jax.device_put(x_host)  # the momentum encoder's embeddings live on the device
     device = jax.devices()[0]
-    epoch_s = args.epoch_seconds or cfg["points"] / args.images_per_s
+    images_per_s, source = args.images_per_s, f"ASSUMED {args.images_per_s:g} img/s"
+    if args.images_per_s_from:
+        images_per_s, source = measured_rate(args.images_per_s_from)
+    epoch_s = args.epoch_seconds or cfg["points"] / images_per_s
     result = {
         "benchmark": "buc_step",
         "preset": name,
@@ -311,12 +328,12 @@ def run_preset(name: str, args: argparse.Namespace) -> dict:
         "device": f"{device.platform}: "
         + (cpu_name() if device.platform == "cpu" else device.device_kind),
         "host": f"{platform.node()} ({os.cpu_count()} CPUs)",
-        "load_average": os.getloadavg(),
+        "load_average": os.getloadavg(),  # of the shared machine, at the start and the end
         "versions": versions(),
         "epoch": {
             "seconds": epoch_s,
             "source": "--epoch-seconds" if args.epoch_seconds
-            else f"ASSUMED {args.images_per_s:g} img/s x {cfg['points']} images",
+            else f"{source} x {cfg['points']} images",
             "goal_fraction": GOAL,
         },
     }  # fmt: skip
@@ -337,13 +354,15 @@ def run_preset(name: str, args: argparse.Namespace) -> dict:
             result["references"].append(faiss_row(blocks, objective, cfg, args))
         except ImportError:
             print("faiss is not installed: its k-means row is skipped", flush=True)
+    result["load_average_end"] = os.getloadavg()
     return result
 
 
 def print_table(result: dict) -> None:
     fg, epoch = result["fgjax"], result["epoch"]
     print(f"\n{result['preset']}: {result['config']}")
-    print(f"{result['device']}; {result['host']}; load {result['load_average']}")
+    load = "{:.1f} -> {:.1f}".format(result["load_average"][0], result["load_average_end"][0])
+    print(f"{result['device']}; {result['host']}; load average {load}")
     print(f"{result['versions']}")
     print(f"epoch {epoch['seconds']:.1f} s ({epoch['source']})")
     head = f"{'method':<34}{'median s':>10}{'% epoch':>9}{'threads':>8}  obj/inertia (min..max)"
@@ -396,6 +415,9 @@ def main() -> int:
         type=float,
         default=DEFAULT_IMAGES_PER_S,
         help="training images/s for the epoch estimate (default: an assumption)",
+    )
+    p.add_argument(
+        "--images-per-s-from", default="", help="train_step.py's JSON: its MoCo v2 images/s"
     )
     p.add_argument("--epoch-seconds", type=float, default=0, help="measured epoch time")
     p.add_argument("--out", default="", help="write the results (a JSON list) here")

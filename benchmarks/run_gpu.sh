@@ -8,12 +8,13 @@
 # 3 minutes), and, only when named, herbsmax (the largest micro-batch, remat off/on, both
 # frameworks; at most 9 minutes: `bash benchmarks/run_gpu.sh herbsmax`), describe (CFGA
 # descriptors/s of ResNet-50 at 224, fgjax batch 32 vs the PyTorch per-image procedure;
-# about 1 minute, at most 3).
+# about 1 minute, at most 3), buc (BuCSFR's per-epoch BuC step, CIFAR-100 and Cars sizes,
+# against scikit-learn's k-means on the host CPUs; about 2 minutes, at most 5).
 # Writes every result to $OUT (or ./bench_out) as JSON plus a log.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-bench_out}; mkdir -p "$out"
-parts=" ${*:-steps torch parity input e2e herbs describe} "
+parts=" ${*:-steps torch parity input e2e herbs describe buc} "
 want() { [[ $parts == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if [ -d .carry/whl ]; then
@@ -40,6 +41,13 @@ want herbsmax && python3 benchmarks/herbs_step.py --find-max-batch --framework t
 # CFGA descriptors: fgjax compiles one vmapped forward + backward (most of its time).
 want describe && python3 benchmarks/describe.py --timeout-s 90 --out "$out/describe.json" 2>&1 |
   tee "$out/describe.log"
+# BuC step: its share of an epoch uses the MoCo v2 images/s of the steps part when it ran
+# (else an assumed 2,500 img/s); scikit-learn runs on all host cores (faiss is absent there).
+if want buc; then
+  rate=""; [ -f "$out/jax.json" ] && rate="--images-per-s-from $out/jax.json"
+  timeout 300 python3 benchmarks/buc_step.py --preset cifar100,cars --repeats 5 $rate \
+    --out "$out/buc.json" 2>&1 | tee "$out/buc.log"
+fi
 # One grain/DataLoader worker per core; a worker makes a whole batch, so warm up a batch
 # per worker and time 10 per worker.
 want input && [ -d $data ] && python3 benchmarks/input_pipeline.py --data $data --workers "$workers" \

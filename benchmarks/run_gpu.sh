@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run ON the GPU host (device tool: carry=[".carry"], command `bash benchmarks/run_gpu.sh`,
 # or `bash benchmarks/run_gpu.sh input e2e` for some parts only; see prepare_device.sh).
-# Parts: steps (fgjax train steps, + MoCo/BYOL/supervised fed from the CUB crops),
+# Parts: steps (fgjax train steps incl. LCR and BuCSFR, + each fed from the CUB crops),
 # torch (PyTorch reference steps), parity (weight import), input (input pipeline against
 # torchvision, one worker per core), e2e (MoCo v2 fed from full-size JPEGs vs synthetic),
 # herbs (Swin-L/384 + HERBS step at micro-batch 8, fgjax vs the PyTorch original; at most
@@ -27,7 +27,7 @@ data=.carry/data crops=.carry/data/cub100_crops227/manifest.csv
 full=.carry/data/cub200_official_sample/CUB_200_2011/manifest.csv
 workers=$(nproc)
 jpeg=""; [ -f $crops ] && jpeg="--jpeg-csv $crops --workers $workers"
-want steps && python3 benchmarks/train_step.py --which supervised,moco,byol,lcr $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
+want steps && python3 benchmarks/train_step.py --which supervised,moco,byol,lcr,bucsfr $jpeg --out "$out/jax.json" 2>&1 | tee "$out/jax.log"
 want torch && python3 benchmarks/torch_train_step.py --which supervised,moco,byol --modes eager,compile --out "$out/torch.json" 2>&1 | tee "$out/torch.log"
 want parity && python3 benchmarks/weights_parity.py 2>&1 | tee "$out/parity.log"
 # HERBS: fgjax without remat and the recipe (a4-remat: 4 micro-batches of 8, remat) against

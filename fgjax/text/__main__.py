@@ -45,10 +45,12 @@ def _parser() -> argparse.ArgumentParser:
 def _report(path: str, x: np.ndarray) -> None:
     s = prototype_stats(x)
     print(f"{path}: C={s['classes']} D={s['dim']} norms {s['norm_min']:.4f}..{s['norm_max']:.4f}")
-    print(
-        f"off-diagonal cosine: mean {s['mean_cosine']:.4f}, max {s['max_cosine']:.4f} "
-        f"(rows {s['max_pair']})"
-    )
+    if s["max_pair"] is not None:  # two rows or more
+        i, j = s["max_pair"]
+        print(
+            f"off-diagonal cosine: mean {s['mean_cosine']:.4f}, max {s['max_cosine']:.4f} "
+            f"(rows {i} and {j})"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

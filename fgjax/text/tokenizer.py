@@ -98,14 +98,13 @@ def split_words(text: str) -> Iterator[str]:
     """
     i, n = 0, len(text)
     while i < n:
-        special = next((s for s in (SOT_TEXT, EOT_TEXT) if text.startswith(s, i)), None)
-        if special is None and text[i] == "'":
+        match = next((s for s in (SOT_TEXT, EOT_TEXT) if text.startswith(s, i)), "")
+        if not match and text[i] == "'":
             tail = text[i + 1 : i + 3].translate(_FOLD)
-            special = next((f"'{c}" for c in CONTRACTIONS if tail.startswith(c)), None)
-            special = special and text[i : i + len(special)]
-        if special:
-            yield special
-            i += len(special)
+            match = text[i : next((i + 1 + len(c) for c in CONTRACTIONS if tail.startswith(c)), i)]
+        if match:
+            yield match
+            i += len(match)
             continue
         kind = _kind(text[i])
         j = i + 1

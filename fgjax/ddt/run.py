@@ -37,6 +37,7 @@ from fgjax.data.eval_loader import make_eval_loader, spread
 from fgjax.data.views import ViewSpec
 from fgjax.ddt.locate import (
     CUT_RATES,
+    MASK_RULES,
     POLICIES,
     Box,
     crop_policy,
@@ -95,6 +96,8 @@ class DDTSettings:
     def __post_init__(self):
         if self.policy not in POLICIES:
             raise ValueError(f"DDT policy {self.policy!r}: expected one of {sorted(POLICIES)}")
+        if self.mask_rule not in MASK_RULES:
+            raise ValueError(f"DDT mask_rule {self.mask_rule!r}: expected one of {MASK_RULES}")
         if self.pca_sign not in PCA_SIGNS:
             raise ValueError(f"DDT pca_sign {self.pca_sign!r}: expected one of {PCA_SIGNS}")
         if min(self.fit_size, self.locate_size, self.batch_size) < 1:
@@ -298,7 +301,9 @@ def locate_images(
     source: Any, split: str, masks: np.ndarray, settings: DDTSettings, workers: int = 1
 ) -> list[ImageResult]:
     """The box search and crop policy of every image of `source` given its mask."""
-    view = ViewSpec("ddt", 1, root=os.sep)  # only to reuse the relative-path mapping
+    # `parallel_path` under the root "/" is "/" + the path relative to the source root: the
+    # mapping (and its errors) that views use, without knowing the output root here.
+    view = ViewSpec("ddt", 1, root=os.sep)
 
     def one(i: int) -> ImageResult:
         record = source[i]

@@ -289,12 +289,14 @@ def test_command_line_writes_crops_a_view_reads_boxes_and_a_contact_sheet(tmp_pa
     assert summary["images"] == 6 and summary["written"] == 6 and summary["descriptors"] == 384
     rows = read_boxes(str(out / "boxes.tsv"))
     assert len(rows) == 6
+    assert os.stat(out / "boxes.tsv").st_mode & 0o777 == 0o644  # not the temp file's 0o600
     for rel, row in rows.items():
         original = Image.open(tmp_path / "imgs" / rel)
         assert (row["width"], row["height"]) == original.size
         assert row["w"] == row["h"]  # the default policy of a csv dataset: square
         assert row["split"] == rel.split(os.sep)[0]
         crop = np.asarray(Image.open(out / rel))
+        assert os.stat(out / rel).st_mode & 0o777 == 0o644
         box = (row["x"], row["y"], row["x"] + row["w"], row["y"] + row["h"])
         np.testing.assert_array_equal(crop, np.asarray(original.crop(box)))
     sheet = Image.open(out / "contact_sheet.png")

@@ -61,6 +61,7 @@ IMAGENET = PhotometricSpec()  # its mean and std are ImageNet's
 BOXES_FILE = "boxes.tsv"
 SHEET_FILE = "contact_sheet.png"
 FIT_FILE = "ddt_fit.npz"
+FILE_MODE = 0o644  # crops and boxes.tsv (a temporary file is created 0o600)
 BOX_COLUMNS = (
     "path",  # relative to the source root (= relative to the output root)
     "x",  # the crop written, in the original file's pixels: left, top, width, height
@@ -327,6 +328,7 @@ def write_boxes(path: str, results: Sequence[ImageResult]) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".boxes.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write("\n".join(lines) + "\n")
+    os.chmod(tmp, FILE_MODE)
     os.replace(tmp, path)
 
 
@@ -363,6 +365,7 @@ def _save_atomic(img: Image.Image, path: str) -> None:
     os.close(fd)
     try:
         img.save(tmp, format=fmt, **options)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

@@ -18,6 +18,8 @@ ALLOWED = {
     "data": {"core"},
     "weights": {"core", "models"},
     "descriptors": {"core", "models"},
+    "text": {"core", "models", "weights"},
+    "ddt": {"core", "models", "data", "weights", "descriptors", "eval"},
     "eval": {"core", "models", "data"},
     "methods": {"core", "models", "data", "weights", "eval"},
     "train": {"core", "models", "data", "weights", "eval", "methods", "config"},
@@ -35,6 +37,8 @@ ENTRY_POINTS = {
     "viz/rationale.py",
     "viz/heatmap.py",
     "viz/report.py",
+    "ddt/__main__.py",
+    "text/__main__.py",
 }
 
 

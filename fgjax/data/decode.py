@@ -80,7 +80,7 @@ def sample_crop(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _open(record: dict) -> tuple[Image.Image, str | None]:
+def open_record(record: dict) -> tuple[Image.Image, str | None]:
     """A PIL image for the record, not yet decoded for 'path' records."""
     if "image" in record:
         arr = np.asarray(record["image"])
@@ -245,7 +245,7 @@ def random_crop_views(
                     path = parallel_path(record, view, source_root)
                     opened[view.root] = _open_path(path), path
                 else:
-                    opened[view.root] = _open(record)
+                    opened[view.root] = open_record(record)
                 stack.enter_context(opened[view.root][0])
             img = opened[view.root][0]
             # A parallel root holds other pixels (e.g. DDT crops): the record's box is not theirs.
@@ -332,7 +332,7 @@ def resize_center_crop(
         raise ValueError(f"resize_ratio must be in (0, 1], got {resize_ratio}")
     check_eval_resize(resize, squash_size, image_size)
     resample = resample_filter(interpolation)
-    img, path = _open(record)
+    img, path = open_record(record)
     with img:
         x0, y0, width, height = record_region(record, *img.size)
         if resize == "squash":

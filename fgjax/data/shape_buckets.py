@@ -31,7 +31,7 @@ import numpy as np
 from fgjax.data.decode import (
     ImageDecodeError,
     _decode,
-    _open,
+    open_record,
     record_region,
     resample_filter,
 )
@@ -64,7 +64,7 @@ def resize_capped(record: dict, *, max_short: int, interpolation: str = "bilinea
     JPEGs are decoded in full, never drafted: the reference resizes the full image, and
     DCT scaling would change the pixels."""
     resample = resample_filter(interpolation)
-    img, path = _open(record)
+    img, path = open_record(record)
     with img:
         x0, y0, width, height = record_region(record, *img.size)
         size = capped_size(width, height, max_short)
@@ -88,7 +88,7 @@ def planned_shape(record: dict, max_short: int) -> tuple[int, int]:
     if "image" in record:
         height, width = np.asarray(record["image"]).shape[:2]
     else:
-        img, _ = _open(record)
+        img, _ = open_record(record)
         with img:
             width, height = img.size
     _, _, w, h = record_region(record, width, height)

@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from fgjax.core.progress import progress
 from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replicated
 from fgjax.data.augment import PhotometricSpec
-from fgjax.data.decode import _open, parallel_path, record_region, to_rgb
+from fgjax.data.decode import open_record, parallel_path, record_region, to_rgb
 from fgjax.data.eval_loader import make_eval_loader, spread
 from fgjax.data.views import ViewSpec
 from fgjax.ddt.locate import (
@@ -256,7 +256,7 @@ def image_region(record: dict) -> tuple[int, int, int, int]:
     """`(left, top, width, height)` in whole pixels of the part of the record's image the
     dataset uses (`record_region`: its 'box', 'trim_bottom'; else the whole image), read
     from the file's header."""
-    img, _ = _open(record)
+    img, _ = open_record(record)
     with img:
         region = record_region(record, *img.size)
     left, top, w, h = (int(round(v)) for v in region)
@@ -393,7 +393,7 @@ def write_crops(
 
     def write(item: tuple[dict, ImageResult, str]) -> None:
         record, r, target = item
-        img, _ = _open(record)
+        img, _ = open_record(record)
         with img:
             left, top = r.region[:2]
             x1, y1, x2, y2 = r.crop
@@ -426,7 +426,7 @@ def contact_sheet(
     sheet = Image.new("RGB", (cols * (thumb + gap) + gap, rows * (thumb + gap) + gap), "white")
     for k, i in enumerate(chosen):
         r = results[i]
-        img, _ = _open(sources[r.split][r.index])
+        img, _ = open_record(sources[r.split][r.index])
         with img:
             left, top, width, height = r.region
             picture = to_rgb(img).crop((left, top, left + width, top + height))

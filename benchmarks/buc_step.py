@@ -129,15 +129,17 @@ def kmeans_part(features, index, clusters, key, *, k_max, class_batch):
 
 @functools.partial(jax.jit, static_argnames=("k_max", "class_batch", "pair_chunk"))
 def merge_part(features, index, assignment, threshold, *, k_max, class_batch, pair_chunk):
-    """buc_step's merge criterion alone on a given assignment `[C, n_max]`: (a, b, merge)."""
-    blocks, valid = _blocks(features, index)
-    return jax.lax.map(
-        lambda a: best_merge(
-            merge_ratios(a[0], a[1], k_max, a[2], pair_chunk=pair_chunk), threshold
-        ),
-        (blocks, assignment, valid),
-        batch_size=class_batch,
-    )
+    """buc_step's merge criterion alone on a given assignment `[C, n_max]`: (a, b, merge),
+    each class's block gathered inside the map as in buc_step."""
+    num_points = features.shape[0]
+
+    def one_class(args):
+        idx, assign = args
+        x = features[jnp.minimum(idx, num_points - 1)]
+        ratios = merge_ratios(x, assign, k_max, idx < num_points, pair_chunk=pair_chunk)
+        return best_merge(ratios, threshold)
+
+    return jax.lax.map(one_class, (index, assignment), batch_size=class_batch)
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float], object]:

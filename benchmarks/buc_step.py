@@ -1,12 +1,12 @@
 """BuCSFR's per-epoch BuC step (`fgjax.core.buc.buc_step`: per coarse class k-means, 20 Lloyd
-iterations x 5 restarts, then the coding-length merge criterion, vmapped over the classes),
+iterations x 5 restarts, then the coding-length merge criterion, class after class),
 timed on synthetic unit features, side by side with scikit-learn's (and, where installed,
 faiss's, the original's) k-means on the same per-class blocks.
 
     python benchmarks/buc_step.py --preset cifar100 --out buc_cifar100.json
     python benchmarks/buc_step.py --preset cars --out buc_cars.json
     python benchmarks/buc_step.py --quick                 # tiny smoke run, < 30 s on a CPU
-    python benchmarks/buc_step.py --preset cifar100 --coarse-classes 12 --points 1281167 \\
+    python benchmarks/buc_step.py --preset cifar100 --classes 12 --points 1281167 \\
         --clusters 500 --compile-only                     # XLA's memory for ImageNet32's sizes
 
 Presets (spec 6.1): cifar100 = 20 coarse classes x 2,500 points, 25 initial clusters per
@@ -17,8 +17,9 @@ class (1,000), T 1.1. Features: d = 128 unit rows, gaussian blobs around fine-cl
 What is timed (each `block_until_ready`, features already on the device):
 - fgjax `buc_step`: compilation (its jitted core lowered and compiled ahead of time, which
   also gives XLA's temp memory), one untimed call, then the median of `--repeats` calls;
-- its parts, each vmapped over the classes as in the step: k-means alone and the merge
-  criterion alone (merge_ratios + best_merge on the k-means assignment);
+- its parts, each mapped over the classes as in the step (`--class-batch` at a time):
+  k-means alone and the merge criterion alone (merge_ratios + best_merge on the k-means
+  assignment);
 - scikit-learn `KMeans` per class (lloyd, n_init 5, max_iter 20, tol 0, the same k), for
   each `--sklearn-inits` (random: fgjax's and faiss's init; k-means++: sklearn's default);
 - faiss `Kmeans` per class (niter 20, nredo 5, seed 0, the original's points-per-centroid
@@ -112,25 +113,33 @@ def _blocks(features, index):
     return features[jnp.minimum(index, num_points - 1)], valid
 
 
-@functools.partial(jax.jit, static_argnames="k_max")
-def kmeans_part(features, index, clusters, key, *, k_max):
-    """buc_step's k-means alone, vmapped alike (same per-class keys): centroids, assignment
-    and objective `[C]`."""
+@functools.partial(jax.jit, static_argnames=("k_max", "class_batch"))
+def kmeans_part(features, index, clusters, key, *, k_max, class_batch):
+    """buc_step's k-means alone, mapped alike (same per-class keys, `class_batch` at a time):
+    centroids, assignment and objective `[C]`."""
     blocks, valid = _blocks(features, index)
     k = jnp.minimum(clusters, jnp.sum(valid, axis=1))
     keys = jax.random.split(key, index.shape[0])
-    return jax.vmap(
-        lambda x, v, kc, kk: kmeans(x, k_max, kk, valid=v, active=jnp.arange(k_max) < kc)
-    )(blocks, valid, k, keys)
-
-
-@functools.partial(jax.jit, static_argnames="k_max")
-def merge_part(features, index, assignment, threshold, *, k_max):
-    """buc_step's merge criterion alone on a given assignment `[C, n_max]`: (a, b, merge)."""
-    blocks, valid = _blocks(features, index)
-    return jax.vmap(lambda x, a, v: best_merge(merge_ratios(x, a, k_max, v), threshold))(
-        blocks, assignment, valid
+    return jax.lax.map(
+        lambda a: kmeans(a[0], k_max, a[3], valid=a[1], active=jnp.arange(k_max) < a[2]),
+        (blocks, valid, k, keys),
+        batch_size=class_batch,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("k_max", "class_batch", "pair_chunk"))
+def merge_part(features, index, assignment, threshold, *, k_max, class_batch, pair_chunk):
+    """buc_step's merge criterion alone on a given assignment `[C, n_max]`: (a, b, merge),
+    each class's block gathered inside the map as in buc_step."""
+    num_points = features.shape[0]
+
+    def one_class(args):
+        idx, assign = args
+        x = features[jnp.minimum(idx, num_points - 1)]
+        ratios = merge_ratios(x, assign, k_max, idx < num_points, pair_chunk=pair_chunk)
+        return best_merge(ratios, threshold)
+
+    return jax.lax.map(one_class, (index, assignment), batch_size=class_batch)
 
 
 def timed(fn, repeats: int) -> tuple[float, list[float], object]:
@@ -155,8 +164,9 @@ def fgjax_rows(x, coarse, cfg, args) -> tuple[dict, np.ndarray | None]:
     # (`first_call_s` close to `step_median_s` shows they did).
     core_args = (x, index, jnp.asarray(clusters, jnp.int32), key, jnp.float32(cfg["threshold"]))
     start = time.perf_counter()
-    compiled = buc._buc_blocks.lower(*core_args, k_max=k_max).compile()
-    row = {"compile_s": time.perf_counter() - start, "n_max": n_max}
+    knobs = {"class_batch": args.class_batch, "pair_chunk": args.pair_chunk}
+    compiled = buc.buc_blocks.lower(*core_args, k_max=k_max, **knobs).compile()
+    row = {"compile_s": time.perf_counter() - start, "n_max": n_max, **knobs}
     try:
         row["xla_temp_bytes"] = int(compiled.memory_analysis().temp_size_in_bytes)
     except (AttributeError, TypeError):  # no memory analysis on this backend / version
@@ -165,7 +175,9 @@ def fgjax_rows(x, coarse, cfg, args) -> tuple[dict, np.ndarray | None]:
     if args.compile_only:
         return row, None
 
-    step = functools.partial(buc.buc_step, threshold=cfg["threshold"], k_max=k_max, n_max=n_max)
+    step = functools.partial(
+        buc.buc_step, threshold=cfg["threshold"], k_max=k_max, n_max=n_max, **knobs
+    )
     row["first_call_s"], _, _ = timed(lambda: step(x, coarse, clusters, key), 1)
     row["step_median_s"], row["step_runs_s"], out = timed(
         lambda: step(x, coarse, clusters, key), args.repeats
@@ -176,14 +188,16 @@ def fgjax_rows(x, coarse, cfg, args) -> tuple[dict, np.ndarray | None]:
     objective = None
     if not args.no_split:
         k_arr = jnp.asarray(clusters, jnp.int32)
-        run_km = functools.partial(kmeans_part, x, index, k_arr, key, k_max=k_max)
+        run_km = functools.partial(
+            kmeans_part, x, index, k_arr, key, k_max=k_max, class_batch=args.class_batch
+        )
         start = time.perf_counter()
         _, assign, _ = jax.block_until_ready(run_km())  # compile + one call
         row["kmeans_first_call_s"] = time.perf_counter() - start
         row["kmeans_median_s"], row["kmeans_runs_s"], km = timed(run_km, args.repeats)
         objective = np.asarray(km[2], np.float64)
         threshold = jnp.float32(cfg["threshold"])
-        run_merge = functools.partial(merge_part, x, index, assign, threshold, k_max=k_max)
+        run_merge = functools.partial(merge_part, x, index, assign, threshold, k_max=k_max, **knobs)
         start = time.perf_counter()
         jax.block_until_ready(run_merge())
         row["merge_first_call_s"] = time.perf_counter() - start
@@ -407,6 +421,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-split", action="store_true", help="skip timing k-means/merge apart")
     p.add_argument("--compile-only", action="store_true", help="compile time and XLA memory")
+    p.add_argument("--class-batch", type=int, default=1, help="buc_step's class_batch")
+    p.add_argument("--pair-chunk", type=int, default=1024, help="buc_step's pair_chunk")
     p.add_argument("--sklearn-inits", default="random,k-means++", help="'' skips scikit-learn")
     p.add_argument("--no-faiss", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="sklearn/faiss threads (0: all)")

@@ -101,6 +101,11 @@ def test_kmeans_empty_cluster_keeps_its_centroid():
     assert all(any(np.array_equal(c, p) for p in x) for c in cent), cent
 
 
+@functools.partial(jax.jit, static_argnames=("k", "pair_chunk"))
+def _ratios(x, assign, valid, *, k, pair_chunk=1024):
+    return cl.merge_ratios(x, assign, k, valid, pair_chunk=pair_chunk)
+
+
 def test_coding_length_and_merge_ratios_match_numpy():
     d, k = 8, 6
     rng = np.random.default_rng(0)
@@ -119,9 +124,18 @@ def test_coding_length_and_merge_ratios_match_numpy():
     xp = np.concatenate([x, rng.normal(size=(5, d))]).astype(np.float32)
     ap = np.concatenate([assign, np.full(5, 1)]).astype(np.int32)
     valid = np.arange(len(xp)) < len(x)
-    r = np.asarray(jax.jit(cl.merge_ratios, static_argnums=2)(xp, ap, k, valid))
-    np.testing.assert_array_equal(np.isinf(r), np.isinf(ref))
-    np.testing.assert_allclose(r[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=2e-4)
+    # Only a < b is computed; 15 pairs in chunks of 4 (the last one padded) give the same.
+    ref = np.where(np.triu(np.ones((k, k), bool), 1), ref, np.inf)
+    for chunk in (1024, 4):
+        r = np.asarray(_ratios(xp, ap, valid, k=k, pair_chunk=chunk))
+        np.testing.assert_array_equal(np.isinf(r), np.isinf(ref))
+        np.testing.assert_allclose(r[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=2e-4)
+
+    # Per-cluster Grams by chunks of rows (7 rows: the last chunk padded) = numpy's.
+    grams, counts = cl.cluster_grams(jnp.asarray(xp), jnp.asarray(ap), k, valid, row_chunk=7)
+    np.testing.assert_array_equal(np.asarray(counts), sizes)
+    want = np.stack([x[assign == c].T @ x[assign == c] for c in range(k)])
+    np.testing.assert_allclose(np.asarray(grams), want, rtol=1e-5, atol=1e-3)
 
     z = x[assign == 3]
     length = cl.coding_length(jnp.asarray(z.T @ z, jnp.float32), 12)
@@ -145,11 +159,6 @@ def test_best_merge_hand_made():
     a, b, merge = cl.best_merge(jnp.asarray(r), 1.3)
     assert (int(a), int(b), bool(merge)) == (1, 2, True)
     assert not bool(cl.best_merge(jnp.full((3, 3), jnp.inf), 5.0)[2])
-
-
-@functools.partial(jax.jit, static_argnames="k")
-def _ratios(x, assign, valid, *, k):
-    return cl.merge_ratios(x, assign, k, valid)
 
 
 def _unit_blobs(rng, sizes, d, spread):
@@ -232,7 +241,9 @@ def test_buc_step_matches_per_class_loop():
         if merged[coarse[ids == i][0]]:  # k-means centroids are means too on converged blobs
             np.testing.assert_allclose(cent[i], mean / np.linalg.norm(mean), atol=1e-5)
 
-    # Deterministic for a key.
-    again = step(x, coarse, k, key)
+    # The memory knobs change nothing: all 3 classes at once (vmapped, as before), 3
+    # pairs a chunk (k_max = 5 clusters make 10 pairs: the last chunk padded).
+    again = step(x, coarse, k, key, class_batch=3, pair_chunk=3)
     np.testing.assert_array_equal(np.asarray(again[0]), ids)
-    np.testing.assert_array_equal(np.asarray(again[1]), cent)
+    np.testing.assert_array_equal(np.asarray(again[2]), new_k)
+    np.testing.assert_allclose(np.asarray(again[1]), cent, atol=1e-6)

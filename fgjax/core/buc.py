@@ -8,9 +8,10 @@ embeddings), ids above b shift down by one (contiguous) and k_c drops by one. Un
 clusters keep their k-means centroids, L2-normalised. Global ids are class-block offsets:
 sum of the previous classes' new k plus the local id.
 
-Classes are vmapped at a static padded shape: points gathered into `[C, n_max, d]` blocks
-(host-side index plan from `coarse`), clusters padded to `k_max` with clusters >= k_c
-inactive. Differences from the original (faiss, per class in a Python loop):
+Classes run one batch of `class_batch` after another (`lax.map`) at a static padded shape:
+each class's points gathered into an `[n_max, d]` block (host-side index plan from `coarse`),
+clusters padded to `k_max` with clusters >= k_c inactive. Differences from the original
+(faiss, per class in a Python loop):
 
 - random streams: class c's k-means uses `jax.random.split(key, C)[c]` (faiss: seed 0);
 - an empty cluster after k-means keeps its previous centroid and its id (faiss splits a large
@@ -48,13 +49,14 @@ def class_blocks(coarse: np.ndarray, num_classes: int, n_max: int) -> np.ndarray
     return index
 
 
-def _class_step(x, valid, k, key, threshold, k_max):
+def _class_step(x, valid, k, key, threshold, k_max, pair_chunk):
     """One class's block `x [n, d]`: k-means with k active clusters of k_max, then at most one
     merge. Returns (labels [n], centroids [k_max, d] unit, new k, merged)."""
     slots = jnp.arange(k_max)
     centroids, assign, _ = kmeans(x, k_max, key, valid=valid, active=slots < k)
     # Inactive clusters are empty, so their ratios are +inf: no change needed in merge_ratios.
-    a, b, merge = best_merge(merge_ratios(x, assign, k_max, valid), threshold)
+    ratios = merge_ratios(x, assign, k_max, valid, pair_chunk=pair_chunk)
+    a, b, merge = best_merge(ratios, threshold)
     members = valid & ((assign == a) | (assign == b))
     merged = jnp.sum(jnp.where(members[:, None], x, 0.0), axis=0)  # same direction as the mean
     labels = jnp.where(merge & (assign == b), a, assign)
@@ -66,16 +68,35 @@ def _class_step(x, valid, k, key, threshold, k_max):
     return labels, l2_normalize(centroids), k - merge, merge
 
 
-@functools.partial(jax.jit, static_argnames="k_max")
-def _buc_blocks(features, index, clusters_per_class, key, threshold, *, k_max):
+@functools.partial(jax.jit, static_argnames=("k_max", "class_batch", "pair_chunk"))
+def buc_blocks(
+    features: jax.Array,
+    index: jax.Array,
+    clusters_per_class: jax.Array,
+    key: jax.Array,
+    threshold: jax.Array,
+    *,
+    k_max: int,
+    class_batch: int = 1,
+    pair_chunk: int = 1024,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`buc_step`'s jitted core on a ready index plan `index int32 [C, n_max]`
+    (`class_blocks`); the other arguments and the result as `buc_step`'s. Public so that
+    callers can lower and compile it ahead of time (benchmarks/buc_step.py)."""
     num_points = features.shape[0]
     valid = index < num_points
-    blocks = features[jnp.minimum(index, num_points - 1)]
     k = jnp.minimum(clusters_per_class, jnp.sum(valid, axis=1)).astype(jnp.int32)
     keys = jax.random.split(key, index.shape[0])
-    labels, centroids, new_k, merged = jax.vmap(
-        lambda x, v, kc, kk: _class_step(x, v, kc, kk, threshold, k_max)
-    )(blocks, valid, k, keys)
+
+    def one_class(args):
+        idx, v, kc, kk = args
+        x = features[jnp.minimum(idx, num_points - 1)]  # gathered per class: O(n_max d) live
+        return _class_step(x, v, kc, kk, threshold, k_max, pair_chunk)
+
+    # lax.map, not vmap: `class_batch` classes at a time bound the temp memory.
+    labels, centroids, new_k, merged = jax.lax.map(
+        one_class, (index, valid, k, keys), batch_size=class_batch
+    )
     offsets = jnp.cumsum(new_k) - new_k
     # Scatter back: padded rows (index N) and unused slots (position C * k_max) are dropped.
     im2cluster = (
@@ -98,6 +119,8 @@ def buc_step(
     threshold: float,
     k_max: int,
     n_max: int,
+    class_batch: int = 1,
+    pair_chunk: int = 1024,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """One epoch's BuC step for all C coarse classes (spec 5.2).
 
@@ -105,7 +128,10 @@ def buc_step(
     [0, C), concrete (a host-side gather plan is built from it); `clusters_per_class int [C]`
     the current leaf counts (the carried state); `threshold` T; `k_max` (static) >= every
     k[c], the padded cluster axis; `n_max` (static) >= every class size, the padded point
-    axis (raised to k_max if smaller).
+    axis (raised to k_max if smaller). Memory knobs (static; results do not depend on them):
+    `class_batch` classes are processed at once (vmapped), one batch after another, and the
+    merge criterion's joint log-dets run `pair_chunk` cluster pairs at a time, so the temp
+    memory grows with class_batch * (n_max k_max + pair_chunk d^2), not with C k_max^2 d^2.
 
     Returns `(im2cluster int32 [N], centroids float32 [C * k_max, d], new_k int32 [C],
     merged bool [C])`: global cluster ids (class offsets + local id, contiguous within
@@ -121,11 +147,13 @@ def buc_step(
     if np.max(clusters_per_class, initial=0) > k_max:
         raise ValueError(f"buc_step: k_max={k_max} < max(clusters_per_class)")
     index = class_blocks(coarse, num_classes, max(n_max, k_max))
-    return _buc_blocks(
+    return buc_blocks(
         jnp.asarray(features, jnp.float32),
         index,
         jnp.asarray(clusters_per_class, jnp.int32),
         key,
         jnp.float32(threshold),
         k_max=k_max,
+        class_batch=class_batch,
+        pair_chunk=pair_chunk,
     )

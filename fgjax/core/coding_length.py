@@ -17,6 +17,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 EPS2 = 16.0  # the original's "exiu": squared distortion
 
@@ -31,32 +32,83 @@ def coding_length(gram: jax.Array, count: jax.Array) -> jax.Array:
     return (n + d) / 2 * logdet / math.log(2.0)
 
 
+def cluster_grams(
+    x: jax.Array,
+    assignment: jax.Array,
+    k: int,
+    valid: jax.Array | None = None,
+    *,
+    row_chunk: int = 4096,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-cluster Grams `G [k, d, d]` (G_c = sum of x x^T over the rows of cluster c) and
+    sizes `[k]` of `x [n, d]` given `assignment int [n]` (ids in [0, k), `k` static) and an
+    optional bool `valid [n]` (padding rows ignored).
+
+    Rows are scatter-added `row_chunk` at a time: n d^2 work and O(row_chunk d^2 + k d^2)
+    memory (a one-hot einsum would cost k n d^2 and may materialise [n, k, d]).
+    """
+    if x.ndim != 2 or assignment.shape != x.shape[:1]:
+        raise ValueError(
+            f"cluster_grams: x must be [n, d] and assignment [n], got {x.shape}, {assignment.shape}"
+        )
+    n, d = x.shape
+    weight = jnp.ones(n, x.dtype) if valid is None else valid.astype(x.dtype)
+    chunk = max(1, min(row_chunk, n))
+    pad = -n % chunk  # padded rows carry weight 0
+    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    ids = jnp.pad(assignment, (0, pad)).reshape(-1, chunk)
+    ws = jnp.pad(weight, (0, pad)).reshape(-1, chunk)
+
+    def add(grams, rows):
+        xc, ic, wc = rows
+        outer = (wc[:, None, None] * xc[:, :, None]) * xc[:, None, :]
+        return grams.at[ic].add(outer, mode="drop"), None
+
+    grams, _ = jax.lax.scan(add, jnp.zeros((k, d, d), x.dtype), (xs, ids, ws))
+    counts = jnp.zeros(k, x.dtype).at[assignment].add(weight, mode="drop")
+    return grams, counts
+
+
 def merge_ratios(
-    x: jax.Array, assignment: jax.Array, k: int, valid: jax.Array | None = None
+    x: jax.Array,
+    assignment: jax.Array,
+    k: int,
+    valid: jax.Array | None = None,
+    *,
+    pair_chunk: int = 1024,
 ) -> jax.Array:
     """Merge ratios `r [k, k]` of the clusters of `x [n, d]` given `assignment int [n]`
     (ids in [0, k), `k` static) and an optional bool `valid [n]` (padding rows ignored).
 
+    Only the pairs a < b are computed (the original fills only the upper triangle):
     r[a, b] = L_small / I(a, b), small = the cluster with fewer points (ties -> b, as the
-    original's `counter_j >= counter_k` picks its second cluster); +inf where I <= 0, a == b
-    or either cluster is empty.
+    original's `counter_j >= counter_k` picks its second cluster); +inf where I <= 0, where
+    either cluster is empty, on the diagonal and below it.
+
+    The k (k - 1) / 2 joint log-dets run `pair_chunk` pairs at a time (`lax.map`), so the
+    temp memory is O(pair_chunk d^2 + k d^2), not O(k^2 d^2).
     """
-    if x.ndim != 2 or assignment.shape != x.shape[:1]:
-        raise ValueError(
-            f"merge_ratios: x must be [n, d] and assignment [n], got {x.shape}, {assignment.shape}"
-        )
-    if valid is None:
-        valid = jnp.ones(x.shape[0], bool)
-    # Per-cluster segment sums of the outer products x x^T, as one masked matmul per cluster.
-    member = jax.nn.one_hot(assignment, k, dtype=x.dtype) * valid[:, None].astype(x.dtype)
-    grams = jnp.einsum("nk,nd,ne->kde", member, x, x)
-    counts = jnp.sum(member, axis=0)
+    grams, counts = cluster_grams(x, assignment, k, valid)
     length = coding_length(grams, counts)  # [k]
-    joint = coding_length(grams[:, None] + grams[None, :], counts[:, None] + counts[None, :])
-    info = length[:, None] + length[None, :] - joint
-    small = jnp.where(counts[:, None] < counts[None, :], length[:, None], length[None, :])
-    ok = (info > 0) & ~jnp.eye(k, dtype=bool) & (counts[:, None] > 0) & (counts[None, :] > 0)
-    return jnp.where(ok, small / jnp.where(ok, info, 1.0), jnp.inf)
+    rows, cols = np.triu_indices(k, 1)
+    r = jnp.full((k, k), jnp.inf, x.dtype)
+    if not len(rows):
+        return r
+    chunk = min(pair_chunk, len(rows))
+    pad = -len(rows) % chunk  # padded pairs (0, 0) are cut off below
+
+    def joint(pairs):
+        a, b = pairs
+        return coding_length(grams[a] + grams[b], counts[a] + counts[b])
+
+    a_chunks = jnp.asarray(np.pad(rows, (0, pad)).reshape(-1, chunk), jnp.int32)
+    b_chunks = jnp.asarray(np.pad(cols, (0, pad)).reshape(-1, chunk), jnp.int32)
+    joint_length = jax.lax.map(joint, (a_chunks, b_chunks)).reshape(-1)[: len(rows)]
+    la, lb, na, nb = length[rows], length[cols], counts[rows], counts[cols]
+    info = la + lb - joint_length
+    small = jnp.where(na < nb, la, lb)
+    ok = (info > 0) & (na > 0) & (nb > 0)
+    return r.at[rows, cols].set(jnp.where(ok, small / jnp.where(ok, info, 1.0), jnp.inf))
 
 
 def best_merge(r: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -1,0 +1,179 @@
+"""LEAD++ (fgjax/methods/leadpp.py) against numpy and ../shared/methods/leadpp.md.
+
+One real jitted step with non-default values is recomputed in numpy from the networks'
+outputs: the three successively EMA-updated key forwards, both queues and L3's snapshot,
+the CLIP teacher on view3, the prototype distributions, entropy weights, the per-group
+sums and min-max, the Grad-CAM fitting term and the total."""
+
+import jax
+import numpy as np
+from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
+from test_lcr import _kl_rows, _moco_and_pooled_grad
+
+from fgjax.config import photometric_config
+from fgjax.core.sharding import global_batch
+from fgjax.data.augment import no_augment_spec
+from fgjax.methods.lcr import without_branch
+from fgjax.methods.leadpp import CLIP_MEAN, CLIP_STD
+
+B, S, C, D, G = 8, 16, 5, 8, 2
+TINY_CLIP = dict(width=16, layers=1, heads=2, patch_size=8, img_size=S, embed_dim=D)
+
+
+def _config(tmp_path, **leadpp):
+    rng = np.random.default_rng(7)
+    protos = rng.normal(size=(C, D))
+    path = tmp_path / "protos.npy"
+    np.save(path, (protos / np.linalg.norm(protos, axis=1, keepdims=True)).astype(np.float32))
+    config = tiny_config("leadpp")
+    config.leadpp.update(
+        dict(hidden_dim=16, dim=D, queue_size=32, bn_groups=G, loss_device_groups=G)
+    )
+    config.leadpp.teacher_overrides = TINY_CLIP
+    config.leadpp.prototypes = str(path)
+    config.leadpp.update(leadpp)
+    config.train.batch_size = B
+    return config
+
+
+def _ce(q, k, queue, temperature):
+    logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / temperature
+    top = logits.max(1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(1)) - logits[:, 0]
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_one_jitted_step_equals_numpy_with_non_default_values(tmp_path, capsys):
+    values = dict(
+        temperature=0.3,
+        momentum=0.9,
+        alpha=0.7,
+        l2_weight=0.3,
+        beta=7.0,
+        proto_temperature=0.2,
+        loss_weight=0.5,
+        tau=0.5,
+        teacher_norm="clip",
+    )
+    config = _config(tmp_path, **values)
+    for view in config.views.values():
+        view.photometric = photometric_config(no_augment_spec())
+    method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 0.1)
+    assert "WARNING" in capsys.readouterr().out  # no teacher weights: a random tower
+    before = jax.device_get(state)
+    batch = random_batch(np.random.default_rng(0), method.view_names, B, S)
+    after, metrics = step(state, frozen, global_batch(batch, mesh))
+    after = jax.device_get(after)
+    x1, x2, x3, x4 = (
+        normalized(batch["views"][v], config.views[v].photometric) for v in batch["views"]
+    )
+
+    # The step's loss rng: fold_in(rng, step), split (aug, loss), micro-batch 0, 3 keys.
+    loss_rng = jax.random.split(jax.random.fold_in(before.rng, 0))[1]
+    key_rngs = jax.random.split(jax.random.fold_in(loss_rng, 0), 3)
+    params, model_state = before.params, before.model_state
+    enc, enc_state = without_branch(params), {c: without_branch(t) for c, t in model_state.items()}
+    # Three successive EMAs (m = 0.9), one before each key forward.
+    key_params, key_state, keys = (
+        before.method_state["key_params"],
+        before.method_state["key_model_state"],
+        [],
+    )
+    key_embeddings = jax.jit(method.key_embeddings)
+    for x, r in zip((x2, x4, x4), key_rngs, strict=True):
+        key_params = jax.tree.map(lambda t, o: 0.9 * t + 0.1 * o, key_params, enc)
+        k, key_state = key_embeddings(
+            {"key_params": key_params, "key_model_state": key_state}, x, r
+        )
+        keys.append(np.asarray(k, np.float64))
+    k2, k4a, k4b = keys
+    fwd = jax.jit(
+        lambda x: method.net.apply(
+            {"params": enc, **enc_state}, x, train=True, mutable=list(enc_state)
+        )[0]
+    )
+    out1, out3 = fwd(x1), fwd(x3)
+    z1, z3 = _unit(out1["proj"]), _unit(out3["proj"])
+    queue = np.asarray(before.method_state["queue"], np.float64)
+    queue2 = np.asarray(before.method_state["queue2"], np.float64)
+    queue2_after = queue2.copy()
+    queue2_after[:B] = k4a  # L3 reads queue2 after L2's enqueue (the faithful bug)
+
+    # Teacher: the tiny CLIP tower on view3 re-normalised with CLIP's mean / std.
+    x3_clip = (batch["views"]["view3"] / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    tower = jax.jit(lambda x: method.teacher.apply(frozen["teacher"], x)["pooled"])
+    teacher = lambda x: _unit(tower(np.float32(x)))
+    f_t = teacher(x3_clip)
+    protos = np.asarray(frozen["prototypes"], np.float64)
+    log_s = _log_softmax(z3 @ protos.T / 0.2)
+
+    def distill(f_t):  # entropy [B], per-group-summed L_dis of the teacher's embeddings
+        log_t = _log_softmax(f_t @ protos.T / 0.2)
+        p_t = np.exp(log_t)
+        entropy = -np.sum(p_t * np.log(p_t + 1e-10), 1) / np.log(C)
+        d = np.sum(p_t * (log_t - log_s), 1) / C
+        per_group = ((1 - entropy**2) * d).reshape(G, B // G).sum(1)
+        return entropy, 7.0 * np.mean(per_group)
+
+    entropy, l_dis = distill(f_t)
+    w_con = entropy**2
+    assert 0.05 < entropy.min() and entropy.max() < 0.95  # both weights matter
+
+    ce1, ce2 = _ce(z1, k2, queue, 0.3), _ce(z1, k4a, queue2, 0.3)
+    ce3 = _ce(z3, k4b, queue2_after, 0.3)
+    l1, l2, l3 = (0.7 * np.mean(w_con * ce) for ce in (ce1, ce2, ce3))
+
+    # Rationale: Grad-CAM of each group's L3_g = 0.7 mean_g(w_con CE3) w.r.t. y3.
+    maps = np.asarray(out3["stage2"], np.float64)
+    head = jax.tree.map(lambda v: np.asarray(v, np.float64), enc["projector"])
+    _, d_mean = _moco_and_pooled_grad(maps.mean((1, 2)), head, k4b, queue2_after, 0.3)
+    gcam = G * 0.7 * w_con[:, None] * d_mean  # d(mean CE) -> d(L3_g)
+    cam = np.maximum(np.einsum("bhwc,bc->bhw", maps, gcam) / (maps.shape[1] * maps.shape[2]), 0)
+    branch = params["rationale"]
+    x = (maps @ np.asarray(branch["conv"]["kernel"], np.float64)).reshape(G, B // G, 2, 2, -1)
+    x = (x - x.mean((1, 2, 3), keepdims=True)) / np.sqrt(x.var((1, 2, 3), keepdims=True) + 1e-5)
+    m = np.maximum(x * np.asarray(branch["bn"]["scale"]) + np.asarray(branch["bn"]["bias"]), 0)
+    m = m.max(-1)  # [G, B/G, 2, 2]
+    att = m - m.min((1, 2, 3), keepdims=True)
+    att = (att / (att.max((1, 2, 3), keepdims=True) + 1e-7)).reshape(B, 2, 2)
+    l_cam = np.mean(
+        [
+            sum(
+                _kl_rows(cam[i, h] / 0.5, att[i, h] / 0.5)
+                for i in range(g * 4, g * 4 + 4)
+                for h in range(2)
+            )
+            for g in range(G)
+        ]
+    )
+    total = l1 + 0.3 * l2 + l3 + 0.5 * l_cam + l_dis
+    for name, want in dict(l1=l1, l2=l2, l3=l3, l_dis=l_dis, l_cam=l_cam, loss=total).items():
+        np.testing.assert_allclose(float(metrics[name]), want, rtol=2e-4, err_msg=name)
+    # The numbers tell the wiring apart: L3's queue, the teacher's view, the CAM visible.
+    assert abs(0.7 * np.mean(w_con * _ce(z3, k4b, queue2, 0.3)) - l3) > 1e-3
+    x1_clip = (batch["views"]["view1"] / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    for other in (teacher(x1_clip), teacher(x3)):  # view1; view3 ImageNet-normalised
+        assert abs(distill(other)[1] - l_dis) > 1e-3
+    assert 0.5 * l_cam > 1e-4
+
+    # After the step: queue <- k(view2), queue2 <- k(view4) of the first key forward,
+    # the key encoder holds the third EMA; the teacher is not in the state.
+    new = after.method_state
+    np.testing.assert_allclose(np.asarray(new["queue"])[:B], k2, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(new["queue2"])[:B], k4a, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(new["queue2"])[B:], queue2[B:].astype(np.float32))
+    assert int(new["queue_ptr"]) == int(new["queue2_ptr"]) == B
+    for got, want in zip(
+        jax.tree.leaves(new["key_params"]), jax.tree.leaves(key_params), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert "teacher" not in new and "prototypes" not in new

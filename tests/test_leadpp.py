@@ -8,6 +8,7 @@ sums and min-max, the Grad-CAM fitting term and the total."""
 import jax
 import numpy as np
 from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
+from test_contract import _assert_same_state, _checkpoint
 from test_lcr import _kl_rows, _moco_and_pooled_grad
 
 from fgjax.config import photometric_config
@@ -15,24 +16,45 @@ from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.lcr import without_branch
 from fgjax.methods.leadpp import CLIP_MEAN, CLIP_STD
+from fgjax.models.clip import CLIPVisionTower
+from fgjax.train.loop import train_and_evaluate
 
 B, S, C, D, G = 8, 16, 5, 8, 2
-TINY_CLIP = dict(width=16, layers=1, heads=2, patch_size=8, img_size=S, embed_dim=D)
+TINY_CLIP = dict(width=12, layers=1, heads=2, patch_size=8, img_size=S, embed_dim=D)
 
 
-def _config(tmp_path, **leadpp):
+# Non-default values, so that a wiring mistake changes the numbers.
+VALUES = dict(
+    temperature=0.3,
+    momentum=0.9,
+    alpha=0.7,
+    l2_weight=0.3,
+    beta=7.0,
+    proto_temperature=0.2,
+    loss_weight=0.5,
+    tau=0.5,
+    teacher_norm="clip",
+)
+
+
+def _config(tmp_path):
+    """A tiny LEAD++ (width-4 ResNet, 8-d head, tiny CLIP teacher, C = 5 random unit
+    prototypes written to `tmp_path`) with `VALUES`, unaugmented views, 16 training
+    images: 2 steps of 8 an epoch."""
     rng = np.random.default_rng(7)
     protos = rng.normal(size=(C, D))
     path = tmp_path / "protos.npy"
     np.save(path, (protos / np.linalg.norm(protos, axis=1, keepdims=True)).astype(np.float32))
     config = tiny_config("leadpp")
     config.leadpp.update(
-        dict(hidden_dim=16, dim=D, queue_size=32, bn_groups=G, loss_device_groups=G)
+        dict(hidden_dim=16, dim=D, queue_size=32, bn_groups=G, loss_device_groups=G, **VALUES)
     )
     config.leadpp.teacher_overrides = TINY_CLIP
     config.leadpp.prototypes = str(path)
-    config.leadpp.update(leadpp)
     config.train.batch_size = B
+    config.eval.enabled = False
+    for view in config.views.values():
+        view.photometric = photometric_config(no_augment_spec())
     return config
 
 
@@ -52,22 +74,14 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_one_jitted_step_equals_numpy_with_non_default_values(tmp_path, capsys):
-    values = dict(
-        temperature=0.3,
-        momentum=0.9,
-        alpha=0.7,
-        l2_weight=0.3,
-        beta=7.0,
-        proto_temperature=0.2,
-        loss_weight=0.5,
-        tau=0.5,
-        teacher_norm="clip",
-    )
-    config = _config(tmp_path, **values)
-    for view in config.views.values():
-        view.photometric = photometric_config(no_augment_spec())
-    method, state, frozen, step, mesh = jitted_step(config, run_info(config), lambda s: 0.1)
+def test_one_jitted_step_equals_numpy_with_non_default_values(
+    tmp_path, capsys, module_compilation_cache
+):
+    config = _config(tmp_path)
+    # The run of the resume test (2 steps an epoch, 2 epochs): its step compiles to this
+    # step's program, loaded from the module's compilation cache.
+    run = run_info(config, num_classes=2, steps_per_epoch=2, num_epochs=2)
+    method, state, frozen, step, mesh = jitted_step(config, run)
     assert "WARNING" in capsys.readouterr().out  # no teacher weights: a random tower
     before = jax.device_get(state)
     batch = random_batch(np.random.default_rng(0), method.view_names, B, S)
@@ -177,3 +191,27 @@ def test_one_jitted_step_equals_numpy_with_non_default_values(tmp_path, capsys):
     ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert "teacher" not in new and "prototypes" not in new
+
+
+def test_a_run_resumes_bit_identically_without_the_teacher_in_the_checkpoint(
+    tmp_path, module_compilation_cache
+):
+    config = _config(tmp_path)
+    straight = train_and_evaluate(config, str(tmp_path / "straight"))
+    assert straight["finished"] and straight["step"] == 4
+    interrupted = config.copy_and_resolve_references()
+    interrupted.train.max_steps = 3  # stops mid-epoch 2 with a checkpoint
+    assert train_and_evaluate(interrupted, str(tmp_path / "resumed"))["step"] == 3
+    saved = _checkpoint(tmp_path / "resumed")
+    assert saved["step"] == 3
+    # No teacher and no prototypes: nothing of the tower's or the prototypes' shapes.
+    tower = jax.eval_shape(
+        lambda: CLIPVisionTower(**TINY_CLIP).init(jax.random.PRNGKey(0), np.zeros((1, S, S, 3)))
+    )
+    teacher_shapes = {tuple(x.shape) for x in jax.tree.leaves(tower)}  # width 12: unique
+    assert not any("teacher" in name or "prototypes" in name for name in saved)
+    shapes = {getattr(v, "shape", None) for v in saved.values()}
+    assert not shapes & (teacher_shapes | {(C, D)}), shapes & (teacher_shapes | {(C, D)})
+    assert any("queue2" in name for name in saved)
+    train_and_evaluate(config, str(tmp_path / "resumed"))  # resumes at step 3
+    _assert_same_state(_checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed"))

@@ -5,15 +5,20 @@ outputs: the three successively EMA-updated key forwards, both queues and L3's s
 the CLIP teacher on view3, the prototype distributions, entropy weights, the per-group
 sums and min-max, the Grad-CAM fitting term and the total."""
 
+import os
+
 import jax
+import jax.numpy as jnp
 import numpy as np
-from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
+import pytest
+from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
 from test_contract import _assert_same_state, _checkpoint
 from test_lcr import _kl_rows, _moco_and_pooled_grad
 
-from fgjax.config import photometric_config
+from fgjax.config import load_config_file, photometric_config
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
+from fgjax.methods.base import StepContext, backbone_variables
 from fgjax.methods.lcr import without_branch
 from fgjax.methods.leadpp import CLIP_MEAN, CLIP_STD
 from fgjax.models.clip import CLIPVisionTower
@@ -215,3 +220,95 @@ def test_a_run_resumes_bit_identically_without_the_teacher_in_the_checkpoint(
     assert any("queue2" in name for name in saved)
     train_and_evaluate(config, str(tmp_path / "resumed"))  # resumes at step 3
     _assert_same_state(_checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed"))
+
+
+SECTION_10 = dict(
+    hidden_dim=2048,
+    dim=512,
+    queue_size=65536,
+    momentum=0.999,
+    temperature=0.27,
+    ema_updates_per_step=3,
+    l3_queue_snapshot="after_L2_enqueue",
+    alpha=0.5,
+    l2_weight=0.1,
+    beta=20.0,
+    proto_temperature=0.02,
+    teacher_arch="clip_vit_b16",
+    teacher_norm="imagenet",
+    loss_weight=0.0005,
+    cam_softmax_axis="row",
+    cam_target_stopgrad=False,
+    cam_norm="none",
+    att_norm="group_minmax",
+    bn_groups=2,
+    loss_device_groups=2,
+    proj_dim=32,
+)
+RECIPES = {"cub": ("bird", 200), "cars": ("car", 196), "aircraft": ("aircraft", 100)}
+RECIPES["dogs"] = ("dog", 120)
+
+
+def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():
+    from fgjax.methods import RunInfo, build_method
+
+    for name, (prototypes, classes) in RECIPES.items():
+        config = load_config_file(os.path.join(REPO, "configs", f"{name}_leadpp.py"))
+        s = config.leadpp
+        assert config.method == "leadpp" and config.data.kind == name
+        assert {k: s[k] for k in SECTION_10} == SECTION_10, name
+        assert s.prototypes == f"text_description_tensor/{prototypes}_text_tensor.pt"
+        assert s.num_classes == classes and s.teacher_weights == "ViT-B-16.pt"
+        assert config.views.view3.root == config.views.view4.root == f"data/{name}_ddt_crops"
+        assert config.views.view1.root == config.views.view2.root == ""
+        optim = config.optim
+        assert (optim.name, optim.lr, optim.momentum, optim.weight_decay) == (
+            "sgd",
+            0.02,
+            0.9,
+            5e-4,
+        )
+        assert (optim.weight_decay_mask, optim.schedule_unit, optim.warmup_epochs) == (
+            "all",
+            "epoch",
+            0.0,
+        )
+        assert (config.train.batch_size, config.train.num_epochs, config.seed) == (64, 100, 123)
+    assert config.data.train_split == "train"
+    aircraft = load_config_file(os.path.join(REPO, "configs", "aircraft_leadpp.py"))
+    assert aircraft.data.train_split == "trainval"
+
+    # Full size (CUB): ResNet-50 at 224, CLIP ViT-B/16 teacher, one loss, all as shapes.
+    config = load_config_file(os.path.join(REPO, "configs", "cub_leadpp.py"))
+    config.model.dtype = "float32"
+    run = RunInfo(93, 9300, 64, 200, 0, 5994)
+    method = build_method(config, run)
+
+    def shapes():
+        rng = jax.random.PRNGKey(0)
+        params, model_state = method.init_variables(rng, (2, 224, 224, 3))
+        maps = method.backbone().apply(
+            backbone_variables(params, model_state), jnp.zeros((2, 224, 224, 3)), train=False
+        )["stage4"]
+        state = method.init_state(params, model_state, rng)
+        teacher = method.teacher.init(rng, jnp.zeros((1, 224, 224, 3)))
+        frozen = {"teacher": teacher, "prototypes": jnp.zeros((200, 512))}
+        views = {name: jnp.zeros((64, 224, 224, 3)) for name in method.view_names}
+        ctx = StepContext(step=jnp.zeros((), jnp.int32), epoch=jnp.zeros(()), run=run)
+        loss, aux = method.loss(params, model_state, state, frozen, views, {}, ctx, rng)
+        return params, maps, state, teacher, loss, aux
+
+    params, maps, state, teacher, loss, aux = jax.eval_shape(shapes)
+    assert maps.shape == (2, 7, 7, 2048)  # layer4 at 224 with the stem max-pool
+    assert params["projector"]["fc0"]["kernel"].shape == (2048, 2048)
+    assert params["projector"]["fc1"]["kernel"].shape == (2048, 512)
+    assert params["rationale"]["conv"]["kernel"].shape == (2048, 32)
+    assert state["queue"].shape == state["queue2"].shape == (65536, 512)
+    assert "rationale" not in state["key_params"]
+    assert teacher["params"]["positional_embedding"].shape == (197, 768)  # ViT-B/16
+    assert teacher["params"]["proj"].shape == (768, 512)
+    assert loss.shape == () and aux.state_update["keys2"].shape == (64, 512)
+
+    config.leadpp.dim = 256  # the projection must be the prototypes' / teacher's width
+    with pytest.raises(ValueError, match="config.leadpp.dim=256 must match"):
+        build_method(config, run)

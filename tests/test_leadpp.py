@@ -16,7 +16,7 @@ from test_contract import _assert_same_state, _checkpoint
 from test_lcr import _kl_rows, _moco_and_pooled_grad
 
 from fgjax.config import load_config_file, photometric_config
-from fgjax.core.sharding import global_batch
+from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.base import StepContext, backbone_variables
 from fgjax.methods.lcr import without_branch
@@ -63,6 +63,13 @@ def _config(tmp_path):
     return config
 
 
+def method_for(config):
+    """The method of `config` for the tiny run (2 steps an epoch)."""
+    from fgjax.methods import build_method
+
+    return build_method(config, run_info(config, num_classes=2, steps_per_epoch=2))
+
+
 def _ce(q, k, queue, temperature):
     logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / temperature
     top = logits.max(1)
@@ -96,6 +103,7 @@ def test_one_jitted_step_equals_numpy_with_non_default_values(
         jax.device_get(state.method_state["key_params"]),
     )
     state = state.replace(method_state={**state.method_state, "key_params": key_params})
+    state = put_replicated(state, mesh)  # as the run's state: its step program is this one
     before = jax.device_get(state)
     batch = random_batch(np.random.default_rng(0), method.view_names, B, S)
     after, metrics = step(state, frozen, global_batch(batch, mesh))
@@ -228,6 +236,36 @@ def test_a_run_resumes_bit_identically_without_the_teacher_in_the_checkpoint(
     assert any("queue2" in name for name in saved)
     train_and_evaluate(config, str(tmp_path / "resumed"))  # resumes at step 3
     _assert_same_state(_checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed"))
+
+    # Evaluation features of the trained state: plain GAP (retrieval) by default, LCR's
+    # mask-weighted descriptor (the linear probe's) as embed_feature='rationale'.
+    trained = straight["state"]
+    images = np.random.default_rng(2).normal(size=(4, S, S, 3)).astype(np.float32)
+    maps = (
+        method_for(config)
+        .backbone()
+        .apply(backbone_variables(trained.params, trained.model_state), images, train=False)[
+            "stage2"
+        ]
+    )
+    maps = np.asarray(maps, np.float64)
+    np.testing.assert_allclose(
+        method_for(config).embed(trained.params, trained.model_state, images),
+        maps.mean((1, 2)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    config.leadpp.embed_feature = "rationale"
+    method = method_for(config)
+    _, attention = method.attention(trained.params, trained.model_state, images)
+    pooled = (np.asarray(attention, np.float64)[..., None] * maps).mean((1, 2))
+    np.testing.assert_allclose(
+        method.embed(trained.params, trained.model_state, images),
+        pooled / np.linalg.norm(pooled, axis=1, keepdims=True),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    assert float(np.ptp(np.asarray(attention))) > 0.5  # min-max over the eval batch
 
 
 SECTION_10 = dict(

@@ -5,6 +5,7 @@ outputs: the three successively EMA-updated key forwards, both queues and L3's s
 the CLIP teacher on view3, the prototype distributions, entropy weights, the per-group
 sums and min-max, the Grad-CAM fitting term and the total."""
 
+import json
 import os
 
 import jax
@@ -358,3 +359,42 @@ def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():
     config.leadpp.dim = 256  # the projection must be the prototypes' / teacher's width
     with pytest.raises(ValueError, match="config.leadpp.dim=256 must match"):
         build_method(config, run)
+
+
+def test_init_frozen_loads_the_clip_teacher_strictly_and_checks_the_prototypes(tmp_path):
+    """The teacher from a CLIP checkpoint (the open_clip fixture of test_clip.py) embeds
+    as open_clip does; prototype count and width mismatches are errors naming the file."""
+    from fgjax.methods.leadpp import LEADPP
+
+    fixtures = os.path.join(REPO, "tests", "fixtures")
+    io = dict(np.load(os.path.join(fixtures, "clip_tiny_io.npz")))
+    fields = json.loads(str(io["config"]))
+    config = _config(tmp_path)
+    config.leadpp.teacher_overrides = dict(
+        img_size=fields["image_size"],
+        patch_size=fields["patch_size"],
+        width=fields["vision_width"],
+        layers=fields["vision_layers"],
+        heads=fields["vision_heads"],
+        embed_dim=fields["embed_dim"],
+    )
+    config.leadpp.teacher_weights = os.path.join(fixtures, "clip_tiny.pth")
+    config.leadpp.dim = fields["embed_dim"]
+    config.views.view3.size = fields["image_size"]
+    protos = np.eye(3, fields["embed_dim"], dtype=np.float32)
+    np.save(tmp_path / "wide.npy", protos)
+    config.leadpp.prototypes = str(tmp_path / "wide.npy")
+    method = method_for(config)
+    assert isinstance(method, LEADPP)
+    frozen = method.init_frozen()
+    got = method.teacher.apply(frozen["teacher"], io["images"])["pooled"]
+    np.testing.assert_allclose(got, io["image"], atol=1e-4)
+    np.testing.assert_array_equal(frozen["prototypes"], protos)
+    config.leadpp.num_classes = 4
+    with pytest.raises(ValueError, match=r"num_classes=4 but .*wide.npy has 3 rows"):
+        method_for(config).init_frozen()
+    config.leadpp.num_classes = 0
+    np.save(tmp_path / "narrow.npy", protos[:, :8])
+    config.leadpp.prototypes = str(tmp_path / "narrow.npy")
+    with pytest.raises(ValueError, match=r"narrow.npy: prototypes are 8-d but config.leadpp.dim"):
+        method_for(config).init_frozen()

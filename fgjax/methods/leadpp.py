@@ -176,18 +176,17 @@ class LEADPP(Rationale, MoCo):
                 "rows (C normalises the entropy, spec 9.20)"
             )
         image = jnp.zeros((1, self.teacher.img_size, self.teacher.img_size, 3), jnp.float32)
-        variables = jax.jit(self.teacher.init)(
-            jax.random.PRNGKey(self.config.seed), image
-        )  # shapes and a fallback init
-        if s.teacher_weights:
+        init = lambda: self.teacher.init(jax.random.PRNGKey(self.config.seed), image)
+        if s.teacher_weights:  # strict: every tensor of the tower comes from the file
             variables, _ = load_pretrained(
-                s.teacher_weights, variables, s.teacher_arch, strict=True
+                s.teacher_weights, jax.eval_shape(init), s.teacher_arch, strict=True
             )
         else:
             print(
                 "WARNING: config.leadpp.teacher_weights is empty: the CLIP teacher is a "
                 "random-init tower, results are not LEAD++'s"
             )
+            variables = jax.jit(init)()
         return {"teacher": jax.tree.map(jnp.asarray, variables), "prototypes": prototypes}
 
     # ------------------------------------------------------------------ the step

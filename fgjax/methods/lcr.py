@@ -30,7 +30,7 @@ from fgjax.models.norm import BatchNorm
 CAM_SIGNS = {"loss": 1.0, "score": -1.0}
 SOFTMAX_AXES = ("row", "spatial")
 CAM_NORMS = ("none", "sample_max", "sample_minmax")
-ATT_NORMS = ("batch_minmax", "sample_minmax")
+ATT_NORMS = ("batch_minmax", "sample_minmax", "group_minmax")
 REDUCTIONS = ("sum", "batchmean", "mean")
 _EPS = 1e-7  # the original's guard in the min-max normalisation
 
@@ -81,6 +81,15 @@ def minmax(x: jax.Array, per_sample: bool) -> jax.Array:
     axes = tuple(range(1, x.ndim)) if per_sample else None
     shifted = x - jnp.min(x, axis=axes, keepdims=per_sample)
     return shifted / (jnp.max(shifted, axis=axes, keepdims=per_sample) + _EPS)
+
+
+def normalise_attention(mask: jax.Array, mode: str, groups: int = 1) -> jax.Array:
+    """`att_norm` of the mask `[B, H, W]`: min-max over the whole batch tensor
+    ('batch_minmax'), per image ('sample_minmax') or per contiguous group of `B / groups`
+    images ('group_minmax': the per-GPU batch tensor of a `groups`-GPU original, LEAD++)."""
+    if mode == "group_minmax":
+        return minmax(mask.reshape(groups, -1), per_sample=True).reshape(mask.shape)
+    return minmax(mask, per_sample=mode == "sample_minmax")
 
 
 def normalise_cam(cam: jax.Array, mode: str) -> jax.Array:
@@ -147,7 +156,8 @@ def lcr_fields(**faithful) -> dict:
         # code, near-uniform target, spec 4.5), 'sample_max', 'sample_minmax'.
         cam_norm="none",
         # Min-max of the mask over the whole batch tensor (the code, train and
-        # test) or per image.
+        # test), per image, or per BN group in training ('group_minmax', LEAD++'s
+        # per-GPU tensor; the whole batch at test time).
         att_norm="batch_minmax",
         # Detach the Grad-CAM target (False = the code: the KL reaches the
         # backbone through A in the target too, with dL/dy held constant).
@@ -193,7 +203,8 @@ def attention_maps(
     att_norm: str,
 ) -> tuple[jax.Array, jax.Array]:
     """Eval-mode `(last-stage map A [B, H, W, C], normalised mask a [B, H, W])` of `images`
-    through `backbone` and the `rationale` group; `att_norm` as `config.lcr.att_norm`."""
+    through `backbone` and the `rationale` group; `att_norm` as `config.lcr.att_norm`
+    ('group_minmax' normalises over the whole eval batch, as the original's test code)."""
     if att_norm not in ATT_NORMS:
         raise ValueError(f"att_norm={att_norm!r}: choose one of {ATT_NORMS}")
     maps = last_stage_map(
@@ -249,7 +260,7 @@ class Rationale:
             cam = jax.lax.stop_gradient(cam)
         branch_state = {c: t["rationale"] for c, t in model_state.items()}
         mask, branch_state = apply_train(self.rationale, params["rationale"], branch_state, maps)
-        attention = minmax(mask, per_sample=s.att_norm == "sample_minmax")
+        attention = normalise_attention(mask, s.att_norm, s.bn_groups)
         fit, target = fitting_loss(cam, attention, s.tau, s.cam_softmax_axis, s.reduction)
         entropy = -jnp.sum(jax.scipy.special.xlogy(target, target), axis=-1)
         size = target.shape[-1]

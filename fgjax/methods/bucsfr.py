@@ -35,7 +35,7 @@ from fgjax.core.objectives import accuracy, cross_entropy, info_nce, l2_normaliz
 from fgjax.core.sfr import anchor_posterior, sample_selection, soft_target_contrastive
 from fgjax.eval.clustering import nmi
 from fgjax.methods.base import EpochUpdate, LossAux, apply_train, register
-from fgjax.methods.moco import MoCo
+from fgjax.methods.moco import MoCo, enqueue
 from fgjax.models.encoder import Encoder
 
 # Stream of the BuC step's k-means, folded with the epoch (independent of the step's keys).
@@ -198,7 +198,7 @@ class BuCSFR(MoCo):
         return loss, LossAux(model_state, metrics, update)
 
     def after_step(self, method_state, state_update, ctx):
-        ptr = method_state["queue_ptr"]
-        labels = state_update["coarse"].astype(jnp.int32)
-        queue_coarse = jax.lax.dynamic_update_slice(method_state["queue_coarse"], labels, (ptr,))
+        queue_coarse, _ = enqueue(
+            method_state["queue_coarse"], method_state["queue_ptr"], state_update["coarse"]
+        )
         return {**super().after_step(method_state, state_update, ctx), "queue_coarse": queue_coarse}

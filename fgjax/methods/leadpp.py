@@ -40,7 +40,7 @@ from fgjax.config import photometric_spec
 from fgjax.core.objectives import ema, info_nce, l2_normalize
 from fgjax.methods.base import LossAux, Method, apply_train, register
 from fgjax.methods.lcr import Rationale, last_stage_map, lcr_fields, without_branch
-from fgjax.methods.moco import MoCo
+from fgjax.methods.moco import MoCo, enqueue
 from fgjax.models.registry import build_backbone
 
 # OpenAI CLIP's preprocessing mean / std (teacher_norm='clip').
@@ -50,12 +50,6 @@ TEACHER_NORMS = ("imagenet", "clip")
 L3_SNAPSHOTS = ("after_L2_enqueue", "before_L2_enqueue")
 EMBED_FEATURES = ("gap", "rationale")
 _ENTROPY_EPS = 1e-10  # the original's guard inside log(p_t)
-
-
-def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`(queue [K, D] with keys [B, D] written at rows ptr.., the next pointer)`."""
-    queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, 0))
-    return queue, (ptr + keys.shape[0]) % queue.shape[0]
 
 
 def per_sample_ce(logits: jax.Array) -> jax.Array:

@@ -21,6 +21,14 @@ from fgjax.models.factory import backbone_from_config, compute_dtype
 from fgjax.models.heads import MLP
 
 
+def enqueue(queue: jax.Array, ptr: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """FIFO write: `(queue [K, ...] with rows [B, ...] written at rows ptr.., next pointer)`;
+    K must be a multiple of B (checked where the queue is built)."""
+    start = (ptr,) + (0,) * (queue.ndim - 1)
+    queue = jax.lax.dynamic_update_slice(queue, rows.astype(queue.dtype), start)
+    return queue, (ptr + rows.shape[0]) % queue.shape[0]
+
+
 @register
 class MoCo(Method):
     name = "moco"
@@ -87,11 +95,10 @@ class MoCo(Method):
         return {**method_state, "key_params": key_params}
 
     def after_step(self, method_state, state_update, ctx):
-        keys, queue, ptr = state_update["keys"], method_state["queue"], method_state["queue_ptr"]
-        queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (ptr, 0))
+        queue, ptr = enqueue(method_state["queue"], method_state["queue_ptr"], state_update["keys"])
         return {
             **method_state,
             "key_model_state": state_update["key_model_state"],
             "queue": queue,
-            "queue_ptr": (ptr + keys.shape[0]) % queue.shape[0],
+            "queue_ptr": ptr,
         }

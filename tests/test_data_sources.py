@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fgjax.config import data_config
 from fgjax.data import procedural
 from fgjax.data.datasets import build_source
 from fgjax.data.decode import sample_crop
@@ -109,6 +110,11 @@ def test_csv_manifest_int_labels_split_and_relative_paths(tmp_path):
     assert len(test) == 1 and test[0]["label"] == 0 and test.num_classes == 5
     everything = CsvManifestSource(csv_path)
     assert len(everything) == 4
+    # config.data.coarse reaches the CSV kind: 'none' drops the column's level.
+    config = data_config("csv", csv_path, coarse="none")
+    without = build_source(config, "train")
+    assert without.num_coarse_classes == 0 and without[0]["coarse_label"] == -1
+    assert build_source(data_config("csv", csv_path), "train").num_coarse_classes == 2
 
 
 def test_csv_manifest_string_labels_root_and_no_split_column(tmp_path):
@@ -182,7 +188,7 @@ def test_build_source_dispatch(folder_root, tmp_path):
     assert proc.num_classes == 4 and len(proc) == 12
 
     _write_image(tmp_path / "imgs" / "a.png")
-    cfg.kind = "csv"
+    cfg.kind, cfg.coarse = "csv", ""  # a CSV's only level is its coarse_label column
     cfg.root = _write_csv(tmp_path / "m.csv", "path,label,split\na.png,0,train\n")
     cfg.csv_root = str(tmp_path / "imgs")
     csv_src = build_source(cfg, "train")

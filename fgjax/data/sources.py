@@ -309,6 +309,7 @@ class CsvManifestSource(LabeledSource):
     splits of one manifest agree on label ids (a held-out-class test split keeps the
     global ids, e.g. 100..199 for CUB retrieval). If `split` is given and the CSV has a
     `split` column, only matching rows are kept; without that column every row is kept.
+    `coarse`: '' or 'coarse_label' (the column's level, when present) or 'none'.
 
     Errors name the file, the row number (the header is row 1) and the column. Image
     files are checked for existence up front (`check_files=False` skips it); corrupt
@@ -321,6 +322,7 @@ class CsvManifestSource(LabeledSource):
         split: str | None = None,
         root: str | None = None,
         check_files: bool = True,
+        coarse: str = "",
     ):
         self.csv_path = os.fspath(csv_path)
         if not os.path.isfile(self.csv_path):
@@ -358,12 +360,12 @@ class CsvManifestSource(LabeledSource):
         )
         levels = {}
         if "coarse_label" in columns:
-            coarse, coarse_names = _parse_labels(
+            coarse_ids, coarse_names = _parse_labels(
                 [d["coarse_label"] for _, d in rows], row_numbers, self.csv_path, "coarse_label"
             )
             levels["coarse_label"] = coarse_of_classes(
                 labels,
-                coarse,
+                coarse_ids,
                 coarse_names,
                 lambda k: f"{self.csv_path}: row {row_numbers[k]}, column 'coarse_label'",
             )
@@ -397,6 +399,7 @@ class CsvManifestSource(LabeledSource):
             labels=labels[keep],
             class_names=class_names,
             coarse_levels=levels,
+            coarse=coarse,
         )
 
 

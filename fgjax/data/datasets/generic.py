@@ -23,9 +23,13 @@ def image_folder(data_config, split: str) -> ImageFolderSource:
     layout="a CSV file with columns path,label[,coarse_label][,split]",
 )
 def csv_manifest(data_config, split: str) -> CsvManifestSource:
-    """`config.data.root` is the CSV; `config.data.csv_root` the base of relative paths."""
+    """`config.data.root` is the CSV; `config.data.csv_root` the base of relative paths;
+    `config.data.coarse` '' / 'coarse_label' (the column) or 'none'."""
     return CsvManifestSource(
-        data_config.root, split=split, root=data_config.get("csv_root", "") or None
+        data_config.root,
+        split=split,
+        root=data_config.get("csv_root", "") or None,
+        coarse=data_config.get("coarse", ""),
     )
 
 

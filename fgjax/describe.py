@@ -68,6 +68,7 @@ from fgjax.methods import backbone_variables
 from fgjax.train.checkpoint import checkpoint_step
 from fgjax.train.loop import _Run
 from fgjax.train.state import create_train_state, load_init_from
+from fgjax.weights import require_complete
 
 DEFAULT_METHODS = ("cfga_plus", "scda", "gap")
 EMBEDDING = "embedding"
@@ -180,16 +181,7 @@ def load_weights(run: _Run, a: argparse.Namespace, seed: int, step: int | None):
         run.method, abstract.params, abstract.model_state, a.init_from
     )
     variables = backbone_variables(params, model_state)
-    absent = [
-        jax.tree_util.keystr(path)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
-        if isinstance(leaf, jax.ShapeDtypeStruct)
-    ]
-    if absent:
-        raise ValueError(
-            f"{a.init_from} has no weights for {len(absent)} backbone variables, e.g. "
-            f"{absent[:3]} (config.model.arch={run.method.config.model.arch!r})"
-        )
+    require_complete(variables, a.init_from, run.method.config.model.arch)
     model_state = {c: {"backbone": v} for c, v in variables.items() if c != "params"}
     return {"backbone": variables["params"]}, model_state
 

@@ -21,7 +21,7 @@ ALLOWED = {
     "text": {"core", "models", "weights"},
     "ddt": {"core", "models", "data", "weights", "descriptors", "eval"},
     "eval": {"core", "models", "data"},
-    "methods": {"core", "models", "data", "weights", "eval"},
+    "methods": {"core", "models", "data", "weights", "eval", "text"},
     "train": {"core", "models", "data", "weights", "eval", "methods", "config"},
 }
 

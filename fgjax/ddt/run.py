@@ -133,7 +133,7 @@ def load_backbone(model: Any, weights: str) -> tuple[Any, dict[str, Any]]:
     torchvision's `resnet50-19c8e357.pth`, an fgjax `.npz`, ...); a variable the file
     lacks is an error naming the file."""
     from fgjax.models.factory import backbone_from_config
-    from fgjax.weights import load_pretrained
+    from fgjax.weights import load_pretrained, require_complete
 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"DDT weights: no file {weights!r}")
@@ -142,16 +142,7 @@ def load_backbone(model: Any, weights: str) -> tuple[Any, dict[str, Any]]:
     abstract = jax.eval_shape(lambda: backbone.init(jax.random.key(0), x, train=False))
     target = {k: v for k, v in abstract.items() if k in ("params", "batch_stats")}
     variables, report = load_pretrained(weights, target, model.arch)
-    absent = [
-        jax.tree_util.keystr(path)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
-        if isinstance(leaf, jax.ShapeDtypeStruct)
-    ]
-    if absent:
-        raise ValueError(
-            f"{weights} has no weights for {len(absent)} backbone variables, e.g. {absent[:3]} "
-            f"(config.model.arch={model.arch!r})"
-        )
+    require_complete(variables, weights, model.arch)
     print(f"ddt weights {weights}: {report}")
     return backbone, variables
 

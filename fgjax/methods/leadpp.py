@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fgjax.config import photometric_spec
 from fgjax.core.objectives import ema, info_nce, l2_normalize
 from fgjax.methods.base import LossAux, Method, apply_train, register
 from fgjax.methods.lcr import Rationale, last_stage_map, lcr_fields, without_branch
@@ -191,7 +190,7 @@ class LEADPP(Rationale, MoCo):
         """view3 as the teacher sees it: as is (ImageNet-normalised) or CLIP-normalised."""
         if self.section.teacher_norm == "imagenet":
             return images
-        spec = photometric_spec(self.config, "view3")
+        spec = self.config.views.view3.photometric  # how the step normalised view3
         pixels = images * jnp.asarray(spec.std) + jnp.asarray(spec.mean)
         return (pixels - jnp.asarray(CLIP_MEAN)) / jnp.asarray(CLIP_STD)
 

@@ -11,6 +11,7 @@ from fgjax.weights.checkpoint import read_checkpoint, select_state_dict, write_s
 from fgjax.weights.load import (
     export_torch,
     load_pretrained,
+    require_complete,
     save_variables,
     target_for_arch,
     variables_from_tensors,
@@ -25,6 +26,7 @@ from fgjax.weights.safetensors_io import load_safetensors, save_safetensors
 from fgjax.weights.variables import ImportReport, flatten_to_strings, unflatten_strings
 
 __all__ = [
+    "require_complete",
     "CheckpointFormatError",
     "ImportReport",
     "LoadReport",

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 from fgjax.weights.checkpoint import read_checkpoint, write_state_dict
@@ -149,6 +150,21 @@ def load_pretrained(
     if strict:
         report.raise_if_incomplete(os.fspath(path))
     return variables, report
+
+
+def require_complete(variables: Mapping[str, Any], source: str, arch: str) -> None:
+    """Raise unless every leaf of `variables` was filled: leaves still `ShapeDtypeStruct`
+    (from an `eval_shape` target) are variables `source` had no weights for."""
+    absent = [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(variables)
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    if absent:
+        raise ValueError(
+            f"{source} has no weights for {len(absent)} backbone variables, e.g. "
+            f"{absent[:3]} (config.model.arch={arch!r})"
+        )
 
 
 def save_variables(path: PathLike, variables: Mapping[str, Any]) -> int:

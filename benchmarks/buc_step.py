@@ -129,7 +129,7 @@ def kmeans_part(features, index, clusters, key, *, k_max, class_batch):
 
 @functools.partial(jax.jit, static_argnames=("k_max", "class_batch", "pair_chunk"))
 def merge_part(features, index, assignment, threshold, *, k_max, class_batch, pair_chunk):
-    """buc_step's merge criterion alone on a given assignment `[C, n_max]`: (a, b, merge),
+    """buc_step's merge criterion alone on a given assignment `[C, n_max]`: (a, b, merge, r),
     each class's block gathered inside the map as in buc_step."""
     num_points = features.shape[0]
 

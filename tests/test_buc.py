@@ -154,11 +154,12 @@ def test_best_merge_hand_made():
         ],
         np.float32,
     )
-    a, b, merge = cl.best_merge(jnp.asarray(r), 1.1)
-    assert (int(a), int(b), bool(merge)) == (1, 2, False)
-    a, b, merge = cl.best_merge(jnp.asarray(r), 1.3)
+    a, b, merge, best = cl.best_merge(jnp.asarray(r), 1.1)
+    assert (int(a), int(b), bool(merge), float(best)) == (1, 2, False, np.float32(1.2))
+    a, b, merge, _ = cl.best_merge(jnp.asarray(r), 1.3)
     assert (int(a), int(b), bool(merge)) == (1, 2, True)
-    assert not bool(cl.best_merge(jnp.full((3, 3), jnp.inf), 5.0)[2])
+    *_, merge, best = cl.best_merge(jnp.full((3, 3), jnp.inf), 5.0)
+    assert not bool(merge) and np.isinf(float(best))
 
 
 def _unit_blobs(rng, sizes, d, spread):
@@ -221,8 +222,9 @@ def test_buc_step_matches_per_class_loop():
     np.testing.assert_array_equal(ref_k, np.minimum(k, [40, 30, 3]) - merged_ref)
 
     step = functools.partial(buc.buc_step, threshold=threshold, k_max=k_max, n_max=n_max)
-    ids, cent, new_k, merged = (np.asarray(v) for v in step(x, coarse, k, key))
+    ids, cent, new_k, merged, best = (np.asarray(v) for v in step(x, coarse, k, key))
     np.testing.assert_array_equal(merged, merged_ref)
+    np.testing.assert_allclose(best, ratios, rtol=1e-4)  # each class's smallest ratio
     np.testing.assert_array_equal(new_k, ref_k)
     np.testing.assert_array_equal(ids, ref_ids)
     # Global ids contiguous, class blocks in class order.

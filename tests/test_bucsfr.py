@@ -272,6 +272,8 @@ def test_bucsfr_hook_clusters_the_key_encoders_projections_inside_each_coarse_cl
     np.testing.assert_array_equal(update.state["clusters_per_class"], want[2])
     assert update.metrics["buc/clusters"].tolist() == want[2].tolist()
     assert update.metrics["buc/merges"] == int(want[3].sum())
+    ratios = update.metrics["buc/best_ratio"]  # merged iff below T
+    np.testing.assert_array_equal(ratios < config.bucsfr.merge_threshold, want[3])
     # Clusters never span two coarse classes (global ids are class blocks).
     offsets = np.concatenate([[0], np.cumsum(want[2])])
     for c in (0, 1):

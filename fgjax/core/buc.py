@@ -51,12 +51,12 @@ def class_blocks(coarse: np.ndarray, num_classes: int, n_max: int) -> np.ndarray
 
 def _class_step(x, valid, k, key, threshold, k_max, pair_chunk):
     """One class's block `x [n, d]`: k-means with k active clusters of k_max, then at most one
-    merge. Returns (labels [n], centroids [k_max, d] unit, new k, merged)."""
+    merge. Returns (labels [n], centroids [k_max, d] unit, new k, merged, best ratio)."""
     slots = jnp.arange(k_max)
     centroids, assign, _ = kmeans(x, k_max, key, valid=valid, active=slots < k)
     # Inactive clusters are empty, so their ratios are +inf: no change needed in merge_ratios.
     ratios = merge_ratios(x, assign, k_max, valid, pair_chunk=pair_chunk)
-    a, b, merge = best_merge(ratios, threshold)
+    a, b, merge, best = best_merge(ratios, threshold)
     members = valid & ((assign == a) | (assign == b))
     merged = jnp.sum(jnp.where(members[:, None], x, 0.0), axis=0)  # same direction as the mean
     labels = jnp.where(merge & (assign == b), a, assign)
@@ -65,7 +65,7 @@ def _class_step(x, valid, k, key, threshold, k_max, pair_chunk):
     source = jnp.where(merge & (slots >= b), jnp.minimum(slots + 1, k_max - 1), slots)
     centroids = centroids[source]
     centroids = centroids.at[a].set(jnp.where(merge, merged, centroids[a]))
-    return labels, l2_normalize(centroids), k - merge, merge
+    return labels, l2_normalize(centroids), k - merge, merge, best
 
 
 @functools.partial(jax.jit, static_argnames=("k_max", "class_batch", "pair_chunk"))
@@ -79,7 +79,7 @@ def buc_blocks(
     k_max: int,
     class_batch: int = 1,
     pair_chunk: int = 1024,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """`buc_step`'s jitted core on a ready index plan `index int32 [C, n_max]`
     (`class_blocks`); the other arguments and the result as `buc_step`'s. Public so that
     callers can lower and compile it ahead of time (benchmarks/buc_step.py)."""
@@ -94,7 +94,7 @@ def buc_blocks(
         return _class_step(x, v, kc, kk, threshold, k_max, pair_chunk)
 
     # lax.map, not vmap: `class_batch` classes at a time bound the temp memory.
-    labels, centroids, new_k, merged = jax.lax.map(
+    labels, centroids, new_k, merged, best = jax.lax.map(
         one_class, (index, valid, k, keys), batch_size=class_batch
     )
     offsets = jnp.cumsum(new_k) - new_k
@@ -107,7 +107,7 @@ def buc_blocks(
     position = jnp.where(slots < new_k[:, None], offsets[:, None] + slots, total)
     out = jnp.zeros((total, features.shape[1]), features.dtype)
     out = out.at[position].set(centroids, mode="drop")
-    return im2cluster, out, new_k, merged
+    return im2cluster, out, new_k, merged, best
 
 
 def buc_step(
@@ -121,7 +121,7 @@ def buc_step(
     n_max: int,
     class_batch: int = 1,
     pair_chunk: int = 1024,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """One epoch's BuC step for all C coarse classes (spec 5.2).
 
     `features [N, d]` unit rows (the momentum encoder's embeddings); `coarse [N]` ints in
@@ -134,9 +134,11 @@ def buc_step(
     memory grows with class_batch * (n_max k_max + pair_chunk d^2), not with C k_max^2 d^2.
 
     Returns `(im2cluster int32 [N], centroids float32 [C * k_max, d], new_k int32 [C],
-    merged bool [C])`: global cluster ids (class offsets + local id, contiguous within
-    [0, sum(new_k))), the unit centroids indexed by global id (rows >= sum(new_k) are zero),
-    the new leaf counts (min(k[c], n_c) minus one where the class merged).
+    merged bool [C], best_ratio float32 [C])`: global cluster ids (class offsets + local id,
+    contiguous within [0, sum(new_k))), the unit centroids indexed by global id (rows >=
+    sum(new_k) are zero), the new leaf counts (min(k[c], n_c) minus one where the class
+    merged), and each class's smallest positive merge ratio r (merged iff r < T; +inf when
+    no pair qualifies): what to look at when choosing T.
     """
     num_classes = int(np.shape(clusters_per_class)[0])
     if np.ndim(features) != 2 or np.shape(features)[0] != np.shape(coarse)[0]:

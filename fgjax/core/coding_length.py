@@ -111,14 +111,15 @@ def merge_ratios(
     return r.at[rows, cols].set(jnp.where(ok, small / jnp.where(ok, info, 1.0), jnp.inf))
 
 
-def best_merge(r: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+def best_merge(r: jax.Array, threshold: float) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """The pair a < b (the original fills only the upper triangle) with the smallest
     positive `r [k, k]`, and whether to merge it: r < `threshold` (T = 1.1 FGVC, 2.0
-    CIFAR-100, 1.5 iNat, 5 ImageNet32). Returns `(a, b, merge)`, int32, int32, bool;
-    merge is False when no pair is positive and finite."""
+    CIFAR-100, 1.5 iNat, 5 ImageNet32). Returns `(a, b, merge, r_ab)`, int32, int32, bool,
+    float32 (+inf when no pair is positive and finite; merge is then False)."""
     k = r.shape[-1]
     upper = jnp.triu(jnp.ones((k, k), bool), 1)
     masked = jnp.where(upper & (r > 0), r, jnp.inf)
     flat = jnp.argmin(masked)  # first in row-major order on ties, like the original's loop
     a, b = jnp.divmod(flat, k)
-    return a.astype(jnp.int32), b.astype(jnp.int32), masked.reshape(-1)[flat] < threshold
+    best = masked.reshape(-1)[flat]
+    return a.astype(jnp.int32), b.astype(jnp.int32), best < threshold, best

@@ -121,7 +121,7 @@ class BuCSFR(MoCo):
         coarse = train.coarse_labels
         counts = np.asarray(jax.device_get(state.method_state["clusters_per_class"]))
         key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed), _BUC_STREAM)
-        im2cluster, centroids, new_k, merged = jax.device_get(
+        im2cluster, centroids, new_k, merged, best_ratio = jax.device_get(
             buc_step(
                 train.features,
                 coarse,
@@ -136,6 +136,8 @@ class BuCSFR(MoCo):
             "buc/clusters": new_k,
             "buc/total_clusters": int(new_k.sum()),
             "buc/merges": int(merged.sum()),
+            # Each class's smallest merge ratio (merged iff < T; NaN: no candidate pair).
+            "buc/best_ratio": np.where(np.isfinite(best_ratio), best_ratio, np.nan),
             "buc/seconds": time.perf_counter() - start,
         }
         if (train.labels >= 0).all():

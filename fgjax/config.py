@@ -103,6 +103,10 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.test_split = "test"  # the split evaluated on (e.g. 'retrieval_test')
     c.data.coarse = ""  # coarse level: '' = the dataset's default, 'none', or a level name
     c.data.crop_to_box = False  # datasets with boxes (cub, cars): crop to the object first
+    # Evaluation (features, kNN bank, pictures) reads each image at its path relative to
+    # the dataset root under this parallel root instead, whole (e.g. `python -m fgjax.ddt`'s
+    # DDT crops, LEAD++'s linear probe); '' = the dataset's own images
+    c.data.eval_root = ""
     c.data.skip_bad = False  # replace undecodable images (counted in the log) instead of failing
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
     c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'

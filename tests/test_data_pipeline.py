@@ -3,6 +3,7 @@
 import dataclasses
 import math
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -495,13 +496,9 @@ def test_view_root_errors(tmp_path):
     with pytest.raises(ValueError, match="view 'ddt'.*needs a source with a `root`"):
         make_train_loader(NoRoot(4), views=[ddt], **kw)
     with pytest.raises(ValueError, match="not under the source root"):
-        parallel_path({"path": "/elsewhere/a.jpg"}, ddt, "/data/CUB")
+        parallel_path({"path": "/elsewhere/a.jpg"}, ddt.root, "/data/CUB", "view 'ddt' root")
     assert (
-        parallel_path(
-            {"path": "/data/CUB/train/001.x/a.jpg"},
-            ViewSpec("d", 8, root="/data/CUB_ddt"),
-            "/data/CUB",
-        )
+        parallel_path({"path": "/data/CUB/train/001.x/a.jpg"}, "/data/CUB_ddt", "/data/CUB", "d")
         == "/data/CUB_ddt/train/001.x/a.jpg"
     )
     with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
@@ -620,3 +617,53 @@ def test_real_cub_crops_through_the_train_loader(tmp_path):
     assert batch["views"]["q"].shape == batch["views"]["k"].shape == (8, 64, 64, 3)
     np.testing.assert_array_equal(batch["label"], train.labels[batch["index"]])
     assert batch["views"]["q"].std() > 10  # real pixels, not zeros
+
+
+def test_eval_root_reads_every_evaluation_image_from_the_parallel_root(tmp_path):
+    """config.data.eval_root: evaluation (the run's `sources`) reads each record's file at
+    the same relative path under the parallel root, whole (the dataset's box dropped);
+    the train loader keeps the dataset's own images."""
+    from conftest import tiny_config
+
+    from fgjax.data.sources import LabeledSource, ParallelRootSource
+    from fgjax.train.loop import _Run
+
+    rng = np.random.default_rng(0)
+    rel = [f"{split}/{c}/{i}.png" for split in ("train", "test") for c in "ab" for i in range(2)]
+    for root, size in ((tmp_path / "data", (30, 40)), (tmp_path / "crops", (12, 18))):
+        for r in rel:
+            (root / r).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / r)
+
+    source = LabeledSource(
+        dataset="t",
+        split="test",
+        labels=np.zeros(2, np.int32),
+        class_names=["a"],
+        root=str(tmp_path / "data"),
+        paths=rel[4:6],
+        boxes=np.float32([[3, 4, 20, 10]] * 2),
+    )
+    crops = ParallelRootSource(source, str(tmp_path / "crops"), "config.data.eval_root")
+    record = crops[1]
+    assert record["path"] == str(tmp_path / "crops" / rel[5]) and "box" not in record
+    assert crops.labels is source.labels and len(crops) == 2
+    assert pickle.loads(pickle.dumps(crops))[1] == record  # grain workers get a copy
+    (batch,) = list(make_eval_loader(crops, batch_size=2, image_size=8, num_workers=0))
+    want = resize_center_crop({"path": record["path"]}, image_size=8)
+    np.testing.assert_array_equal(batch["images"][1], want)
+    assert not np.array_equal(want, resize_center_crop(source[1], image_size=8))
+    outside = LabeledSource(
+        dataset="t", split="x", labels=[0], class_names=["a"], paths=["/elsewhere/a.png"]
+    )
+    with pytest.raises(ValueError, match="config.data.eval_root.*needs a source with a `root`"):
+        ParallelRootSource(outside, str(tmp_path / "crops"), "config.data.eval_root")
+
+    config = tiny_config("moco")
+    config.data.kind, config.data.root = "image_folder", str(tmp_path / "data")
+    config.data.eval_root = str(tmp_path / "crops")
+    config.train.batch_size = 2
+    run = _Run(config)
+    for role in ("train", "test"):
+        assert run.sources[role][0]["path"].startswith(str(tmp_path / "crops"))
+    assert run.train_source[0]["path"].startswith(str(tmp_path / "data"))

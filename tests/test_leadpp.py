@@ -268,6 +268,24 @@ def test_a_run_resumes_bit_identically_without_the_teacher_in_the_checkpoint(
     )
     assert float(np.ptp(np.asarray(attention))) > 0.5  # min-max over the eval batch
 
+    # The linear probe (configs/cub_leadpp_lincls.py): lincls loads this run's backbone and
+    # branch and classifies that same descriptor.
+    from fgjax.methods import build_method
+    from fgjax.train.state import create_train_state
+
+    probe_config = tiny_config("lincls")
+    recipe = load_config_file(os.path.join(REPO, "configs", "cub_leadpp_lincls.py"))
+    probe_config.lincls = recipe.lincls
+    probe_config.optim.freeze = recipe.optim.freeze
+    probe = build_method(probe_config, run_info(probe_config))
+    state = create_train_state(probe, None, (2, S, S, 3), 0, str(tmp_path / "straight"))
+    np.testing.assert_allclose(
+        probe.embed(state.params, state.model_state, images),
+        method.embed(trained.params, trained.model_state, images),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
 
 SECTION_10 = dict(
     hidden_dim=2048,
@@ -324,6 +342,26 @@ def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():
     assert config.data.train_split == "train"
     aircraft = load_config_file(os.path.join(REPO, "configs", "aircraft_leadpp.py"))
     assert aircraft.data.train_split == "trainval"
+    # The linear probe (spec 7.1 and its switches): lincls on the mask-weighted descriptor
+    # over the whole batch, every image a DDT crop, the best and the last epoch reported.
+    probe = load_config_file(os.path.join(REPO, "configs", "cub_leadpp_lincls.py"))
+    o = probe.optim
+    assert (o.name, o.lr, o.momentum, o.weight_decay, o.schedule) == ("sgd", 30.0, 0.9, 0.0, "step")
+    assert (tuple(o.decay_epochs), o.decay_factor, tuple(o.freeze)) == (
+        (60, 80),
+        0.1,
+        ("backbone", "rationale"),
+    )
+    t = probe.train
+    assert (t.batch_size, t.num_epochs, probe.eval.every_epochs) == (256, 100, 1)
+    assert (probe.lincls.feature, probe.lincls.lcr_att_norm, probe.lincls.init_std) == (
+        "lcr",
+        "batch_minmax",
+        0.01,
+    )
+    assert probe.lincls.lcr_maps == SECTION_10["proj_dim"]
+    crops = load_config_file(os.path.join(REPO, "configs", "cub_leadpp.py")).views.view3.root
+    assert probe.data.eval_root == probe.views.view1.root == crops
 
     # Full size (CUB): ResNet-50 at 224, CLIP ViT-B/16 teacher, one loss, all as shapes.
     config = load_config_file(os.path.join(REPO, "configs", "cub_leadpp.py"))

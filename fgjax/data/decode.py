@@ -121,25 +121,31 @@ def record_region(record: dict, width: int, height: int) -> tuple[float, float, 
     return left, top, w, h
 
 
-def parallel_path(record: dict, view: ViewSpec, source_root: str | None) -> str:
-    """The file of `record` under `view.root`: root / (record path relative to source_root)."""
+def parallel_path(record: dict, root: str, source_root: str | None, owner: str) -> str:
+    """The file of `record` under the parallel `root`: root / (record path relative to
+    source_root). `owner` names the setting in errors (e.g. "view 'view3' root")."""
     if "path" not in record:
         raise ValueError(
-            f"view {view.name!r}: root={view.root!r} needs records with a 'path', but record "
+            f"{owner}={root!r} needs records with a 'path', but record "
             f"{record.get('index')} holds an in-memory image"
         )
     if not source_root:
         raise ValueError(
-            f"view {view.name!r}: root={view.root!r} needs a source with a `root` (the folder "
-            "its relative paths hang from)"
+            f"{owner}={root!r} needs a source with a `root` (the folder its relative paths "
+            "hang from)"
         )
     rel = os.path.relpath(record["path"], source_root)
     if rel == os.pardir or rel.startswith(os.pardir + os.sep):
         raise ValueError(
-            f"view {view.name!r}: image {record['path']!r} is not under the source root "
-            f"{source_root!r}, so it has no counterpart under {view.root!r}"
+            f"{owner}: image {record['path']!r} is not under the source root "
+            f"{source_root!r}, so it has no counterpart under {root!r}"
         )
-    return os.path.join(view.root, rel)
+    return os.path.join(root, rel)
+
+
+def view_owner(view: ViewSpec) -> str:
+    """How errors about `view.root` name it."""
+    return f"view {view.name!r} root"
 
 
 def _decode(img: Image.Image, path: str | None, crops: Sequence[tuple[float, int]]):
@@ -242,7 +248,7 @@ def random_crop_views(
         for view in views:
             if view.root not in opened:
                 if view.root:
-                    path = parallel_path(record, view, source_root)
+                    path = parallel_path(record, view.root, source_root, view_owner(view))
                     opened[view.root] = _open_path(path), path
                 else:
                     opened[view.root] = open_record(record)

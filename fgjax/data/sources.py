@@ -11,7 +11,9 @@ either 'path': str (an image file, decoded later in the pipeline worker) or
 'image': uint8 `[H, W, 3]`, and optionally 'box': (left, top, width, height) in original
 pixels (crops are taken inside it) and 'trim_bottom': int (rows cut off the bottom).
 Sources of 'path' records also have `root`, the folder their paths hang from: a training
-view with its own root (`ViewSpec.root`) reads the same relative path under that root.
+view with its own root (`ViewSpec.root`) reads the same relative path under that root,
+and `ParallelRootSource` reads a whole source there (evaluation under
+`config.data.eval_root`).
 
 Here: `LabeledSource` (a split as arrays; every dataset module of `fgjax.data.datasets`
 builds one), `ImageFolderSource` (root/<split>/<class>/*.jpg, labels = sorted class
@@ -28,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from fgjax.data.decode import parallel_path
 from fgjax.data.layout import DatasetLayoutError, describe_folder
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -178,6 +181,37 @@ class LabeledSource:
             f"root={self.root!r}, num_records={len(self)}, num_classes={self.num_classes}, "
             f"coarse={self.coarse_level!r})"
         )
+
+
+class ParallelRootSource:
+    """`source` read from a parallel root: every record's file is the one at the same path
+    relative to `source.root` under `root` (e.g. the DDT crops `python -m fgjax.ddt`
+    writes), and its 'box' / 'trim_bottom' are dropped (that file is the region already).
+    Labels, class names and every other attribute are the source's. `owner` names the
+    setting in errors; the first record is mapped here, so a wrong root fails at once."""
+
+    def __init__(self, source, root: str, owner: str):
+        self.source, self.root, self.owner = source, os.fspath(root), owner
+        if len(source):
+            self[0]
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        record = dict(self.source[i])
+        record["path"] = parallel_path(record, self.root, self.source.root, self.owner)
+        record.pop("box", None)
+        record.pop("trim_bottom", None)
+        return record
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name == "source":  # unpickling (grain workers) probes these
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def __repr__(self) -> str:
+        return f"ParallelRootSource({self.source!r}, root={self.root!r})"
 
 
 def summarize(source, name: str) -> str:

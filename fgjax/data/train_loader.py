@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import grain.python as grain
 import numpy as np
 
-from fgjax.data.decode import ImageDecodeError, parallel_path, random_crop_views
+from fgjax.data.decode import ImageDecodeError, parallel_path, random_crop_views, view_owner
 from fgjax.data.grain_utils import (
     IndexSampler,
     absl_flags_workaround,
@@ -195,7 +195,7 @@ def _check_views(views: Sequence[ViewSpec], source) -> tuple[ViewSpec, ...]:
         raise ValueError(f"view names must be unique; repeated: {repeated}")
     for view in views:
         if view.root:  # fail here, not in a worker: the first record must map to the root
-            parallel_path(source[0], view, getattr(source, "root", None))
+            parallel_path(source[0], view.root, getattr(source, "root", None), view_owner(view))
     return views
 
 

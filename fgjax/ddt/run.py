@@ -34,7 +34,6 @@ from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replica
 from fgjax.data.augment import PhotometricSpec
 from fgjax.data.decode import open_record, parallel_path, record_region, to_rgb
 from fgjax.data.eval_loader import make_eval_loader, spread
-from fgjax.data.views import ViewSpec
 from fgjax.ddt.locate import (
     CUT_RATES,
     MASK_RULES,
@@ -295,7 +294,6 @@ def locate_images(
     """The box search and crop policy of every image of `source` given its mask."""
     # `parallel_path` under the root "/" is "/" + the path relative to the source root: the
     # mapping (and its errors) that views use, without knowing the output root here.
-    view = ViewSpec("ddt", 1, root=os.sep)
 
     def one(i: int) -> ImageResult:
         record = source[i]
@@ -304,7 +302,7 @@ def locate_images(
         found = search_box(
             masks[i], width, height, settings.locate_size, settings.cut_rates, settings.fix_xyxy
         )
-        rel = os.path.relpath(parallel_path(record, view, source.root), os.sep)
+        rel = os.path.relpath(parallel_path(record, os.sep, source.root, "ddt"), os.sep)
         crop = crop_policy(settings.policy, found.box, width, height)
         return ImageResult(rel, split, i, region, found.box, found.cut_rate, found.scored, crop)
 

@@ -23,7 +23,7 @@ from fgjax.config import photometric_spec, view_spec
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.datasets import build_source
-from fgjax.data.sources import summarize
+from fgjax.data.sources import ParallelRootSource, summarize
 from fgjax.data.train_loader import last_batch_size, make_train_loader, steps_per_epoch
 from fgjax.eval.evaluate import Evaluator
 from fgjax.eval.features import FeatureExtractor
@@ -86,13 +86,22 @@ class _Run:
         check_batch_divisible(c.train.batch_size)
         self.mesh = make_mesh()
         # Keyed by role: 'train' is config.data.train_split, 'test' config.data.test_split.
-        self.sources = {
+        built = {
             "train": build_source(c.data, c.data.train_split),
             "test": build_source(c.data, c.data.test_split),
         }
         for role, split in (("train", c.data.train_split), ("test", c.data.test_split)):
-            print("data", summarize(self.sources[role], f"{role} = {c.data.kind}/{split}"))
-        train = self.sources["train"]
+            print("data", summarize(built[role], f"{role} = {c.data.kind}/{split}"))
+        self.train_source = built["train"]  # what the train loader reads (views pick roots)
+        # What evaluation reads (features, kNN bank, pictures): the same records, their
+        # files under config.data.eval_root when it is set (e.g. DDT crops).
+        self.sources = {
+            role: ParallelRootSource(source, c.data.eval_root, "config.data.eval_root")
+            if c.data.eval_root
+            else source
+            for role, source in built.items()
+        }
+        train = self.train_source
         keep_last = c.train.keep_last_batch
         self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size, keep_last)
         micro = c.train.batch_size // c.train.accumulate_steps
@@ -323,7 +332,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     frozen = put_replicated(method.init_frozen(), mesh)
 
     loader = make_train_loader(
-        run.sources["train"],
+        run.train_source,
         global_batch_size=c.train.batch_size,
         views=[view_spec(c, name) for name in method.view_names],
         seed=c.seed,

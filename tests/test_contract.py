@@ -335,6 +335,11 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(tm
     config.toy_nan.bad_steps = (-1,)
     config.train.max_steps = 4
     assert train_and_evaluate(config, str(tmp_path))["step"] == 4
+    # The resume cut the log back to step 2's checkpoint: steps 3-5 of the failed run are
+    # gone, steps 3-4 of the resumed one logged once.
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert [r["skipped"] for r in records] == [0, 0, 0, 0]
 
 
 # ----------------------------------------------------------------- checkpoints

@@ -1,5 +1,6 @@
 """The generic trainer: multi-device equivalence, kill-and-resume, SIGTERM, CLI errors."""
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from conftest import REPO
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from run_steps import run  # noqa: E402
+
+from fgjax.train.metrics_log import read_metrics  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -122,6 +125,13 @@ def test_sigkill_and_sigterm_then_resume_equal_an_uninterrupted_run(tmp_path):
     assert set(expected) == set(got)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    # Each step logged once, with the uninterrupted run's numbers: a resume cuts the log
+    # back to the checkpoint it starts from (the steps after it run again).
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in logged]
+    assert steps == sorted(set(steps)) and steps[-1] == total, steps
+    straight_log = {r["step"]: r for r in read_metrics(str(tmp_path / "straight"))}
+    assert [r["loss"] for r in logged] == [straight_log[s]["loss"] for s in steps]
 
 
 def test_unknown_config_field_is_an_error_naming_it():

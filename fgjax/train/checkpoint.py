@@ -1,6 +1,7 @@
-"""Complete, asynchronous checkpoints: train state + data-iterator position + config.
+"""Complete, asynchronous checkpoints: train state + data-iterator position + config +
+the length of the metrics log at that step.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,data,config}`. orbax writes each step to
+Layout: `WORKDIR/checkpoints/<step>/{state,data,config,log}`. orbax writes each step to
 a temporary folder and renames it when complete, so a run killed mid-save (even by
 SIGKILL) resumes from the last complete step. A complete step that still cannot be
 restored (truncated or corrupted later) is reported by path, moved to
@@ -32,9 +33,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, iterator: Any, config_json: str) -> None:
+    def save(
+        self, step: int, state: Any, iterator: Any, config_json: str, metrics_bytes: int
+    ) -> None:
         """Start an async save. The iterator position is captured now, before the
-        loop moves on; device arrays are copied to host before this returns."""
+        loop moves on; device arrays are copied to host before this returns.
+        `metrics_bytes`: metrics.jsonl's length now (a resume cuts it back to this)."""
         data_state = json.loads(iterator.get_state().decode())
         self.manager.save(
             step,
@@ -42,28 +46,30 @@ class Checkpointer:
                 state=ocp.args.StandardSave(state),
                 data=ocp.args.JsonSave(data_state),
                 config=ocp.args.JsonSave(json.loads(config_json)),
+                log=ocp.args.JsonSave({"metrics_bytes": int(metrics_bytes)}),
             ),
             force=True,
         )
 
-    def restore(self, state_template: Any, iterator: Any) -> Any | None:
+    def restore(self, state_template: Any, iterator: Any) -> tuple[Any, int | None] | None:
         """Restore the newest restorable step into `state_template`'s structure and
-        shardings and move `iterator` to its saved position. Returns the restored state,
-        or None when there is no checkpoint (or none can be restored)."""
+        shardings and move `iterator` to its saved position. Returns the restored state
+        and the metrics log's length at that step (None for checkpoints written before it
+        was recorded), or None when there is no checkpoint (or none can be restored)."""
         for step in sorted(self.manager.all_steps(), reverse=True):
+            items = dict(
+                state=ocp.args.StandardRestore(state_template), data=ocp.args.JsonRestore()
+            )
+            if os.path.isdir(os.path.join(self.directory, str(step), "log")):
+                items["log"] = ocp.args.JsonRestore()
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(state_template),
-                        data=ocp.args.JsonRestore(),
-                    ),
-                )
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
                 self._set_aside(step, err)
                 continue
             iterator.set_state(json.dumps(restored.data).encode())
-            return restored.state
+            log = restored.log if "log" in items else None
+            return restored.state, None if log is None else int(log["metrics_bytes"])
         return None
 
     def _set_aside(self, step: int, err: Exception) -> None:

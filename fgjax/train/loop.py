@@ -351,9 +351,12 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     history = _EvalHistory(workdir, c.eval.best_metric)
     initial_path = os.path.join(workdir, "eval_initial.json")
 
+    writer = MetricsWriter(workdir)
     restored = checkpointer.restore(state, iterator)
     if restored is not None:
-        state = restored
+        state, metrics_bytes = restored
+        if metrics_bytes is not None:
+            writer.rewind(metrics_bytes)  # the steps after the checkpoint run again
         print(f"resumed from step {int(state.step)} in {workdir}")
     else:
         _write_json(os.path.join(workdir, "config.json"), json.loads(config_json))
@@ -364,7 +367,6 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     train_step = jit_train_step(
         make_train_step(method, tx, view_specs, run.info, c.train.accumulate_steps), mesh
     )
-    writer = MetricsWriter(workdir)
     bad_images = _BadImages(workdir)
     throughput = Throughput(c.train.batch_size)
     stop = _StopRequest()
@@ -422,7 +424,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
                 or step == run.stop_step
                 or stop.requested
             ) and int(state.bad_steps) == 0:  # never save inside a non-finite streak
-                checkpointer.save(step, state, iterator, config_json)
+                checkpointer.save(step, state, iterator, config_json, writer.size())
                 last_saved = step
             if stop.requested:
                 print(f"SIGTERM: saved step {step}, exiting")

@@ -18,9 +18,9 @@ def _number(value: Any) -> float | list:
 
 
 class MetricsWriter:
-    """Appends to metrics.jsonl; only process 0 writes. After a resume, steps between
-    the checkpoint and the kill appear twice; readers merge the records of a step, the
-    last one winning (an epoch hook's record and a step's record may share a step)."""
+    """Appends to metrics.jsonl; only process 0 writes. A step's record and an epoch
+    hook's record may share a step (readers merge them). After a resume, `rewind` cuts
+    the file back to its length at the restored checkpoint, so each step appears once."""
 
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, "metrics.jsonl")
@@ -32,6 +32,17 @@ class MetricsWriter:
         record = {"step": step, **{k: _number(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+    def size(self) -> int:
+        """The file's length in bytes (0 before the first record)."""
+        return os.path.getsize(self.path) if os.path.exists(self.path) else 0
+
+    def rewind(self, size: int) -> None:
+        """Drop what was logged after the file was `size` bytes long (the records written
+        after the checkpoint a resume starts from: the run logs them again)."""
+        if self.enabled and self.size() > size:
+            with open(self.path, "r+b") as f:
+                f.truncate(size)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -198,7 +198,7 @@ def test_pickle_cannot_rewrite_a_validated_tensor(tmp_path):
         zf.writestr("archive/data/0", np.zeros(4, np.float32).tobytes())
     path = tmp_path / "build.pth"
     path.write_bytes(buf.getvalue())
-    with pytest.raises(CheckpointFormatError, match="set the state of a _TensorRef"):
+    with pytest.raises(CheckpointFormatError, match="refusing pickle BUILD on _TensorRef"):
         load_pth(path)
 
 

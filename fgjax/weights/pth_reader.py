@@ -326,10 +326,8 @@ def _stand_ins() -> dict[str, Any]:
     table.update((name, _TensorClass(name)) for name in _TENSOR_CLASSES)
     for name, dtype in STORAGE_DTYPES.items():
         table[f"torch.{name}"] = _StorageType(f"torch.{name}", dtype)
-    table["torch.storage.UntypedStorage"] = table["torch.UntypedStorage"]
-    table["torch.storage.TypedStorage"] = _StorageType(
-        "torch.storage.TypedStorage", np.dtype(np.uint8)
-    )
+    for name in ("torch.storage.UntypedStorage", "torch.storage.TypedStorage"):
+        table[name] = _StorageType(name, np.dtype(np.uint8))
     for name, dtype in _TORCH_DTYPES.items():
         table[f"torch.{name}"] = _DType(f"torch.{name}", dtype)
     return table

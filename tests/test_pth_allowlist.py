@@ -304,13 +304,17 @@ def _layouts(payload: bytes) -> dict[str, bytes]:
 
 
 def _assert_refused(tmp_path, payload, canary, error, named) -> int:
+    """Load `payload` in every layout: `error` naming `named` and the file, no canary."""
     count = 0
     for layout, content in _layouts(payload).items():
         path = tmp_path / f"{layout}.pth"
         path.write_bytes(content)
-        with pytest.raises(error) as err:
+        want = (error, named)
+        if layout == "legacy-magic" and payload[:1] != b"\x80":  # protocol 0/1: not read
+            want = (CheckpointFormatError, "not a torch checkpoint")
+        with pytest.raises(want[0]) as err:
             load_pth(path)
-        assert named in str(err.value) and str(path) in str(err.value), (layout, err.value)
+        assert want[1] in str(err.value) and str(path) in str(err.value), (layout, err.value)
         assert not canary.exists(), layout
         count += 1
     return count
@@ -327,6 +331,10 @@ def test_allowlist_is_exactly_the_documented_set_and_each_refuses_build(tmp_path
         assert unpickler.find_class(module, name) is not None
         with pytest.raises(UnsafeCheckpointError, match=f"'{qualified}.x'"):
             unpickler.find_class(module, f"{name}.x")  # no attribute walks from them
+        top, rest = qualified.split(".", 1)
+        if "." in rest:  # one spelling only: not `torch` + `_utils._rebuild_tensor_v2`
+            with pytest.raises(UnsafeCheckpointError, match=f"'{qualified}'"):
+                unpickler.find_class(top, rest)
         for proto in (2, 4):  # BUILD on the stand-in itself (it would persist across loads)
             payload = assemble(Build(G(module, name), {"__call__": G("builtins", "set")}), proto)
             with pytest.raises(CheckpointFormatError, match=f"BUILD on {qualified}"):
@@ -361,15 +369,42 @@ def test_attacks_are_refused_naming_the_global_and_never_run(tmp_path, proto):
     assert tried == 7 * (len(_live_payloads(canary, proto)) + len(_dead_payloads(canary)))
 
 
-def test_cached_extension_codes_cannot_skip_find_class(tmp_path):
-    """The C unpickler answers an EXT code resolved before from copyreg's cache, without
-    find_class: a plain pickle.loads elsewhere in the process must not open a door."""
+class _Evil:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return (self.func, (self.arg,))
+
+
+def test_pickler_written_and_protocol_0_1_attacks_are_refused(tmp_path):
+    """What pickle.dumps writes (FRAME, MEMOIZE, nested containers), and INST / OBJ."""
+    canary = tmp_path / "canary"
+    touch = f"touch {shlex.quote(str(canary))}"
+    code = f"open({str(canary)!r}, 'w').close()"
+    payloads = {
+        "posix.system": pickle.dumps(_Evil(os.system, touch), protocol=2),
+        "builtins.exec": pickle.dumps({"w": [1, _Evil(exec, code)]}, protocol=4),
+        "os.system": b"(S" + repr(touch).encode() + b"\nios\nsystem\n.",  # INST
+        "subprocess.getoutput": b"(csubprocess\ngetoutput\nS" + repr(touch).encode() + b"\no.",
+    }
+    for name, payload in payloads.items():
+        pickle.loads(payload)  # live
+        assert canary.exists(), name
+        canary.unlink()
+        _assert_refused(tmp_path, payload, canary, UnsafeCheckpointError, f"'{name}'")
+
+
+def test_extension_codes_cannot_skip_find_class(tmp_path):
+    """EXT opcodes are refused, also once resolved: the C unpickler answers a code it met
+    before (by any unpickler in the process) from copyreg's cache, without find_class."""
     canary = tmp_path / "canary"
     copyreg.add_extension("os", "system", 0x7ABE)
     try:
-        ext = b"\x80\x02\x83" + struct.pack("<H", 0x7ABE)
-        assert pickle.loads(ext + b".") is os.system  # fills copyreg._extension_cache
+        ext = b"\x80\x02\x83" + struct.pack("<H", 0x7ABE)  # EXT2
         payload = ext + assemble((f"touch {shlex.quote(str(canary))}",), 2)[2:-1] + b"R."
+        assert _assert_refused(tmp_path, payload, canary, UnsafeCheckpointError, "'os.system'")
+        assert pickle.loads(ext + b".") is os.system  # fills copyreg._extension_cache
         assert _assert_refused(tmp_path, payload, canary, UnsafeCheckpointError, "'os.system'")
         with pytest.raises(UnsafeCheckpointError, match="opcode EXT2"):
             load_pth(tmp_path / "zip.pth")

@@ -448,9 +448,16 @@ def test_a_pickle_inside_a_storage_is_data(tmp_path, layout):
     assert not canary.exists()
 
 
-def test_self_referencing_containers_are_a_format_error(tmp_path):
-    looped = b"\x80\x02]q\x00h\x00a."  # l = []; l.append(l)
-    path = tmp_path / "loop.pth"
-    path.write_bytes(_zip(looped))
-    with pytest.raises(CheckpointFormatError, match="loop.pth"):
-        load_pth(path)
+def test_stand_ins_never_leak_and_loops_are_format_errors(tmp_path):
+    """The caller gets plain values: an allowed global itself, also inside a set, is
+    refused; a self-referencing list (l = [l]) is a format error, not a RecursionError."""
+    cases = {
+        "bare": (assemble(G("builtins", "set"), 2), "bare builtins.set"),
+        "in a set": (assemble(call(G("builtins", "set"), [G("torch", "float32")]), 2), "bare"),
+        "loop": (b"\x80\x02]q\x00h\x00a.", "corrupt"),
+    }
+    for name, (payload, message) in cases.items():
+        path = tmp_path / f"{name}.pth"
+        path.write_bytes(_zip(payload))
+        with pytest.raises(CheckpointFormatError, match=message):
+            load_pth(path)

@@ -433,7 +433,7 @@ def _parse_storage_pid(pid: Any) -> tuple[_StorageType, str, int, tuple | None]:
 
 
 def _materialize(obj: Any, byteorder: str) -> Any:
-    """Replace every `_TensorRef` in lists/tuples/dicts by an ndarray."""
+    """Replace every `_TensorRef` in lists/tuples/dicts by an ndarray; refuse stand-ins."""
     if isinstance(obj, _TensorRef):
         return _to_array(obj, byteorder)
     if isinstance(obj, _ScriptObject):
@@ -446,6 +446,8 @@ def _materialize(obj: Any, byteorder: str) -> Any:
         return [_materialize(v, byteorder) for v in obj]
     if isinstance(obj, tuple):
         return tuple(_materialize(v, byteorder) for v in obj)
+    if isinstance(obj, (set, frozenset)):  # no stand-in leaks out (tensors: unhashable)
+        return type(obj)(_materialize(v, byteorder) for v in obj)
     if isinstance(obj, _Sealed):
         label = getattr(obj, "name", None) or type(obj).__name__
         raise CheckpointFormatError(f"checkpoint holds a bare {label}, not a tensor or value")

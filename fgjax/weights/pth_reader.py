@@ -335,9 +335,12 @@ def _stand_ins() -> dict[str, Any]:
 
 _STAND_INS = _stand_ins()
 # The unpickler's whole attack surface: the only globals ("module.name", after mapping
-# Python 2 names) a checkpoint may reference. Everything else, `builtins.getattr` to
-# `os.system`, raises `UnsafeCheckpointError` naming it. tests/test_pth_allowlist.py pins
-# this set literally. (TorchScript archives add `__torch__.*`, see `SafeUnpickler`.)
+# Python 2 names) a checkpoint may reference, namely the 15 `_CALLABLES`, the 3
+# `_TENSOR_CLASSES`, `torch.<X>Storage` for `STORAGE_DTYPES` plus `torch.storage.
+# UntypedStorage`/`TypedStorage`, and `torch.<dtype>` for `_TORCH_DTYPES`. Everything
+# else, `builtins.getattr` to `os.system`, raises `UnsafeCheckpointError` naming it.
+# tests/test_pth_allowlist.py pins this set literally. (TorchScript archives add
+# `__torch__.*`, see `SafeUnpickler`.)
 ALLOWED_GLOBALS: frozenset[str] = frozenset(_STAND_INS)
 
 _EXT_OPCODES = ("EXT1", "EXT2", "EXT4")

@@ -4,10 +4,12 @@ Both the zip format (torch >= 1.6: `<root>/data.pkl` + `<root>/data/<key>` stora
 records + `<root>/byteorder`) and the legacy stream (magic number, protocol 1001,
 sys-info dict, the object pickle, the storage-key list, then every storage as an int64
 element count followed by its raw bytes). The object pickle is read by
-`SafeUnpickler`, which resolves only the globals a tensor container needs
-(`torch._utils._rebuild_tensor_v2`/`_v3`/`_rebuild_parameter*`, `torch.*Storage`,
-`torch.<dtype>`, `collections.OrderedDict` and a few inert builtins) and refuses every
-other global with `UnsafeCheckpointError` naming it, so loading a file never runs code.
+`SafeUnpickler`, which resolves only `ALLOWED_GLOBALS`, the globals a tensor container
+needs (`torch._utils._rebuild_tensor_v2`/`_v3`/`_rebuild_parameter*`, `torch.*Storage`,
+`torch.<dtype>`, `collections.OrderedDict` and a few inert builtins), each to an inert
+stand-in that refuses BUILD, and refuses every other global (and the EXT* opcodes) with
+`UnsafeCheckpointError` naming it, so loading a file never runs code. Storage bytes are
+only viewed as numbers, never unpickled.
 TorchScript archives (`torch.jit.save`, e.g. OpenAI's CLIP `.pt` downloads: a zip with a
 `<root>/code/` tree beside `data.pkl`) pickle their modules as `__torch__.<Class>`
 objects whose state is an attribute dict; in such an archive, and only there, every
@@ -20,9 +22,11 @@ their offsets/strides and tensors sharing a storage are rebuilt from the same by
 from __future__ import annotations
 
 import _compat_pickle
+import copyreg
 import io
 import os
 import pickle
+import pickletools
 import struct
 import sys
 import tarfile
@@ -90,16 +94,36 @@ class _Sealed:
     __slots__ = ()
 
     def __setstate__(self, state: Any) -> None:
-        raise CheckpointFormatError(f"pickle tries to set the state of a {type(self).__name__}")
+        label = getattr(self, "name", None) or type(self).__name__
+        raise CheckpointFormatError(f"refusing pickle BUILD on {label}: its state is fixed")
+
+
+class _Call(_Sealed):
+    """Stand-in for an allowed callable global: calls `func`, naming the global on bad args.
+
+    Wrapping (instead of handing out the function or type itself) is what makes BUILD on
+    an allowed global fail: a bare function would take `__dict__`/`__defaults__` from
+    the file and change how every later checkpoint is read."""
+
+    __slots__ = ("name", "func")
+
+    def __init__(self, name: str, func: Callable[..., Any]):
+        self.name, self.func = name, func
+
+    def __call__(self, *args: Any) -> Any:
+        try:
+            return self.func(*args)
+        except (TypeError, ValueError, OverflowError) as e:  # CheckpointFormatError included
+            raise CheckpointFormatError(f"refusing call of {self.name}: {e}") from None
 
 
 class _DType(_Sealed):
     """Stand-in for a `torch.<dtype>` global."""
 
-    __slots__ = ("np",)
+    __slots__ = ("name", "np")
 
-    def __init__(self, dtype: np.dtype):
-        self.np = dtype
+    def __init__(self, name: str, dtype: np.dtype):
+        self.name, self.np = name, dtype
 
 
 class _StorageType(_Sealed):
@@ -123,7 +147,9 @@ class _TensorClass(_Sealed):
 class _Storage(_Sealed):
     """A storage: `numel` elements of `dtype`, bytes fetched lazily by `key`.
 
-    `base`/`byte_offset` describe legacy storage views (a slice of another storage)."""
+    Its bytes are only ever viewed as numbers (`np.frombuffer`), never unpickled, so a
+    pickle hidden in a storage record is inert data. `base`/`byte_offset` describe legacy
+    storage views (a slice of another storage)."""
 
     __slots__ = ("key", "dtype", "numel", "base", "byte_offset", "_data", "_fetch")
 
@@ -158,8 +184,23 @@ class _TensorRef(_Sealed):
             raise CheckpointFormatError(f"bad tensor geometry: size {shape} stride {stride}")
         if not isinstance(dtype, np.dtype):
             raise CheckpointFormatError(f"bad tensor dtype {dtype!r}")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise CheckpointFormatError(f"tensor metadata is a {type(metadata).__name__}")
         self.storage, self.dtype, self.offset = storage, dtype, offset
         self.shape, self.stride, self.metadata = shape, stride, metadata
+
+
+class _PickledOrderedDict(OrderedDict):
+    """What `collections.OrderedDict` builds. torch pickles a state dict's `_metadata`
+    attribute as BUILD state; that state is checked and dropped (never set as attributes,
+    which could shadow `items`/`get` for the code reading the result)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+            raise CheckpointFormatError(
+                f"refusing pickle BUILD on collections.OrderedDict with a "
+                f"{type(state).__name__} state (only an attribute dict is read, and dropped)"
+            )
 
 
 class _ScriptObject:
@@ -214,7 +255,12 @@ _REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
-    if func not in _REBUILDERS or not isinstance(new_type, _TensorClass):
+    if (
+        not isinstance(func, _Call)
+        or func.func not in _REBUILDERS
+        or not isinstance(new_type, _TensorClass)
+        or not isinstance(args, tuple)
+    ):
         raise CheckpointFormatError("_rebuild_from_type_v2 only rebuilds plain tensors/parameters")
     return func(*args)
 
@@ -227,39 +273,6 @@ def _device(*args):
     return "device"
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
-    table: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): OrderedDict,
-        ("builtins", "set"): set,
-        ("builtins", "frozenset"): frozenset,
-        ("builtins", "complex"): complex,
-        ("builtins", "bytearray"): bytearray,
-        ("builtins", "slice"): slice,
-        ("_codecs", "encode"): _codecs_encode,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-        ("torch", "Size"): _torch_size,
-        ("torch", "device"): _device,
-    }
-    for module, name in (
-        ("torch", "Tensor"),
-        ("torch._tensor", "Tensor"),
-        ("torch.nn.parameter", "Parameter"),
-    ):
-        table[(module, name)] = _TensorClass(name)
-    for name, dtype in STORAGE_DTYPES.items():
-        table[("torch", name)] = _StorageType(name, dtype)
-    table[("torch.storage", "UntypedStorage")] = table[("torch", "UntypedStorage")]
-    table[("torch.storage", "TypedStorage")] = _StorageType("TypedStorage", np.dtype(np.uint8))
-    for name, dtype in _TORCH_DTYPES.items():
-        table[("torch", name)] = _DType(dtype)
-    return table
-
-
 def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
     """`_codecs.encode` as protocol-2 pickles use it for `bytes` (latin1 round trip only)."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
@@ -267,16 +280,101 @@ def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
     return text.encode(encoding)
 
 
-_ALLOWED = _allowed_globals()
+def _bytearray(data: bytes | str = b"", encoding: str = "latin-1") -> bytearray:
+    """`bytearray` as protocols 2-4 pickle it: from its contents, never from a length (a
+    file could otherwise ask for terabytes of zeros)."""
+    if isinstance(data, str):
+        data = _codecs_encode(data, encoding)
+    if not isinstance(data, bytes):
+        raise CheckpointFormatError(f"bytearray from a {type(data).__name__}, not its bytes")
+    return bytearray(data)
+
+
+# The callable globals a checkpoint pickle may name, as "module.name", and what the reader
+# calls instead (fgjax never imports torch). Why each is needed:
+_CALLABLES: dict[str, Callable[..., Any]] = {
+    # the container of `torch.save(model.state_dict())`: REDUCE with no args, SETITEMS,
+    # and BUILD of its `_metadata` attribute (checked and dropped)
+    "collections.OrderedDict": _PickledOrderedDict,
+    # plain values that protocol 2 can only spell as a call (protocol 4 has opcodes)
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.complex": complex,
+    "builtins.slice": slice,
+    "builtins.bytearray": _bytearray,
+    "_codecs.encode": _codecs_encode,  # protocol-2 `bytes`
+    # tensor reconstruction, as torch.save writes it (each validates its arguments)
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,  # dtypes without a storage class
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,  # tensor subclasses
+    "torch.Size": _torch_size,
+    "torch.device": _device,
+}
+# `new_type` of `_rebuild_from_type_v2`: only compared, never called.
+_TENSOR_CLASSES = ("torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter")
+
+
+def _stand_ins() -> dict[str, Any]:
+    """Map "module.name" to the inert object `find_class` returns for it. Every stand-in is
+    `_Sealed` (refuses BUILD). Besides the callables: the storage classes persistent ids
+    name (`torch.FloatStorage` ...) and the dtypes `_rebuild_tensor_v3` names
+    (`torch.float32` ...)."""
+    table: dict[str, Any] = {name: _Call(name, func) for name, func in _CALLABLES.items()}
+    table.update((name, _TensorClass(name)) for name in _TENSOR_CLASSES)
+    for name, dtype in STORAGE_DTYPES.items():
+        table[f"torch.{name}"] = _StorageType(f"torch.{name}", dtype)
+    for name in ("torch.storage.UntypedStorage", "torch.storage.TypedStorage"):
+        table[name] = _StorageType(name, np.dtype(np.uint8))
+    for name, dtype in _TORCH_DTYPES.items():
+        table[f"torch.{name}"] = _DType(f"torch.{name}", dtype)
+    return table
+
+
+_STAND_INS = _stand_ins()
+# The unpickler's whole attack surface: the only globals ("module.name", after mapping
+# Python 2 names) a checkpoint may reference, namely the 15 `_CALLABLES`, the 3
+# `_TENSOR_CLASSES`, `torch.<X>Storage` for `STORAGE_DTYPES` plus `torch.storage.
+# UntypedStorage`/`TypedStorage`, and `torch.<dtype>` for `_TORCH_DTYPES`. Everything
+# else, `builtins.getattr` to `os.system`, raises `UnsafeCheckpointError` naming it.
+# tests/test_pth_allowlist.py pins this set literally. (TorchScript archives add
+# `__torch__.*`, see `SafeUnpickler`.)
+ALLOWED_GLOBALS: frozenset[str] = frozenset(_STAND_INS)
+
+_EXT_OPCODES = ("EXT1", "EXT2", "EXT4")
+
+
+def _refuse_extension_opcodes(file: BinaryIO) -> None:
+    """Refuse EXT1/EXT2/EXT4 before unpickling `file` (position restored).
+
+    The C unpickler answers an extension code it has resolved before (in this process, by
+    any unpickler) from `copyreg`'s cache without calling `find_class`. Codes exist only
+    once something registered them, so the opcode scan runs only then; torch never
+    writes these opcodes."""
+    if not copyreg._inverted_registry:  # empty: every EXT opcode fails as unregistered
+        return
+    start = file.tell()
+    for op, arg, _ in pickletools.genops(file):
+        if op.name in _EXT_OPCODES:
+            module, name = copyreg._inverted_registry.get(arg, ("?", "?"))
+            raise UnsafeCheckpointError(
+                f"refusing pickle opcode {op.name} (extension code {arg}, global "
+                f"'{module}.{name}'): checkpoints may not use the copyreg extension registry"
+            )
+    file.seek(start)
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the tensor-container allowlist.
+    """Unpickler that resolves only `ALLOWED_GLOBALS`, each to an inert stand-in.
 
-    Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ, EXT*) goes
-    through `find_class`; anything outside the allowlist raises `UnsafeCheckpointError`
-    before it is imported, let alone called. Storage persistent ids are answered by
-    `storage_loader(pid)`.
+    Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ) goes through
+    `find_class`, and EXT* opcodes are refused; anything outside the allowlist raises
+    `UnsafeCheckpointError` before it is imported, let alone called. BUILD on a stand-in
+    or a tensor is refused. Storage persistent ids are answered by `storage_loader(pid)`.
+    With `script_objects` (a TorchScript archive's data.pkl) every `__torch__.*` global
+    resolves to the inert `_ScriptObject`.
     """
 
     def __init__(
@@ -286,8 +384,13 @@ class SafeUnpickler(pickle.Unpickler):
         script_objects: bool = False,
     ):
         super().__init__(file)
+        self._file = file
         self._storage_loader = storage_loader
-        self._script_objects = script_objects  # a TorchScript archive's data.pkl
+        self._script_objects = script_objects
+
+    def load(self) -> Any:
+        _refuse_extension_opcodes(self._file)
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         if self._script_objects and (module == "__torch__" or module.startswith("__torch__.")):
@@ -297,10 +400,11 @@ class SafeUnpickler(pickle.Unpickler):
             key = _compat_pickle.NAME_MAPPING[key]
         elif module in _compat_pickle.IMPORT_MAPPING:
             key = (_compat_pickle.IMPORT_MAPPING[module], name)
-        if key in _ALLOWED:
-            return _ALLOWED[key]
+        qualified = f"{key[0]}.{key[1]}"
+        if "." not in key[1] and qualified in _STAND_INS:  # no protocol-4 dotted paths
+            return _STAND_INS[qualified]
         raise UnsafeCheckpointError(
-            f"refusing to load global '{key[0]}.{key[1]}': a checkpoint may only reference "
+            f"refusing to load global '{qualified}': a checkpoint may only reference "
             "tensor-rebuild functions, storage/dtype types and OrderedDict "
             "(this file would run code when loaded)"
         )
@@ -332,7 +436,7 @@ def _parse_storage_pid(pid: Any) -> tuple[_StorageType, str, int, tuple | None]:
 
 
 def _materialize(obj: Any, byteorder: str) -> Any:
-    """Replace every `_TensorRef` in lists/tuples/dicts by an ndarray."""
+    """Replace every `_TensorRef` in lists/tuples/dicts by an ndarray; refuse stand-ins."""
     if isinstance(obj, _TensorRef):
         return _to_array(obj, byteorder)
     if isinstance(obj, _ScriptObject):
@@ -345,8 +449,11 @@ def _materialize(obj: Any, byteorder: str) -> Any:
         return [_materialize(v, byteorder) for v in obj]
     if isinstance(obj, tuple):
         return tuple(_materialize(v, byteorder) for v in obj)
-    if isinstance(obj, (_Storage, _StorageType, _DType, _TensorClass)):
-        raise CheckpointFormatError("checkpoint holds a bare storage or type, not a tensor")
+    if isinstance(obj, (set, frozenset)):  # no stand-in leaks out (tensors: unhashable)
+        return type(obj)(_materialize(v, byteorder) for v in obj)
+    if isinstance(obj, _Sealed):
+        label = getattr(obj, "name", None) or type(obj).__name__
+        raise CheckpointFormatError(f"checkpoint holds a bare {label}, not a tensor or value")
     return obj
 
 
@@ -431,6 +538,7 @@ def load_pth(path: PathLike) -> Any:
         AttributeError,
         OverflowError,
         MemoryError,
+        RecursionError,
     ) as e:
         raise CheckpointFormatError(f"{path}: corrupt torch checkpoint ({e!r})") from None
 

@@ -60,16 +60,19 @@ def photometric_spec(config: ml_collections.ConfigDict, view: str) -> Photometri
 def view_spec(config: ml_collections.ConfigDict, view: str) -> ViewSpec:
     """The CPU side of `config.views.<view>`: crop, size and image root."""
     v = config.views[view]
-    return ViewSpec(
-        name=view,
-        size=v.size,
-        crop_scale=tuple(v.crop_scale),
-        crop_ratio=tuple(v.crop_ratio),
-        interpolation=v.interpolation,
-        root=v.root,
-        crop=v.crop,
-        squash_size=v.squash_size,
-    )
+    try:
+        return ViewSpec(
+            name=view,
+            size=v.size,
+            crop_scale=tuple(v.crop_scale),
+            crop_ratio=tuple(v.crop_ratio),
+            interpolation=v.interpolation,
+            root=v.root,
+            crop=v.crop,
+            squash_size=v.squash_size,
+        )
+    except ValueError as err:  # name the config field: "view 'v': crop_scale ..."
+        raise ValueError(str(err).replace(f"view {view!r}: ", f"config.views.{view}.", 1)) from None
 
 
 def default_config(method: str = "moco") -> ml_collections.ConfigDict:

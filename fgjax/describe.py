@@ -44,12 +44,12 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Any
 
 import jax
 import numpy as np
 
+from fgjax.core.cli import command
 from fgjax.core.progress import progress
 from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.shape_buckets import PAD_TO, make_shape_bucket_loader
@@ -382,11 +382,7 @@ def describe(argv: list[str]) -> dict[str, Any]:
     return payload
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    try:
-        return describe(sys.argv[1:] if argv is None else argv)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+main = command(describe)
 
 
 if __name__ == "__main__":

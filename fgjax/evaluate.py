@@ -28,7 +28,6 @@ import argparse
 import ast
 import json
 import os
-import sys
 from typing import Any
 
 import jax
@@ -36,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from fgjax.config import check_override_names, default_config, load_config_file
+from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval import plots
@@ -375,11 +375,7 @@ def format_table(results: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    try:
-        return evaluate(sys.argv[1:] if argv is None else argv)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+main = command(evaluate)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,11 @@
 
 Any config field can be overridden, e.g. `--config.optim.lr=0.1
 --config.train.batch_size=128`; unknown fields and values of the wrong type are
-errors that name the field. Rerunning the same command resumes from the latest
-checkpoint in DIR. `--multihost` calls `jax.distributed.initialize()` first (TPU
-pods, SLURM, or the JAX_COORDINATOR_ADDRESS/... environment variables).
+errors that name the field. A user error (a missing dataset, a bad file or value)
+prints one `error:` line and exits with status 1; `--debug` shows the traceback.
+Rerunning the same command resumes from the latest checkpoint in DIR. `--multihost`
+calls `jax.distributed.initialize()` first (TPU pods, SLURM, or the
+JAX_COORDINATOR_ADDRESS/... environment variables).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fgjax.config import check_override_names, config_path_from_argv, load_config_file
+from fgjax.core.cli import USER_ERRORS, user_error_exit
 
 _DEMO = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
@@ -28,6 +31,7 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/demo", "Checkpoints, metrics.jsonl and eval.json go here."
 )
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
 
 
 def main(argv: list[str]) -> None:
@@ -38,22 +42,24 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if _MULTIHOST.value:
         jax.distributed.initialize()
-    from fgjax.train.loop import NonFiniteError, train_and_evaluate
+    from fgjax.train.loop import train_and_evaluate
 
     devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
     print(f"devices: {devices}, processes: {jax.process_count()}")
     try:
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except NonFiniteError as err:  # a message, not a traceback: the checkpoint is intact
-        raise SystemExit(f"error: {err}") from None
+    except USER_ERRORS as err:  # a message, not a traceback (checkpoints stay intact)
+        if _DEBUG.value:
+            raise
+        raise user_error_exit(err) from None
 
 
 def run(argv: list[str]) -> None:
     """Validate override names against the recipe, then parse flags and train."""
     try:
         check_override_names(load_config_file(config_path_from_argv(argv, _DEMO)), argv)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except USER_ERRORS as err:
+        raise user_error_exit(err) from None
     app.run(main, argv=argv)
 
 

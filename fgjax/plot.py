@@ -21,6 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from fgjax.core.cli import command
 from fgjax.eval.plots import recall_curve  # noqa: E402
 from fgjax.train.metrics_log import read_metrics  # noqa: E402
 
@@ -74,6 +75,7 @@ def read_eval(run: str) -> dict:
     raise FileNotFoundError(f"no eval.json at {run} (nor in {run}/eval)")
 
 
+@command
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", nargs="?")

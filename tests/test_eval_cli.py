@@ -181,6 +181,8 @@ def test_stage_tap_and_missing_step(trained, capsys):
     _check_numbers(out, capsys.readouterr().out, config)
     with pytest.raises(SystemExit, match=r"no checkpoint of step 5 .*steps: \[2\]"):
         main(["--workdir", workdir, "--step", "5", "--out", out, *QUIET])
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint of step 5"):  # the traceback
+        main(["--workdir", workdir, "--step", "5", "--out", out, "--debug", *QUIET])
     with pytest.raises(SystemExit, match="no feature 'stage9'"):
         main(["--workdir", workdir, "--out", out, "--features", "stage9", *QUIET])
 

@@ -165,6 +165,44 @@ def test_wrong_type_override_is_an_error_naming_the_field():
     assert "config.train.batch_size" in proc.stderr
 
 
+def test_a_user_error_is_one_line_and_leaves_no_empty_workdir(tmp_path):
+    """A missing dataset root: `error: ...` naming the field, exit status 1, no traceback,
+    no workdir left behind; `--debug` shows the traceback."""
+    args = ["--config=configs/cub_moco.py", f"--config.data.root={tmp_path / 'missing'}"]
+    for debug in (False, True):
+        workdir = tmp_path / f"run_{debug}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "fgjax.main", *args, f"--workdir={workdir}"]
+            + (["--debug"] if debug else []),
+            env=_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert ("Traceback" in proc.stderr) == debug, proc.stderr
+        assert "config.data.root=" in proc.stderr and "images.txt" in proc.stderr
+        if not debug:
+            assert proc.stderr.strip().splitlines()[-1].startswith("error: config.data.kind='cub'")
+        assert not workdir.exists()
+
+
+def test_a_scalar_for_a_pair_field_names_the_field_and_no_workdir_stays(tmp_path):
+    from conftest import tiny_config
+
+    from fgjax.train.loop import train_and_evaluate
+
+    config = tiny_config("moco")
+    config.views.view2.crop_scale = (0.5,)  # what --config.views.view2.crop_scale=0.5 gives
+    with pytest.raises(ValueError, match=r"config.views.view2.crop_scale must be two numbers"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays
+    with pytest.raises(ValueError):
+        train_and_evaluate(config, str(tmp_path / "kept"))
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_every_recipe_loads_and_accepts_overrides():
     from fgjax.config import check_override_names, load_config_file
     from fgjax.methods import registered_methods

@@ -27,6 +27,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fgjax.core.cli import command
 from fgjax.data.decode import record_region
 from fgjax.data.verify import BadImage, find_bad_images
 
@@ -283,11 +284,12 @@ def _parse(argv: list[str]):
     return config.value, fv
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     """The command line (without the program name); returns the exit status."""
     from fgjax.data.datasets import build_source
 
-    config, fv = _parse(list(sys.argv[1:] if argv is None else argv))
+    config, fv = _parse(list(argv))
     out = fv.out or os.path.join(fv.workdir, "inspect")
     os.makedirs(out, exist_ok=True)
     splits = (
@@ -297,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"kind": config.data.kind, "root": config.data.root, "splits": {}}
     bad: list[tuple[str, BadImage]] = []
     for split in dict.fromkeys(s.strip() for s in splits if s.strip()):
-        try:
-            source = build_source(config.data, split)
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(f"error: {err}") from None
+        source = build_source(config.data, split)
         summary = summarize(source, seed=config.seed, show_progress=True)
         summary["contact_sheet"] = os.path.join(out, f"contact_{split}.png")
         contact_sheet(source, summary["contact_sheet"], seed=config.seed)

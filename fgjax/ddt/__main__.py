@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any
 
 from fgjax.config import load_config_file
+from fgjax.core.cli import command
 from fgjax.ddt.locate import CUT_RATES, KIND_POLICIES, MASK_RULES, POLICIES
 from fgjax.ddt.pca import PCA_SIGNS
 from fgjax.ddt.run import DDTSettings
@@ -156,11 +156,7 @@ def ddt(argv: list[str]) -> dict[str, Any]:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    try:
-        return ddt(sys.argv[1:] if argv is None else argv)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+main = command(ddt)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fgjax.core.cli import command
 from fgjax.text.prototypes import (
     build_prototypes,
     load_prototypes,
@@ -53,6 +54,7 @@ def _report(path: str, x: np.ndarray) -> None:
         )
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "inspect":

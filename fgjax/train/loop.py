@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from typing import Any
 
@@ -133,6 +134,8 @@ class _Run:
                 f"config.train.keep_last_batch=True: method {c.method!r} needs full batches "
                 "(its state assumes a fixed batch size); set it to False"
             )
+        # The views' crops and roots, checked before any work (errors name the field).
+        self.view_specs = [view_spec(c, name) for name in self.method.view_names]
         first_view = self.method.view_names[0]
         first = photometric_spec(c, first_view)  # evaluation normalises as this view
         size = c.views[first_view].size
@@ -165,11 +168,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Returns `{'step': last step, 'finished': bool, 'state': TrainState, 'eval': {...}}`
     ('eval' only when training finished and `config.eval.enabled`).
     """
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
-    run = _Run(config)
-    if config.train.num_epochs == 0:
-        return _evaluate_only(config, workdir, run)
-    return _train(config, workdir, run)
+    try:
+        run = _Run(config)
+        if config.train.num_epochs == 0:
+            return _evaluate_only(config, workdir, run)
+        return _train(config, workdir, run)
+    except BaseException:
+        if created and jax.process_index() == 0:
+            _remove_if_unused(workdir)
+        raise
+
+
+def _remove_if_unused(workdir: str) -> None:
+    """Remove `workdir` if it holds nothing a rerun or a user needs: at most config.json
+    and empty folders (a run that failed before its first step leaves no empty workdir)."""
+    for folder, _, files in os.walk(workdir):
+        if any(not (folder == workdir and name == "config.json") for name in files):
+            return
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
@@ -334,7 +352,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     loader = make_train_loader(
         run.train_source,
         global_batch_size=c.train.batch_size,
-        views=[view_spec(c, name) for name in method.view_names],
+        views=run.view_specs,
         seed=c.seed,
         num_workers=c.data.num_workers,
         process_index=jax.process_index(),

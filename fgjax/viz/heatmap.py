@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.colors import LinearSegmentedColormap
 
+from fgjax.core.cli import command
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> str:
     a, config, run = run_command(
         argv,

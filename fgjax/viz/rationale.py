@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.core.cli import command
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval.features import normalize_images
 from fgjax.evaluate import restore_checkpoint
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> str:
     a, config, run = run_command(
         argv,

@@ -32,6 +32,7 @@ import matplotlib
 import ml_collections
 import numpy as np
 
+from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
 from fgjax.eval.classification import (
     class_accuracies,
@@ -218,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     a, config, run = run_command(
         argv,

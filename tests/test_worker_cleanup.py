@@ -117,7 +117,7 @@ def test_a_worker_whose_parent_died_before_it_watched_ends_at_once(tmp_path):
     """`exit_with_parent` in a (forked) process whose parent is already dead ends it."""
     script = textwrap.dedent(
         """
-        import multiprocessing, os, sys, time
+        import multiprocessing, os, time
         from fgjax.data.grain_utils import exit_with_parent
 
         def child(parent_pid):

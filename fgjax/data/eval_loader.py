@@ -18,6 +18,7 @@ from fgjax.data.decode import (
     resize_center_crop,
 )
 from fgjax.data.grain_utils import (
+    ExitWithParent,
     IndexSampler,
     absl_flags_workaround,
     check_process,
@@ -143,6 +144,7 @@ def make_eval_loader(
         data_source=plan,
         sampler=IndexSampler(plan.num_batches),
         operations=[
+            ExitWithParent(),  # workers end with their parent
             _EvalTransform(
                 image_size=image_size,
                 resize_ratio=resize_ratio,
@@ -150,7 +152,7 @@ def make_eval_loader(
                 resize=resize,
                 squash_size=squash_size,
                 skip_bad=skip_bad,
-            )
+            ),
         ],
         worker_count=num_workers,
         shard_options=grain.NoSharding(),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sys
+import threading
 
 import grain.python as grain
 import numpy as np
@@ -53,3 +56,50 @@ class IndexSampler:
 
     def __repr__(self) -> str:
         return f"IndexSampler(num_batches={self._num_batches})"
+
+
+_watch_lock = threading.Lock()
+_watching_in: int | None = None  # pid of the process whose parent is watched
+
+
+def exit_with_parent() -> None:
+    """Ends this process as soon as its parent process ends, however it ends (SIGKILL
+    included), if it was started by multiprocessing (no-op otherwise); idempotent.
+
+    A daemon thread waits on `multiprocessing.parent_process().sentinel`, a pipe end whose
+    other end only the parent holds: it reads EOF when the parent process is gone, also
+    when that happened before this call. Not prctl(PR_SET_PDEATHSIG): that fires when the
+    parent *thread* that started the child exits, and grain starts its workers from
+    short-lived prefetch threads.
+    """
+    global _watching_in
+    with _watch_lock:
+        if _watching_in == os.getpid():  # a forked child inherits the flag, not the thread
+            return
+        parent = multiprocessing.parent_process()
+        if parent is None:
+            return
+        _watching_in = os.getpid()
+    threading.Thread(
+        target=_exit_after, args=(parent,), name="fgjax-exit-with-parent", daemon=True
+    ).start()
+
+
+def _exit_after(parent) -> None:
+    parent.join()  # waits on the sentinel
+    os._exit(1)
+
+
+class ExitWithParent(grain.MapTransform):
+    """Identity transform, first of a loader's operations: in a grain worker (any process
+    but the one that built the loader) it calls `exit_with_parent()`, so the worker does not
+    outlive a killed trainer. Per element, as grain 0.2's DataLoader takes no worker init
+    hook; it costs a pid comparison."""
+
+    def __init__(self):
+        self._owner = os.getpid()
+
+    def map(self, element):
+        if os.getpid() != self._owner:
+            exit_with_parent()
+        return element

@@ -26,6 +26,7 @@ import numpy as np
 
 from fgjax.data.decode import ImageDecodeError, parallel_path, random_crop_views, view_owner
 from fgjax.data.grain_utils import (
+    ExitWithParent,
     IndexSampler,
     absl_flags_workaround,
     check_process,
@@ -310,7 +311,7 @@ def make_train_loader(
     return grain.DataLoader(
         data_source=plan,
         sampler=IndexSampler(num_batches),
-        operations=[transform],
+        operations=[ExitWithParent(), transform],  # workers end with their parent
         worker_count=num_workers,
         worker_buffer_size=worker_buffer_size,
         shard_options=grain.NoSharding(),

@@ -37,6 +37,7 @@ from fgjax.data.decode import (
 )
 from fgjax.data.eval_loader import EvalLoader, padded_fields
 from fgjax.data.grain_utils import (
+    ExitWithParent,
     IndexSampler,
     absl_flags_workaround,
     stable_repr,
@@ -231,7 +232,8 @@ def make_shape_bucket_loader(
         data_source=_ShapeBatches(source, plan, shapes, batch_size),
         sampler=IndexSampler(len(plan)),
         operations=[
-            _CappedTransform(max_short=max_short, interpolation=interpolation, skip_bad=skip_bad)
+            ExitWithParent(),  # workers end with their parent
+            _CappedTransform(max_short=max_short, interpolation=interpolation, skip_bad=skip_bad),
         ],
         worker_count=num_workers,
         shard_options=grain.NoSharding(),

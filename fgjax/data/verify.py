@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fgjax.data.decode import resize_center_crop
+from fgjax.data.grain_utils import exit_with_parent
 
 
 class BadImage(NamedTuple):
@@ -30,6 +31,7 @@ _SOURCE = None  # the source, set once per worker process by `_init_worker`
 def _init_worker(source) -> None:
     global _SOURCE
     _SOURCE = source
+    exit_with_parent()  # a killed `inspect --verify` leaves no pool workers behind
 
 
 def _check(source, indices: np.ndarray, image_size: int) -> list[BadImage]:

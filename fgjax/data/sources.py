@@ -24,14 +24,16 @@ folders, the layout LCR reads with torchvision's ImageFolder) and `CsvManifestSo
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from fgjax.data.decode import parallel_path
-from fgjax.data.layout import DatasetLayoutError, describe_folder
+from fgjax.data.layout import DatasetLayoutError, describe_folder, read_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -310,7 +312,7 @@ def _parse_labels(
     for v, r in zip(values, rows, strict=True):
         if v == "":
             raise ValueError(f"{csv_path}: row {r}, column {column!r}: empty value")
-    is_int = [v.lstrip("-").isdigit() for v in values]
+    is_int = [INT_LABEL.fullmatch(v) is not None for v in values]
     if not any(is_int):
         names = sorted(set(values))
         lookup = {n: k for k, n in enumerate(names)}
@@ -324,12 +326,17 @@ def _parse_labels(
         )
     ints = [int(v) for v in values]
     for v, r in zip(ints, rows, strict=True):
-        if v < 0:
-            raise ValueError(f"{csv_path}: row {r}, column {column!r}: negative label {v}")
+        if not 0 <= v < MAX_INT_LABEL:  # labels are class ids: max + 1 classes get names
+            raise ValueError(
+                f"{csv_path}: row {r}, column {column!r}: integer label {v} is outside "
+                f"0..{MAX_INT_LABEL - 1}"
+            )
     return np.array(ints, np.int32), [str(k) for k in range(max(ints) + 1)]
 
 
 CSV_COLUMNS = ("path", "label", "coarse_label", "split")
+INT_LABEL = re.compile(r"-?[0-9]+")  # not str.isdigit: '²' and '--5' are not labels
+MAX_INT_LABEL = 1_000_000  # integer labels make max + 1 classes; a typo must not make 10^12
 
 
 class CsvManifestSource(LabeledSource):
@@ -362,7 +369,7 @@ class CsvManifestSource(LabeledSource):
         if not os.path.isfile(self.csv_path):
             raise FileNotFoundError(f"CsvManifestSource: no such CSV file {self.csv_path!r}")
         root = os.fspath(root) if root else os.path.dirname(os.path.abspath(self.csv_path))
-        with open(self.csv_path, newline="") as f:
+        with io.StringIO(read_text(self.csv_path), newline="") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             for required in ("path", "label"):

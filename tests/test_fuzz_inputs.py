@@ -1,0 +1,365 @@
+"""Seeded fuzz of every file-reading dataset kind, the image decoder and the inspect CLI.
+
+One tiny valid dataset per kind (the builders of tests/test_datasets_*.py); each index
+file in turn is mutated (truncated, bytes flipped, lines deleted / duplicated / added,
+fields dropped / added, numbers replaced by junk, invalid UTF-8, garbage, empty; for
+.mat / .json / pickles / .npz also structural edits: keys removed, values of wrong types
+and shapes) and the source built and its first and last records read, each case under a
+5 s alarm. The contract: a source whose labels lie in its classes, or a named error
+(DatasetLayoutError / DatasetFormatError / ImageDecodeError, or a ValueError / OSError
+whose message names the dataset's folder or the mutated file); never a hang, never a
+raw exception from inside numpy / scipy / PIL / json / pickle. The per-kind counts are
+printed (`-s`).
+"""
+
+import json
+import pickle
+import signal
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import data_config
+from PIL import Image
+from scipy.io import loadmat, savemat
+from test_datasets_aircraft import mini as aircraft_mini  # noqa: F401 - fixtures
+from test_datasets_cars import mini as cars_mini  # noqa: F401
+from test_datasets_cifar import cifar10_root  # noqa: F401
+from test_datasets_dogs import mini as dogs_mini  # noqa: F401
+from test_datasets_flowers import mini as flowers_mini  # noqa: F401
+from test_datasets_imagenet32 import _maskcon_files, in32_root  # noqa: F401
+from test_datasets_inat2019 import inat_root  # noqa: F401
+from test_datasets_nabirds import nab_root  # noqa: F401
+
+from fgjax.data.datasets import build_source
+from fgjax.data.decode import ImageDecodeError
+from fgjax.data.layout import DatasetFormatError, DatasetLayoutError
+
+NAMED = (DatasetLayoutError, DatasetFormatError, ImageDecodeError)
+CASE_SECONDS = 5
+JUNK_TOKENS = ["-1", "0", "99999999999999999999", "abc", "1.5", "nan", "²", "--5", "\x00"]
+JUNK_LINES = ["x y z", "7", "-5 foo bar", "999999 name", "1 2 3 4 5 6 7", "é ü"]
+WRONG_VALUES = [None, "x", -1, 1e308, [], {}, True, 2**70, [[1, 2], [3]], {"a": 1}]
+
+
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang(f"no answer within {CASE_SECONDS} s")
+
+
+# ----------------------------------------------------------------------------- mutations
+def _lines_op(data: bytes, rng, op: str) -> bytes:
+    lines = data.split(b"\n")
+    k = int(rng.integers(len(lines)))
+    words = lines[k].split()
+    if op == "delete_line":
+        del lines[k]
+    elif op == "duplicate_line":
+        lines.insert(k, lines[k])
+    elif op == "junk_line":
+        lines.insert(k, JUNK_LINES[int(rng.integers(len(JUNK_LINES)))].encode())
+    elif op == "drop_field" and words:
+        lines[k] = b" ".join(words[:-1])
+    elif op == "add_field":
+        lines[k] += b" extra"
+    elif op == "junk_token" and words:
+        words[int(rng.integers(len(words)))] = JUNK_TOKENS[int(rng.integers(len(JUNK_TOKENS)))]
+        lines[k] = b" ".join(w if isinstance(w, bytes) else w.encode() for w in words)
+    return b"\n".join(lines)
+
+
+def _bytes_op(data: bytes, rng, op: str) -> bytes:
+    if op == "truncate":
+        return data[: int(rng.integers(len(data) + 1))]
+    if op == "flip":
+        out = bytearray(data)
+        for _ in range(int(rng.integers(1, 5))):
+            if out:
+                out[int(rng.integers(len(out)))] = int(rng.integers(256))
+        return bytes(out)
+    if op == "empty":
+        return b""
+    if op == "garbage":
+        return rng.bytes(int(rng.integers(1, 200)))
+    if op == "bad_utf8":
+        k = int(rng.integers(len(data) + 1))
+        return data[:k] + b"\xff\xfe\xc3" + data[k:]
+    raise AssertionError(op)
+
+
+BYTE_OPS = ("truncate", "flip", "empty", "garbage", "bad_utf8")
+LINE_OPS = ("delete_line", "duplicate_line", "junk_line", "drop_field", "add_field", "junk_token")
+
+
+def _mutate_text(path, rng):
+    ops = BYTE_OPS + LINE_OPS * 2  # line edits are the likelier mistakes in a text index
+    op = ops[int(rng.integers(len(ops)))]
+    data = path.read_bytes()
+    path.write_bytes(_bytes_op(data, rng, op) if op in BYTE_OPS else _lines_op(data, rng, op))
+    return op
+
+
+def _wrong(rng, value):
+    """A replacement of `value` of a wrong type, shape or range."""
+    choices = [
+        np.array("text"),
+        np.zeros((0,)),
+        np.full((3, 3), np.nan),
+        np.array([[-5]], np.int16),
+        np.array([[1e30]]),
+        np.array([[0]], np.uint8),
+    ]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def _mutate_mat(path, rng):
+    ops = ("truncate", "flip", "empty", "garbage", "drop_var", "wrong_var", "drop_field")
+    op = ops[int(rng.integers(len(ops)))]
+    if op in BYTE_OPS:
+        path.write_bytes(_bytes_op(path.read_bytes(), rng, op))
+        return op
+    mat = {k: v for k, v in loadmat(path).items() if not k.startswith("__")}
+    name = sorted(mat)[int(rng.integers(len(mat)))]
+    value = mat[name]
+    if op == "drop_var":
+        del mat[name]
+    elif op == "wrong_var" or not value.dtype.names:
+        mat[name] = _wrong(rng, value)
+    else:  # a struct array: drop one field, or give one entry a wrong value
+        fields = list(value.dtype.names)
+        field = fields[int(rng.integers(len(fields)))]
+        if rng.random() < 0.5:
+            keep = [f for f in fields if f != field]
+            new = np.zeros(value.shape, dtype=[(f, "O") for f in keep])
+            for f in keep:
+                new[f] = value[f]
+        else:
+            new = value.copy()
+            new[field].flat[int(rng.integers(new.size))] = _wrong(rng, None)
+        mat[name] = new
+    savemat(path, mat)
+    return f"{op}:{name}"
+
+
+def _walk(doc, rng):
+    """A random (container, key) inside a JSON document."""
+    parent, key = None, None
+    node = doc
+    for _ in range(4):
+        if isinstance(node, dict) and node:
+            keys = list(node)
+            parent, key = node, keys[int(rng.integers(len(keys)))]
+        elif isinstance(node, list) and node:
+            parent, key = node, int(rng.integers(len(node)))
+        else:
+            break
+        node = parent[key]
+        if rng.random() < 0.3:
+            break
+    return parent, key
+
+
+def _mutate_json(path, rng):
+    ops = (*BYTE_OPS, "wrong_value", "wrong_value", "drop_key", "not_object")
+    op = ops[int(rng.integers(len(ops)))]
+    if op in BYTE_OPS:
+        path.write_bytes(_bytes_op(path.read_bytes(), rng, op))
+        return op
+    doc = json.loads(path.read_text())
+    if op == "not_object":
+        doc = list(doc.values()) if isinstance(doc, dict) else {"x": doc}
+    else:
+        parent, key = _walk(doc, rng)
+        if parent is not None:
+            if op == "drop_key" or isinstance(parent, dict) and rng.random() < 0.2:
+                del parent[key]
+            else:
+                parent[key] = WRONG_VALUES[int(rng.integers(len(WRONG_VALUES)))]
+    path.write_text(json.dumps(doc))
+    return op
+
+
+class _Payload:
+    """Unpickling this calls builtins.open(marker, 'w'): it must be refused, not run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _mutate_pickle(path, rng):
+    ops = ("truncate", "flip", "empty", "garbage", "wrong_value", "drop_key", "list", "payload")
+    op = ops[int(rng.integers(len(ops)))]
+    if op in BYTE_OPS:
+        path.write_bytes(_bytes_op(path.read_bytes(), rng, op))
+        return op
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")  # the test's own valid file
+    key = sorted(d)[int(rng.integers(len(d)))]
+    if op == "wrong_value":
+        d[key] = [*WRONG_VALUES, np.zeros((2, 5))][int(rng.integers(len(WRONG_VALUES) + 1))]
+    elif op == "drop_key":
+        del d[key]
+    elif op == "list":
+        d = list(d.values())
+    else:
+        d[key] = _Payload(str(path.parent / "PAYLOAD_RAN"))
+    path.write_bytes(pickle.dumps(d, protocol=2))
+    return op
+
+
+def _mutate_npz(path, rng):
+    ops = ("truncate", "flip", "empty", "garbage", "wrong_value", "drop_key", "object")
+    op = ops[int(rng.integers(len(ops)))]
+    if op in BYTE_OPS:
+        path.write_bytes(_bytes_op(path.read_bytes(), rng, op))
+        return op
+    with np.load(path) as z:
+        d = {k: z[k] for k in z.files}
+    key = sorted(d)[int(rng.integers(len(d)))]
+    if op == "drop_key":
+        del d[key]
+    elif op == "object":
+        d[key] = np.array([None, "x"], object)
+    else:
+        d[key] = _wrong(rng, d[key])
+    with open(path, "wb") as f:
+        np.savez(f, **d)
+    return op
+
+
+MUTATORS = {".mat": _mutate_mat, ".json": _mutate_json, ".npz": _mutate_npz}
+
+
+def _mutator(path):
+    if path.suffix in MUTATORS:
+        return MUTATORS[path.suffix]
+    if path.suffix in (".txt", ".csv"):
+        return _mutate_text
+    return _mutate_pickle  # CIFAR's extension-less batches
+
+
+# ----------------------------------------------------------------------------- the contract
+def _outcome(build, root, path) -> str:
+    """'ok' / 'named' for one case; raises AssertionError for anything else."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(CASE_SECONDS)
+    try:
+        source = build()
+        n = len(source)
+        labels = np.asarray(source.labels)
+        assert labels.shape == (n,)
+        assert not n or 0 <= labels.min() <= labels.max() < source.num_classes
+        for i in (0, -1) if n else ():
+            record = source[i]
+            assert record["label"] == labels[i]
+            assert isinstance(record.get("path", ""), str)
+        return "ok"
+    except NAMED:
+        return "named"
+    except (ValueError, OSError) as e:
+        if str(root) in str(e) or path.name in str(e):
+            return "named"
+        raise AssertionError(f"{type(e).__name__} naming no file: {e}") from e
+    except Hang:
+        raise AssertionError(f"hang: no answer within {CASE_SECONDS} s") from None
+    except Exception as e:  # noqa: BLE001 - every other kind is the finding
+        raise AssertionError(f"raw {type(e).__name__}: {e}") from e
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _cub_root(tmp_path):
+    """A 4-class, 6-image CUB_200_2011/ (index files only; images are not read)."""
+    base = tmp_path / "CUB_200_2011"
+    (base / "images").mkdir(parents=True)
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Crested_Auklet",
+               "004.Least_Auklet"]  # fmt: skip
+    rows = [(k + 1, 1 + k % 4, k % 2) for k in range(6)]
+    write = lambda name, lines: (base / name).write_text("".join(f"{x}\n" for x in lines))  # noqa: E731
+    write("classes.txt", [f"{k + 1} {c}" for k, c in enumerate(classes)])
+    write("images.txt", [f"{i} {classes[c - 1]}/{i}.jpg" for i, c, _ in rows])
+    write("image_class_labels.txt", [f"{i} {c}" for i, c, _ in rows])
+    write("train_test_split.txt", [f"{i} {t}" for i, _, t in rows])
+    write("bounding_boxes.txt", [f"{i} 1.0 2.0 {10 + i}.0 8.0" for i, _, _ in rows])
+    return tmp_path
+
+
+def _csv_root(tmp_path):
+    for k in range(4):
+        Image.new("RGB", (8, 6)).save(tmp_path / f"{k}.png")
+    (tmp_path / "data.csv").write_text(
+        "path,label,coarse_label,split\n0.png,0,0,train\n1.png,1,0,train\n"
+        "2.png,2,1,test\n3.png,1,0,test\n"
+    )
+    return tmp_path
+
+
+# kind -> (fixture, how to get the root, {split: overrides}, the files to mutate (globs))
+KINDS = {
+    "cub": (None, _cub_root, {"train": {}, "all": {"crop_to_box": True}}, ["CUB_200_2011/*.txt"]),
+    "nabirds": ("nab_root", lambda r: r[0], {"train": {}, "all": {"crop_to_box": True}},
+                ["nabirds/*.txt"]),
+    "aircraft": ("aircraft_mini", None, {"test": {}, "trainval": {"crop_to_box": True}},
+                 ["fgvc-aircraft-2013b/data/*.txt"]),
+    "cars": ("cars_mini", None, {"retrieval_train": {"crop_to_box": True}},
+             ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat",
+              "cars_test_annos_withlabels.mat"]),
+    "dogs": ("dogs_mini", None, {"train": {}}, ["lists/*.mat"]),
+    "flowers": ("flowers_mini", None, {"trainval": {}}, ["*.mat", "cat_to_name.json"]),
+    "inat2019": ("inat_root", None, {"train": {}}, ["train2019.json"]),
+    "imagenet32": ("in32_root", lambda r: r[0], {"val": {"coarse": "maskcon"}},
+                   ["Imagenet32_val_npz/val_data.npz", "*.json"]),
+    "cifar10": ("cifar10_root", None, {"test": {}},
+                ["cifar-10-batches-py/test_batch", "cifar-10-batches-py/batches.meta"]),
+    "csv": (None, _csv_root, {"train": {}, "test": {}}, ["data.csv"]),
+}  # fmt: skip
+MUTATIONS_PER_KIND = 40  # spread over its files, at least 6 each
+SUMMARY: dict[str, Counter] = {}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_fuzz_dataset_readers(kind, request, tmp_path):
+    fixture, get_root, splits, globs = KINDS[kind]
+    if fixture is None:
+        root = get_root(tmp_path)
+    else:
+        root = request.getfixturevalue(fixture)
+        root = get_root(root) if get_root else root
+    if kind == "flowers":
+        (root / "cat_to_name.json").write_text(json.dumps({str(k): f"c{k}" for k in range(1, 103)}))
+    if kind == "imagenet32":
+        _maskcon_files(root)
+    config_root = root / "data.csv" if kind == "csv" else root
+    builds = [
+        lambda s=s, o=o: build_source(data_config(kind, config_root, **o), s)
+        for s, o in splits.items()
+    ]
+    for build in builds:  # the valid dataset builds
+        assert _outcome(build, root, root) == "ok"
+    rng = np.random.default_rng(0)
+    files = sorted(p for g in globs for p in root.glob(g))
+    assert files, globs
+    counts: Counter = Counter()
+    raw = []
+    for path in files:
+        original = path.read_bytes()
+        for _ in range(max(6, -(-MUTATIONS_PER_KIND // len(files)))):
+            op = _mutator(path)(path, rng)
+            for build in builds:
+                try:
+                    counts[_outcome(build, root, path)] += 1
+                except AssertionError as e:
+                    raw.append(f"{path.relative_to(root)} [{op}]: {e}")
+            assert not (path.parent / "PAYLOAD_RAN").exists(), "a pickle ran code on load"
+            path.write_bytes(original)
+    SUMMARY[kind] = counts
+    print(f"\nfuzz {kind}: {len(files)} files, {sum(counts.values())} cases, {dict(counts)}")
+    assert not raw, f"{len(raw)} raw exception(s):\n" + "\n".join(raw[:20])
+    assert counts["named"] > 0  # the mutations do reach the checks

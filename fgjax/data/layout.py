@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -164,12 +165,60 @@ def train_flags(rows: Sequence[Sequence[str]], ids: Sequence, path: str) -> np.n
     return np.array([row[0] == "1" for row in rows], bool)
 
 
+# MAT v5 data element types (the MAT-File Format reference, table 1-1): numeric and
+# text codes, miMATRIX (14) and miCOMPRESSED (15).
+MAT5_TYPES = frozenset((1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18))
+
+
+def check_mat5_tags(data: bytes, path: str) -> None:
+    """Walks the data element tags of a MAT v5 file (inside matrices and compressed
+    elements too); an unknown type code or an element running past its container is a
+    DatasetFormatError. scipy's reader trusts both and crashes the process (a
+    segmentation fault, not an exception) on some corrupt files: it is not hardened
+    against bad input (see `scipy.io.loadmat`'s docstring).
+    """
+    import zlib
+
+    tag = struct.Struct("<II" if data[126:128] == b"IM" else ">II")
+    stack = [(data, 128, len(data))]  # (buffer, position, end) of every open container
+    while stack:
+        buf, pos, end = stack.pop()
+        while pos < end:
+            if end - pos < 8:
+                raise DatasetFormatError(f"{path}: truncated MATLAB data element at byte {pos}")
+            mdtype, nbytes = tag.unpack_from(buf, pos)
+            if mdtype >> 16:  # a small data element: type and size in 4 bytes, data in 4 more
+                mdtype, nbytes, size, room = mdtype & 0xFFFF, mdtype >> 16, 8, 4
+            else:  # data padded to 8 bytes, except compressed data
+                size, room = 8 + (nbytes if mdtype == 15 else -(-nbytes // 8) * 8), end - pos - 8
+            if mdtype not in MAT5_TYPES or nbytes > room:
+                raise DatasetFormatError(
+                    f"{path}: corrupt MATLAB data element at byte {pos} (type {mdtype}, "
+                    f"{nbytes} bytes, {room} left)"
+                )
+            if mdtype == 14:
+                stack.append((buf, pos + 8, pos + 8 + nbytes))
+            elif mdtype == 15:
+                try:
+                    inner = zlib.decompress(buf[pos + 8 : pos + 8 + nbytes])
+                except zlib.error as e:
+                    raise DatasetFormatError(f"{path}: corrupt compressed element: {e}") from None
+                stack.append((inner, 0, len(inner)))
+            pos += size
+
+
 def load_mat(path: str) -> dict:
-    """A MATLAB .mat file as scipy reads it (structs as record arrays, 1-D squeezed)."""
+    """A MATLAB .mat file as scipy reads it (structs as record arrays, 1-D squeezed).
+
+    A v5 file's element tags are checked first (`check_mat5_tags`)."""
     from scipy.io import loadmat  # scipy is slow to import; only .mat datasets need it
 
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[124:126] == b"\x00\x01" or data[124:126] == b"\x01\x00":  # v5 (v4 has no header)
+        check_mat5_tags(data, path)
     try:
-        return loadmat(path, squeeze_me=True)
+        return loadmat(io.BytesIO(data), squeeze_me=True)
     except Exception as e:  # noqa: BLE001 - scipy raises several kinds for bad files
         raise DatasetFormatError(f"{path}: cannot read as a MATLAB file: {e}") from e
 

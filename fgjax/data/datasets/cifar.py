@@ -94,6 +94,15 @@ def _labels(d: dict, key: bytes, n: int, num: int, path: str) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def _pixels(d: dict, path: str) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] of a batch's b'data'."""
+    try:
+        data = np.asarray(d[b"data"])
+    except (TypeError, ValueError) as e:  # e.g. rows of different lengths
+        raise DatasetFormatError(f"{path}: 'data' is not an array: {e}") from None
+    return planar_rows_to_hwc(data, path)
+
+
 def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     base = dataset_folder(data_config.root, spec.folder)
     layout = _layout(spec)
@@ -107,7 +116,7 @@ def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     paths = [os.path.join(base, f) for f in spec.files[split]]
     keys = (b"data", spec.label_key, *([coarse_key] if coarse_key else []))
     batches = [_load(p, keys) for p in paths]
-    sizes = [len(planar_rows_to_hwc(b[b"data"], p)) for b, p in zip(batches, paths, strict=True)]
+    sizes = [len(_pixels(b, p)) for b, p in zip(batches, paths, strict=True)]
 
     def column(key: bytes, num: int) -> np.ndarray:
         return np.concatenate(
@@ -130,10 +139,7 @@ def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     images = cached_images(
         cache_file(base, f"{spec.kind}-{split}", paths),
         (len(labels), 32, 32, 3),
-        [
-            lambda b=b, p=p: planar_rows_to_hwc(b[b"data"], p)
-            for b, p in zip(batches, paths, strict=True)
-        ],
+        [lambda b=b, p=p: _pixels(b, p) for b, p in zip(batches, paths, strict=True)],
         desc=f"{spec.kind}/{split}: converting to a uint8 HWC cache",
     )
     return LabeledSource(

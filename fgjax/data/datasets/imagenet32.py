@@ -29,6 +29,7 @@ from fgjax.data.datasets import register_dataset
 from fgjax.data.layout import (
     DatasetFormatError,
     DatasetLayoutError,
+    dense_ids,
     load_array_pickle,
     require_paths,
 )
@@ -91,12 +92,7 @@ def _pixels(path: str, num_images: int) -> np.ndarray:
 
 def _labels(path: str) -> np.ndarray:
     """0-based labels of a batch (the files hold 1..1000)."""
-    labels = np.asarray(_read(path, "labels")).reshape(-1).astype(np.int64)
-    if labels.size and not 1 <= labels.min() <= labels.max() <= NUM_CLASSES:
-        raise DatasetFormatError(
-            f"{path}: 'labels' must lie in 1..{NUM_CLASSES}, found {labels.min()}..{labels.max()}"
-        )
-    return (labels - 1).astype(np.int32)
+    return dense_ids(np.asarray(_read(path, "labels")).reshape(-1), path, NUM_CLASSES)
 
 
 def _json_table(path: str, num_values: int) -> np.ndarray:

@@ -13,13 +13,15 @@ printed (`-s`).
 """
 
 import json
+import os
 import pickle
 import signal
+import zlib
 from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import data_config
+from conftest import REPO, data_config
 from PIL import Image
 from scipy.io import loadmat, savemat
 from test_datasets_aircraft import mini as aircraft_mini  # noqa: F401 - fixtures
@@ -32,8 +34,9 @@ from test_datasets_inat2019 import inat_root  # noqa: F401
 from test_datasets_nabirds import nab_root  # noqa: F401
 
 from fgjax.data.datasets import build_source
-from fgjax.data.decode import ImageDecodeError
+from fgjax.data.decode import ImageDecodeError, random_crop_views, resize_center_crop
 from fgjax.data.layout import DatasetFormatError, DatasetLayoutError
+from fgjax.data.views import ViewSpec
 
 NAMED = (DatasetLayoutError, DatasetFormatError, ImageDecodeError)
 CASE_SECONDS = 5
@@ -245,20 +248,25 @@ def _mutator(path):
 
 
 # ----------------------------------------------------------------------------- the contract
-def _outcome(build, root, path) -> str:
-    """'ok' / 'named' for one case; raises AssertionError for anything else."""
+def _check_source(source) -> None:
+    """A built source is consistent: labels in its classes, first and last records read."""
+    n = len(source)
+    labels = np.asarray(source.labels)
+    assert labels.shape == (n,)
+    assert not n or 0 <= labels.min() <= labels.max() < source.num_classes
+    for i in (0, -1) if n else ():
+        record = source[i]
+        assert record["label"] == labels[i]
+        assert isinstance(record.get("path", ""), str)
+
+
+def _outcome(run, root, path) -> str:
+    """'ok' / 'named' for one case (`run()` reads the mutated `path` under `root`); raises
+    AssertionError for anything else."""
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(CASE_SECONDS)
     try:
-        source = build()
-        n = len(source)
-        labels = np.asarray(source.labels)
-        assert labels.shape == (n,)
-        assert not n or 0 <= labels.min() <= labels.max() < source.num_classes
-        for i in (0, -1) if n else ():
-            record = source[i]
-            assert record["label"] == labels[i]
-            assert isinstance(record.get("path", ""), str)
+        run()
         return "ok"
     except NAMED:
         return "named"
@@ -338,7 +346,7 @@ def test_fuzz_dataset_readers(kind, request, tmp_path):
         _maskcon_files(root)
     config_root = root / "data.csv" if kind == "csv" else root
     builds = [
-        lambda s=s, o=o: build_source(data_config(kind, config_root, **o), s)
+        lambda s=s, o=o: _check_source(build_source(data_config(kind, config_root, **o), s))
         for s, o in splits.items()
     ]
     for build in builds:  # the valid dataset builds
@@ -363,3 +371,136 @@ def test_fuzz_dataset_readers(kind, request, tmp_path):
     print(f"\nfuzz {kind}: {len(files)} files, {sum(counts.values())} cases, {dict(counts)}")
     assert not raw, f"{len(raw)} raw exception(s):\n" + "\n".join(raw[:20])
     assert counts["named"] > 0  # the mutations do reach the checks
+
+
+def _png_with_size(data: bytes, width: int, height: int) -> bytes:
+    """`data` (a PNG) with its IHDR claiming width x height (CRC fixed, so PIL opens it)."""
+    ihdr = data[12:16] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[24:29]
+    return data[:16] + ihdr[4:] + zlib.crc32(ihdr).to_bytes(4, "big") + data[33:]
+
+
+def test_fuzz_image_decoding(tmp_path):
+    """Corrupt JPEG / PNG files through both decode paths: a uint8 crop or an
+    ImageDecodeError naming the file; with skip_bad the eval loader counts them instead."""
+    rng = np.random.default_rng(0)
+    pixels = np.linspace(0, 255, 40 * 30 * 3).reshape(30, 40, 3).astype(np.uint8)
+    valid = {}
+    for ext, fmt in ((".jpg", "JPEG"), (".png", "PNG")):
+        Image.fromarray(pixels).save(tmp_path / f"valid{ext}", fmt)
+        valid[ext] = (tmp_path / f"valid{ext}").read_bytes()
+    cases = [("png_named_jpg", ".jpg", valid[".png"]), ("empty", ".jpg", b"")]
+    cases.append(("huge_header", ".png", _png_with_size(valid[".png"], 100_000, 100_000)))
+    for ext, data in valid.items():
+        for op in ("truncate", "flip", "garbage") * 6:
+            cases.append((op, ext, _bytes_op(data, rng, op)))
+    views = [ViewSpec("v", 8), ViewSpec("w", 6, crop="squash_random_crop", squash_size=10)]
+    counts: Counter = Counter()
+    raw, bad_files = [], []
+    for k, (op, ext, data) in enumerate(cases):
+        path = tmp_path / f"case{k}{ext}"
+        path.write_bytes(data)
+        record = {"path": str(path), "index": k, "label": 0}
+        outcomes = []
+        for decode in (
+            lambda r=record: [resize_center_crop(r, image_size=8)],
+            lambda r=record: list(random_crop_views(r, rng, views).values()),
+        ):
+            old = signal.signal(signal.SIGALRM, _alarm)
+            signal.alarm(CASE_SECONDS)
+            try:
+                crops = decode()
+                assert all(c.dtype == np.uint8 and c.shape[-1] == 3 for c in crops)
+                outcomes.append("ok")
+            except ImageDecodeError as e:
+                assert str(path) in str(e), e
+                outcomes.append("named")
+            except Exception as e:  # noqa: BLE001 - the finding
+                raw.append(f"{op} {ext}: {type(e).__name__}: {e}")
+            finally:
+                signal.alarm(0)
+                signal.signal(signal.SIGALRM, old)
+        counts.update(outcomes)
+        if "named" in outcomes:
+            bad_files.append(str(path))
+    print(f"\nfuzz images: {len(cases)} files, {dict(counts)}")
+    assert not raw, "\n".join(raw)
+    assert counts["named"] >= len(cases) // 2  # most corruptions are caught, not decoded
+
+    from fgjax.data.eval_loader import make_eval_loader
+    from fgjax.data.sources import LabeledSource
+
+    paths = [str(tmp_path / f"case{k}{ext}") for k, (_, ext, _) in enumerate(cases)]
+    source = LabeledSource(
+        dataset="fuzz", split="all", paths=paths, labels=np.zeros(len(paths)), class_names=["a"]
+    )
+    loader = make_eval_loader(source, batch_size=16, image_size=8, skip_bad=True)
+    batches = list(loader)
+    listed = [b for batch in batches for b in batch["bad_images"]]
+    assert sum(int(batch["mask"].sum()) for batch in batches) == len(paths)
+    assert len(listed) == len(bad_files)  # every file a decoder refused, counted once
+    assert all(any(f in line for line in listed) for f in bad_files)
+
+
+def _fixture(name: str) -> bytes:
+    with open(os.path.join(REPO, "tests", "fixtures", name), "rb") as f:
+        return f.read()
+
+
+def test_fuzz_checkpoint_description_and_prototype_files(tmp_path):
+    """Torch checkpoints (`load_pth`), class description CSVs and prototype arrays."""
+    from fgjax.text.prototypes import load_prototypes, read_descriptions
+    from fgjax.weights.pth_reader import load_pth
+
+    rng = np.random.default_rng(0)
+    csv_path = tmp_path / "descriptions.csv"
+    csv_text = 'class name,description\nA,"a bird, small"\nB,a large bird\n'
+    npy_path, npz_path = tmp_path / "p.npy", tmp_path / "p.npz"
+    protos = rng.normal(size=(3, 4)).astype(np.float32)
+    np.save(npy_path, protos)
+    np.savez(npz_path, prototypes=protos)
+    readers = {
+        tmp_path / "r.pth": (_fixture("resnet_small.pth"), load_pth),  # zip format
+        tmp_path / "r_legacy.pth": (_fixture("resnet_small_legacy.pth"), load_pth),
+        csv_path: (csv_text.encode(), read_descriptions),
+        npy_path: (npy_path.read_bytes(), lambda p: load_prototypes(p, normalize=True)),
+        npz_path: (npz_path.read_bytes(), lambda p: load_prototypes(p, normalize=True)),
+    }
+    counts: Counter = Counter()
+    raw = []
+    for path, (original, read) in readers.items():
+        for _ in range(12):
+            op = BYTE_OPS[int(rng.integers(len(BYTE_OPS)))]
+            path.write_bytes(_bytes_op(original, rng, op))
+            try:
+                counts[_outcome(lambda p=path, r=read: r(p), tmp_path, path)] += 1
+            except AssertionError as e:
+                raw.append(f"{path.name} [{op}]: {e}")
+        path.write_bytes(original)
+    print(f"\nfuzz checkpoints / descriptions / prototypes: {dict(counts)}")
+    assert not raw, "\n".join(raw)
+
+
+def test_inspect_cli_on_fuzzed_cub_ends_in_one_error_line(tmp_path):
+    """`python -m fgjax.data.inspect` on broken CUB index files: SystemExit('error: ...')
+    naming the file, never a traceback."""
+    from fgjax.data.inspect import main
+
+    root = _cub_root(tmp_path)
+    rng = np.random.default_rng(0)
+    base = root / "CUB_200_2011"
+    broken = {
+        "images.txt": lambda d: d.replace(b"\n", b"\xff\n", 1),  # not UTF-8
+        "image_class_labels.txt": lambda d: d + b"7 1 extra\n",
+        "train_test_split.txt": lambda d: d.replace(b" 0\n", b" x\n", 1),
+        "classes.txt": lambda d: _bytes_op(d, rng, "truncate")[:5],
+    }
+    for name, corrupt in broken.items():
+        original = (base / name).read_bytes()
+        (base / name).write_bytes(corrupt(original))
+        argv = ["--config", os.path.join(REPO, "configs", "cub_moco.py"),
+                f"--config.data.root={root}", "--out", str(tmp_path / "out")]  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        message = str(exit_info.value.code)
+        assert message.startswith("error: ") and name in message, message
+        (base / name).write_bytes(original)

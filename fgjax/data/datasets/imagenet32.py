@@ -29,7 +29,6 @@ from fgjax.data.datasets import register_dataset
 from fgjax.data.layout import (
     DatasetFormatError,
     DatasetLayoutError,
-    dense_ids,
     load_array_pickle,
     require_paths,
 )
@@ -92,7 +91,14 @@ def _pixels(path: str, num_images: int) -> np.ndarray:
 
 def _labels(path: str) -> np.ndarray:
     """0-based labels of a batch (the files hold 1..1000)."""
-    return dense_ids(np.asarray(_read(path, "labels")).reshape(-1), path, NUM_CLASSES)
+    labels = np.asarray(_read(path, "labels")).reshape(-1)
+    if labels.dtype.kind not in "iu":  # a cast would turn 2.5 into 2 and NaN into anything
+        raise DatasetFormatError(f"{path}: 'labels' must be integers, got {labels.dtype}")
+    if labels.size and not 1 <= labels.min() <= labels.max() <= NUM_CLASSES:
+        raise DatasetFormatError(
+            f"{path}: 'labels' must lie in 1..{NUM_CLASSES}, found {labels.min()}..{labels.max()}"
+        )
+    return (labels.astype(np.int64) - 1).astype(np.int32)
 
 
 def _json_table(path: str, num_values: int) -> np.ndarray:

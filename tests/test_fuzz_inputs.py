@@ -395,7 +395,8 @@ FOUND = {
     ],
     "cifar10": [
         ("cifar-10-batches-py/test_batch",
-         lambda d: _pickled({b"data": np.zeros((4, 3072), np.uint8), b"labels": _Payload(os.devnull)}),
+         lambda d: _pickled({b"data": np.zeros((4, 3072), np.uint8),
+                             b"labels": _Payload(os.devnull)}),
          r"test_batch: cannot read as a CIFAR pickle: refusing global \w+\.open"),  # ran it
         ("cifar-10-batches-py/batches.meta", lambda d: _pickled({b"label_names": 1.5}),
          r"batches.meta: 'label_names' must be a list of names"),  # TypeError

@@ -411,6 +411,8 @@ FOUND = {
          r"data.csv: row 2, column 'label': '--5' is not an integer"),  # ValueError, no file
         ("data.csv", lambda d: d.replace(b"1.png", b"1\xff.png"),
          r"data.csv: line 3: not utf-8 text"),  # UnicodeDecodeError
+        ("data.csv", lambda d: d.replace(b"0.png", b'"' + b"x" * 200_000 + b'"'),
+         r"data.csv: field larger than field limit"),  # csv.Error (not a user error)
     ],
 }  # fmt: skip
 

@@ -371,28 +371,31 @@ class CsvManifestSource(LabeledSource):
         root = os.fspath(root) if root else os.path.dirname(os.path.abspath(self.csv_path))
         with io.StringIO(read_text(self.csv_path), newline="") as f:
             reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            for required in ("path", "label"):
-                if required not in columns:
+            try:
+                columns = [c.strip() for c in (reader.fieldnames or [])]
+                for required in ("path", "label"):
+                    if required not in columns:
+                        raise ValueError(
+                            f"{self.csv_path}: row 1 (header): missing required column "
+                            f"{required!r}; found columns {columns}"
+                        )
+                unknown = [c for c in columns if c not in CSV_COLUMNS]
+                if unknown:
                     raise ValueError(
-                        f"{self.csv_path}: row 1 (header): missing required column "
-                        f"{required!r}; found columns {columns}"
+                        f"{self.csv_path}: row 1 (header): unknown column(s) {unknown}; the "
+                        f"columns are {list(CSV_COLUMNS)} (path and label required)"
                     )
-            unknown = [c for c in columns if c not in CSV_COLUMNS]
-            if unknown:
-                raise ValueError(
-                    f"{self.csv_path}: row 1 (header): unknown column(s) {unknown}; the "
-                    f"columns are {list(CSV_COLUMNS)} (path and label required)"
-                )
-            reader.fieldnames = columns
-            rows = []
-            for r, row in enumerate(reader, start=2):
-                if None in row or any(row.get(c) is None for c in columns):
-                    raise ValueError(
-                        f"{self.csv_path}: row {r}: expected {len(columns)} columns "
-                        f"({','.join(columns)})"
-                    )
-                rows.append((r, {k: v.strip() for k, v in row.items()}))
+                reader.fieldnames = columns
+                rows = []
+                for r, row in enumerate(reader, start=2):
+                    if None in row or any(row.get(c) is None for c in columns):
+                        raise ValueError(
+                            f"{self.csv_path}: row {r}: expected {len(columns)} columns "
+                            f"({','.join(columns)})"
+                        )
+                    rows.append((r, {k: v.strip() for k, v in row.items()}))
+            except csv.Error as e:  # e.g. a field over csv.field_size_limit(): names no file
+                raise ValueError(f"{self.csv_path}: {e} (after line {reader.line_num})") from None
         if not rows:
             raise ValueError(f"{self.csv_path}: no data rows")
         row_numbers = [r for r, _ in rows]

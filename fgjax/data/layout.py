@@ -8,8 +8,12 @@ what to fix without reading the source.
 
 from __future__ import annotations
 
+import io
 import os
+import pickle
+import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,6 +55,25 @@ def require_paths(root: str, relpaths: Sequence[str], *, kind: str, layout: str)
         )
 
 
+def read_text(path: str, encoding: str = "utf-8") -> str:
+    """The text of an index file; bytes that are not `encoding` are a DatasetFormatError
+    naming the line (a raw UnicodeDecodeError names neither the file nor the line)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DatasetFormatError(
+            f"{path}: line {line}: not {encoding} text ({e.reason} at byte {e.start})"
+        ) from None
+
+
+def text_lines(path: str) -> io.StringIO:
+    """The lines of `read_text(path)`, newlines translated as `open` does."""
+    return io.StringIO(read_text(path), newline=None)
+
+
 def read_table(path: str, num_columns: int, *, max_split: int | None = None) -> list[list[str]]:
     """Rows of a whitespace-separated text file (blank lines skipped).
 
@@ -58,7 +81,7 @@ def read_table(path: str, num_columns: int, *, max_split: int | None = None) -> 
     (e.g. 'id name with spaces'). Every row must have exactly `num_columns` fields.
     """
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with text_lines(path) as f:
         for line_number, line in enumerate(f, start=1):
             line = line.strip()
             if not line:
@@ -120,12 +143,82 @@ def parse_int(value: str, path: str, line: int | str) -> int:
         raise DatasetFormatError(f"{path}: line {line}: {value!r} is not an integer") from None
 
 
+def parse_boxes(rows: Sequence[Sequence[str]], ids: Sequence, path: str) -> np.ndarray:
+    """'x y w h' values of `keyed_values` rows -> float32 [N, 4]; a value that is not a
+    finite number is an error naming the image id."""
+    boxes = np.empty((len(rows), 4), np.float32)
+    for k, (i, row) in enumerate(zip(ids, rows, strict=True)):
+        try:
+            boxes[k] = [float(v) for v in row]
+        except ValueError:
+            boxes[k] = np.nan
+        if not np.isfinite(boxes[k]).all():
+            raise DatasetFormatError(f"{path}: line of image {i}: {list(row)} are not 4 numbers")
+    return boxes
+
+
+def train_flags(rows: Sequence[Sequence[str]], ids: Sequence, path: str) -> np.ndarray:
+    """bool [N] of a train_test_split.txt's 'id 1|0' values (1 = train)."""
+    for i, row in zip(ids, rows, strict=True):
+        if row[0] not in ("0", "1"):
+            raise DatasetFormatError(f"{path}: line of image {i}: {row[0]!r} is not 1 or 0")
+    return np.array([row[0] == "1" for row in rows], bool)
+
+
+# MAT v5 data element types (the MAT-File Format reference, table 1-1): numeric and
+# text codes, miMATRIX (14) and miCOMPRESSED (15).
+MAT5_TYPES = frozenset((1, 2, 3, 4, 5, 6, 7, 9, 12, 13, 14, 15, 16, 17, 18))
+
+
+def check_mat5_tags(data: bytes, path: str) -> None:
+    """Walks the data element tags of a MAT v5 file (inside matrices and compressed
+    elements too); an unknown type code or an element running past its container is a
+    DatasetFormatError. scipy's reader trusts both and crashes the process (a
+    segmentation fault, not an exception) on some corrupt files: it is not hardened
+    against bad input (see `scipy.io.loadmat`'s docstring).
+    """
+    import zlib
+
+    tag = struct.Struct("<II" if data[126:128] == b"IM" else ">II")
+    stack = [(data, 128, len(data))]  # (buffer, position, end) of every open container
+    while stack:
+        buf, pos, end = stack.pop()
+        while pos < end:
+            if end - pos < 8:
+                raise DatasetFormatError(f"{path}: truncated MATLAB data element at byte {pos}")
+            mdtype, nbytes = tag.unpack_from(buf, pos)
+            if mdtype >> 16:  # a small data element: type and size in 4 bytes, data in 4 more
+                mdtype, nbytes, size, room = mdtype & 0xFFFF, mdtype >> 16, 8, 4
+            else:  # data padded to 8 bytes, except compressed data
+                size, room = 8 + (nbytes if mdtype == 15 else -(-nbytes // 8) * 8), end - pos - 8
+            if mdtype not in MAT5_TYPES or nbytes > room:
+                raise DatasetFormatError(
+                    f"{path}: corrupt MATLAB data element at byte {pos} (type {mdtype}, "
+                    f"{nbytes} bytes, {room} left)"
+                )
+            if mdtype == 14:
+                stack.append((buf, pos + 8, pos + 8 + nbytes))
+            elif mdtype == 15:
+                try:
+                    inner = zlib.decompress(buf[pos + 8 : pos + 8 + nbytes])
+                except zlib.error as e:
+                    raise DatasetFormatError(f"{path}: corrupt compressed element: {e}") from None
+                stack.append((inner, 0, len(inner)))
+            pos += size
+
+
 def load_mat(path: str) -> dict:
-    """A MATLAB .mat file as scipy reads it (structs as record arrays, 1-D squeezed)."""
+    """A MATLAB .mat file as scipy reads it (structs as record arrays, 1-D squeezed).
+
+    A v5 file's element tags are checked first (`check_mat5_tags`)."""
     from scipy.io import loadmat  # scipy is slow to import; only .mat datasets need it
 
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[124:126] == b"\x00\x01" or data[124:126] == b"\x01\x00":  # v5 (v4 has no header)
+        check_mat5_tags(data, path)
     try:
-        return loadmat(path, squeeze_me=True)
+        return loadmat(io.BytesIO(data), squeeze_me=True)
     except Exception as e:  # noqa: BLE001 - scipy raises several kinds for bad files
         raise DatasetFormatError(f"{path}: cannot read as a MATLAB file: {e}") from e
 
@@ -154,7 +247,7 @@ def mat_ints(values: np.ndarray, path: str, field: str) -> np.ndarray:
     for k, v in enumerate(values):
         try:
             out[k] = int(np.asarray(v).item())
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DatasetFormatError(
                 f"{path}: {field!r} entry {k + 1}: {v!r} is not one integer"
             ) from None
@@ -177,15 +270,23 @@ def dense_ids(values: np.ndarray, path: str, expected: int | None = None) -> np.
 
     The error names the first offending entry (1-based position in `values`).
     """
-    values = np.asarray(values, np.int64)
-    bad = np.flatnonzero((values < 1) | (values > (expected or np.iinfo(np.int64).max)))
+    values = np.asarray(values)
+    integral = values.dtype.kind in "iu" or (
+        values.dtype.kind == "f" and np.isfinite(values).all() and (values % 1 == 0).all()
+    )  # MATLAB saves ids as doubles as often as as integers
+    if values.ndim != 1 or not integral:
+        raise DatasetFormatError(
+            f"{path}: expected a list of integer ids, got {values.dtype} {values.shape}"
+        )
+    limit = expected if expected is not None else np.iinfo(np.int32).max
+    bad = np.flatnonzero((values < 1) | (values > limit))
     if bad.size:
         k = int(bad[0])
         raise DatasetFormatError(
             f"{path}: entry {k + 1}: id {int(values[k])} is outside "
             f"1..{expected if expected is not None else 'N'}"
         )
-    return (values - 1).astype(np.int32)
+    return (values.astype(np.int64) - 1).astype(np.int32)
 
 
 def require_listed_files(base: str, relpaths: Sequence[str], *, index: str) -> None:
@@ -230,3 +331,36 @@ def corner_boxes(corners: np.ndarray, path: str) -> np.ndarray:
     return np.stack(
         [c[:, 0] - 1, c[:, 1] - 1, c[:, 2] - c[:, 0] + 1, c[:, 3] - c[:, 1] + 1], 1
     ).astype(np.float32)
+
+
+# The globals a pickle of plain numpy arrays (CIFAR's and Imagenet32's batches) refers to:
+# numpy's (1 and 2 module names) and `_codecs.encode`, which protocol 2 uses for bytes.
+# Anything else is refused before it is imported or called: unpickling a data file must
+# not run code from it.
+ARRAY_PICKLE_GLOBALS = frozenset(
+    (module, name)
+    for prefix in ("numpy.core", "numpy._core")
+    for module, name in (
+        (f"{prefix}.multiarray", "_reconstruct"),
+        (f"{prefix}.multiarray", "scalar"),
+        (f"{prefix}.numeric", "_frombuffer"),
+    )
+) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts / lists / strings / numbers and numpy arrays only."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in ARRAY_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refusing global {module}.{name}: a data pickle may hold only numpy arrays, "
+                "lists, dicts, strings and numbers"
+            )
+        return super().find_class(module, name)
+
+
+def load_array_pickle(path: str, encoding: str) -> Any:
+    """A pickled data batch read with `ArrayUnpickler` (`encoding` as `pickle.load`'s)."""
+    with open(path, "rb") as f:
+        return ArrayUnpickler(f, encoding=encoding).load()

@@ -24,14 +24,16 @@ folders, the layout LCR reads with torchvision's ImageFolder) and `CsvManifestSo
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 from fgjax.data.decode import parallel_path
-from fgjax.data.layout import DatasetLayoutError, describe_folder
+from fgjax.data.layout import DatasetLayoutError, describe_folder, read_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -310,7 +312,7 @@ def _parse_labels(
     for v, r in zip(values, rows, strict=True):
         if v == "":
             raise ValueError(f"{csv_path}: row {r}, column {column!r}: empty value")
-    is_int = [v.lstrip("-").isdigit() for v in values]
+    is_int = [INT_LABEL.fullmatch(v) is not None for v in values]
     if not any(is_int):
         names = sorted(set(values))
         lookup = {n: k for k, n in enumerate(names)}
@@ -324,12 +326,17 @@ def _parse_labels(
         )
     ints = [int(v) for v in values]
     for v, r in zip(ints, rows, strict=True):
-        if v < 0:
-            raise ValueError(f"{csv_path}: row {r}, column {column!r}: negative label {v}")
+        if not 0 <= v < MAX_INT_LABEL:  # labels are class ids: max + 1 classes get names
+            raise ValueError(
+                f"{csv_path}: row {r}, column {column!r}: integer label {v} is outside "
+                f"0..{MAX_INT_LABEL - 1}"
+            )
     return np.array(ints, np.int32), [str(k) for k in range(max(ints) + 1)]
 
 
 CSV_COLUMNS = ("path", "label", "coarse_label", "split")
+INT_LABEL = re.compile(r"-?[0-9]+")  # not str.isdigit: '²' and '--5' are not labels
+MAX_INT_LABEL = 1_000_000  # integer labels make max + 1 classes; a typo must not make 10^12
 
 
 class CsvManifestSource(LabeledSource):
@@ -362,30 +369,33 @@ class CsvManifestSource(LabeledSource):
         if not os.path.isfile(self.csv_path):
             raise FileNotFoundError(f"CsvManifestSource: no such CSV file {self.csv_path!r}")
         root = os.fspath(root) if root else os.path.dirname(os.path.abspath(self.csv_path))
-        with open(self.csv_path, newline="") as f:
+        with io.StringIO(read_text(self.csv_path), newline="") as f:
             reader = csv.DictReader(f)
-            columns = [c.strip() for c in (reader.fieldnames or [])]
-            for required in ("path", "label"):
-                if required not in columns:
+            try:
+                columns = [c.strip() for c in (reader.fieldnames or [])]
+                for required in ("path", "label"):
+                    if required not in columns:
+                        raise ValueError(
+                            f"{self.csv_path}: row 1 (header): missing required column "
+                            f"{required!r}; found columns {columns}"
+                        )
+                unknown = [c for c in columns if c not in CSV_COLUMNS]
+                if unknown:
                     raise ValueError(
-                        f"{self.csv_path}: row 1 (header): missing required column "
-                        f"{required!r}; found columns {columns}"
+                        f"{self.csv_path}: row 1 (header): unknown column(s) {unknown}; the "
+                        f"columns are {list(CSV_COLUMNS)} (path and label required)"
                     )
-            unknown = [c for c in columns if c not in CSV_COLUMNS]
-            if unknown:
-                raise ValueError(
-                    f"{self.csv_path}: row 1 (header): unknown column(s) {unknown}; the "
-                    f"columns are {list(CSV_COLUMNS)} (path and label required)"
-                )
-            reader.fieldnames = columns
-            rows = []
-            for r, row in enumerate(reader, start=2):
-                if None in row or any(row.get(c) is None for c in columns):
-                    raise ValueError(
-                        f"{self.csv_path}: row {r}: expected {len(columns)} columns "
-                        f"({','.join(columns)})"
-                    )
-                rows.append((r, {k: v.strip() for k, v in row.items()}))
+                reader.fieldnames = columns
+                rows = []
+                for r, row in enumerate(reader, start=2):
+                    if None in row or any(row.get(c) is None for c in columns):
+                        raise ValueError(
+                            f"{self.csv_path}: row {r}: expected {len(columns)} columns "
+                            f"({','.join(columns)})"
+                        )
+                    rows.append((r, {k: v.strip() for k, v in row.items()}))
+            except csv.Error as e:  # e.g. a field over csv.field_size_limit(): names no file
+                raise ValueError(f"{self.csv_path}: {e} (after line {reader.line_num})") from None
         if not rows:
             raise ValueError(f"{self.csv_path}: no data rows")
         row_numbers = [r for r, _ in rows]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,12 +50,19 @@ def _pick(arrays: Mapping[str, Any], name: str) -> np.ndarray:
 def _read_array(name: str) -> np.ndarray:
     with open(name, "rb") as f:
         magic = f.read(6)
-    if magic == b"\x93NUMPY":
-        return np.load(name, allow_pickle=False)
-    kind = sniff(name)  # FileNotFoundError / CheckpointFormatError name the file
-    if kind == "npz":
-        with np.load(name, allow_pickle=False) as data:
-            return _pick({k: data[k] for k in data.files}, name)
+    try:
+        kind = "npy" if magic == b"\x93NUMPY" else sniff(name)  # sniff's errors name the file
+    except zipfile.BadZipFile as e:  # a damaged archive: zipfile's message names no file
+        raise ValueError(f"{name}: a damaged zip archive: {e}") from None
+    if kind in ("npy", "npz"):
+        try:
+            if kind == "npy":
+                return np.load(name, allow_pickle=False)
+            with np.load(name, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # numpy's name no file
+            raise ValueError(f"{name}: cannot read as a numpy {kind} file: {e}") from None
+        return _pick(arrays, name)
     if kind == "torch":
         obj = load_pth(name)
         if isinstance(obj, np.ndarray):
@@ -139,8 +147,11 @@ def read_descriptions(path: PathLike) -> tuple[list[str], list[str]]:
     else the first other column; names are case-insensitive, other columns are ignored.
     """
     name = os.fspath(path)
-    with open(name, encoding="utf-8-sig", newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(name, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f))
+    except (UnicodeDecodeError, csv.Error) as e:  # neither names the file
+        raise ValueError(f"{name}: not a UTF-8 CSV file: {e}") from None
     if not rows:
         raise ValueError(f"{name}: empty CSV (expected a header 'class name,description')")
     header = [h.strip().lower() for h in rows[0]]

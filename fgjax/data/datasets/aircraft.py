@@ -29,6 +29,7 @@ from fgjax.data.layout import (
     read_table,
     require_listed_files,
     require_paths,
+    text_lines,
 )
 from fgjax.data.sources import CoarseLevel, LabeledSource
 
@@ -49,7 +50,7 @@ TRIM_BOTTOM = 20  # rows of the copyright banner at the bottom of every image
 
 def read_names(path: str) -> list[str]:
     """A class list (one name per line, blank lines skipped); names must be unique."""
-    with open(path, encoding="utf-8") as f:
+    with text_lines(path) as f:
         names = [line.strip() for line in f if line.strip()]
     seen: set[str] = set()
     for k, name in enumerate(names, start=1):

@@ -15,13 +15,17 @@ official coarse_labels field, checked to give every fine class one superclass.
 from __future__ import annotations
 
 import os
-import pickle
 from typing import NamedTuple
 
 import numpy as np
 
 from fgjax.data.datasets import register_dataset
-from fgjax.data.layout import DatasetFormatError, dataset_folder, require_paths
+from fgjax.data.layout import (
+    DatasetFormatError,
+    dataset_folder,
+    load_array_pickle,
+    require_paths,
+)
 from fgjax.data.npy_cache import cache_file, cached_images, planar_rows_to_hwc
 from fgjax.data.sources import LabeledSource, coarse_of_classes
 
@@ -58,8 +62,7 @@ def _layout(spec: Cifar) -> str:
 def _load(path: str, keys: tuple[bytes, ...]) -> dict:
     """A CIFAR pickle (bytes keys) with `keys` checked present."""
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+        d = load_array_pickle(path, encoding="bytes")
     except Exception as e:  # noqa: BLE001 - unpickling raises many kinds
         raise DatasetFormatError(f"{path}: cannot read as a CIFAR pickle: {e}") from e
     if not isinstance(d, dict):
@@ -71,12 +74,18 @@ def _load(path: str, keys: tuple[bytes, ...]) -> dict:
     return d
 
 
-def _names(meta: dict, key: bytes) -> list[str]:
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+def _names(meta: dict, key: bytes, path: str) -> list[str]:
+    names = meta[key]
+    if not isinstance(names, list) or not all(isinstance(n, bytes | str) for n in names):
+        raise DatasetFormatError(f"{path}: {key.decode()!r} must be a list of names")
+    return [n.decode() if isinstance(n, bytes) else n for n in names]
 
 
 def _labels(d: dict, key: bytes, n: int, num: int, path: str) -> np.ndarray:
-    labels = np.asarray(d[key], np.int64)
+    try:
+        labels = np.asarray(d[key], np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DatasetFormatError(f"{path}: {key.decode()!r} must be {n} labels: {e}") from None
     if labels.shape != (n,) or (n and not 0 <= labels.min() <= labels.max() < num):
         raise DatasetFormatError(
             f"{path}: {key.decode()!r} must be {n} labels in [0, {num}), got shape "
@@ -85,20 +94,29 @@ def _labels(d: dict, key: bytes, n: int, num: int, path: str) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def _pixels(d: dict, path: str) -> np.ndarray:
+    """uint8 [N, 32, 32, 3] of a batch's b'data'."""
+    try:
+        data = np.asarray(d[b"data"])
+    except (TypeError, ValueError) as e:  # e.g. rows of different lengths
+        raise DatasetFormatError(f"{path}: 'data' is not an array: {e}") from None
+    return planar_rows_to_hwc(data, path)
+
+
 def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     base = dataset_folder(data_config.root, spec.folder)
     layout = _layout(spec)
     require_paths(base, [*spec.files[split], spec.meta], kind=spec.kind, layout=layout)
     coarse_key = spec.coarse_key
+    meta_path = os.path.join(base, spec.meta)
     meta = _load(
-        os.path.join(base, spec.meta),
-        (spec.names_key, b"coarse_label_names") if coarse_key else (spec.names_key,),
+        meta_path, (spec.names_key, b"coarse_label_names") if coarse_key else (spec.names_key,)
     )
-    class_names = _names(meta, spec.names_key)
+    class_names = _names(meta, spec.names_key, meta_path)
     paths = [os.path.join(base, f) for f in spec.files[split]]
     keys = (b"data", spec.label_key, *([coarse_key] if coarse_key else []))
     batches = [_load(p, keys) for p in paths]
-    sizes = [len(b[b"data"]) for b in batches]
+    sizes = [len(_pixels(b, p)) for b, p in zip(batches, paths, strict=True)]
 
     def column(key: bytes, num: int) -> np.ndarray:
         return np.concatenate(
@@ -108,7 +126,7 @@ def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     labels = column(spec.label_key, len(class_names))
     levels = {}
     if coarse_key:
-        coarse_names = _names(meta, b"coarse_label_names")
+        coarse_names = _names(meta, b"coarse_label_names", meta_path)
         starts = np.cumsum([0, *sizes])
 
         def where(k: int) -> str:
@@ -121,10 +139,7 @@ def _build(spec: Cifar, data_config, split: str) -> LabeledSource:
     images = cached_images(
         cache_file(base, f"{spec.kind}-{split}", paths),
         (len(labels), 32, 32, 3),
-        [
-            lambda b=b, p=p: planar_rows_to_hwc(b[b"data"], p)
-            for b, p in zip(batches, paths, strict=True)
-        ],
+        [lambda b=b, p=p: _pixels(b, p) for b, p in zip(batches, paths, strict=True)],
         desc=f"{spec.kind}/{split}: converting to a uint8 HWC cache",
     )
     return LabeledSource(

@@ -21,9 +21,11 @@ from fgjax.data.layout import (
     DatasetFormatError,
     dataset_folder,
     keyed_values,
+    parse_boxes,
     parse_int,
     read_keyed,
     require_paths,
+    train_flags,
 )
 from fgjax.data.sources import CoarseLevel, LabeledSource, coarse_from_names, last_word, name_words
 
@@ -164,6 +166,8 @@ def cub(data_config, split: str) -> LabeledSource:
     require_paths(base, [*INDEX_FILES, "images"], kind="cub", layout=LAYOUT)
     files = {name: os.path.join(base, name) for name in INDEX_FILES}
     images = read_keyed(files["images.txt"], 1)
+    if not images:
+        raise DatasetFormatError(f"{files['images.txt']}: lists no images")
     ids = sorted(images)
     class_rows = read_keyed(files["classes.txt"], 1)
     class_names = [class_rows[c][0] for c in sorted(class_rows)]
@@ -178,7 +182,8 @@ def cub(data_config, split: str) -> LabeledSource:
             f"{files['image_class_labels.txt']}: class id(s) {unknown[:5]} not in classes.txt"
         )
     labels = np.array([position[c] for c in class_of], np.int32)
-    is_train = np.array([v[0] == "1" for v in keyed_values(files["train_test_split.txt"], ids)])
+    split_path = files["train_test_split.txt"]
+    is_train = train_flags(keyed_values(split_path, ids), ids, split_path)
     half = len(class_names) // 2  # retrieval: classes 1-100 / 101-200
     keep = {
         "train": is_train,
@@ -189,8 +194,8 @@ def cub(data_config, split: str) -> LabeledSource:
     }[split]
     boxes = None
     if data_config.get("crop_to_box", False):
-        rows = keyed_values(files["bounding_boxes.txt"], ids, num_values=4)
-        boxes = np.array([[float(x) for x in v] for v in rows], np.float32)
+        boxes_path = files["bounding_boxes.txt"]
+        boxes = parse_boxes(keyed_values(boxes_path, ids, num_values=4), ids, boxes_path)
     paths = [os.path.join("images", images[i][0]) for i in ids]
     coarse = data_config.get("coarse", "")
     levels = {"family": coarse_from_names(class_names, last_word)}

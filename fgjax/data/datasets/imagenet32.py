@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 
 import numpy as np
 
 from fgjax.data.datasets import register_dataset
-from fgjax.data.layout import DatasetFormatError, DatasetLayoutError, require_paths
+from fgjax.data.layout import (
+    DatasetFormatError,
+    DatasetLayoutError,
+    load_array_pickle,
+    require_paths,
+)
 from fgjax.data.npy_cache import cache_file, cached_images, planar_rows_to_hwc
 from fgjax.data.sources import CoarseLevel, LabeledSource
 
@@ -67,8 +71,7 @@ def _read(path: str, key: str) -> np.ndarray:
             with np.load(path) as z:
                 found, value = z.files, (z[key] if key in z.files else None)
         else:
-            with open(path, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
+            d = load_array_pickle(path, encoding="latin1")
             found = sorted(d) if isinstance(d, dict) else type(d).__name__
             value = d.get(key) if isinstance(d, dict) else None
     except Exception as e:  # noqa: BLE001 - bad zips and pickles raise many kinds
@@ -88,12 +91,14 @@ def _pixels(path: str, num_images: int) -> np.ndarray:
 
 def _labels(path: str) -> np.ndarray:
     """0-based labels of a batch (the files hold 1..1000)."""
-    labels = np.asarray(_read(path, "labels")).reshape(-1).astype(np.int64)
+    labels = np.asarray(_read(path, "labels")).reshape(-1)
+    if labels.dtype.kind not in "iu":  # a cast would turn 2.5 into 2 and NaN into anything
+        raise DatasetFormatError(f"{path}: 'labels' must be integers, got {labels.dtype}")
     if labels.size and not 1 <= labels.min() <= labels.max() <= NUM_CLASSES:
         raise DatasetFormatError(
             f"{path}: 'labels' must lie in 1..{NUM_CLASSES}, found {labels.min()}..{labels.max()}"
         )
-    return (labels - 1).astype(np.int32)
+    return (labels.astype(np.int64) - 1).astype(np.int32)
 
 
 def _json_table(path: str, num_values: int) -> np.ndarray:
@@ -102,7 +107,7 @@ def _json_table(path: str, num_values: int) -> np.ndarray:
         with open(path, encoding="utf-8") as f:
             table = json.load(f)
         out = np.array([int(table[str(k)]) for k in range(NUM_CLASSES)], np.int32)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, OverflowError) as e:
         raise DatasetFormatError(
             f"{path}: expected a JSON object mapping every class '0'..'{NUM_CLASSES - 1}' to an "
             f"integer: {type(e).__name__}: {e}"

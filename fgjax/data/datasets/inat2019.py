@@ -24,8 +24,10 @@ RANKS = ("phylum", "genus", "family", "order", "class", "kingdom")
 LAYOUT = "train2019.json / val2019.json with the images they list under the root"
 
 
-def _entries(doc: dict, key: str, fields: tuple[str, ...], path: str) -> list[dict]:
-    """doc[key], a list of objects each having `fields` (errors name the entry)."""
+def _entries(doc: dict, key: str, fields: dict[str, type], path: str) -> list[dict]:
+    """doc[key], a list of objects each having `fields` of their types (errors name the
+    entry): ids must be integers and names strings, or they would surface later as a
+    TypeError naming no file."""
     entries = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise DatasetFormatError(f"{path}: expected a JSON object with a list {key!r}")
@@ -33,6 +35,13 @@ def _entries(doc: dict, key: str, fields: tuple[str, ...], path: str) -> list[di
         missing = [f for f in fields if not isinstance(e, dict) or f not in e]
         if missing:
             raise DatasetFormatError(f"{path}: {key}[{k}] has no field(s) {missing}: {e!r:.200}")
+        wrong = [
+            f"{f} ({t.__name__})"
+            for f, t in fields.items()
+            if not isinstance(e[f], t) or isinstance(e[f], bool)
+        ]
+        if wrong:
+            raise DatasetFormatError(f"{path}: {key}[{k}]: wrong type of {wrong}: {e!r:.200}")
     return entries
 
 
@@ -47,11 +56,10 @@ def inat2019(data_config, split: str) -> LabeledSource:
             doc = json.load(f)
     except ValueError as e:
         raise DatasetFormatError(f"{path}: not valid JSON: {e}") from e
-    images = _entries(doc, "images", ("id", "file_name"), path)
-    annotations = _entries(doc, "annotations", ("image_id", "category_id"), path)
-    categories = sorted(
-        _entries(doc, "categories", ("id", "name", *RANKS), path), key=lambda c: c["id"]
-    )
+    images = _entries(doc, "images", {"id": int, "file_name": str}, path)
+    annotations = _entries(doc, "annotations", {"image_id": int, "category_id": int}, path)
+    category_fields = {"id": int, "name": str, **dict.fromkeys(RANKS, str)}
+    categories = sorted(_entries(doc, "categories", category_fields, path), key=lambda c: c["id"])
     position = {c["id"]: k for k, c in enumerate(categories)}
     category_of = {}
     for k, a in enumerate(annotations):

@@ -31,9 +31,11 @@ from fgjax.data.layout import (
     DatasetFormatError,
     dataset_folder,
     keyed_values,
+    parse_boxes,
     parse_int,
     read_keyed,
     require_paths,
+    train_flags,
 )
 from fgjax.data.sources import CoarseLevel, LabeledSource
 
@@ -78,6 +80,8 @@ def nabirds(data_config, split: str) -> LabeledSource:
     require_paths(base, [*INDEX_FILES, "images"], kind="nabirds", layout=LAYOUT)
     files = {name: os.path.join(base, name) for name in (*INDEX_FILES, "bounding_boxes.txt")}
     images = read_keyed(files["images.txt"], 1, key=str)
+    if not images:
+        raise DatasetFormatError(f"{files['images.txt']}: lists no images")
     ids = list(images)
     names = {c: v[0] for c, v in read_keyed(files["classes.txt"], 1, max_split=1).items()}
     hierarchy = files["hierarchy.txt"]
@@ -104,14 +108,14 @@ def nabirds(data_config, split: str) -> LabeledSource:
         for level, depth in DEPTHS.items()
     }
     levels["parent"] = _level([chain[max(len(chain) - 2, 0)] for chain in lineages], names)
-    split_values = [v[0] for v in keyed_values(files["train_test_split.txt"], ids, key=str)]
-    is_train = np.array([v == "1" for v in split_values])
+    split_path = files["train_test_split.txt"]
+    is_train = train_flags(keyed_values(split_path, ids, key=str), ids, split_path)
     keep = {"train": is_train, "test": ~is_train, "all": np.ones(len(ids), bool)}[split]
     boxes = None
     if data_config.get("crop_to_box", False):
         require_paths(base, ["bounding_boxes.txt"], kind="nabirds", layout=LAYOUT)
-        rows = keyed_values(files["bounding_boxes.txt"], ids, num_values=4, key=str)
-        boxes = np.array([[float(x) for x in v] for v in rows], np.float32)
+        boxes_path = files["bounding_boxes.txt"]
+        boxes = parse_boxes(keyed_values(boxes_path, ids, num_values=4, key=str), ids, boxes_path)
     paths = [os.path.join("images", images[i][0]) for i in ids]
     return LabeledSource(
         dataset="nabirds",

@@ -110,6 +110,13 @@ def test_unknown_and_missing_files_name_the_path(tmp_path):
         read_checkpoint(tmp_path / "nope.pth")
     with pytest.raises(ValueError, match="unknown output format"):
         write_state_dict(tmp_path / "w.h5", {"a": np.zeros(1)})
+    # A zip whose end record is intact but whose central directory is not: zipfile's own
+    # BadZipFile would name no file.
+    np.savez(tmp_path / "w.npz", a=np.zeros(3))
+    data = (tmp_path / "w.npz").read_bytes()
+    (tmp_path / "damaged.npz").write_bytes(data.replace(b"PK\x01\x02", b"PK\x09\x09", 1))
+    with pytest.raises(CheckpointFormatError, match=r"damaged.npz: damaged zip archive"):
+        sniff(tmp_path / "damaged.npz")
 
 
 def test_torch_file_without_tensors_is_an_error(tmp_path):

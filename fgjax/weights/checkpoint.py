@@ -39,8 +39,11 @@ def sniff(path: PathLike) -> str:
     if not os.path.isfile(name):
         raise FileNotFoundError(f"{name}: no such checkpoint file")
     if zipfile.is_zipfile(name):
-        with zipfile.ZipFile(name) as zf:
-            names = zf.namelist()
+        try:
+            with zipfile.ZipFile(name) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:  # a damaged central directory
+            raise CheckpointFormatError(f"{name}: damaged zip archive ({e})") from None
         if names and all(n.endswith(".npy") for n in names):
             return "npz"
         return "torch"

@@ -10,6 +10,11 @@
 # runtime, or to try it quickly, set `TINY = True` in the next cell: a tiny network on
 # 16 px images for 4 steps, a minute at most. The numbers are then meaningless, but
 # every step runs.
+#
+# The first cell clones the repository and installs fgjax with pip (Colab only). On a TPU
+# runtime `jax.devices()` then lists `TpuDevice`s: Colab's TPU runtimes ship a TPU build
+# of jax, which the install keeps, and nothing else is needed (`jax.tools.colab_tpu` was
+# for the retired TPU Node runtimes; current jax only prints that it is not needed).
 
 # %%
 # Setup: the tiny-settings switch, installing fgjax (on Colab only), the devices.

@@ -14,7 +14,7 @@
 # The first cell clones the repository and installs fgjax with pip (Colab only). On a TPU
 # runtime `jax.devices()` then lists `TpuDevice`s: Colab's TPU runtimes ship a TPU build
 # of jax, which the install keeps, and nothing else is needed (`jax.tools.colab_tpu` was
-# for the retired TPU Node runtimes; current jax only prints that it is not needed).
+# for the retired TPU Node runtimes and is gone from current jax).
 
 # %%
 # Setup: the tiny-settings switch, installing fgjax (on Colab only), the devices.

@@ -6,13 +6,17 @@ a temporary folder and renames it when complete, so a run killed mid-save (even 
 SIGKILL) resumes from the last complete step. A complete step that still cannot be
 restored (truncated or corrupted later) is reported by path, moved to
 `WORKDIR/corrupt_checkpoints/<step>` (kept for inspection, never deleted) and the
-previous step is used.
+previous step is used. A step that cannot be written (a full disk) stops the run with
+`CheckpointSaveError`; its temporary folder is never taken as complete, the previous
+steps are not pruned, and the next run removes the leftover.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 from typing import Any
 
@@ -21,14 +25,41 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointSaveError(OSError):
+    """A checkpoint step could not be written (disk full, I/O or permission error).
+
+    An OSError whose `errno` is the cause's (e.g. `errno.ENOSPC`) when it has one, also
+    when tensorstore reports it inside a ValueError's text; `step` is the step that
+    failed, `previous` the newest complete one (None when there is none), which is left
+    intact: rerunning the same command resumes from it. The message names both folders.
+    An async save's error surfaces when the next save starts or at `Checkpointer.wait`.
+    """
+
+    def __init__(self, message: str, code: int | None, step: int | None, previous: int | None):
+        super().__init__(message)
+        self.errno = code
+        self.step = step
+        self.previous = previous
+
+
+# tensorstore's writes report the OS error inside a ValueError's text.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.quarantine = os.path.join(os.path.abspath(workdir), "corrupt_checkpoints")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=True
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=True,
+            # A step's temporary folder left by a killed or failed save: never a step
+            # (orbax lists finished steps only), removed here.
+            cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._pending: int | None = None  # the step an async save may still be writing
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -40,16 +71,21 @@ class Checkpointer:
         loop moves on; device arrays are copied to host before this returns.
         `metrics_bytes`: metrics.jsonl's length now (a resume cuts it back to this)."""
         data_state = json.loads(iterator.get_state().decode())
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                config=ocp.args.JsonSave(json.loads(config_json)),
-                log=ocp.args.JsonSave({"metrics_bytes": int(metrics_bytes)}),
-            ),
-            force=True,
-        )
+        self.wait()  # the previous save's error names its own step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state),
+                    config=ocp.args.JsonSave(json.loads(config_json)),
+                    log=ocp.args.JsonSave({"metrics_bytes": int(metrics_bytes)}),
+                ),
+                force=True,
+            )
+        except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+            raise self._save_error(step, err) from err
+        self._pending = step
 
     def restore(self, state_template: Any, iterator: Any) -> tuple[Any, int | None] | None:
         """Restore the newest restorable step into `state_template`'s structure and
@@ -86,7 +122,36 @@ class Checkpointer:
         )
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Wait for the async save in flight; CheckpointSaveError if it failed."""
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+            raise self._save_error(step, err) from err
+
+    def _save_error(self, step: int | None, err: Exception) -> CheckpointSaveError:
+        code = err.errno if isinstance(err, OSError) else None
+        if code is None and (found := _OS_ERROR_CODE.search(str(err))):
+            code = int(found.group(1))
+        text = str(err).splitlines()[0][:300] if str(err) else ""
+        reason = f"[Errno {code}] {os.strerror(code)}" if code else f"{type(err).__name__}: {text}"
+        self.manager.reload()  # what is complete on disk (the failed step is not)
+        previous = max((s for s in self.manager.all_steps() if s != step), default=None)
+        kept = (
+            f"the newest complete checkpoint, step {previous} "
+            f"({os.path.join(self.directory, str(previous))}), is intact and rerunning "
+            "resumes from it"
+            if previous is not None
+            else "no checkpoint was complete yet: rerunning starts from step 0"
+        )
+        return CheckpointSaveError(
+            f"could not write checkpoint {os.path.join(self.directory, str(step))} "
+            f"({reason}): stopping; {kept} once the cause is fixed"
+            + (" (free disk space)" if code == errno.ENOSPC else ""),
+            code,
+            step,
+            previous,
+        )
 
     def close(self) -> None:
         self.manager.close()

@@ -2,7 +2,9 @@
 
 Resumes automatically from the newest restorable checkpoint in the workdir (train
 state and data-iterator position), so a killed run finishes with the same parameters
-as an uninterrupted one. SIGTERM saves a checkpoint and returns cleanly. Evaluation
+as an uninterrupted one. SIGTERM saves a checkpoint and returns cleanly. A checkpoint
+that cannot be written (a full disk) stops the run with `checkpoint.CheckpointSaveError`,
+naming the step's folder and the intact previous step a rerun resumes from. Evaluation
 runs at the end, optionally before training and after the epochs `evaluation_epochs` names;
 `eval.json` holds the final numbers, the history, the best epoch and each metric's best.
 `config.train.num_epochs=0` only evaluates (no optimiser, no train loader).
@@ -377,6 +379,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             writer.rewind(metrics_bytes)  # the steps after the checkpoint run again
         print(f"resumed from step {int(state.step)} in {workdir}")
     else:
+        writer.rewind(0)  # a run killed before its first checkpoint starts again from step 0
         _write_json(os.path.join(workdir, "config.json"), json.loads(config_json))
         if c.eval.enabled and c.eval.at_start:
             _write_json(initial_path, run.evaluate(state))
@@ -459,8 +462,10 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     finally:
         bar.close()
         stop.restore()
-        checkpointer.wait()
-        checkpointer.close()
+        try:
+            checkpointer.wait()  # raises CheckpointSaveError if the last save failed
+        finally:
+            checkpointer.close()
 
     finished = step >= run.stop_step
     result: dict[str, Any] = {"step": step, "finished": finished, "state": state}

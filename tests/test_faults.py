@@ -173,19 +173,47 @@ def test_sigkill_at_a_random_step_and_mid_save_then_resume_bit_equal(tmp_path, r
 # ----------------------------------------------------------------- corrupted checkpoint
 
 
+def _damage_silently(path: str, workdir, reference) -> None:
+    """Overwrite 4 KiB of `path` at the first of 10 %, 20 %, ... of its length where the
+    checkpoint still reads back without an error (zstd keeps no checksums) but its values
+    differ from the reference run's: the damage only the saved digest reveals."""
+    original = open(path, "rb").read()
+    garbage = np.random.default_rng(0).bytes(4096)
+    for tenth in range(1, 10):
+        at = len(original) * tenth // 10
+        with open(path, "wb") as f:
+            f.write(original[:at] + garbage + original[at + 4096 :])
+        try:
+            read, _ = read_saved_state(str(workdir))
+        except Exception:  # noqa: BLE001 - the decoder noticed: not silent
+            continue
+        leaves = jax.tree_util.tree_flatten_with_path(read)[0]
+        if any(
+            not np.array_equal(v, reference["state"][jax.tree_util.keystr(p)]) for p, v in leaves
+        ):
+            return
+    pytest.fail(f"no silent damage found in {path}")
+
+
+@pytest.mark.parametrize("damage", ["whole file", "inside the data"])
 def test_a_corrupted_newest_checkpoint_is_set_aside_and_the_run_ends_bit_equal(
-    tmp_path, capsys, reference
+    tmp_path, capsys, reference, damage
 ):
     workdir = tmp_path / "run"
     shutil.copytree(reference["workdir"], workdir)
     newest = workdir / "checkpoints" / str(TOTAL)
     files = [os.path.join(d, n) for d, _, names in os.walk(newest / "state") for n in names]
     biggest = max(files, key=os.path.getsize)  # the arrays' data (the queue's file)
-    with open(biggest, "r+b") as f:  # overwritten with garbage, the length unchanged
-        f.write(np.random.default_rng(0).bytes(os.path.getsize(biggest)))
+    if damage == "whole file":  # garbage, the length unchanged: the decoder fails
+        with open(biggest, "r+b") as f:
+            f.write(np.random.default_rng(0).bytes(os.path.getsize(biggest)))
+    else:  # 4 KiB inside the data that orbax reads back without an error, wrong values
+        _damage_silently(biggest, workdir, reference)
     train_and_evaluate(_config(), str(workdir))
     out = capsys.readouterr().out
     assert f"checkpoint {newest} cannot be restored" in out
+    if damage == "inside the data":
+        assert "digest mismatch" in out
     assert f"moved to {workdir / 'corrupt_checkpoints' / str(TOTAL)}" in out
     assert f"resumed from step {TOTAL - 2}" in out
     assert (workdir / "corrupt_checkpoints" / str(TOTAL) / "state").is_dir()

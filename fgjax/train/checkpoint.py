@@ -1,10 +1,11 @@
 """Complete, asynchronous checkpoints: train state + data-iterator position + config +
-the length of the metrics log at that step.
+the length of the metrics log at that step and a digest of the state's values.
 
 Layout: `WORKDIR/checkpoints/<step>/{state,data,config,log}`. orbax writes each step to
 a temporary folder and renames it when complete, so a run killed mid-save (even by
 SIGKILL) resumes from the last complete step. A complete step that still cannot be
-restored (truncated or corrupted later) is reported by path, moved to
+restored (truncated or corrupted later, or whose values no longer match the digest saved
+with them: orbax keeps no checksums) is reported by path, moved to
 `WORKDIR/corrupt_checkpoints/<step>` (kept for inspection, never deleted) and the
 previous step is used. A step that cannot be written (a full disk) stops the run with
 `CheckpointSaveError`; its temporary folder is never taken as complete, the previous
@@ -14,6 +15,7 @@ steps are not pruned, and the next run removes the leftover.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -79,7 +81,9 @@ class Checkpointer:
                     state=ocp.args.StandardSave(state),
                     data=ocp.args.JsonSave(data_state),
                     config=ocp.args.JsonSave(json.loads(config_json)),
-                    log=ocp.args.JsonSave({"metrics_bytes": int(metrics_bytes)}),
+                    log=ocp.args.JsonSave(
+                        {"metrics_bytes": int(metrics_bytes), "digest": state_digest(state)}
+                    ),
                 ),
                 force=True,
             )
@@ -100,12 +104,14 @@ class Checkpointer:
                 items["log"] = ocp.args.JsonRestore()
             try:
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                log = restored.log if "log" in items else {}
+                if "digest" in log and state_digest(restored.state) != log["digest"]:
+                    raise ValueError("its values differ from those saved (digest mismatch)")
             except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
                 self._set_aside(step, err)
                 continue
             iterator.set_state(json.dumps(restored.data).encode())
-            log = restored.log if "log" in items else None
-            return restored.state, None if log is None else int(log["metrics_bytes"])
+            return restored.state, log.get("metrics_bytes")
         return None
 
     def _set_aside(self, step: int, err: Exception) -> None:
@@ -155,6 +161,22 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def state_digest(state: Any) -> str:
+    """A hash of every value of `state` (its leaves' paths, dtypes, shapes and bytes).
+
+    Saved with each checkpoint and compared at restore: orbax / tensorstore keep no
+    checksums, and bytes damaged inside an array's data can read back without an error.
+    The state is replicated, so each process hashes its first local copy of a leaf."""
+    h = hashlib.blake2b(digest_size=16)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            leaf = leaf.addressable_data(0)
+        value = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{jax.tree_util.keystr(path)} {value.dtype} {value.shape};".encode())
+        h.update(value.reshape(-1).view(np.uint8))
+    return h.hexdigest()
 
 
 def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple[Any, int]:

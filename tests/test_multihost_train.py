@@ -117,3 +117,28 @@ def test_two_processes_train_evaluate_and_resume_like_one_process_on_eight_devic
     evals = [json.loads((w / "eval.json").read_text()) for w in (one, two)]
     for name in ("retrieval_recall@1", "retrieval_map", "knn_top1"):
         np.testing.assert_allclose(evals[1][name], evals[0][name], rtol=1e-5, err_msg=name)
+
+
+def test_bad_process_settings_are_one_line_errors_naming_the_flag(monkeypatch):
+    import pytest
+
+    from fgjax.core.distributed import initialize
+
+    with pytest.raises(ValueError, match=r"--process_id=2 must be in \[0, --num_processes=2\)"):
+        initialize("localhost:1", 2, 2)
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(ValueError, match=r"JAX_NUM_PROCESSES='two' \(or --num_processes\)"):
+        initialize("localhost:1", process_id=0)
+    # Nothing given and no cluster detected: the message names what to give.
+    env = {k: v for k, v in _env().items() if not k.startswith(("JAX_COORD", "JAX_NUM", "SLURM"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgjax.main", "--multihost", "--workdir=unused"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert (
+        proc.stderr.startswith("error: --multihost:") and "--coordinator=HOST:PORT" in proc.stderr
+    )

@@ -22,8 +22,16 @@ DEVICES = 8
 
 
 def _launch(recipe: str, workdir, processes: int, halt: int | None = None):
-    """The processes of one run of `fgjax.main` (recording the examples each consumed)."""
+    """The processes of one run of `fgjax.main` (recording the examples each consumed).
+    A persistent compilation cache beside `workdir` (written by process 0, read by all)
+    spares the resumed run its compiles."""
     port = _free_port()
+    env = _env(DEVICES // processes)
+    env.update(
+        JAX_COMPILATION_CACHE_DIR=str(workdir.parent / f"jax_cache_{processes}"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     procs = []
     for p in range(processes):
         flags = [f"--coordinator=localhost:{port}", f"--num_processes={processes}"]
@@ -33,7 +41,7 @@ def _launch(recipe: str, workdir, processes: int, halt: int | None = None):
         procs.append(
             subprocess.Popen(
                 [sys.executable, *args],
-                env=_env(DEVICES // processes),
+                env=env,
                 cwd=REPO,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

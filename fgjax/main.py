@@ -4,9 +4,12 @@ Any config field can be overridden, e.g. `--config.optim.lr=0.1
 --config.train.batch_size=128`; unknown fields and values of the wrong type are
 errors that name the field. A user error (a missing dataset, a bad file or value)
 prints one `error:` line and exits with status 1; `--debug` shows the traceback.
-Rerunning the same command resumes from the latest checkpoint in DIR. `--multihost`
-calls `jax.distributed.initialize()` first (TPU pods, SLURM, or the
-JAX_COORDINATOR_ADDRESS/... environment variables).
+Rerunning the same command resumes from the latest checkpoint in DIR.
+
+Several hosts: run the same command on every host with `--multihost` (jax detects a
+Cloud TPU VM slice or a SLURM job) or with `--coordinator=HOST:PORT --num_processes=N
+--process_id=I` (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID); the
+workdir must be a folder every host sees. Only process 0 prints and writes logs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,18 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", "runs/demo", "Checkpoints, metrics.jsonl and eval.json go here."
 )
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Join the other processes (jax.distributed.initialize) first."
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "HOST:PORT of process 0 (implies --multihost; default: detected)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (implies --multihost; default: detected)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (implies --multihost; default: detected)."
+)
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
 
 
@@ -40,13 +54,18 @@ def main(argv: list[str]) -> None:
     import jax
 
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if _MULTIHOST.value:
-        jax.distributed.initialize()
-    from fgjax.train.loop import train_and_evaluate
-
-    devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
-    print(f"devices: {devices}, processes: {jax.process_count()}")
+    explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     try:
+        if _MULTIHOST.value or any(v is not None for v in explicit):
+            from fgjax.core.distributed import initialize
+
+            initialize(*explicit)
+        from fgjax.train.loop import train_and_evaluate
+
+        if jax.process_index() != 0:  # one copy of every message: process 0's
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
+        devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
+        print(f"devices: {devices}, processes: {jax.process_count()}")
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except USER_ERRORS as err:  # a message, not a traceback (checkpoints stay intact)
         if _DEBUG.value:

@@ -26,6 +26,32 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fgjax.core.distributed import all_processes
+
+# Several processes: orbax writes a JSON item from process 0 only, and each process's
+# loader position names its shard, so the `data` item holds every process's, in order.
+_PROCESSES = "processes"
+
+
+def _data_state(iterator: Any) -> dict[str, Any]:
+    """The `data` item: this loader's position, or on several processes every process's
+    (a collective: all processes save together)."""
+    states = all_processes(iterator.get_state().decode())
+    if len(states) == 1:
+        return json.loads(states[0])
+    return {_PROCESSES: [json.loads(state) for state in states]}
+
+
+def _own_data_state(saved: dict[str, Any], where: int) -> dict[str, Any]:
+    """This process's loader position in a saved `data` item."""
+    states = saved.get(_PROCESSES, [saved])
+    if len(states) != jax.process_count():
+        raise ValueError(
+            f"checkpoint step {where} was written by {len(states)} process(es), this run has "
+            f"{jax.process_count()}: resume with as many processes (or start a new workdir)"
+        )
+    return states[jax.process_index()]
+
 
 class CheckpointSaveError(OSError):
     """A checkpoint step could not be written (disk full, I/O or permission error).
@@ -72,7 +98,7 @@ class Checkpointer:
         """Start an async save. The iterator position is captured now, before the
         loop moves on; device arrays are copied to host before this returns.
         `metrics_bytes`: metrics.jsonl's length now (a resume cuts it back to this)."""
-        data_state = json.loads(iterator.get_state().decode())
+        data_state = _data_state(iterator)
         self.wait()  # the previous save's error names its own step
         try:
             self.manager.save(
@@ -110,7 +136,7 @@ class Checkpointer:
             except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
                 self._set_aside(step, err)
                 continue
-            iterator.set_state(json.dumps(restored.data).encode())
+            iterator.set_state(json.dumps(_own_data_state(restored.data, where=step)).encode())
             return restored.state, log.get("metrics_bytes")
         return None
 
@@ -218,10 +244,18 @@ def read_saved_state(workdir: str, step: int | None = None) -> tuple[dict[str, A
     step = checkpoint_step(workdir, step)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(read_only=True)
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        # Without a target orbax returns the saved tree as nested dicts of arrays.
+    handlers = {"state": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+        # The saved tree (nested dicts), each array put on one device of this process:
+        # without a target orbax would rebuild the saving run's shardings, which fails
+        # on other devices (a run of 8 GPUs or several hosts read on a laptop).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+            manager.item_metadata(step)["state"],
+        )
         saved = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
         ).state
     return saved, step
 

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from fgjax.config import photometric_spec, view_spec
+from fgjax.core.distributed import all_processes
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.datasets import build_source
@@ -51,6 +52,15 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
+
+    def agreed(self, sync_point: bool) -> bool:
+        """Whether to save and stop after this step. Several processes must save together
+        (orbax) and each receives its SIGTERM at its own time (a preempted TPU slice), so
+        they stop together at the first `sync_point` step (one every process checks)
+        after any of them was asked to."""
+        if jax.process_count() == 1:
+            return self.requested
+        return sync_point and "1" in all_processes(str(int(self.requested)))
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
@@ -314,11 +324,13 @@ def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh, writ
 
 class _BadImages:
     """Undecodable training images replaced under config.data.skip_bad: each is announced
-    once and appended to `<workdir>/bad_images.txt`; `count` (this process's, this run's)
-    goes into the metrics log."""
+    once and appended to `<workdir>/bad_images.txt` (process p > 0 of several, which reads
+    other images: `bad_images.process<p>.txt`); `count` (this process's, this run's) goes
+    into the metrics log."""
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, "bad_images.txt")
+        p = jax.process_index()
+        self.path = os.path.join(workdir, f"bad_images{f'.process{p}' if p else ''}.txt")
         self.count = 0
         self._seen: set[str] = set()
 
@@ -440,14 +452,13 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
                 bar.set_postfix(
                     loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}"
                 )
+            stopping = stop.agreed(step % c.train.log_every_steps == 0)
             if (
-                step % c.train.checkpoint_every_steps == 0
-                or step == run.stop_step
-                or stop.requested
+                step % c.train.checkpoint_every_steps == 0 or step == run.stop_step or stopping
             ) and int(state.bad_steps) == 0:  # never save inside a non-finite streak
                 checkpointer.save(step, state, iterator, config_json, writer.size())
                 last_saved = step
-            if stop.requested:
+            if stopping:
                 print(f"SIGTERM: saved step {step}, exiting")
                 break
             if (

@@ -112,5 +112,5 @@ def test_recall_curve_reads_eval_json_of_several_runs(tmp_path):
     assert png.shape[0] > 200 and png.shape[1] > 300 and png.std() > 10
     with pytest.raises(ValueError, match="no retrieval_recall@K entries in: \\['c'\\]"):
         recall_curve(str(out), {"a": a, "c": {"knn_top1": 0.5}})
-    with pytest.raises(FileNotFoundError, match="no eval.json"):
+    with pytest.raises(SystemExit, match="error: no eval.json"):  # one line, exit status 1
         plot_main(["--recall", str(tmp_path / "missing")])

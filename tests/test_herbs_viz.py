@@ -150,7 +150,7 @@ def test_heatmap_cli_writes_the_overlay_and_the_maps(tiny_herbs_run, tmp_path):
 
 
 def test_a_label_outside_the_classes_is_refused(tiny_herbs_run):
-    with pytest.raises(ValueError, match=r"--label must be a class id in \[0, 2\), got 5"):
+    with pytest.raises(SystemExit, match=r"error: --label must be a class id in \[0, 2\), got 5"):
         heatmap.main(["--workdir", tiny_herbs_run, "--label", "5"])
 
 
@@ -158,7 +158,7 @@ def test_a_label_outside_the_classes_is_refused(tiny_herbs_run):
 def test_a_run_of_another_method_is_refused_by_name(command, tmp_path):
     config = tiny_config("moco")
     (tmp_path / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort())))
-    with pytest.raises(ValueError, match="method='moco' run, not a HERBS run"):
+    with pytest.raises(SystemExit, match="error: .*method='moco' run, not a HERBS run"):
         command(["--workdir", str(tmp_path)])
 
 

@@ -24,8 +24,10 @@ def test_writes_image_gradcam_attention_rows_for_a_trained_lcr_run(tiny_lcr_run)
 def test_a_run_without_a_rationale_branch_is_refused_by_name(tmp_path):
     config = tiny_config("moco")
     (tmp_path / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort())))
-    with pytest.raises(ValueError, match="method='moco'.*no rationale branch"):
+    with pytest.raises(SystemExit, match="error: .*method='moco'.*no rationale branch"):
         main(["--workdir", str(tmp_path)])
+    with pytest.raises(ValueError, match="method='moco'.*no rationale branch"):  # traceback
+        main(["--workdir", str(tmp_path), "--debug"])
 
 
 def test_display_scaling_is_per_image_and_keeps_zero_maps():

@@ -27,7 +27,9 @@ Each run lives in OUT/leadpp/seed<N> (retrieval every 5 epochs = the curves), th
 OUT/.../eval with LEAD++'s default embedding (GAP, the original's retrieval feature) and
 OUT/.../eval_rationale with `--config.leadpp.embed_feature=rationale` (LCR's mask-weighted
 descriptor, the original's linear-probe feature). A killed script resumes. OUT/summary.md
-gets the table (mean +- std over seeds, then per seed) and OUT/curves.png the curves.
+gets the table (mean +- std over seeds, then per seed, then the periodic retrieval) and
+OUT/curves.png the curves. The table's first row, "untrained", is the same evaluation of
+the seed-0 random-init backbone (OUT/untrained): the floor the training has to beat.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ TEXT = dict(width=64, layers=2, heads=4, embed_dim=128)
 DDT_SIZES = ("--fit-size", "146", "--locate-size", "128")  # 512 and 448 scaled by 64 / 224
 # (folder under a run, eval feature, extra overrides, row label)
 EVALS = {
+    "untrained": (("eval", "pooled", [], "GAP, random init"),),
     "moco": (("eval", "pooled", [], "embedding (GAP)"),),
     "lcr": (
         ("eval", "pooled", [], "embedding (attention)"),
@@ -83,6 +86,7 @@ def data_config(args, seed: int, epochs: int, recipe: str = "cub_moco.py"):
 
 def leadpp_config(args, seed: int):
     c = data_config(args, seed, args.epochs, "cub_leadpp.py")
+    c.model.init_from = ""  # from scratch, as the MoCo and LCR runs (no ImageNet weights)
     for name in ("view3", "view4"):
         c.views[name].root = os.path.join(args.out, "ddt")
     s = c.leadpp
@@ -92,6 +96,21 @@ def leadpp_config(args, seed: int):
     s.prototypes = os.path.join(args.out, "prototypes.npy")
     s.num_classes = 100
     return c
+
+
+def recipe_file(args) -> str:
+    """OUT/recipe.py: `data_config` as a recipe file, for the CLIs that read one."""
+    path = os.path.join(args.out, "recipe.py")
+    with open(path, "w") as f:
+        f.write(
+            "import argparse, sys\n"
+            f"sys.path.insert(0, {HERE!r})\n"
+            "from leadpp_cub100 import data_config\n\n\n"
+            "def get_config():\n"
+            f"    args = argparse.Namespace(out={args.out!r}, data={args.data!r})\n"
+            "    return data_config(args, 0, 1)\n"
+        )
+    return path
 
 
 def make_ddt_crops(args) -> None:
@@ -106,16 +125,7 @@ def make_ddt_crops(args) -> None:
     if not os.path.exists(weights):
         source = os.path.join(args.baseline, "moco", "seed0")
         weights_cli(["convert", source, weights, "--arch", "resnet", "--to", "fgjax"])
-    recipe = os.path.join(args.out, "ddt_recipe.py")  # `python -m fgjax.ddt` reads a file
-    with open(recipe, "w") as f:
-        f.write(
-            "import argparse, sys\n"
-            f"sys.path.insert(0, {HERE!r})\n"
-            "from leadpp_cub100 import data_config\n\n\n"
-            "def get_config():\n"
-            f"    args = argparse.Namespace(out={args.out!r}, data={args.data!r})\n"
-            "    return data_config(args, 0, 1)\n"
-        )
+    recipe = recipe_file(args)
     start = time.time()
     ddt(["--config", recipe, "--out", out, "--weights", weights, *DDT_SIZES])
     print(f"ddt crops in {time.time() - start:.0f} s", flush=True)
@@ -145,6 +155,31 @@ def make_prototypes(args) -> None:
     np.save(path, embed_texts(tower, variables, ids))
 
 
+def untrained_reference(args) -> None:
+    """OUT/untrained/eval: the same evaluation of an untrained backbone (seed-0 random
+    init, GAP), the floor any training has to beat."""
+    import jax
+    import jax.numpy as jnp
+
+    from fgjax.evaluate import evaluate
+    from fgjax.models.factory import backbone_from_config
+    from fgjax.weights.load import save_variables
+
+    out = os.path.join(args.out, "untrained")
+    if os.path.exists(os.path.join(out, "eval", "eval.json")):
+        return
+    config = data_config(args, 0, 1)
+    x = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
+    variables = backbone_from_config(config.model).init(jax.random.key(0), x, train=False)
+    weights = os.path.join(out, "backbone.npz")
+    os.makedirs(out, exist_ok=True)
+    save_variables(weights, {k: variables[k] for k in ("params", "batch_stats")})
+    evaluate(
+        ["--config", recipe_file(args), "--init-from", weights, "--protocol", "retrieval,linear"]
+        + ["--out", os.path.join(out, "eval"), "--no-plots", "--config.eval.recall_ks=(1,5)"]
+    )
+
+
 def run_one(seed: int, args) -> str:
     from fgjax.evaluate import evaluate
     from fgjax.train.loop import train_and_evaluate
@@ -165,6 +200,8 @@ def run_one(seed: int, args) -> str:
 
 
 def run_dir(variant: str, seed: int, args) -> str:
+    if variant == "untrained":  # one network, whatever the seed
+        return os.path.join(args.out, "untrained")
     return os.path.join(args.out if variant == "leadpp" else args.baseline, variant, f"seed{seed}")
 
 
@@ -173,7 +210,7 @@ def summarize(args) -> str:
     for variant, evals in EVALS.items():
         for folder, _, _, label in evals:
             found = {}
-            for s in args.seeds:
+            for s in args.seeds[:1] if variant == "untrained" else args.seeds:
                 path = os.path.join(run_dir(variant, s, args), folder, "eval.json")
                 if os.path.exists(path):
                     found[s] = [100 * read_json(path)[key] for key, _ in METRICS]
@@ -187,15 +224,16 @@ def summarize(args) -> str:
             for s, row in found.items():
                 cells = " | ".join(f"{v:.2f}" for v in row)
                 seed_rows.append(f"| {variant} | {label} | {s} | {cells} |")
-        histories = [
-            os.path.join(run_dir(variant, s, args), "eval_history.json") for s in args.seeds
-        ]
-        curves[variant] = [read_json(p) for p in histories if os.path.exists(p)]
+        histories = {
+            s: os.path.join(run_dir(variant, s, args), "eval_history.json") for s in args.seeds
+        }
+        curves[variant] = {s: read_json(p) for s, p in histories.items() if os.path.exists(p)}
     titles = " | ".join(t for _, t in METRICS)
     rule = "|" + "---|" * (3 + len(METRICS))
     table = "\n".join(
         [f"| variant | feature | seeds | {titles} |", rule, *mean_rows, ""]
-        + [f"| variant | feature | seed | {titles} |", rule, *seed_rows]
+        + [f"| variant | feature | seed | {titles} |", rule, *seed_rows, ""]
+        + _periodic_table(curves)
     )
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(table + "\n")
@@ -203,7 +241,26 @@ def summarize(args) -> str:
     return table
 
 
-def _plot_curves(curves: dict[str, list[list[dict]]], args) -> None:
+def _periodic_table(curves: dict[str, dict[int, list[dict]]]) -> list[str]:
+    """Rows of the training's own retrieval on test (each method's embedding), rank-1 /
+    mAP (%) at every periodic epoch: it also compares unfinished runs."""
+    epochs = sorted({e["epoch"] for runs in curves.values() for r in runs.values() for e in r})
+    rows = ["| variant | seed | " + " | ".join(f"epoch {e:g}" for e in epochs) + " |"]
+    rows.append("|" + "---|" * (2 + len(epochs)))
+    for variant, runs in curves.items():
+        for seed, run in runs.items():
+            at = {e["epoch"]: e for e in run}
+            cells = [
+                f"{100 * at[e]['retrieval_recall@1']:.2f} / {100 * at[e]['retrieval_map']:.2f}"
+                if e in at
+                else "–"
+                for e in epochs
+            ]
+            rows.append(f"| {variant} | {seed} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +269,8 @@ def _plot_curves(curves: dict[str, list[list[dict]]], args) -> None:
     from fgjax.train.metrics_log import read_metrics
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for variant, runs in curves.items():
+    for variant, by_seed in curves.items():
+        runs = list(by_seed.values())
         if not runs:
             continue
         length = min(map(len, runs))  # an unfinished run: the epochs all runs reached
@@ -254,6 +312,7 @@ def main() -> None:
         prepare(args)
         make_ddt_crops(args)
         make_prototypes(args)
+        untrained_reference(args)
         for seed in args.seeds:
             run_one(seed, args)
     print(summarize(args))

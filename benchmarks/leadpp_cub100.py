@@ -282,6 +282,11 @@ def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
             ax.set_title(f"{key} (test, %), mean ± std over seeds")
             ax.set_xlabel("epoch")
+    untrained = os.path.join(run_dir("untrained", 0, args), "eval", "eval.json")
+    if os.path.exists(untrained):
+        floor = read_json(untrained)
+        for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
+            ax.axhline(100 * floor[key], color="gray", linestyle="--", label="untrained")
     for s in args.seeds:
         workdir = run_dir("leadpp", s, args)
         if os.path.exists(os.path.join(workdir, "metrics.jsonl")):

@@ -29,7 +29,7 @@ OUT/.../eval_rationale with `--config.leadpp.embed_feature=rationale` (LCR's mas
 descriptor, the original's linear-probe feature). A killed script resumes. OUT/summary.md
 gets the table (mean +- std over seeds, then per seed, then the periodic retrieval) and
 OUT/curves.png the curves. The table's first row, "untrained", is the same evaluation of
-the seed-0 random-init backbone (OUT/untrained): the floor the training has to beat.
+random-init backbones (OUT/untrained/seed<N>): the floor the training has to beat.
 """
 
 from __future__ import annotations
@@ -155,9 +155,10 @@ def make_prototypes(args) -> None:
     np.save(path, embed_texts(tower, variables, ids))
 
 
-def untrained_reference(args) -> None:
-    """OUT/untrained/eval: the same evaluation of an untrained backbone (seed-0 random
-    init, GAP), the floor any training has to beat."""
+def untrained_reference(seed: int, args) -> None:
+    """OUT/untrained/seed<N>/eval: the same evaluation of an untrained backbone (a random
+    init from PRNG key N, GAP; not the runs' exact starting weights), the floor any
+    training has to beat, and how much random features vary."""
     import jax
     import jax.numpy as jnp
 
@@ -165,12 +166,12 @@ def untrained_reference(args) -> None:
     from fgjax.models.factory import backbone_from_config
     from fgjax.weights.load import save_variables
 
-    out = os.path.join(args.out, "untrained")
+    out = run_dir("untrained", seed, args)
     if os.path.exists(os.path.join(out, "eval", "eval.json")):
         return
-    config = data_config(args, 0, 1)
+    config = data_config(args, seed, 1)
     x = jnp.zeros((1, config.data.image_size, config.data.image_size, 3), jnp.float32)
-    variables = backbone_from_config(config.model).init(jax.random.key(0), x, train=False)
+    variables = backbone_from_config(config.model).init(jax.random.key(seed), x, train=False)
     weights = os.path.join(out, "backbone.npz")
     os.makedirs(out, exist_ok=True)
     save_variables(weights, {k: variables[k] for k in ("params", "batch_stats")})
@@ -200,9 +201,8 @@ def run_one(seed: int, args) -> str:
 
 
 def run_dir(variant: str, seed: int, args) -> str:
-    if variant == "untrained":  # one network, whatever the seed
-        return os.path.join(args.out, "untrained")
-    return os.path.join(args.out if variant == "leadpp" else args.baseline, variant, f"seed{seed}")
+    out = args.baseline if variant in BASELINES else args.out
+    return os.path.join(out, variant, f"seed{seed}")
 
 
 def summarize(args) -> str:
@@ -210,7 +210,7 @@ def summarize(args) -> str:
     for variant, evals in EVALS.items():
         for folder, _, _, label in evals:
             found = {}
-            for s in args.seeds[:1] if variant == "untrained" else args.seeds:
+            for s in args.seeds:
                 path = os.path.join(run_dir(variant, s, args), folder, "eval.json")
                 if os.path.exists(path):
                     found[s] = [100 * read_json(path)[key] for key, _ in METRICS]
@@ -282,11 +282,13 @@ def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
             ax.set_title(f"{key} (test, %), mean ± std over seeds")
             ax.set_xlabel("epoch")
-    untrained = os.path.join(run_dir("untrained", 0, args), "eval", "eval.json")
-    if os.path.exists(untrained):
-        floor = read_json(untrained)
-        for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
-            ax.axhline(100 * floor[key], color="gray", linestyle="--", label="untrained")
+    for s, style in zip(args.seeds, ("--", ":", "-."), strict=False):
+        untrained = os.path.join(run_dir("untrained", s, args), "eval", "eval.json")
+        if os.path.exists(untrained):
+            floor = read_json(untrained)
+            for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
+                label = f"untrained (key {s})"
+                ax.axhline(100 * floor[key], color="gray", linestyle=style, label=label)
     for s in args.seeds:
         workdir = run_dir("leadpp", s, args)
         if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
@@ -317,8 +319,8 @@ def main() -> None:
         prepare(args)
         make_ddt_crops(args)
         make_prototypes(args)
-        untrained_reference(args)
         for seed in args.seeds:
+            untrained_reference(seed, args)
             run_one(seed, args)
     print(summarize(args))
 

@@ -273,11 +273,12 @@ def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
         runs = list(by_seed.values())
         if not runs:
             continue
-        length = min(map(len, runs))  # an unfinished run: the epochs all runs reached
+        # Each epoch: mean and std over the runs that reached it (an unfinished run counts
+        # for its epochs only).
+        epochs = sorted({e["epoch"] for run in runs for e in run})
         for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
-            epochs = [e["epoch"] for e in runs[0][:length]]
-            values = 100 * np.array([[e[key] for e in run[:length]] for run in runs])
-            mean, std = values.mean(0), values.std(0)
+            at = [[100 * e[key] for run in runs for e in run if e["epoch"] == x] for x in epochs]
+            mean, std = np.array([np.mean(v) for v in at]), np.array([np.std(v) for v in at])
             ax.plot(epochs, mean, marker="o", label=f"{variant} ({len(runs)} seeds)")
             ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
             ax.set_title(f"{key} (test, %), mean ± std over seeds")

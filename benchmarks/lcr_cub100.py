@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from cub100 import arguments, prepare, read_json  # noqa: E402
+from cub100 import arguments, prepare, read_json, shrink_config  # noqa: E402
 
 from fgjax.config import load_config_file  # noqa: E402
 
@@ -50,32 +50,7 @@ METRICS = (  # (key in the eval.json of `python -m fgjax.eval`, column title)
 
 def small_config(variant: str, manifest: str, seed: int, epochs: int):
     c = load_config_file(os.path.join(REPO, "configs", VARIANTS[variant]))
-    section = c[c.method]
-    c.seed = seed
-    c.data.kind = "csv"
-    c.data.root = manifest
-    c.data.image_size = 64
-    c.data.num_workers = 1
-    c.model.overrides.stage_sizes = (1, 1, 1, 1)
-    c.model.overrides.width = 8
-    c.model.dtype = "float32"
-    c.model.stem_maxpool = False
-    section.hidden_dim = 512
-    section.dim = 128
-    section.queue_size = 1024
-    section.momentum = 0.99
-    section.bn_groups = 2
-    c.optim.lr = 0.06
-    c.train.batch_size = 64
-    c.train.num_epochs = epochs
-    c.train.checkpoint_every_steps = 230  # 5 epochs of 46 steps
-    c.train.log_every_steps = 23
-    c.train.progress_bar = False
-    c.eval.every_epochs = 5
-    c.eval.periodic_map = True
-    c.eval.recall_ks = (1, 5)
-    c.eval.batch_size = 256
-    return c
+    return shrink_config(c, manifest, seed, epochs)
 
 
 def run_one(variant: str, seed: int, args) -> str:
@@ -149,6 +124,8 @@ def _plot_curves(curves: dict[str, list[list[dict]]], args) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for variant, runs in curves.items():
+        if not runs:  # a variant not run (--variants)
+            continue
         for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
             epochs = [e["epoch"] for e in runs[0]]
             values = 100 * np.array([[e[key] for e in run] for run in runs])

@@ -1,7 +1,7 @@
 """LEAD++ vs MoCo v2 and MoCo v2 + LCR on the CUB-100 crops, from scratch, same budget.
 
     python benchmarks/leadpp_cub100.py --out runs/leadpp_cub100 \\
-        --baseline runs/lcr_cub100 [--seeds 0 1] [--epochs 25]
+        --baseline runs/lcr_cub100 --vocab bpe_simple_vocab_16e6.txt.gz [--seeds 0 1] [--epochs 25]
 
 configs/cub_leadpp.py shrunk exactly as lcr_cub100.py shrinks MoCo and LCR
 (`cub100.shrink_config`: width-8 ResNet-50, one block per stage, 64 px, batch 64,
@@ -50,7 +50,6 @@ from lcr_cub100 import METRICS  # noqa: E402
 from fgjax.config import load_config_file  # noqa: E402
 
 BASELINES = ("moco", "lcr")  # lcr_cub100.py's variants compared with (lcr = faithful preset)
-VOCAB = "/work/torchvenv/lib/python3.11/site-packages/open_clip/bpe_simple_vocab_16e6.txt.gz"
 # The random-init towers (teacher and text); embed_dim must equal the shrunk head's dim.
 TEACHER = dict(width=64, layers=2, heads=4, patch_size=8, img_size=64, embed_dim=128)
 TEXT = dict(width=64, layers=2, heads=4, embed_dim=128)
@@ -310,7 +309,11 @@ def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
 def main() -> None:
     p = arguments(__doc__.split("\n")[0], out="runs/leadpp_cub100")
     p.add_argument("--baseline", default="runs/lcr_cub100", help="lcr_cub100.py's OUT")
-    p.add_argument("--vocab", default=VOCAB, help="CLIP's bpe_simple_vocab_16e6.txt.gz")
+    p.add_argument(
+        "--vocab",
+        required=True,
+        help="CLIP's bpe_simple_vocab_16e6.txt.gz (shipped with open_clip and OpenAI's clip)",
+    )
     p.add_argument("--summary-only", action="store_true", help="only the table and curves")
     p.set_defaults(seeds=[0, 1])
     args = p.parse_args()

@@ -648,6 +648,7 @@ def test_eval_root_reads_every_evaluation_image_from_the_parallel_root(tmp_path)
     record = crops[1]
     assert record["path"] == str(tmp_path / "crops" / rel[5]) and "box" not in record
     assert crops.labels is source.labels and len(crops) == 2
+    assert crops.paths == [str(tmp_path / "crops" / r) for r in rel[4:6]]
     assert pickle.loads(pickle.dumps(crops))[1] == record  # grain workers get a copy
     (batch,) = list(make_eval_loader(crops, batch_size=2, image_size=8, num_workers=0))
     want = resize_center_crop({"path": record["path"]}, image_size=8)

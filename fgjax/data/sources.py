@@ -207,6 +207,11 @@ class ParallelRootSource:
         record.pop("trim_bottom", None)
         return record
 
+    @property
+    def paths(self) -> list[str]:
+        """Every record's file under `root` (not the source's own `paths`)."""
+        return [self[i]["path"] for i in range(len(self))]
+
     def __getattr__(self, name: str):
         if name.startswith("__") or name == "source":  # unpickling (grain workers) probes these
             raise AttributeError(name)

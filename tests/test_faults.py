@@ -2,6 +2,7 @@
 newest checkpoint, a full disk during a save. Each interrupted run, rerun, ends with the
 uninterrupted run's train state bit for bit (one reference run for the module)."""
 
+import asyncio
 import errno
 import json
 import os
@@ -18,7 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, tiny_config
 
-from fgjax.train.checkpoint import CheckpointSaveError, read_saved_state
+from fgjax.train.checkpoint import Checkpointer, CheckpointSaveError, read_saved_state
 from fgjax.train.loop import train_and_evaluate
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -269,3 +270,33 @@ def test_a_full_disk_during_an_async_save_stops_clearly_and_the_rerun_ends_bit_e
     monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", original)
     train_and_evaluate(config, str(workdir))  # resumes from step 4
     _assert_equal_to(reference, workdir)
+
+
+def test_a_failed_save_returns_only_once_all_its_writes_have_ended(tmp_path, monkeypatch):
+    """orbax raises at the first failed item of a save while the others still write into
+    the step's temporary folder; `wait` returns only once they have ended (else a rerun in
+    the same process races with them: rmtree of the folder fails 'Directory not empty')."""
+    original = ocp.JsonCheckpointHandler._save_fn
+    ended = []
+
+    async def save_fn(self, item, directory):
+        if f"{os.sep}data{TMP}" in str(directory):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
+        if f"{os.sep}log{TMP}" in str(directory):
+            await asyncio.sleep(1.0)  # still writing when the data item has failed
+            ended.append(directory)
+        return await original(self, item, directory)
+
+    monkeypatch.setattr(ocp.JsonCheckpointHandler, "_save_fn", save_fn)
+
+    class Loader:
+        def get_state(self) -> bytes:
+            return b'{"position": 3}'
+
+    checkpointer = Checkpointer(str(tmp_path), keep=2)
+    state = {"w": np.arange(4.0)}
+    checkpointer.save(2, state, Loader(), "{}", metrics_bytes=0)
+    with pytest.raises(CheckpointSaveError, match=r"checkpoints/2 \(\[Errno 28\]"):
+        checkpointer.wait()
+    assert len(ended) == 1  # the slow item had finished when the error was raised
+    checkpointer.close()

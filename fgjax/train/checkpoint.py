@@ -159,7 +159,22 @@ class Checkpointer:
         try:
             self.manager.wait_until_finished()
         except Exception as err:  # noqa: BLE001 - orbax/tensorstore raise many kinds
+            self._drain_writes()
             raise self._save_error(step, err) from err
+
+    def _drain_writes(self) -> None:
+        """Wait for every write of the failed save to end. orbax raises at the first
+        failed item while the others are still writing into the step's temporary folder;
+        a rerun in this process (or the error's cleanup) would then race with them."""
+        async_manager = getattr(self.manager._checkpointer, "_async_manager", None)
+        pending = list(getattr(async_manager, "_commit_futures", None) or ())
+        while pending:
+            commit = pending.pop()
+            pending.extend(getattr(commit, "_futures", ()))  # a ChainedFuture's parts
+            try:
+                commit.result()
+            except Exception:  # noqa: BLE001, S110 - the first error is the one reported
+                pass
 
     def _save_error(self, step: int | None, err: Exception) -> CheckpointSaveError:
         code = err.errno if isinstance(err, OSError) else None

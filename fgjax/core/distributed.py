@@ -87,3 +87,11 @@ def all_processes(text: str) -> list[str]:
     padded[: len(data)] = data
     rows = np.asarray(multihost_utils.process_allgather(padded))
     return [bytes(row[:n]).decode() for row, n in zip(rows, lengths, strict=True)]
+
+
+def say(*values: object) -> None:
+    """`print` on process 0 only: one copy of each message of a run however many
+    processes train it (the library's reports; `python -m fgjax.main` also silences the
+    other processes' stdout as a whole)."""
+    if jax.process_index() == 0:
+        print(*values, flush=True)

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from fgjax.core.buc import buc_step
+from fgjax.core.distributed import say
 from fgjax.core.objectives import accuracy, cross_entropy, info_nce, l2_normalize
 from fgjax.core.sfr import anchor_posterior, sample_selection, soft_target_contrastive
 from fgjax.eval.clustering import nmi
@@ -143,7 +144,7 @@ class BuCSFR(MoCo):
         if (train.labels >= 0).all():
             metrics["buc/nmi"] = nmi(train.labels, im2cluster)
         nmi_note = f", NMI vs fine labels {metrics['buc/nmi']:.3f}" if "buc/nmi" in metrics else ""
-        print(
+        say(
             f"epoch {epoch} BuC: {metrics['buc/total_clusters']} leaves, "
             f"{metrics['buc/merges']} merged{nmi_note} ({metrics['buc/seconds']:.1f} s)"
         )

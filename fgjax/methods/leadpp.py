@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fgjax.core.distributed import say
 from fgjax.core.objectives import ema, info_nce, l2_normalize
 from fgjax.methods.base import LossAux, Method, apply_train, register
 from fgjax.methods.lcr import Rationale, last_stage_map, lcr_fields, without_branch
@@ -175,7 +176,7 @@ class LEADPP(Rationale, MoCo):
                 s.teacher_weights, jax.eval_shape(init), s.teacher_arch, strict=True
             )
         else:
-            print(
+            say(
                 "WARNING: config.leadpp.teacher_weights is empty: the CLIP teacher is a "
                 "random-init tower, results are not LEAD++'s"
             )

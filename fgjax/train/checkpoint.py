@@ -26,7 +26,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fgjax.core.distributed import all_processes
+from fgjax.core.distributed import all_processes, say
 
 # Several processes: orbax writes a JSON item from process 0 only, and each process's
 # loader position names its shard, so the `data` item holds every process's, in order.
@@ -148,7 +148,7 @@ class Checkpointer:
             shutil.rmtree(moved, ignore_errors=True)
             shutil.move(path, moved)
         self.manager.reload()
-        print(
+        say(
             f"checkpoint {path} cannot be restored ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:200]}); moved to {moved}, trying the previous one"
         )

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 from typing import Any
 
 import jax
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from fgjax.config import photometric_spec, view_spec
-from fgjax.core.distributed import all_processes
+from fgjax.core.distributed import all_processes, say
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.datasets import build_source
@@ -104,7 +105,7 @@ class _Run:
             "test": build_source(c.data, c.data.test_split),
         }
         for role, split in (("train", c.data.train_split), ("test", c.data.test_split)):
-            print("data", summarize(built[role], f"{role} = {c.data.kind}/{split}"))
+            say("data", summarize(built[role], f"{role} = {c.data.kind}/{split}"))
         self.train_source = built["train"]  # what the train loader reads (views pick roots)
         # What evaluation reads (features, kNN bank, pictures): the same records, their
         # files under config.data.eval_root when it is set (e.g. DDT crops).
@@ -212,7 +213,7 @@ def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
     if config.eval.enabled:
         result["eval"] = run.evaluate(state)
         _write_json(os.path.join(workdir, "eval.json"), {"step": 0, **result["eval"]})
-        print("evaluated:", _format(result["eval"]))
+        say("evaluated:", _format(result["eval"]))
     return result
 
 
@@ -342,8 +343,9 @@ class _BadImages:
         self._seen.update(new)
         with open(self.path, "a") as f:
             f.writelines(e + "\n" for e in new)
-        for e in new:
-            print(f"warning: replaced an undecodable image (config.data.skip_bad): {e}")
+        for e in new:  # every process its own (it reads other images): on stderr
+            message = f"warning: replaced an undecodable image (config.data.skip_bad): {e}"
+            print(message, file=sys.stderr)
 
 
 def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
@@ -389,7 +391,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         state, metrics_bytes = restored
         if metrics_bytes is not None:
             writer.rewind(metrics_bytes)  # the steps after the checkpoint run again
-        print(f"resumed from step {int(state.step)} in {workdir}")
+        say(f"resumed from step {int(state.step)} in {workdir}")
     else:
         writer.rewind(0)  # a run killed before its first checkpoint starts again from step 0
         _write_json(os.path.join(workdir, "config.json"), json.loads(config_json))
@@ -459,7 +461,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
                 checkpointer.save(step, state, iterator, config_json, writer.size())
                 last_saved = step
             if stopping:
-                print(f"SIGTERM: saved step {step}, exiting")
+                say(f"SIGTERM: saved step {step}, exiting")
                 break
             if (
                 c.eval.enabled
@@ -469,7 +471,7 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             ):
                 results = run.evaluate(state, periodic=True)
                 history.add(step, step / per_epoch, results)
-                print(f"epoch {step / per_epoch:g}:", _format(results))
+                say(f"epoch {step / per_epoch:g}:", _format(results))
     finally:
         bar.close()
         stop.restore()
@@ -494,10 +496,10 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         initial = _read_json(initial_path, None)
         if initial is not None:
             payload["initial"] = initial
-            print("untrained:", _format(initial))
+            say("untrained:", _format(initial))
         _write_json(os.path.join(workdir, "eval.json"), payload)
-        print("trained:  ", _format(final))
+        say("trained:  ", _format(final))
         if len(history.entries) > 1:
-            print("best of each (value@epoch):", _format_best(best_each))
+            say("best of each (value@epoch):", _format_best(best_each))
         result["eval"] = final
     return result

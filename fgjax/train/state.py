@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fgjax.core.distributed import say
 from fgjax.methods.base import Method
 from fgjax.train.checkpoint import conformed, read_saved_state, run_checkpoint
 
@@ -109,7 +110,7 @@ def load_init_from(
         except ValueError as err:
             raise ValueError(f"config.model.init_from={init_from}: {err}") from None
         report.notes[:0] = notes
-        print(f"init_from {init_from}: {report}")
+        say(f"init_from {init_from}: {report}")
         return params, model_state
 
     saved, step = read_saved_state(*run)
@@ -128,5 +129,5 @@ def load_init_from(
                     f"{method.name!r} needs {list(groups)}"
                 )
             target[group] = conformed(target[group], source[group], f"{name}/{group}", where)
-    print(f"init_from {where}: loaded {', '.join(groups)}")
+    say(f"init_from {where}: loaded {', '.join(groups)}")
     return params, model_state

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 import re
+from typing import Any
 
 import ml_collections
 
@@ -217,10 +219,43 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
 # Sequences are tuples so that `--config.views.view1.crop_scale='(0.08, 1.0)'` can override them.
 
 
+def _as_tuples(value: Any) -> Any:
+    """JSON lists back to the config's tuples (recursively)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+    """A run's saved `config.json` over today's defaults of its method (fields added to the
+    schema since keep their defaults). References between fields (a view's size following
+    `data.image_size`) are not restored: every field has its saved value."""
+    with open(path) as f:
+        saved = json.load(f)
+    if "method" not in saved:
+        raise ValueError(f"{path}: no 'method' field; is this an fgjax config.json?")
+    config = default_config(saved["method"]).copy_and_resolve_references()
+
+    def merge(node: ml_collections.ConfigDict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
+                merge(node[key], value)
+            else:
+                node[key] = (
+                    ml_collections.ConfigDict(value)
+                    if isinstance(value, dict)
+                    else (_as_tuples(value))
+                )
+
+    merge(config, saved)
+    return config
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """`get_config()` of a recipe file, with a clear error when the file is missing."""
+    """`get_config()` of a recipe file, or a run's saved `config.json` (`config_from_json`),
+    with a clear error when the file is missing."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.endswith(".json"):
+        return config_from_json(path)
     spec = importlib.util.spec_from_file_location("fgjax_recipe", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -245,13 +280,22 @@ def switch_method(config: ml_collections.ConfigDict, method: str) -> ml_collecti
 
 
 def config_path_from_argv(argv: list[str], default: str) -> str:
-    """The recipe file a command line names with `--config=PATH` or `--config PATH`."""
+    """The recipe file a command line names with `--config=PATH` or `--config PATH`, for
+    the commands whose `--config` is ml_collections' (recipe files only)."""
+    path = default
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
+            path = arg.split("=", 1)[1]
+            break
         if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return default
+            path = argv[i + 1]
+            break
+    if path.endswith(".json"):
+        raise ValueError(
+            f"--config {path}: this command takes a recipe file (configs/*.py); a run's "
+            "config.json is read by python -m fgjax.eval / fgjax.ddt / fgjax.describe"
+        )
+    return path
 
 
 def data_config(kind: str, root: str, **fields) -> ml_collections.ConfigDict:

@@ -34,7 +34,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from fgjax.config import check_override_names, default_config, load_config_file
+from fgjax.config import check_override_names, config_from_json, load_config_file
 from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
 from fgjax.data.eval_loader import eval_crops, spread
@@ -54,36 +54,6 @@ from fgjax.models.encoder import Encoder
 from fgjax.train.checkpoint import restore_state
 from fgjax.train.loop import _Run
 from fgjax.train.state import create_train_state
-
-
-def _as_tuples(value: Any) -> Any:
-    """JSON lists back to the config's tuples (recursively)."""
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def config_from_json(path: str) -> ml_collections.ConfigDict:
-    """A run's saved `config.json` over today's defaults of its method (fields added to the
-    schema since keep their defaults). References between fields (a view's size following
-    `data.image_size`) are not restored: every field has its saved value."""
-    with open(path) as f:
-        saved = json.load(f)
-    if "method" not in saved:
-        raise ValueError(f"{path}: no 'method' field; is this an fgjax config.json?")
-    config = default_config(saved["method"]).copy_and_resolve_references()
-
-    def merge(node: ml_collections.ConfigDict, values: dict) -> None:
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(node.get(key), ml_collections.ConfigDict):
-                merge(node[key], value)
-            else:
-                node[key] = (
-                    ml_collections.ConfigDict(value)
-                    if isinstance(value, dict)
-                    else (_as_tuples(value))
-                )
-
-    merge(config, saved)
-    return config
 
 
 def _parse_value(text: str, current: Any, field: str) -> Any:

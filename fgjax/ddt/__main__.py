@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         epilog="Any --config.FIELD=VALUE overrides that field of the recipe.",
     )
-    p.add_argument("--config", required=True, help="recipe file (its model and data)")
+    p.add_argument(
+        "--config", required=True, help="recipe file or a run's config.json (its model and data)"
+    )
     p.add_argument("--out", required=True, help="output root (crops, boxes.tsv, sheet)")
     p.add_argument(
         "--split",

@@ -345,26 +345,6 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(tm
 # ----------------------------------------------------------------- checkpoints
 
 
-def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
-    config = tiny_config("moco")
-    config.eval.enabled = False
-    config.train.max_steps = 4
-    train_and_evaluate(config, str(tmp_path))
-    latest = tmp_path / "checkpoints" / "4"
-    for folder, _, files in os.walk(latest / "state"):
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "r+b") as f:
-                f.truncate(os.path.getsize(path) // 3)
-    config.train.max_steps = 0
-    result = train_and_evaluate(config, str(tmp_path))
-    out = capsys.readouterr().out
-    assert f"checkpoint {latest} cannot be restored" in out
-    assert "resumed from step 2" in out
-    assert (tmp_path / "corrupt_checkpoints" / "4").is_dir()
-    assert result["finished"] and result["step"] == 4
-
-
 # ----------------------------------------------------------------- evaluation
 
 

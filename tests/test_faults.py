@@ -1,6 +1,6 @@
-"""Fault injection: SIGKILL at random steps and in the middle of an async save, a corrupted
-newest checkpoint, a full disk during a save. Each interrupted run, rerun, ends with the
-uninterrupted run's train state bit for bit (one reference run for the module)."""
+"""Fault injection: SIGKILL at random steps and in the middle of an async save, a truncated
+or corrupted newest checkpoint, a full disk during a save. Each interrupted run, rerun, ends
+with the uninterrupted run's train state bit for bit (one reference run for the module)."""
 
 import asyncio
 import errno
@@ -196,7 +196,7 @@ def _damage_silently(path: str, workdir, reference) -> None:
     pytest.fail(f"no silent damage found in {path}")
 
 
-@pytest.mark.parametrize("damage", ["whole file", "inside the data"])
+@pytest.mark.parametrize("damage", ["truncated", "whole file", "inside the data"])
 def test_a_corrupted_newest_checkpoint_is_set_aside_and_the_run_ends_bit_equal(
     tmp_path, capsys, reference, damage
 ):
@@ -205,7 +205,11 @@ def test_a_corrupted_newest_checkpoint_is_set_aside_and_the_run_ends_bit_equal(
     newest = workdir / "checkpoints" / str(TOTAL)
     files = [os.path.join(d, n) for d, _, names in os.walk(newest / "state") for n in names]
     biggest = max(files, key=os.path.getsize)  # the arrays' data (the queue's file)
-    if damage == "whole file":  # garbage, the length unchanged: the decoder fails
+    if damage == "truncated":  # every file of the state cut to a third (a copy cut short)
+        for path in files:
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 3)
+    elif damage == "whole file":  # garbage, the length unchanged: the decoder fails
         with open(biggest, "r+b") as f:
             f.write(np.random.default_rng(0).bytes(os.path.getsize(biggest)))
     else:  # 4 KiB inside the data that orbax reads back without an error, wrong values

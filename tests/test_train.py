@@ -87,11 +87,16 @@ def _wait_for_checkpoint(workdir, proc, timeout=120.0) -> None:
     raise AssertionError("no checkpoint appeared")
 
 
-def test_sigkill_and_sigterm_then_resume_equal_an_uninterrupted_run(tmp_path):
+def test_sigkill_and_sigterm_then_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
     # 16 epochs x 2 steps of 8 images; checkpoints every 2 steps.
     recipe = _write_recipe(
         tmp_path, **{"train.num_epochs": 16, "eval.enabled": False, "data.num_workers": 2}
     )
+    # One compilation cache for the four runs: the later ones load the first one's programs
+    # (the same executables, so the same numbers) instead of compiling them again.
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax_cache"))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
     straight = _main(recipe, tmp_path / "straight")
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
     total = _final_state(tmp_path / "straight")["step"]

@@ -166,7 +166,9 @@ class Checkpointer:
         """Wait for every write of the failed save to end. orbax raises at the first
         failed item while the others are still writing into the step's temporary folder;
         a rerun in this process (or the error's cleanup) would then race with them."""
-        async_manager = getattr(self.manager._checkpointer, "_async_manager", None)
+        # orbax internals (as of 0.12), read defensively: absent, nothing is waited for
+        checkpointer = getattr(self.manager, "_checkpointer", None)
+        async_manager = getattr(checkpointer, "_async_manager", None)
         pending = list(getattr(async_manager, "_commit_futures", None) or ())
         while pending:
             commit = pending.pop()

@@ -30,6 +30,9 @@ descriptor, the original's linear-probe feature). A killed script resumes. OUT/s
 gets the table (mean +- std over seeds, then per seed, then the periodic retrieval) and
 OUT/curves.png the curves. The table's first row, "untrained", is the same evaluation of
 random-init backbones (OUT/untrained/seed<N>): the floor the training has to beat.
+
+`--ablation beta0` also trains LEAD++ without its distillation term (beta 0, everything
+else equal) into OUT/leadpp_beta0/seed<N>: is a collapse the random prototypes' pull?
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from lcr_cub100 import METRICS  # noqa: E402
 from fgjax.config import load_config_file  # noqa: E402
 
 BASELINES = ("moco", "lcr")  # lcr_cub100.py's variants compared with (lcr = faithful preset)
+# LEAD++ variants (OUT/<name>/seed<N>) and the config.leadpp fields they change.
+ABLATIONS = {"leadpp_beta0": {"beta": 0.0}}
 # The random-init towers (teacher and text); embed_dim must equal the shrunk head's dim.
 TEACHER = dict(width=64, layers=2, heads=4, patch_size=8, img_size=64, embed_dim=128)
 TEXT = dict(width=64, layers=2, heads=4, embed_dim=128)
@@ -71,6 +76,7 @@ EVALS = {
             "rationale (mask-weighted)",
         ),
     ),
+    "leadpp_beta0": (("eval", "pooled", [], "embedding (GAP), no distillation"),),
 }
 
 
@@ -180,16 +186,19 @@ def untrained_reference(seed: int, args) -> None:
     )
 
 
-def run_one(seed: int, args) -> str:
+def run_one(seed: int, args, variant: str = "leadpp") -> str:
     from fgjax.evaluate import evaluate
     from fgjax.train.loop import train_and_evaluate
 
-    workdir = os.path.join(args.out, "leadpp", f"seed{seed}")
+    workdir = os.path.join(args.out, variant, f"seed{seed}")
     if not os.path.exists(os.path.join(workdir, "eval.json")):
+        config = leadpp_config(args, seed)
+        for field, value in ABLATIONS.get(variant, {}).items():
+            config.leadpp[field] = value
         start = time.time()
-        train_and_evaluate(leadpp_config(args, seed), workdir)
-        print(f"leadpp seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
-    for folder, feature, overrides, _ in EVALS["leadpp"]:
+        train_and_evaluate(config, workdir)
+        print(f"{variant} seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
+    for folder, feature, overrides, _ in EVALS[variant]:
         if not os.path.exists(os.path.join(workdir, folder, "eval.json")):
             evaluate(
                 ["--workdir", workdir, "--protocol", "retrieval,linear", "--features", feature]
@@ -289,13 +298,13 @@ def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
             for ax, key in zip(axes[:2], ("retrieval_recall@1", "retrieval_map"), strict=True):
                 label = f"untrained (key {s})"
                 ax.axhline(100 * floor[key], color="gray", linestyle=style, label=label)
-    for s in args.seeds:
-        workdir = run_dir("leadpp", s, args)
-        if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-            log = [r for r in read_metrics(workdir) if "teacher_entropy" in r]
-            axes[2].plot(
-                [r["step"] for r in log], [r["teacher_entropy"] for r in log], label=f"seed {s}"
-            )
+    for variant in ("leadpp", *ABLATIONS):
+        for s in args.seeds:
+            workdir = run_dir(variant, s, args)
+            if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+                log = [r for r in read_metrics(workdir) if "teacher_entropy" in r]
+                steps, entropy = [r["step"] for r in log], [r["teacher_entropy"] for r in log]
+                axes[2].plot(steps, entropy, label=f"{variant} seed {s}")
     axes[2].set_title("LEAD++ teacher entropy H / log C (random-init teacher)")
     axes[2].set_xlabel("step")
     for ax in axes:
@@ -315,6 +324,13 @@ def main() -> None:
         help="CLIP's bpe_simple_vocab_16e6.txt.gz (shipped with open_clip and OpenAI's clip)",
     )
     p.add_argument("--summary-only", action="store_true", help="only the table and curves")
+    p.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        choices=[name.removeprefix("leadpp_") for name in ABLATIONS],
+        help="also train this LEAD++ variant (beta0: no distillation term)",
+    )
     p.set_defaults(seeds=[0, 1])
     args = p.parse_args()
     if not args.summary_only:
@@ -326,6 +342,8 @@ def main() -> None:
         for seed in args.seeds:
             untrained_reference(seed, args)
             run_one(seed, args)
+            for name in args.ablation:
+                run_one(seed, args, f"leadpp_{name}")
     print(summarize(args))
 
 

@@ -20,7 +20,7 @@ from fgjax.config import load_config_file, photometric_config
 from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.base import StepContext, backbone_variables
-from fgjax.methods.lcr import without_branch
+from fgjax.methods.lcr import last_stage_map, without_branch
 from fgjax.methods.leadpp import CLIP_MEAN, CLIP_STD
 from fgjax.models.clip import CLIPVisionTower
 from fgjax.train.loop import train_and_evaluate
@@ -312,6 +312,35 @@ SECTION_10 = dict(
 )
 RECIPES = {"cub": ("bird", 200), "cars": ("car", 196), "aircraft": ("aircraft", 100)}
 RECIPES["dogs"] = ("dog", 120)
+
+
+def test_explain_is_the_grad_cam_of_l3_against_the_partners_keys_and_queue_two(tmp_path):
+    """`explain` (python -m fgjax.viz.rationale): L3's InfoNCE, with queries from the
+    images, keys from the key encoder on the partners, queue 2 (not MoCo's queue) and T;
+    its Grad-CAM as LCR takes it."""
+    method = method_for(_config(tmp_path))
+    init = jax.jit(method.init_variables, static_argnums=1)
+    params, model_state = init(jax.random.PRNGKey(0), (B, S, S, 3))
+    state = method.init_state(params, model_state, jax.random.PRNGKey(4))
+    images = jax.random.normal(jax.random.PRNGKey(5), (B, S, S, 3))
+    partners = jnp.flip(images, axis=2)
+    cam, attention = jax.jit(method.explain)(params, model_state, state, images, partners)
+
+    apply = lambda x: method.net.apply({"params": params, **model_state}, x, train=False)
+    maps = np.asarray(last_stage_map(apply(images)), np.float64)
+    k = _unit(apply(partners)["proj"])  # the key encoder is the encoder at init
+    head = jax.tree.map(np.asarray, params["projector"])
+    pooled = maps.mean(axis=(1, 2))
+    queue2 = np.asarray(state["queue2"], np.float64)
+    _, d_pooled = _moco_and_pooled_grad(pooled, head, k, queue2, VALUES["temperature"])
+    positions = maps.shape[1] * maps.shape[2]
+    want = np.maximum(np.einsum("bhwc,bc->bhw", maps, d_pooled) / positions, 0.0)
+    assert want.max() > 0 and (want == 0).any()
+    np.testing.assert_allclose(cam, want, atol=1e-6, rtol=1e-4)
+    # MoCo's queue would give another map
+    _, d_other = _moco_and_pooled_grad(pooled, head, k, np.asarray(state["queue"]), 0.3)
+    assert not np.allclose(d_other, d_pooled, rtol=1e-3)
+    assert cam.shape == attention.shape == maps.shape[:3]
 
 
 def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():

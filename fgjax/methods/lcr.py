@@ -301,6 +301,24 @@ class Rationale:
         return normalise_cam(cam, self.section.cam_norm), attention
 
 
+def key_infonce(
+    method: MoCo,
+    params: PyTree,
+    method_state: PyTree,
+    pooled: jax.Array,
+    partners: jax.Array,
+    queue: str,
+) -> jax.Array:
+    """InfoNCE (at `method.section.temperature`) of queries from `pooled` `[B, C]` through
+    the projector against the key encoder's eval-mode keys of `partners` and
+    `method_state[queue]`: a MoCo-style method's explained loss."""
+    key_variables = {"params": method_state["key_params"], **method_state["key_model_state"]}
+    k = l2_normalize(method.net.apply(key_variables, partners, train=False)["proj"])
+    q = method.net.projector.apply({"params": params["projector"]}, pooled, train=False)
+    q = l2_normalize(q)
+    return info_nce(q, k, method_state[queue], method.section.temperature)[0]
+
+
 @register
 class LCR(Rationale, MoCo):
     """MoCo v2 + LCR. Views as MoCo: 'view1' queries (explained by Grad-CAM), 'view2' keys.
@@ -360,11 +378,7 @@ class LCR(Rationale, MoCo):
     def explained_loss(self, params, model_state, method_state, pooled, partners):
         """InfoNCE of queries from `pooled` `[B, C]` against the key encoder's (eval mode)
         keys of `partners` and the queue: the loss `explain` takes the Grad-CAM of."""
-        key_variables = {"params": method_state["key_params"], **method_state["key_model_state"]}
-        k = l2_normalize(self.net.apply(key_variables, partners, train=False)["proj"])
-        q = self.net.projector.apply({"params": params["projector"]}, pooled, train=False)
-        q = l2_normalize(q)
-        return info_nce(q, k, method_state["queue"], self.section.temperature)[0]
+        return key_infonce(self, params, method_state, pooled, partners, "queue")
 
 
 @register

@@ -39,7 +39,13 @@ import ml_collections
 from fgjax.core.distributed import say
 from fgjax.core.objectives import ema, info_nce, l2_normalize
 from fgjax.methods.base import LossAux, Method, apply_train, register
-from fgjax.methods.lcr import Rationale, last_stage_map, lcr_fields, without_branch
+from fgjax.methods.lcr import (
+    Rationale,
+    key_infonce,
+    last_stage_map,
+    lcr_fields,
+    without_branch,
+)
 from fgjax.methods.moco import MoCo, enqueue
 from fgjax.models.registry import build_backbone
 
@@ -287,6 +293,13 @@ class LEADPP(Rationale, MoCo):
         }
 
     # ------------------------------------------------------------------ evaluation
+    def explained_loss(self, params, model_state, method_state, pooled, partners):
+        """L3, the loss whose Grad-CAM the rationale fits in training: InfoNCE of queries
+        from `pooled` `[B, C]` against the key encoder's (eval mode) keys of `partners`
+        and queue 2, at T. Without the teacher's per-image weight alpha H^2: a positive
+        factor per image, which scales its map and leaves its shape (and sign) as is."""
+        return key_infonce(self, params, method_state, pooled, partners, "queue2")
+
     def embed(self, params, model_state, images):
         """Plain GAP `[B, C]` (the original's retrieval) or, with `embed_feature=
         'rationale'`, LCR's mask-weighted descriptor (its linear probe, spec 7.1)."""

@@ -7,11 +7,13 @@ For `--num` images of the split (spread evenly over it; Resize + CenterCrop as i
 evaluation) one row each: the image, the Grad-CAM the rationale branch is fitted to, and
 the branch's learned attention map (the mask the LCR descriptor pools with), overlaid.
 The Grad-CAM is that of the SSL loss with the mirrored image as the other view (MoCo:
-the key encoder's key and the queue; BYOL: the target's projection), BatchNorm in eval
+the key encoder's key and the queue; LEAD++: L3's, with queue 2; BYOL: the target's
+projection), BatchNorm in eval
 mode, shaped by `cam_sign` and `cam_norm` as in training, and scaled to [0, 1] per image
 for display. The attention is shown as the method normalises it (`att_norm`; with the
 original's `batch_minmax` the `--num` images form the batch). Default output:
-`DIR/rationale.png`. Needs a run of an LCR method (`lcr`, `lcr_byol`).
+`DIR/rationale.png`. Needs a run of a method with a rationale branch (`lcr`, `lcr_byol`,
+`leadpp`).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     return picture_parser(
         "python -m fgjax.viz.rationale",
         __doc__.split("\n")[0],
-        runs="lcr or lcr_byol",
+        runs="lcr, lcr_byol or leadpp",
         out="PNG path (default WORKDIR/rationale.png)",
     )
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         argv,
         _parser(),
         accepts=lambda method: hasattr(method, "explain"),
-        refusal="which has no rationale branch: the pictures need an LCR run (lcr, lcr_byol)",
+        refusal="which has no rationale branch: the pictures need a run of lcr, lcr_byol or leadpp",
     )
     state, step = restore_checkpoint(run, config.seed, a.workdir, a.step)
     source = run.sources[a.split]

@@ -59,6 +59,18 @@ def prepare(args: argparse.Namespace, names: bool = False) -> str:
     return write_manifest(os.path.abspath(args.data), manifest, names=names)
 
 
+def save_curves(fig, axes, path: str) -> None:
+    """Grid and legend on every panel of a comparison's curves figure, saved to `path`."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def read_json(path: str):
     with open(path) as f:
         return json.load(f)

@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from cub100 import arguments, prepare, read_json, shrink_config  # noqa: E402
+from cub100 import arguments, prepare, read_json, save_curves, shrink_config  # noqa: E402
 
 from fgjax.config import load_config_file  # noqa: E402
 
@@ -139,12 +139,7 @@ def _plot_curves(curves: dict[str, list[list[dict]]], args) -> None:
             axes[2].plot([r["step"] for r in log], [r["cam_entropy"] for r in log], label=variant)
     axes[2].set_title("Grad-CAM target entropy / log N (1 = uniform)")
     axes[2].set_xlabel("step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "curves.png"), dpi=100)
-    plt.close(fig)
+    save_curves(fig, axes, os.path.join(args.out, "curves.png"))
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-from cub100 import arguments, prepare, read_json, shrink_config  # noqa: E402
+from cub100 import arguments, prepare, read_json, save_curves, shrink_config  # noqa: E402
 from lcr_cub100 import METRICS  # noqa: E402
 
 from fgjax.config import load_config_file  # noqa: E402
@@ -307,12 +307,7 @@ def _plot_curves(curves: dict[str, dict[int, list[dict]]], args) -> None:
                 axes[2].plot(steps, entropy, label=f"{variant} seed {s}")
     axes[2].set_title("LEAD++ teacher entropy H / log C (random-init teacher)")
     axes[2].set_xlabel("step")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "curves.png"), dpi=100)
-    plt.close(fig)
+    save_curves(fig, axes, os.path.join(args.out, "curves.png"))
 
 
 def main() -> None:

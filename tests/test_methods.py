@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from conftest import run_info, tiny_config
 
-from fgjax.core.objectives import cross_entropy, info_nce, negative_cosine
+from fgjax.core.objectives import (
+    cross_entropy,
+    info_nce,
+    l2_normalize,
+    max_at_argmax,
+    min_at_argmin,
+    negative_cosine,
+)
 from fgjax.methods import StepContext, build_method
 from fgjax.methods.byol import ema_decay
 
@@ -47,6 +54,46 @@ def test_cross_entropy_with_label_smoothing_matches_numpy():
     expected = -np.mean(np.sum(targets * logp, 1))
     got = cross_entropy(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), 0.3)
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [None, 0, -1, (1, 2), (0, 2)])
+def test_max_at_argmax_is_the_max_with_a_one_hot_gradient(axis):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    x[0, 0, :2] = x[0, 0].max() + 1  # a tie: the first of the two receives the gradient
+    weights = rng.normal(size=np.max(x, axis=axis, keepdims=True).shape).astype(np.float32)
+    for picked, reduce, pick in (
+        (max_at_argmax, np.max, np.argmax),
+        (min_at_argmin, np.min, np.argmin),
+    ):
+        got = picked(jnp.asarray(x), axis, keepdims=True)
+        np.testing.assert_array_equal(np.asarray(got), reduce(x, axis=axis, keepdims=True))
+        assert picked(jnp.asarray(x), axis).shape == reduce(x, axis=axis).shape
+        grad = jax.grad(lambda v, f=picked: jnp.sum(f(v, axis, keepdims=True) * weights))(x)
+        # numpy: each weight lands on the first extreme of its slice, nothing else.
+        axes = tuple(range(3)) if axis is None else tuple(np.atleast_1d(axis) % 3)
+        kept = [a for a in range(3) if a not in axes]
+        moved = np.transpose(x, kept + list(axes)).reshape(*[x.shape[a] for a in kept], -1)
+        expected = np.zeros_like(moved)
+        first = pick(moved, axis=-1)
+        flat_weights = np.transpose(weights, kept + list(axes)).reshape(first.shape)
+        np.put_along_axis(expected, first[..., None], flat_weights[..., None], axis=-1)
+        moved_shape = [x.shape[a] for a in kept + list(axes)]
+        expected = np.transpose(expected.reshape(moved_shape), np.argsort(kept + list(axes)))
+        np.testing.assert_array_equal(np.asarray(grad), expected)
+
+
+def test_l2_normalize_has_a_finite_gradient_at_zero():
+    x = np.array([[0.0, 0.0, 0.0], [3.0, 4.0, 0.0]], np.float32)
+    np.testing.assert_allclose(np.asarray(l2_normalize(x)), [[0, 0, 0], [0.6, 0.8, 0]])
+    grad = np.asarray(jax.grad(lambda v: jnp.sum(l2_normalize(v) * jnp.arange(3.0)))(x))
+    assert np.all(np.isfinite(grad))
+    # Below eps the map is x / eps (PyTorch's F.normalize), so the gradient is 1 / eps.
+    np.testing.assert_allclose(grad[0], np.arange(3.0) / 1e-12, rtol=1e-6)
+    unit = x[1] / 5.0
+    np.testing.assert_allclose(
+        grad[1], (np.arange(3.0) - unit @ np.arange(3.0) * unit) / 5.0, rtol=1e-5, atol=1e-7
+    )
 
 
 def test_byol_ema_schedule():

@@ -10,15 +10,54 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 PyTree = Any
 
 
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    """PyTorch `F.normalize`: x / max(||x||, eps)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    return x / jnp.maximum(norm, eps)
+    """PyTorch `F.normalize`: x / max(||x||, eps), with a finite gradient at x = 0.
+
+    max(sqrt(s), eps) is written sqrt(max(s, eps^2)): the same value, but the square root
+    is never differentiated at 0 (sqrt'(0) = inf times ds/dx = 0 made NaN for all-zero
+    features)."""
+    squares = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(squares, jnp.square(jnp.asarray(eps, squares.dtype))))
+
+
+def _picked(x: jax.Array, axis: int | tuple[int, ...] | None, keepdims: bool, pick) -> jax.Array:
+    """The element `pick` (jnp.argmax / jnp.argmin) chooses along `axis`, read from `x`."""
+    axes = tuple(range(x.ndim)) if axis is None else tuple(np.atleast_1d(axis) % x.ndim)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    moved = jnp.transpose(x, kept + list(axes))
+    flat = moved.reshape(*moved.shape[: len(kept)], -1)  # [kept..., reduced]
+    index = pick(flat, axis=-1, keepdims=True)
+    value = jnp.take_along_axis(flat, index, axis=-1)[..., 0]
+    if keepdims:
+        value = jnp.expand_dims(value, axes)
+    return value
+
+
+def max_at_argmax(
+    x: jax.Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+) -> jax.Array:
+    """`jnp.max(x, axis, keepdims=keepdims)`, differentiated through the one element argmax
+    picks (PyTorch's `max(dim)` rule; the first on ties).
+
+    Why not `jnp.max`: JAX's gradient of a max divides by the count of elements equal to
+    the result, and XLA may recompute the operand in the backward pass with other
+    rounding (it does at XLA CPU optimisation level 0 in LCR's branch), so the count can
+    be 0 and the gradient 0/0 = NaN while the loss is finite. Reading the value at an
+    index leaves nothing to divide."""
+    return _picked(x, axis, keepdims, jnp.argmax)
+
+
+def min_at_argmin(
+    x: jax.Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False
+) -> jax.Array:
+    """`jnp.min`, differentiated through the one element argmin picks (see `max_at_argmax`)."""
+    return _picked(x, axis, keepdims, jnp.argmin)
 
 
 def ema(target: PyTree, online: PyTree, decay: jax.Array | float) -> PyTree:

@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fgjax.core.objectives import info_nce, l2_normalize, negative_cosine
+from fgjax.core.objectives import (
+    info_nce,
+    l2_normalize,
+    max_at_argmax,
+    min_at_argmin,
+    negative_cosine,
+)
 from fgjax.methods.base import LossAux, PyTree, apply_train, backbone_variables, register
 from fgjax.methods.byol import BYOL
 from fgjax.methods.moco import MoCo
@@ -55,7 +61,7 @@ class RationaleBranch(nn.Module):
             name="conv",
         )(maps.astype(jnp.float32))
         x = BatchNorm(self.bn_momentum, self.bn_epsilon, self.bn_groups, name="bn")(x, train)
-        return jnp.max(nn.relu(x), axis=-1)
+        return max_at_argmax(nn.relu(x), axis=-1)
 
 
 def last_stage_map(features: dict[str, jax.Array]) -> jax.Array:
@@ -77,10 +83,11 @@ def grad_cam(maps: jax.Array, pooled_grad: jax.Array, sign: float = 1.0) -> jax.
 
 def minmax(x: jax.Array, per_sample: bool) -> jax.Array:
     """`(x - min) / (max(x - min) + 1e-7)` over the whole batch tensor (the original) or
-    per sample (`per_sample`), for `x [B, H, W]`."""
+    per sample (`per_sample`), for `x [B, H, W]`. The extremes are differentiated through
+    their argmin / argmax (`max_at_argmax`: finite for every input, ties included)."""
     axes = tuple(range(1, x.ndim)) if per_sample else None
-    shifted = x - jnp.min(x, axis=axes, keepdims=per_sample)
-    return shifted / (jnp.max(shifted, axis=axes, keepdims=per_sample) + _EPS)
+    shifted = x - min_at_argmin(x, axis=axes, keepdims=per_sample)
+    return shifted / (max_at_argmax(shifted, axis=axes, keepdims=per_sample) + _EPS)
 
 
 def normalise_attention(mask: jax.Array, mode: str, groups: int = 1) -> jax.Array:
@@ -98,7 +105,7 @@ def normalise_cam(cam: jax.Array, mode: str) -> jax.Array:
     if mode == "none":
         return cam
     if mode == "sample_max":
-        return cam / (jnp.max(cam, axis=(1, 2), keepdims=True) + _EPS)
+        return cam / (max_at_argmax(cam, axis=(1, 2), keepdims=True) + _EPS)
     if mode == "sample_minmax":
         return minmax(cam, per_sample=True)
     raise ValueError(f"config.lcr.cam_norm={mode!r}: choose one of {CAM_NORMS}")
@@ -122,9 +129,12 @@ def fitting_loss(
 
     PyTorch `kl_div(log q, t, reduction)`: 'sum' (the original) sums over every element,
     'batchmean' divides the sum by the batch size B, 'mean' by the element count B*H*W."""
-    t = jax.nn.softmax(_distributions(cam, axis) / tau, axis=-1)
+    # t log t from log_softmax, not xlogy(t, t): a target that underflows to 0 would
+    # make xlogy's gradient 0 * log 0 = NaN.
+    log_t = jax.nn.log_softmax(_distributions(cam, axis) / tau, axis=-1)
+    t = jnp.exp(log_t)
     log_q = jax.nn.log_softmax(_distributions(attention, axis) / tau, axis=-1)
-    total = jnp.sum(jax.scipy.special.xlogy(t, t) - t * log_q)
+    total = jnp.sum(t * (log_t - log_q))
     if reduction == "sum":
         return total, t
     if reduction == "batchmean":

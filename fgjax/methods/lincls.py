@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fgjax.core.objectives import accuracy, cross_entropy
+from fgjax.core.objectives import accuracy, cross_entropy, l2_normalize
 from fgjax.data.augment import no_augment_spec
 from fgjax.eval.classification import classification_metrics
 from fgjax.methods.base import LossAux, Method, check_same_classes, register
@@ -135,9 +135,7 @@ class LinCls(Method):
         features = jax.lax.stop_gradient(self.embed(params, model_state, images))
         features = features.astype(jnp.float32)
         if self.section.normalize:
-            features = features / jnp.maximum(
-                jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12
-            )
+            features = l2_normalize(features)
         return self.net.classifier.apply({"params": params["classifier"]}, features)
 
     def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fgjax.core import metric_losses
-from fgjax.core.objectives import accuracy, cross_entropy, l2_normalize
+from fgjax.core.objectives import accuracy, cross_entropy, l2_normalize, max_at_argmax
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.base import LossAux, Method, RunInfo, apply_train, register
 from fgjax.models.factory import backbone_from_config
@@ -58,7 +58,7 @@ def torch_linear_bias_init(fan_in: int) -> Initializer:
 def pool(feature_map: jax.Array, pooling: str) -> jax.Array:
     """`[B, H, W, C]` -> `[B, C]` ('max', 'avg_plus_max') or `[B, 2C]` ('avg_max_concat':
     concat[GAP, GMP], DGPCRL's order)."""
-    avg, mx = jnp.mean(feature_map, axis=(1, 2)), jnp.max(feature_map, axis=(1, 2))
+    avg, mx = jnp.mean(feature_map, axis=(1, 2)), max_at_argmax(feature_map, axis=(1, 2))
     if pooling == "max":
         return mx
     if pooling == "avg_plus_max":

@@ -7,6 +7,7 @@ ones, so a typo is an error instead of a silently ignored setting.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import json
@@ -311,6 +312,67 @@ def data_config(kind: str, root: str, **fields) -> ml_collections.ConfigDict:
 
 
 _OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=|$)")
+_MODEL_OVERRIDE = "--config.model.overrides."
+
+
+def split_model_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`(argv without its --config.model.overrides.<field>=<text> arguments, {field: text})`.
+
+    `config.model.overrides` holds fields of the architecture's module, which a recipe
+    leaves unlisted (usually empty), so ml_collections' flag parser would refuse them;
+    `set_model_overrides` sets them once the architecture is known."""
+    rest, fields = [], {}
+    for arg in argv:
+        if not arg.startswith(_MODEL_OVERRIDE):
+            rest.append(arg)
+            continue
+        name, sep, text = arg[len(_MODEL_OVERRIDE) :].partition("=")
+        if not sep or not name or "." in name:
+            raise ValueError(f"{arg}: write --config.model.overrides.<field>=<value>")
+        fields[name] = text
+    return rest, fields
+
+
+def _literal(text: str) -> Any:
+    """A Python literal ('(1, 1)', '4', 'True'), or the text itself (a string field)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def set_model_overrides(config: ml_collections.ConfigDict, fields: dict[str, str]) -> None:
+    """Set `config.model.overrides.<field>` from each command-line text of `fields`: the
+    field must be one of the module `config.model.arch` names (a ValueError with "did you
+    mean" otherwise); the text is read as a Python literal of the field's type, a list as
+    a tuple (a string field takes the text as it is)."""
+    if not fields:
+        return
+    from fgjax.models.registry import arch_fields
+
+    arch = config.model.arch
+    known = arch_fields(arch)
+    for name, text in fields.items():
+        where = f"config.model.overrides.{name}"
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(
+                f"unknown {where}: {arch} has no field {name!r}{hint}; fields: {sorted(known)}"
+            )
+        default, value = known[name], _literal(text)
+        value = tuple(value) if isinstance(value, list) else value
+        if isinstance(default, float) and type(value) is int:
+            value = float(value)
+        if default is not None and not (
+            type(value) is type(default) or (isinstance(default, str) and isinstance(value, str))
+        ):
+            raise ValueError(
+                f"{where} is a {type(default).__name__} ({arch}'s default {default!r}), "
+                f"got {text!r}"
+            )
+        with config.unlocked():
+            config.model.overrides[name] = value
 
 
 def check_override_names(config: ml_collections.ConfigDict, argv: list[str]) -> None:
@@ -318,7 +380,7 @@ def check_override_names(config: ml_collections.ConfigDict, argv: list[str]) -> 
     (ml_collections would otherwise fail with a bare KeyError deep in flag parsing)."""
     for arg in argv:
         match = _OVERRIDE.match(arg)
-        if not match:
+        if not match or arg.startswith(_MODEL_OVERRIDE):  # set_model_overrides checks those
             continue
         node, walked = config, "config"
         for key in match.group(1).split("."):

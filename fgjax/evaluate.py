@@ -34,7 +34,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from fgjax.config import check_override_names, config_from_json, load_config_file
+from fgjax.config import (
+    check_override_names,
+    config_from_json,
+    load_config_file,
+    set_model_overrides,
+    split_model_overrides,
+)
 from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
 from fgjax.data.eval_loader import eval_crops, spread
@@ -81,7 +87,9 @@ def _parse_value(text: str, current: Any, field: str) -> Any:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
-    """Set every `--config.a.b=value` of `overrides` (names checked against `config`)."""
+    """Set every `--config.a.b=value` of `overrides` (names checked against `config`;
+    `config.model.overrides.<field>` against the fields of `config.model.arch`'s module)."""
+    overrides, model_overrides = split_model_overrides(overrides)
     check_override_names(config, overrides)
     for arg in overrides:
         name, sep, text = arg[len("--config.") :].partition("=")
@@ -92,6 +100,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         for key in parents:
             node = node[key]
         node[leaf] = _parse_value(text, node[leaf], f"config.{name}")
+    set_model_overrides(config, model_overrides)
 
 
 def feature_embed(method: Method, feature: str) -> Embed:

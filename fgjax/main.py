@@ -14,13 +14,20 @@ workdir must be a folder every host sees. Only process 0 prints and writes logs.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fgjax.config import check_override_names, config_path_from_argv, load_config_file
+from fgjax.config import (
+    check_override_names,
+    config_path_from_argv,
+    load_config_file,
+    set_model_overrides,
+    split_model_overrides,
+)
 from fgjax.core.cli import USER_ERRORS, user_error_exit
 
 _DEMO = os.path.join(
@@ -48,7 +55,7 @@ _PROCESS_ID = flags.DEFINE_integer(
 _DEBUG = flags.DEFINE_bool("debug", False, "Show the traceback of an error.")
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], model_overrides: dict[str, str] | None = None) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
@@ -62,6 +69,8 @@ def main(argv: list[str]) -> None:
             initialize(*explicit)
         from fgjax.train.loop import train_and_evaluate
 
+        set_model_overrides(_CONFIG.value, model_overrides or {})
+
         if jax.process_index() != 0:  # one copy of every message: process 0's
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
         devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
@@ -74,12 +83,15 @@ def main(argv: list[str]) -> None:
 
 
 def run(argv: list[str]) -> None:
-    """Validate override names against the recipe, then parse flags and train."""
+    """Validate override names against the recipe, then parse flags and train
+    (`--config.model.overrides.<field>` set after parsing, for the final `model.arch`)."""
     try:
+        argv, model_overrides = split_model_overrides(argv)
         check_override_names(load_config_file(config_path_from_argv(argv, _DEMO)), argv)
     except USER_ERRORS as err:
         raise user_error_exit(err) from None
-    app.run(main, argv=argv)
+    sys.argv = argv  # ml_collections' config flag takes its override flags from sys.argv
+    app.run(functools.partial(main, model_overrides=model_overrides), argv=argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from PIL import Image
 from fgjax.config import default_config, load_config_file, photometric_config
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
+from fgjax.evaluate import main as evaluate_main
 from fgjax.train.loop import NonFiniteError, evaluation_epochs, train_and_evaluate
 from fgjax.train.metrics_log import read_metrics
 
@@ -340,6 +341,39 @@ def test_non_finite_steps_in_a_row_stop_the_run_with_the_last_good_checkpoint(tm
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert [r["skipped"] for r in records] == [0, 0, 0, 0]
+
+
+def test_a_run_ending_in_a_non_finite_streak_saves_its_last_finite_state(tmp_path, capsys):
+    config = tiny_config("toy_nan")  # 2 epochs of 2 steps
+    config.toy_nan.bad_steps = (2, 3)  # steps 3 and 4, the last two, are skipped
+    config.eval.enabled = False
+    workdir = str(tmp_path / "run")
+    result = train_and_evaluate(config, workdir)
+    assert result["finished"] and result["step"] == 4
+    assert "the last 2 steps were non-finite and skipped" in capsys.readouterr().out
+    # The final checkpoint is written inside the streak: the parameters of step 2.
+    final, good = _checkpoint(workdir), _checkpoint(workdir, 2)
+    assert final["step"] == 4 and int(final["['bad_steps']"]) == 2
+    kept = ("['params']", "['opt_state']", "['model_state']", "['method_state']")
+    assert any(name.startswith("['opt_state']") for name in good)
+    for name in good:
+        if name.startswith(kept):
+            np.testing.assert_array_equal(final[name], good[name], err_msg=name)
+    # What reads a finished run finds it: a rerun is finished, evaluation reads step 4.
+    assert train_and_evaluate(config, workdir)["step"] == 4
+    report = evaluate_main(
+        ["--workdir", workdir, "--protocol", "knn", "--no-plots", "--config.eval.knn_k=1"]
+        + ["--config.train.progress_bar=false"]
+    )
+    assert report["step"] == 4
+    # A run stopped before its first checkpoint: the commands say how far it got.
+    config.toy_nan.bad_steps = tuple(range(100))
+    config.train.max_bad_steps = 1
+    stopped = str(tmp_path / "stopped")
+    with pytest.raises(NonFiniteError, match="no checkpoint had been written yet"):
+        train_and_evaluate(config, stopped)
+    with pytest.raises(SystemExit, match="no complete checkpoint .*logged up to step 1 in"):
+        evaluate_main(["--workdir", stopped, "--protocol", "knn"])
 
 
 # ----------------------------------------------------------------- checkpoints

@@ -8,6 +8,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -16,6 +17,9 @@ from conftest import REPO
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from run_steps import run  # noqa: E402
 
+from fgjax.config import load_config_file, set_model_overrides, split_model_overrides  # noqa: E402
+from fgjax.evaluate import apply_overrides  # noqa: E402
+from fgjax.models.factory import backbone_from_config  # noqa: E402
 from fgjax.train.metrics_log import read_metrics  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -150,6 +154,57 @@ def test_unknown_config_field_is_an_error_naming_it():
     assert proc.returncode != 0
     assert "unknown config field config.optim.lrr" in proc.stderr
     assert "config.optim.lr" in proc.stderr.split("did you mean")[1]
+
+
+def test_model_overrides_take_any_field_of_the_architectures_module(tmp_path):
+    argv = ["--config.model.overrides.stage_sizes=(1,)", "--config.model.overrides.width=4"]
+    rest, fields = split_model_overrides([*argv, "--config.optim.lr=0.1"])
+    assert rest == ["--config.optim.lr=0.1"]
+    assert fields == {"stage_sizes": "(1,)", "width": "4"}
+    config = load_config_file(os.path.join(REPO, "configs", "cub_lcr.py"))
+    assert not config.model.overrides  # the recipe lists none
+    config.lock()
+    set_model_overrides(config, {**fields, "block": "basic", "bn_epsilon": "1"})
+    assert dict(config.model.overrides) == {
+        "stage_sizes": (1,),
+        "width": 4,
+        "block": "basic",  # a string field takes the text as it is
+        "bn_epsilon": 1.0,  # an int for a float field
+    }
+    config.model.overrides = ml_collections.ConfigDict()
+    set_model_overrides(config, fields)
+    backbone = backbone_from_config(config.model)
+    assert (backbone.stage_sizes, backbone.width) == ((1,), 4)
+    # Each field is checked against the module config.model.arch names.
+    errors = {
+        "resnet50 has no field 'widht' \\(did you mean width\\?\\)": {"widht": "4"},
+        "overrides.width is a int .*got '4.5'": {"width": "4.5"},
+        "overrides.stage_sizes is a tuple .*got '3'": {"stage_sizes": "3"},
+    }
+    for message, bad in errors.items():
+        with pytest.raises(ValueError, match=message):
+            set_model_overrides(config, bad)
+    config.model.arch = "swin_tiny_patch4_window7_224"
+    with pytest.raises(ValueError, match="swin_tiny.* has no field 'width'"):
+        set_model_overrides(config, {"width": "4"})
+    set_model_overrides(config, {"embed_dim": "12", "depths": "[1, 1]"})
+    assert config.model.overrides.depths == (1, 1)
+    # python -m fgjax.eval / fgjax.ddt read them through apply_overrides.
+    config = load_config_file(os.path.join(REPO, "configs", "cub_lcr.py"))
+    apply_overrides(config, [*argv, "--config.lcr.dim=8"])
+    assert (config.model.overrides.width, config.lcr.dim) == (4, 8)
+    # fgjax.main: the same error, one line, before any training.
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgjax.main", "--config=configs/demo.py"]
+        + ["--config.model.overrides.widht=4", f"--workdir={tmp_path / 'run'}"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "error: unknown config.model.overrides.widht" in proc.stderr
+    assert "did you mean width?" in proc.stderr and not (tmp_path / "run").exists()
 
 
 def test_wrong_type_override_is_an_error_naming_the_field():

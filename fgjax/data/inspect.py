@@ -245,8 +245,18 @@ def _parse(argv: list[str]):
     from absl import flags
     from ml_collections import config_flags
 
-    from fgjax.config import check_override_names, config_path_from_argv, load_config_file
+    from fgjax.config import (
+        check_override_names,
+        config_path_from_argv,
+        load_config_file,
+        set_model_overrides,
+        split_model_overrides,
+    )
 
+    try:
+        argv, model_overrides = split_model_overrides(argv)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     fv = flags.FlagValues()
     config = config_flags.DEFINE_config_file(
         "config", None, "Recipe file in configs/.", flag_values=fv, sys_argv=["inspect", *argv]
@@ -277,6 +287,7 @@ def _parse(argv: list[str]):
     try:
         check_override_names(load_config_file(path), argv)
         rest = fv(["inspect", *argv])
+        set_model_overrides(config.value, model_overrides)
     except (ValueError, FileNotFoundError, flags.Error) as err:
         raise SystemExit(f"error: {err}") from None
     if len(rest) > 1:

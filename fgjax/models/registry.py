@@ -82,6 +82,19 @@ def arch_family(arch: str) -> str:
     return _entry(arch).family
 
 
+def _fields(module: nn.Module) -> dict[str, Any]:
+    return {
+        f.name: getattr(module, f.name)
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name")
+    }
+
+
+def arch_fields(arch: str) -> dict[str, Any]:
+    """`{field: default}` of the module named `arch` (what `build_backbone` may override)."""
+    return _fields(_entry(arch).builder(arch))
+
+
 def build_backbone(
     arch: str, *, dtype: Any = jnp.float32, bn_groups: int = 1, **fields: Any
 ) -> nn.Module:
@@ -100,7 +113,7 @@ def build_backbone(
       ValueError: unknown `arch`, or a field the module does not have.
     """
     module = _entry(arch).builder(arch)
-    known = {f.name for f in dataclasses.fields(module)} - {"parent", "name"}
+    known = set(_fields(module))
     updates = {"dtype": dtype, **fields}
     if "bn_groups" in known:
         updates["bn_groups"] = bn_groups

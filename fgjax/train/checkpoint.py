@@ -243,16 +243,36 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
     FileNotFoundError saying what exists; reads no state."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints in {workdir} (no folder {directory})")
+        raise FileNotFoundError(
+            f"no checkpoints in {workdir} (no folder {directory}){_why_none(workdir)}"
+        )
     options = ocp.CheckpointManagerOptions(read_only=True)
     with ocp.CheckpointManager(directory, options=options) as manager:
         steps = sorted(manager.all_steps())
     if not steps:
-        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+        raise FileNotFoundError(f"no complete checkpoint in {directory}{_why_none(workdir)}")
     step = steps[-1] if step is None else int(step)
     if step not in steps:
         raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; steps: {steps}")
     return step
+
+
+def _why_none(workdir: str) -> str:
+    """What the workdir says of a run without a checkpoint: how far its log got."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return ": the run logged no step (still starting, or it failed before training)"
+    try:
+        with open(path) as f:
+            steps = [json.loads(line)["step"] for line in f if line.strip()]
+    except (ValueError, KeyError, TypeError):
+        return ""
+    if not steps:
+        return ": the run logged no step (still starting, or it failed before training)"
+    return (
+        f": the run logged up to step {max(steps)} in {path} and stopped (or is still "
+        "running) before its first checkpoint (config.train.checkpoint_every_steps)"
+    )
 
 
 def read_saved_state(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:

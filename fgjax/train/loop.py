@@ -455,11 +455,18 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
                     loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}"
                 )
             stopping = stop.agreed(step % c.train.log_every_steps == 0)
-            if (
-                step % c.train.checkpoint_every_steps == 0 or step == run.stop_step or stopping
-            ) and int(state.bad_steps) == 0:  # never save inside a non-finite streak
+            last = step == run.stop_step or stopping
+            # Periodic saves skip a non-finite streak (a run stopped by it resumes from before
+            # it). The last save does not: skipped steps left the state the last finite one.
+            if last or (step % c.train.checkpoint_every_steps == 0 and int(state.bad_steps) == 0):
                 checkpointer.save(step, state, iterator, config_json, writer.size())
                 last_saved = step
+                if last and int(state.bad_steps):
+                    say(
+                        f"step {step}: the last {int(state.bad_steps)} steps were non-finite "
+                        "and skipped; the checkpoint holds the parameters of step "
+                        f"{step - int(state.bad_steps)}"
+                    )
             if stopping:
                 say(f"SIGTERM: saved step {step}, exiting")
                 break

@@ -1,0 +1,36 @@
+"""Every registered method's tiny jitted step keeps a finite loss and finite gradients
+(the step's guard: `skipped` is 0) at XLA CPU optimisation level 1, in float32 and in
+bfloat16, on random images, all-zero images, one constant image and one image whose
+feature maps are all zero (dead ReLUs). Level 0 runs in tests/test_finite_steps_o0.py;
+tests/finite_steps.py builds the cases."""
+
+import pytest
+from finite_steps import BATCHES, METHODS, run_case
+
+from fgjax.methods import registered_methods
+
+
+def assert_finite(results: dict[str, dict], batches) -> None:
+    """Every expected batch ran, its step was not skipped and its parameters are finite."""
+    phases = {key.rsplit("/", 1)[0] for key in results if "/" in key}
+    expected = {f"{p}/{b}" for p in phases for b in batches} if phases else set(batches)
+    assert set(results) == expected
+    bad = {k: r for k, r in results.items() if r["skipped"] or not r["params_finite"]}
+    assert not bad, f"non-finite loss or gradients: {bad}"
+    assert all(r["moved"] for r in results.values())
+
+
+def test_every_registered_method_has_a_case():
+    shipped = {m for m in registered_methods() if not m.startswith("toy_")}  # tests' toys
+    assert set(METHODS) == shipped
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_float32_step_is_finite_on_every_batch(name):
+    assert_finite(run_case(name, "float32"), BATCHES)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_bfloat16_step_is_finite(name):
+    batches = ("random", "zeros", "constant")  # one compile: the dead image runs in float32
+    assert_finite(run_case(name, "bfloat16", batches), batches)

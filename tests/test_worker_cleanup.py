@@ -113,6 +113,29 @@ def test_a_sigkilled_trainer_leaves_no_process_behind(tmp_path):
     assert not _wait_until_ended(children)
 
 
+def test_a_finished_run_with_workers_leaves_no_shared_memory_behind(tmp_path):
+    """grain's workers hand batches over in shared memory, unlinked by a daemon thread of
+    the trainer: a run that ends normally waits for it (no resource-tracker warning of
+    "leaked shared_memory objects", which also lists what it had to unlink)."""
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(
+        f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom conftest import tiny_config\n\n"
+        "def get_config():\n    c = tiny_config('supervised')\n    c.train.num_epochs = 1\n"
+        "    c.eval.at_start = False\n    c.data.num_workers = 2\n    return c\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={tmp_path / 'r'}"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "trained:" in proc.stdout  # the evaluation ran too (its loader has workers)
+    assert "shared_memory" not in proc.stderr, proc.stderr
+
+
 def test_a_worker_whose_parent_died_before_it_watched_ends_at_once(tmp_path):
     """`exit_with_parent` in a (forked) process whose parent is already dead ends it."""
     script = textwrap.dedent(

@@ -20,9 +20,9 @@ from fgjax.data.decode import (
 from fgjax.data.grain_utils import (
     ExitWithParent,
     IndexSampler,
-    absl_flags_workaround,
     check_process,
     int32_field,
+    prepare_workers,
     stable_repr,
 )
 
@@ -139,7 +139,7 @@ def make_eval_loader(
     plan = _EvalBatches(
         source, batch_size=batch_size, process_index=process_index, process_count=process_count
     )
-    absl_flags_workaround(num_workers)
+    prepare_workers(num_workers)
     loader = grain.DataLoader(
         data_source=plan,
         sampler=IndexSampler(plan.num_batches),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import multiprocessing
 import os
 import sys
@@ -16,15 +18,46 @@ def check_process(process_index: int, process_count: int) -> None:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
 
 
-def absl_flags_workaround(num_workers: int | None) -> None:
-    """grain 0.2.18 reads an absl flag when starting workers once JAX is imported, which
-    fails in programs that never parse absl flags (google/grain#1355, fixed upstream in
-    #1362): mark the flags as parsed (keeping their defaults) if nobody has."""
-    if num_workers != 0:  # None: grain picks a worker count
-        from absl import flags
+_release_registered = False
 
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
+
+def prepare_workers(num_workers: int | None) -> None:
+    """What a grain loader with workers (`num_workers` != 0; None: grain picks) needs
+    before it starts them.
+
+    - grain 0.2.18 reads an absl flag when starting workers once JAX is imported, which
+      fails in programs that never parse absl flags (google/grain#1355, fixed upstream in
+      #1362): mark the flags as parsed (keeping their defaults) if nobody has.
+    - The workers hand batches over in shared memory; the loading process unlinks each
+      segment when its array is freed, in grain's background thread. That thread is a
+      daemon: segments still queued when the process exits stay linked, and Python's
+      resource tracker warns "There appear to be N leaked shared_memory objects". So the
+      process waits for that queue at exit (`_finish_shared_memory`, registered once).
+    """
+    global _release_registered
+    if num_workers == 0:
+        return
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    if not _release_registered:
+        # Registered after multiprocessing's own exit handler (imported above), so it runs
+        # before it (last in, first out), while grain's thread still runs.
+        atexit.register(_finish_shared_memory)
+        _release_registered = True
+
+
+def _finish_shared_memory() -> None:
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+    gc.collect()  # arrays in reference cycles queue their deletion now
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)  # private: read defensively
+    if pool is not None:
+        try:
+            pool.apply(lambda: None, ())  # one thread, first in first out: the queue is done
+        except ValueError:  # the pool was stopped already
+            pass
 
 
 def stable_repr(source) -> str:

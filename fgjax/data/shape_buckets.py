@@ -39,7 +39,7 @@ from fgjax.data.eval_loader import EvalLoader, padded_fields
 from fgjax.data.grain_utils import (
     ExitWithParent,
     IndexSampler,
-    absl_flags_workaround,
+    prepare_workers,
     stable_repr,
 )
 
@@ -227,7 +227,7 @@ def make_shape_bucket_loader(
     counts: dict[tuple[int, int], int] = {}
     for shape, ids in plan:
         counts[shape] = counts.get(shape, 0) + len(ids)
-    absl_flags_workaround(num_workers)
+    prepare_workers(num_workers)
     loader = grain.DataLoader(
         data_source=_ShapeBatches(source, plan, shapes, batch_size),
         sampler=IndexSampler(len(plan)),

@@ -28,9 +28,9 @@ from fgjax.data.decode import ImageDecodeError, parallel_path, random_crop_views
 from fgjax.data.grain_utils import (
     ExitWithParent,
     IndexSampler,
-    absl_flags_workaround,
     check_process,
     int32_field,
+    prepare_workers,
     stable_repr,
 )
 from fgjax.data.pk_sampler import pk_order
@@ -307,7 +307,7 @@ def make_train_loader(
         source_root=getattr(source, "root", None),
         skip_source=source if skip_bad else None,
     )
-    absl_flags_workaround(num_workers)
+    prepare_workers(num_workers)
     return grain.DataLoader(
         data_source=plan,
         sampler=IndexSampler(num_batches),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fgjax.core.objectives import l2_normalize
+from fgjax.core.objectives import l2_normalize, max_at_argmax
 
 
 def masked_avg_max(features: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -17,13 +17,15 @@ def masked_avg_max(features: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax
 
     The average divides by |M| (the selected positions), not h * w; an empty mask gives
     zeros for both (its count is clamped to 1). The max includes the masked-out zeros,
-    as the reference's max pool of M * F does (the same as the max over M for F >= 0).
+    as the reference's max pool of M * F does (the same as the max over M for F >= 0); it
+    is differentiated as the reference's max pool, through its one argmax (CFGA's
+    objective: JAX's own rule divides by a count of ties that XLA's rounding can change).
     Returns `(avg [B, C], max [B, C])`, float32.
     """
     m = mask.astype(jnp.float32)[..., None]
     g = features.astype(jnp.float32) * m
     count = jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
-    return jnp.sum(g, axis=(1, 2)) / count, jnp.max(g, axis=(1, 2))
+    return jnp.sum(g, axis=(1, 2)) / count, max_at_argmax(g, axis=(1, 2))
 
 
 def _avg(features: jax.Array, region: jax.Array | None) -> jax.Array:

@@ -2,14 +2,13 @@
 batches, reporting whether the loss and the gradients were finite (the step's own guard:
 `skipped` is 0 exactly when both are).
 
-Imported by tests/test_finite_steps.py (this process: XLA CPU optimisation level 1,
-float32 and bfloat16) and run as a script by tests/test_finite_steps_o0.py in a subprocess
-at level 0 (the flag must be set before jax starts):
+Imported by tests/test_finite_steps.py (this process: the suite's XLA CPU optimisation
+level, float32 and bfloat16) and run as a script by tests/test_finite_steps_other_level.py
+in a subprocess at the other level (the level must be set before jax starts):
 
-    FGJAX_TEST_XLA_OPT=1 XLA_FLAGS=--xla_backend_optimization_level=0 \
-        python tests/finite_steps.py float32 random,zeros,constant [method ...]
+    FGJAX_TEST_XLA_LEVEL=1 python tests/finite_steps.py float32 random,zeros,constant [method ...]
 
-prints `{method: {batch: outcome}}` as JSON on its last line.
+prints `{method: {batch: outcome}, "xla_flags": ...}` as JSON on its last line.
 """
 
 from __future__ import annotations
@@ -184,4 +183,5 @@ def run_case(name: str, dtype: str = "float32", kinds=BATCHES) -> dict[str, dict
 if __name__ == "__main__":
     dtype, kinds = sys.argv[1], sys.argv[2].split(",")
     results = {name: run_case(name, dtype, kinds) for name in sys.argv[3:] or METHODS}
+    results["xla_flags"] = os.environ.get("XLA_FLAGS", "")  # what the step compiled under
     print(json.dumps(results))  # the last line (LEAD++'s random teacher warns before)

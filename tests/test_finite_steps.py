@@ -1,8 +1,8 @@
 """Every registered method's tiny jitted step keeps a finite loss and finite gradients
-(the step's guard: `skipped` is 0) at XLA CPU optimisation level 1, in float32 and in
-bfloat16, on random images, all-zero images, one constant image and one image whose
-feature maps are all zero (dead ReLUs). Level 0 runs in tests/test_finite_steps_o0.py;
-tests/finite_steps.py builds the cases."""
+(the step's guard: `skipped` is 0) at the suite's XLA CPU optimisation level (0 by
+default), in float32 and in bfloat16, on random images, all-zero images, one constant
+image and one image whose feature maps are all zero (dead ReLUs). The other level runs
+in tests/test_finite_steps_other_level.py; tests/finite_steps.py builds the cases."""
 
 import pytest
 from finite_steps import BATCHES, METHODS, run_case

@@ -65,12 +65,6 @@ def _execute(name: str, folder, monkeypatch, **env: str) -> tuple[str, list[byte
     displayed. A failing cell raises nbclient's CellExecutionError with the traceback."""
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
     settings = {"FGJAX_TINY": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": path, **env}
-    if not os.environ.get("FGJAX_TEST_XLA_OPT"):
-        # Compiling is most of a tiny notebook's CPU time: the kernels compile at XLA's CPU
-        # optimisation level 0 (a quarter less CPU than the suite's level 1, measured); the
-        # checks below are ranges and identities, not numbers that the level changes.
-        flags = os.environ.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=1", "")
-        settings["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     for key, value in settings.items():
         monkeypatch.setenv(key, value)  # the kernel inherits the environment
     nb = nbformat.read(os.path.join(COLAB, f"{name}.ipynb"), as_version=4)

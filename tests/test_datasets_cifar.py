@@ -175,3 +175,82 @@ def test_wrong_root_and_malformed_files(cifar10_root, tmp_path):
     _dump(folder / "test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]})
     with pytest.raises(DatasetFormatError, match=r"test_batch: 'labels' must be 2 labels in"):
         build_source(data_config("cifar10", cifar10_root), "test")
+
+
+# --------------------------------------------------- hostile dtypes in a data pickle (#30)
+class _Dtype:
+    """Pickles as `numpy.dtype(name)` followed by BUILD with `state`."""
+
+    def __init__(self, name, state):
+        self.name, self.state = name, state
+
+    def __reduce__(self):
+        return np.dtype, (self.name, False, True), self.state
+
+
+class _Array:
+    """Pickles as numpy's own array reconstruction, with `dtype` in its state."""
+
+    def __init__(self, dtype, shape, data):
+        self.dtype, self.shape, self.data = dtype, shape, data
+
+    def __reduce__(self):
+        reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct
+        return reconstruct, (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.data)
+
+
+PLAIN_I8 = (3, "<", None, None, None, -1, -1, 0)  # numpy's own state of dtype('<i8')
+HOSTILE_STATES = {
+    # field name in the error: the state with that field changed
+    "subarray": (3, "<", (np.dtype("u1"), (4,)), None, None, -1, -1, 0),
+    "names": (3, "<", None, ("x",), None, -1, -1, 0),
+    "fields": (3, "<", None, None, {"x": (np.dtype("<i8"), 64)}, -1, -1, 0),  # offset 64
+    "elsize": (3, "<", None, None, None, 1 << 30, -1, 0),
+    "alignment": (3, "<", None, None, None, -1, 1 << 20, 0),
+    "flags": (3, "<", None, None, None, -1, -1, 63),  # object refcounting on raw bytes
+    "version": (4, "<", None, None, None, -1, -1, 0),
+}
+
+
+@pytest.mark.parametrize("field", sorted(HOSTILE_STATES))
+def test_a_dtype_state_that_is_not_plain_is_refused_naming_its_field(cifar10_root, tmp_path, field):
+    from fgjax.data.layout import load_array_pickle
+
+    dtype = _Dtype("i8", HOSTILE_STATES[field])
+    path = tmp_path / "batch"
+    labels = _Array(dtype, (2,), np.arange(2, dtype="<i8").tobytes())
+    _dump(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": labels})
+    with pytest.raises(pickle.UnpicklingError, match=f"refusing numpy.dtype.*with {field}="):
+        load_array_pickle(str(path), encoding="bytes")
+    # Through the reader: one named error for the file.
+    folder = cifar10_root / "cifar-10-batches-py"
+    os.replace(path, folder / "test_batch")
+    with pytest.raises(DatasetFormatError, match=f"test_batch: cannot read.*with {field}="):
+        build_source(data_config("cifar10", cifar10_root), "test")
+
+
+def test_only_plain_dtype_names_are_built_and_a_plain_state_loads(tmp_path):
+    from fgjax.data.layout import load_array_pickle
+
+    path = tmp_path / "batch"
+    for name in ("O8", "V8", "M8[s]"):
+        _dump(path, _Array(_Dtype(name, PLAIN_I8), (1,), b"\0" * 8))
+        with pytest.raises(pickle.UnpicklingError, match=r"refusing numpy.dtype\("):
+            load_array_pickle(str(path), encoding="bytes")
+    # numpy's own pickles of plain arrays load as pickle.load reads them; a state in the
+    # other byte order is applied.
+    arrays = {
+        "i8": np.arange(3, dtype="<i8"),
+        "f4": np.linspace(0, 1, 4, dtype=">f4"),
+        "s": np.array([b"ab", b"c"]),
+        "u": np.array(["xy", "z"]),
+    }
+    _dump(
+        path,
+        {**arrays, "big": _Array(_Dtype("i8", (3, ">", *PLAIN_I8[2:])), (1,), b"\0" * 7 + b"\1")},
+    )
+    got = load_array_pickle(str(path), encoding="bytes")
+    for key, want in arrays.items():
+        np.testing.assert_array_equal(got[key], want)
+        assert got[key].dtype == pickle.loads(pickle.dumps(want, protocol=2)).dtype
+    assert got["big"].tolist() == [1]

@@ -348,8 +348,54 @@ ARRAY_PICKLE_GLOBALS = frozenset(
 ) | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
 
-class ArrayUnpickler(pickle.Unpickler):
-    """Unpickles dicts / lists / strings / numbers and numpy arrays only."""
+# The dtypes a data pickle may build: numbers, booleans, fixed-size bytes and strings. Not
+# objects (their raw bytes would be read as pointers) nor structured or void types.
+_PLAIN_DTYPE_KINDS = "biufcSU"
+_DTYPE_STATE_FIELDS = (
+    "version", "byteorder", "subarray", "names", "fields", "elsize", "alignment", "flags"
+)  # fmt: skip
+
+
+def _plain_dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
+    """A new `numpy.dtype(name)` for a pickle (`align` ignored: a plain dtype has no
+    fields to align), refused unless `name` is a plain dtype's name."""
+    if not isinstance(name, str):
+        raise pickle.UnpicklingError(f"refusing numpy.dtype({name!r}): not a dtype name")
+    try:
+        dtype = np.dtype(name, copy=True)  # as numpy's own pickles: BUILD sets a copy's state
+    except TypeError as e:
+        raise pickle.UnpicklingError(f"refusing numpy.dtype({name!r}): {e}") from None
+    if dtype.kind not in _PLAIN_DTYPE_KINDS or dtype.fields is not None:
+        raise pickle.UnpicklingError(
+            f"refusing numpy.dtype({name!r}): a data pickle may hold only numbers, booleans, "
+            "bytes and strings"
+        )
+    return dtype
+
+
+def _check_dtype_state(dtype: np.dtype, state: Any) -> None:
+    """The pickled state of a plain dtype must be the one numpy writes for it (any byte
+    order): another field offset, item size or flag set makes numpy read out of bounds."""
+    expected = dtype.__reduce__()[2]
+    if not isinstance(state, tuple) or len(state) != len(expected):
+        raise pickle.UnpicklingError(f"refusing the state {state!r} of numpy.dtype({dtype.str!r})")
+    for field, got, want in zip(_DTYPE_STATE_FIELDS, state, expected, strict=True):
+        same = got in ("<", ">", "=", "|") if field == "byteorder" else got == want
+        if not same or type(got) is not type(want):
+            raise pickle.UnpicklingError(
+                f"refusing numpy.dtype({dtype.str!r}) with {field}={got!r} (a plain dtype has "
+                f"{want!r})"
+            )
+
+
+class ArrayUnpickler(pickle._Unpickler):
+    """Unpickles dicts / lists / strings / numbers and numpy arrays of plain dtypes only.
+
+    The pure-Python unpickler, so that BUILD can be checked: a dtype's pickled state sets
+    its fields, item size and flags, and the C unpickler would hand any of them to numpy
+    (a field offset past the item size read heap memory into the labels, or crashed)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in ARRAY_PICKLE_GLOBALS:
@@ -357,7 +403,16 @@ class ArrayUnpickler(pickle.Unpickler):
                 f"refusing global {module}.{name}: a data pickle may hold only numpy arrays, "
                 "lists, dicts, strings and numbers"
             )
+        if (module, name) == ("numpy", "dtype"):
+            return _plain_dtype
         return super().find_class(module, name)
+
+    def load_build(self) -> None:
+        if len(self.stack) >= 2 and isinstance(self.stack[-2], np.dtype):
+            _check_dtype_state(self.stack[-2], self.stack[-1])
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def load_array_pickle(path: str, encoding: str) -> Any:

@@ -20,6 +20,7 @@ from fgjax.data.augment import no_augment_spec
 from fgjax.evaluate import main as evaluate_main
 from fgjax.train.loop import NonFiniteError, evaluation_epochs, train_and_evaluate
 from fgjax.train.metrics_log import read_metrics
+from fgjax.train.resume import ConfigChangedError
 
 
 def _checkpoint(workdir, step=None) -> dict[str, np.ndarray]:
@@ -377,6 +378,44 @@ def test_a_run_ending_in_a_non_finite_streak_saves_its_last_finite_state(tmp_pat
 
 
 # ----------------------------------------------------------------- checkpoints
+
+
+def test_a_rerun_with_another_config_is_refused_and_touches_nothing(tmp_path):
+    """A checkpoint continues the run whose config it saved: a rerun that changes the model,
+    the optimiser or the batch size is refused naming the fields (the checkpoints are not
+    corrupt: none is set aside, the log is kept); run-control fields may change (#30)."""
+    config = tiny_config("supervised")
+    config.train.max_steps = 2
+    config.eval.enabled = False
+    workdir = tmp_path / "run"
+    train_and_evaluate(config, str(workdir))
+    log = (workdir / "metrics.jsonl").read_bytes()
+    saved = _checkpoint(workdir)
+    for field, value in (("optim.lr", 0.5), ("train.batch_size", 4), ("seed", 7)):
+        changed = tiny_config("supervised")
+        changed.eval.enabled = False
+        section, _, name = field.rpartition(".")
+        (changed[section] if section else changed)[name] = value
+        with pytest.raises(ConfigChangedError, match=rf"checkpoint 2\): {field}: .* \(saved\)"):
+            train_and_evaluate(changed, str(workdir))
+    changed.model.overrides.width = 8
+    changed.seed = config.seed
+    with pytest.raises(
+        ConfigChangedError,
+        match=r"model.overrides.width: 4 \(saved\) -> 8.*"
+        r"--config.model.init_from=",
+    ):
+        train_and_evaluate(changed, str(workdir))
+    assert not (workdir / "corrupt_checkpoints").exists()
+    assert (workdir / "metrics.jsonl").read_bytes() == log
+    _assert_same_state(_checkpoint(workdir), saved)
+    # Longer, logged and evaluated otherwise: the same run, resumed.
+    config.train.max_steps = 3
+    config.train.log_every_steps = 3
+    config.eval.enabled = True
+    assert train_and_evaluate(config, str(workdir))["step"] == 3
+    assert (workdir / "metrics.jsonl").read_bytes().startswith(log)  # steps 1-2 kept
+    assert [r["step"] for r in read_metrics(str(workdir))] == [1, 2, 3]
 
 
 # ----------------------------------------------------------------- evaluation

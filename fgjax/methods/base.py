@@ -129,6 +129,9 @@ class Method(abc.ABC):
     # Whether a step may see a smaller batch (config.train.keep_last_batch): False for
     # methods whose state assumes a fixed batch, e.g. a queue enqueued a batch at a time.
     partial_batches_ok: ClassVar[bool] = False
+    # Fields of the method's config section a resumed run may change (see
+    # fgjax.train.resume: none by default, as any other field of the run's config).
+    resumable_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ml_collections.ConfigDict, run: RunInfo):
         self.config = config

@@ -92,6 +92,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def saved_config(self) -> tuple[int, dict] | None:
+        """`(step, config)` of the newest checkpoint whose config item reads, else None
+        (no checkpoint; an unreadable one is then the restore's to set aside)."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                item = ocp.args.Composite(config=ocp.args.JsonRestore())
+                return step, dict(self.manager.restore(step, args=item).config)
+            except Exception:  # noqa: BLE001 - damaged: the restore sets it aside
+                continue
+        return None
+
     def save(
         self, step: int, state: Any, iterator: Any, config_json: str, metrics_bytes: int
     ) -> None:

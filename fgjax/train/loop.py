@@ -36,6 +36,7 @@ from fgjax.methods import Method, RunInfo, build_method
 from fgjax.train import optim
 from fgjax.train.checkpoint import Checkpointer
 from fgjax.train.metrics_log import MetricsWriter, Throughput
+from fgjax.train.resume import check_same_run
 from fgjax.train.state import TrainState, create_train_state
 from fgjax.train.step import jit_train_step, make_train_step
 
@@ -382,6 +383,10 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     iterator = iter(loader)
     checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)
     config_json = c.to_json_best_effort()
+    saved = checkpointer.saved_config()
+    if saved is not None:  # a rerun continues the same run, or is refused untouched
+        also = tuple(f"{method.name}.{field}" for field in method.resumable_fields)
+        check_same_run(saved[1], json.loads(config_json), workdir, saved[0], also)
     history = _EvalHistory(workdir, c.eval.best_metric)
     initial_path = os.path.join(workdir, "eval_initial.json")
 
@@ -433,14 +438,17 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             if bad >= c.train.max_bad_steps:
                 kept = (
                     f"the last checkpoint (step {last_saved}) in {workdir} holds the last "
-                    "finite state"
+                    "finite state. Check the data (a rerun resumes), or start a new run from "
+                    "it with a lower config.optim.lr (--config.model.init_from="
+                    f"{workdir} in another workdir)"
                     if last_saved is not None
-                    else "no checkpoint had been written yet"
+                    else "no checkpoint had been written yet. Lower config.optim.lr or check "
+                    "the data"
                 )
                 raise NonFiniteError(
                     f"{bad} non-finite steps in a row (loss or gradients NaN/inf) before "
                     f"step {step}: stopping. The parameters were not updated by those steps; "
-                    f"{kept}. Lower config.optim.lr or check the data."
+                    f"{kept}."
                 )
             if step % c.train.log_every_steps == 0 or step == run.stop_step:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

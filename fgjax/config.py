@@ -259,8 +259,14 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
         return config_from_json(path)
     spec = importlib.util.spec_from_file_location("fgjax_recipe", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"{path}, line {e.lineno}: {e.msg} (a recipe file must be Python)") from e
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(f"{path}: a recipe file defines get_config() returning the config")
+    return get_config()
 
 
 def switch_method(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:

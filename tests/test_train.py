@@ -20,6 +20,7 @@ from run_steps import run  # noqa: E402
 from fgjax.config import load_config_file, set_model_overrides, split_model_overrides  # noqa: E402
 from fgjax.evaluate import apply_overrides  # noqa: E402
 from fgjax.models.factory import backbone_from_config  # noqa: E402
+from fgjax.train.loop import train_and_evaluate  # noqa: E402
 from fgjax.train.metrics_log import read_metrics  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -205,6 +206,32 @@ def test_model_overrides_take_any_field_of_the_architectures_module(tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "error: unknown config.model.overrides.widht" in proc.stderr
     assert "did you mean width?" in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_broken_recipe_or_a_negative_length_is_one_named_error(tmp_path):
+    broken, empty = tmp_path / "broken.py", tmp_path / "empty.py"
+    broken.write_text("def get_config():\n    return (\n")
+    empty.write_text("x = 1\n")
+    with pytest.raises(ValueError, match=r"broken.py, line 2: .*must be Python"):
+        load_config_file(str(broken))
+    with pytest.raises(ValueError, match=r"empty.py: a recipe file defines get_config\(\)"):
+        load_config_file(str(empty))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fgjax.main", f"--config={broken}", f"--workdir={tmp_path / 'r'}"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {broken}, line 2:")
+    # A negative length was a "trained" untrained network (exit 0): refused before any work.
+    for field in ("num_epochs", "max_steps"):
+        config = load_config_file(os.path.join(REPO, "configs", "demo.py"))
+        config.train[field] = -1
+        with pytest.raises(ValueError, match=rf"config.train.{field}=-1 must be >= 0"):
+            train_and_evaluate(config, str(tmp_path / field))
+        assert not (tmp_path / field).exists()
 
 
 def test_wrong_type_override_is_an_error_naming_the_field():

@@ -98,6 +98,9 @@ class _Run:
 
     def __init__(self, config: ml_collections.ConfigDict):
         c = config
+        for field in ("num_epochs", "max_steps"):  # 0: only evaluate / no limit
+            if c.train[field] < 0:
+                raise ValueError(f"config.train.{field}={c.train[field]} must be >= 0")
         check_batch_divisible(c.train.batch_size)
         self.mesh = make_mesh()
         # Keyed by role: 'train' is config.data.train_split, 'test' config.data.test_split.

@@ -339,19 +339,38 @@ def split_model_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
     return rest, fields
 
 
-def _literal(text: str) -> Any:
-    """A Python literal ('(1, 1)', '4', 'True'), or the text itself (a string field)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+def parse_override(text: str, current: Any, field: str) -> Any:
+    """The value of a command-line override `text` for `field`, whose current (or default)
+    value is `current`: a Python literal of its type (a string field takes the text as it
+    is, a bool true/false, a list becomes a tuple for a tuple field, an int a float for a
+    float field), anything when `current` is None; a ValueError naming the field else."""
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ValueError(f"{field} is a bool: give true or false, not {text!r}")
+    if isinstance(current, str):
         return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return text
+        raise ValueError(f"{field} is a {type(current).__name__}: cannot read {text!r}") from None
+    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if current is not None and not isinstance(value, type(current)):
+        raise ValueError(f"{field} is a {type(current).__name__}, got {text!r}")
+    return value
 
 
 def set_model_overrides(config: ml_collections.ConfigDict, fields: dict[str, str]) -> None:
     """Set `config.model.overrides.<field>` from each command-line text of `fields`: the
     field must be one of the module `config.model.arch` names (a ValueError with "did you
-    mean" otherwise); the text is read as a Python literal of the field's type, a list as
-    a tuple (a string field takes the text as it is)."""
+    mean" otherwise); the text is read by `parse_override` against the module's default."""
     if not fields:
         return
     from fgjax.models.registry import arch_fields
@@ -366,17 +385,7 @@ def set_model_overrides(config: ml_collections.ConfigDict, fields: dict[str, str
             raise ValueError(
                 f"unknown {where}: {arch} has no field {name!r}{hint}; fields: {sorted(known)}"
             )
-        default, value = known[name], _literal(text)
-        value = tuple(value) if isinstance(value, list) else value
-        if isinstance(default, float) and type(value) is int:
-            value = float(value)
-        if default is not None and not (
-            type(value) is type(default) or (isinstance(default, str) and isinstance(value, str))
-        ):
-            raise ValueError(
-                f"{where} is a {type(default).__name__} ({arch}'s default {default!r}), "
-                f"got {text!r}"
-            )
+        value = parse_override(text, known[name], f"{where} ({arch}'s default {known[name]!r})")
         with config.unlocked():
             config.model.overrides[name] = value
 

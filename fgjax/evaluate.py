@@ -25,7 +25,6 @@ which `fgjax.eval` may not import (see tests/test_layering.py).
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 from typing import Any
@@ -38,6 +37,7 @@ from fgjax.config import (
     check_override_names,
     config_from_json,
     load_config_file,
+    parse_override,
     set_model_overrides,
     split_model_overrides,
 )
@@ -62,30 +62,6 @@ from fgjax.train.loop import _Run
 from fgjax.train.state import create_train_state
 
 
-def _parse_value(text: str, current: Any, field: str) -> Any:
-    if isinstance(current, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"{field} is a bool: give true or false, not {text!r}")
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if current is None:
-            return text
-        raise ValueError(f"{field} is a {type(current).__name__}: cannot read {text!r}") from None
-    if isinstance(current, tuple) and isinstance(value, (list, tuple)):
-        return tuple(value)
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if current is not None and not isinstance(value, type(current)):
-        raise ValueError(f"{field} is a {type(current).__name__}, got {text!r}")
-    return value
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> None:
     """Set every `--config.a.b=value` of `overrides` (names checked against `config`;
     `config.model.overrides.<field>` against the fields of `config.model.arch`'s module)."""
@@ -99,7 +75,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: list[str]) -> 
         node = config
         for key in parents:
             node = node[key]
-        node[leaf] = _parse_value(text, node[leaf], f"config.{name}")
+        node[leaf] = parse_override(text, node[leaf], f"config.{name}")
     set_model_overrides(config, model_overrides)
 
 

@@ -148,6 +148,16 @@ def outcome(before, after, metrics) -> dict:
     }
 
 
+def assert_finite(results: dict[str, dict], batches) -> None:
+    """Every expected batch ran, its step was not skipped and its parameters are finite."""
+    phases = {key.rsplit("/", 1)[0] for key in results if "/" in key}
+    expected = {f"{p}/{b}" for p in phases for b in batches} if phases else set(batches)
+    assert set(results) == expected
+    bad = {k: r for k, r in results.items() if r["skipped"] or not r["params_finite"]}
+    assert not bad, f"non-finite loss or gradients: {bad}"
+    assert all(r["moved"] for r in results.values())
+
+
 def run_case(name: str, dtype: str = "float32", kinds=BATCHES) -> dict[str, dict]:
     """`{batch: outcome}` of one jitted step of method `name` from the same initial state
     on each batch of `kinds` (BuCSFR: `{phase/batch: outcome}` for both phases); one

@@ -13,8 +13,7 @@ import sys
 
 import pytest
 from conftest import REPO, XLA_LEVEL
-from finite_steps import METHODS
-from test_finite_steps import assert_finite
+from finite_steps import METHODS, assert_finite
 
 BATCHES = ("random", "zeros", "constant")
 OTHER_LEVEL = 1 if XLA_LEVEL == 0 else 0

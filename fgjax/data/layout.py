@@ -365,7 +365,7 @@ def _plain_dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
         dtype = np.dtype(name, copy=True)  # as numpy's own pickles: BUILD sets a copy's state
     except TypeError as e:
         raise pickle.UnpicklingError(f"refusing numpy.dtype({name!r}): {e}") from None
-    if dtype.kind not in _PLAIN_DTYPE_KINDS or dtype.fields is not None:
+    if dtype.kind not in _PLAIN_DTYPE_KINDS:
         raise pickle.UnpicklingError(
             f"refusing numpy.dtype({name!r}): a data pickle may hold only numbers, booleans, "
             "bytes and strings"

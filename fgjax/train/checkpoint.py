@@ -271,13 +271,13 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
 def _why_none(workdir: str) -> str:
     """What the workdir says of a run without a checkpoint: how far its log got."""
     path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return ": the run logged no step (still starting, or it failed before training)"
-    try:
-        with open(path) as f:
-            steps = [json.loads(line)["step"] for line in f if line.strip()]
-    except (ValueError, KeyError, TypeError):
-        return ""
+    steps = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                steps = [json.loads(line)["step"] for line in f if line.strip()]
+        except (ValueError, KeyError, TypeError):
+            return ""
     if not steps:
         return ": the run logged no step (still starting, or it failed before training)"
     return (

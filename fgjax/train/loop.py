@@ -469,14 +469,15 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
             last = step == run.stop_step or stopping
             # Periodic saves skip a non-finite streak (a run stopped by it resumes from before
             # it). The last save does not: skipped steps left the state the last finite one.
-            if last or (step % c.train.checkpoint_every_steps == 0 and int(state.bad_steps) == 0):
-                checkpointer.save(step, state, iterator, config_json, writer.size())
-                last_saved = step
-                if last and int(state.bad_steps):
+            if last or step % c.train.checkpoint_every_steps == 0:
+                streak = int(state.bad_steps)
+                if last or not streak:
+                    checkpointer.save(step, state, iterator, config_json, writer.size())
+                    last_saved = step
+                if last and streak:
                     say(
-                        f"step {step}: the last {int(state.bad_steps)} steps were non-finite "
-                        "and skipped; the checkpoint holds the parameters of step "
-                        f"{step - int(state.bad_steps)}"
+                        f"step {step}: the last {streak} steps were non-finite and skipped; "
+                        f"the checkpoint holds the parameters of step {step - streak}"
                     )
             if stopping:
                 say(f"SIGTERM: saved step {step}, exiting")

@@ -35,6 +35,10 @@ def get_config():
     c.data.kind = "cub"
     c.data.root = "data/CUB_200_2011"
     c.data.image_size = 224
+    # The original's test transform (linear_probing.py, retrieval.py): Resize((256, 256))
+    # bilinear, aspect ignored, then CenterCrop(224).
+    c.data.eval_resize = "squash"
+    c.data.eval_squash_size = 256
     for name, view in c.views.items():  # view1, view2 originals; view3, view4 DDT crops
         view.crop_scale = (0.2, 1.0)
         view.interpolation = "bilinear"

@@ -32,6 +32,10 @@ def get_config():
     c.data.kind = "cub"
     c.data.root = "data/CUB_200_2011"
     c.data.eval_root = CROPS  # test crops (and the kNN bank's train crops)
+    # linear_probing.py's test transform: Resize((256, 256)) bilinear (aspect ignored),
+    # then CenterCrop(224).
+    c.data.eval_resize = "squash"
+    c.data.eval_squash_size = 256
     c.views.view1.root = CROPS  # train crops
     c.lincls.feature = "lcr"
     c.lincls.lcr_maps = 32  # the rationale branch's maps (config.leadpp.proj_dim)

@@ -19,6 +19,9 @@ augmentations of the original image; 'view3', 'view4' two of its DDT crop
 The key encoder is EMA-updated `ema_updates_per_step` times per step, one update before
 each of the three key forwards (3 = the original, whose every MoCo forward updates it);
 the updates run inside the loss, and the last key params go to `after_step`.
+The query encoder runs once on view1 (the original twice, in its L1 and L2 calls, with
+equal outputs); its BN running statistics get the original's two updates from it
+(`view1_stat_updates`), then view3's.
 `loss_device_groups` G contiguous groups of the batch play the original's GPUs: BN
 statistics (queries, rationale branch, shuffled keys), L_dis = mean over groups of the
 group's SUM of w_dis d, L_cam = mean over groups of the group's summed KL with the mask
@@ -38,7 +41,7 @@ import ml_collections
 
 from fgjax.core.distributed import say
 from fgjax.core.objectives import ema, info_nce, l2_normalize
-from fgjax.methods.base import LossAux, Method, apply_train, register
+from fgjax.methods.base import LossAux, Method, PyTree, apply_train, register
 from fgjax.methods.lcr import (
     Rationale,
     key_infonce,
@@ -72,6 +75,12 @@ def teacher_weights(log_t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return entropy, w_con, 1.0 - w_con
 
 
+def repeat_stat_update(before: PyTree, after: PyTree, momentum: float) -> PyTree:
+    """Running statistics after a second `r <- m r + (1 - m) s` with the same batch
+    statistics s, from those `before` and `after` the first: after + m (after - before)."""
+    return jax.tree.map(lambda b, a: a + momentum * (a - b), before, after)
+
+
 def distillation(log_t: jax.Array, log_s: jax.Array) -> jax.Array:
     """d `[B]` = KL(p_t || p_s) / C of log-distributions `[B, C]` (PyTorch's KLDivLoss
     'none' averaged over the classes)."""
@@ -101,6 +110,10 @@ class LEADPP(Rationale, MoCo):
             # Key EMA updates per step, one before each key forward (3 = the original;
             # 1 = one update per step, the three key forwards share it).
             ema_updates_per_step=3,
+            # Running-statistics updates of the query BN by view1: 2 = the original, whose
+            # L1 and L2 calls each run the query encoder on view1 (fgjax runs it once and
+            # repeats the update; same batch statistics); 1 = one update.
+            view1_stat_updates=2,
             # Negatives of L3: queue2 already holding this step's k(view4) from L2 (the
             # original's bug: each positive is among its negatives), or before it.
             l3_queue_snapshot="after_L2_enqueue",
@@ -130,6 +143,7 @@ class LEADPP(Rationale, MoCo):
             "teacher_norm": (s.teacher_norm, TEACHER_NORMS),
             "embed_feature": (s.embed_feature, EMBED_FEATURES),
             "ema_updates_per_step": (s.ema_updates_per_step, (1, 2, 3)),
+            "view1_stat_updates": (s.view1_stat_updates, (1, 2)),
         }
         for field, (value, choices) in checks.items():
             if value not in choices:
@@ -228,10 +242,13 @@ class LEADPP(Rationale, MoCo):
         f_t = jax.lax.stop_gradient(l2_normalize(teacher_out["pooled"]))
 
         # Queries: view1 once (L1 and L2), view3 (L3, distillation, rationale).
-        backbone_state = {c: t["backbone"] for c, t in model_state.items()}
+        before = {c: t["backbone"] for c, t in model_state.items()}
         feats1, backbone_state = apply_train(
-            self.net.backbone, params["backbone"], backbone_state, views["view1"]
+            self.net.backbone, params["backbone"], before, views["view1"]
         )
+        if s.view1_stat_updates == 2:
+            momentum = self.config.model.bn_momentum
+            backbone_state = repeat_stat_update(before, backbone_state, momentum)
         feats3, backbone_state = apply_train(
             self.net.backbone, params["backbone"], backbone_state, views["view3"]
         )

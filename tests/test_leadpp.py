@@ -294,6 +294,7 @@ SECTION_10 = dict(
     momentum=0.999,
     temperature=0.27,
     ema_updates_per_step=3,
+    view1_stat_updates=2,
     l3_queue_snapshot="after_L2_enqueue",
     alpha=0.5,
     l2_weight=0.1,
@@ -368,6 +369,9 @@ def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():
             0.0,
         )
         assert (config.train.batch_size, config.train.num_epochs, config.seed) == (64, 100, 123)
+        # The original's test transform: Resize((256, 256)) (aspect ignored), CenterCrop(224).
+        data = config.data
+        assert (data.eval_resize, data.eval_squash_size, data.image_size) == ("squash", 256, 224)
     assert config.data.train_split == "train"
     aircraft = load_config_file(os.path.join(REPO, "configs", "aircraft_leadpp.py"))
     assert aircraft.data.train_split == "trainval"
@@ -391,6 +395,7 @@ def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():
     assert probe.lincls.lcr_maps == SECTION_10["proj_dim"]
     crops = load_config_file(os.path.join(REPO, "configs", "cub_leadpp.py")).views.view3.root
     assert probe.data.eval_root == probe.views.view1.root == crops
+    assert (probe.data.eval_resize, probe.data.eval_squash_size) == ("squash", 256)
 
     # Full size (CUB): ResNet-50 at 224, CLIP ViT-B/16 teacher, one loss, all as shapes.
     config = load_config_file(os.path.join(REPO, "configs", "cub_leadpp.py"))

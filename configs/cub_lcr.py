@@ -5,8 +5,14 @@ batch 128, 100 epochs, 2048-2048-256 head, queue 65,536, m 0.999, T 0.2, MoCo v2
 augmentations, stem max-pool: 7x7 layer4 maps at 224 px) with `config.method = 'lcr'`:
 the MoCo fields move to `config.lcr`, beside the LCR switches, every one at the
 original code's behaviour: 32 rationale maps, weight 0.01, tau 1, row-wise softmax,
-Grad-CAM of the loss, no Grad-CAM rescaling, batch min-max of the mask, target not
-detached, KL summed.
+Grad-CAM of the loss, no Grad-CAM rescaling, min-max of the mask over each GPU's batch
+tensor, target not detached, KL summed.
+
+The original trains with DDP; `bn_groups = 4` (cub_moco.py) plays 4 GPUs of 32 images and
+`loss_device_groups` (0 = bn_groups) makes the LCR loss per GPU as well: each GPU's
+Grad-CAM of its own mean InfoNCE (1/(32*49), not 1/(128*49)), its own mask min-max, its
+summed KL averaged over the GPUs as DDP averages gradients. Checked step for step against
+4 gloo processes of the authors' main_moco.py (tests/parity/test_lcr_golden.py).
 
 LCR starts from supervised ImageNet weights: pass torchvision's `resnet50-19c8e357.pth`
 with `--config.model.init_from=PATH`.

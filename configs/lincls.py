@@ -11,8 +11,9 @@ retrieval / kNN numbers of the frozen backbone's pooled feature).
 
 MoCo and LCR report the best test top-1 over the 100 epochs (the test set selects);
 `--config.eval.every_epochs=1` records every epoch and eval.json's `best` is that number.
-LCR classifies its L2-normalised descriptor: `--config.lincls.normalize=True` normalises
-the pooled feature (LCR's attention-pooled descriptor itself is not available here).
+LCR classifies its L2-normalised, attention-pooled descriptor: configs/cub_lcr_lincls.py
+(`lincls.feature='lcr'`, the rationale branch loaded and frozen with the backbone);
+`--config.lincls.normalize=True` L2-normalises the plain pooled feature instead.
 
     python -m fgjax.main --config configs/lincls.py --workdir runs/lincls \
         --config.model.init_from=moco_cub.pth --config.data.root=data/CUB200

@@ -200,9 +200,10 @@ SECTION_10_MOCO = dict(
     cam_softmax_axis="row",
     cam_sign="loss",
     cam_norm="none",
-    att_norm="batch_minmax",
+    att_norm="group_minmax",  # each GPU's batch tensor (the code's batch min-max)
     cam_target_stopgrad=False,
     reduction="sum",
+    loss_device_groups=0,  # = bn_groups (4): the original's GPUs
     hidden_dim=2048,
     dim=256,
     queue_size=65536,

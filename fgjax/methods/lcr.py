@@ -12,6 +12,14 @@ through the projection head only, held constant (as the original's first-order g
 
 `config.lcr` holds MoCo's fields and the LCR switches; the defaults are the spec's
 code-faithful preset for the MoCo path (section 10).
+
+The original MoCo path trains with DDP, one process per GPU. `loss_device_groups` G
+contiguous groups of the batch play its GPUs (0 = `bn_groups`, one per BN group): each
+GPU's InfoNCE is a mean over its own images, so its Grad-CAM is G x the global mean's;
+its mask is min-maxed over its own batch tensor (`att_norm='group_minmax'`); its KL is
+summed over its images and DDP averages the gradients, so L_cam is the mean over the
+groups of their sums (the global sum / G). Checked against 4 gloo processes of the
+original (tests/parity/test_lcr_golden.py).
 """
 
 from __future__ import annotations
@@ -165,9 +173,10 @@ def lcr_fields(**faithful) -> dict:
         # Rescale the Grad-CAM per image before the temperature: 'none' (the
         # code, near-uniform target, spec 4.5), 'sample_max', 'sample_minmax'.
         cam_norm="none",
-        # Min-max of the mask over the whole batch tensor (the code, train and
-        # test), per image, or per BN group in training ('group_minmax', LEAD++'s
-        # per-GPU tensor; the whole batch at test time).
+        # Min-max of the mask over the whole batch tensor (the code on one GPU, train
+        # and test), per image, or per loss group in training ('group_minmax': each
+        # GPU's batch tensor of the multi-GPU code, LCR-MoCo and LEAD++; the whole
+        # batch at test time).
         att_norm="batch_minmax",
         # Detach the Grad-CAM target (False = the code: the KL reaches the
         # backbone through A in the target too, with dL/dy held constant).
@@ -258,11 +267,17 @@ class Rationale:
             self.rationale, self.backbone(), params, model_state, branch_rng, image_shape
         )
 
+    @property
+    def loss_groups(self) -> int:
+        """The original's GPU count G (`loss_device_groups`; 0 or absent = `bn_groups`)."""
+        return self.section.get("loss_device_groups", 0) or self.section.bn_groups
+
     def fit_rationale(
         self, params: PyTree, model_state: PyTree, maps: jax.Array, pooled_grad: jax.Array
     ) -> tuple[jax.Array, dict[str, jax.Array], PyTree]:
         """`(L_cam, metrics, the branch's new model_state)` of the maps `A [B, H, W, C]`
-        whose Grad-CAM comes from `pooled_grad` = dL_ssl/dmean_hw(A) `[B, C]`."""
+        whose Grad-CAM comes from `pooled_grad` = dL_ssl/dmean_hw(A) `[B, C]`; the mask
+        is min-maxed per `loss_groups` group under `att_norm='group_minmax'`."""
         s = self.section
         cam = grad_cam(maps, jax.lax.stop_gradient(pooled_grad), CAM_SIGNS[s.cam_sign])
         cam = normalise_cam(cam, s.cam_norm)
@@ -270,7 +285,7 @@ class Rationale:
             cam = jax.lax.stop_gradient(cam)
         branch_state = {c: t["rationale"] for c, t in model_state.items()}
         mask, branch_state = apply_train(self.rationale, params["rationale"], branch_state, maps)
-        attention = normalise_attention(mask, s.att_norm, s.bn_groups)
+        attention = normalise_attention(mask, s.att_norm, self.loss_groups)
         fit, target = fitting_loss(cam, attention, s.tau, s.cam_softmax_axis, s.reduction)
         entropy = -jnp.sum(jax.scipy.special.xlogy(target, target), axis=-1)
         size = target.shape[-1]
@@ -342,8 +357,21 @@ class LCR(Rationale, MoCo):
     def config_section(cls) -> ml_collections.ConfigDict:
         section = MoCo.config_section()
         section.dim = 256  # LCR's `--moco-dim` default
-        section.update(lcr_fields())
+        # The original's GPUs (DDP processes): 0 = one per BN group (`bn_groups`).
+        section.loss_device_groups = 0
+        # The mask min-maxed over each GPU's batch tensor (the code's "batch" min-max).
+        section.update(lcr_fields(att_norm="group_minmax"))
         return section
+
+    def __init__(self, config, run):
+        super().__init__(config, run)
+        groups = self.loss_groups
+        if groups < 1 or run.batch_size % groups:
+            raise ValueError(
+                f"config.lcr.loss_device_groups={self.section.loss_device_groups} (0 = "
+                f"bn_groups={self.section.bn_groups}) must divide "
+                f"config.train.batch_size={run.batch_size}"
+            )
 
     def init_state(self, params, model_state, rng):
         model_state = {c: without_branch(t) for c, t in model_state.items()}
@@ -368,15 +396,21 @@ class LCR(Rationale, MoCo):
         (ssl, logits), pooled_grad = jax.value_and_grad(ssl_loss, argnums=1, has_aux=True)(
             params["projector"], features["pooled"]
         )
+        # Each GPU's Grad-CAM is of its own mean InfoNCE: G x the global mean's gradient.
+        groups = self.loss_groups
         fit, metrics, branch_state = self.fit_rationale(
-            params, model_state, last_stage_map(features), pooled_grad
+            params, model_state, last_stage_map(features), groups * pooled_grad
         )
+        # DDP averages the GPUs' gradients: a summed KL counts 1 / G of the global sum
+        # ('batchmean' and 'mean' already divide the sum by the whole batch's count).
+        fit = fit / groups if s.reduction == "sum" else fit
         loss = ssl + s.loss_weight * fit
         metrics = {
+            **metrics,
             "loss": loss,
             "ssl_loss": ssl,
+            "lcr_loss": fit,
             "contrastive_acc": jnp.mean(jnp.argmax(logits, -1) == 0),
-            **metrics,
         }
         new_state = {
             c: {**t, "backbone": backbone_state[c], "rationale": branch_state[c]}

@@ -71,9 +71,14 @@ class MoCo(Method):
             "queue_ptr": jnp.zeros((), jnp.int32),
         }
 
+    def key_permutation(self, method_state: PyTree, rng: jax.Array, size: int) -> jax.Array:
+        """The shuffle-BN permutation `[size]` of the key batch (the original's `randperm`;
+        a parity test replaces it with the original run's)."""
+        return jax.random.permutation(rng, size)
+
     def key_embeddings(self, method_state: PyTree, images: jax.Array, rng: jax.Array):
         """Unit keys `[B, dim]` from the key encoder on a shuffled batch, and its new state."""
-        perm = jax.random.permutation(rng, images.shape[0])
+        perm = self.key_permutation(method_state, rng, images.shape[0])
         out, key_model_state = apply_train(
             self.net, method_state["key_params"], method_state["key_model_state"], images[perm]
         )

@@ -75,11 +75,13 @@ def main(argv: list[str], model_overrides: dict[str, str] | None = None) -> None
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
         devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
         print(f"devices: {devices}, processes: {jax.process_count()}")
-        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except USER_ERRORS as err:  # a message, not a traceback (checkpoints stay intact)
         if _DEBUG.value:
             raise
         raise user_error_exit(err) from None
+    if result.get("stopped_by") == "SIGINT":
+        sys.exit(130)  # the shell's status for a Ctrl-C (after the checkpoint was saved)
 
 
 def run(argv: list[str]) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import gc
 import multiprocessing
+import multiprocessing.spawn
 import os
 import sys
 import threading
+from collections.abc import Iterator
 
 import grain.python as grain
 import numpy as np
@@ -93,6 +96,30 @@ class IndexSampler:
 
 _watch_lock = threading.Lock()
 _watching_in: int | None = None  # pid of the process whose parent is watched
+
+
+@contextlib.contextmanager
+def workers_ignore_sigint() -> Iterator[None]:
+    """Processes spawned in the body (grain's data workers) ignore SIGINT from their first
+    statement. A terminal's Ctrl-C is SIGINT to its whole process group: the workers would
+    die with a traceback each, mid-import or mid-queue, and leave the trainer (which saves
+    and stops) waiting on them. Neither a blocked signal mask nor the handler set around the
+    start survives (spawn re-executes Python, and grain starts workers lazily from its
+    prefetch threads), so the spawn command line itself ignores SIGINT first."""
+    original = multiprocessing.spawn.get_command_line
+
+    def command_line(**kwargs) -> list[str]:
+        line = original(**kwargs)
+        if "-c" in line:  # not a frozen executable
+            at = line.index("-c") + 1
+            line[at] = f"import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); {line[at]}"
+        return line
+
+    multiprocessing.spawn.get_command_line = command_line
+    try:
+        yield
+    finally:
+        multiprocessing.spawn.get_command_line = original
 
 
 def exit_with_parent() -> None:

@@ -2,7 +2,8 @@
 
 Resumes automatically from the newest restorable checkpoint in the workdir (train
 state and data-iterator position), so a killed run finishes with the same parameters
-as an uninterrupted one. SIGTERM saves a checkpoint and returns cleanly. A checkpoint
+as an uninterrupted one. SIGTERM or SIGINT (Ctrl-C) saves a checkpoint and returns
+cleanly; one trainer at a time holds the workdir (`workdir_lock`). A checkpoint
 that cannot be written (a full disk) stops the run with `checkpoint.CheckpointSaveError`,
 naming the step's folder and the intact previous step a rerun resumes from. Evaluation
 runs at the end, optionally before training and after the epochs `evaluation_epochs` names;
@@ -12,6 +13,7 @@ runs at the end, optionally before training and after the epochs `evaluation_epo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +30,7 @@ from fgjax.core.distributed import all_processes, say
 from fgjax.core.progress import progress
 from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
 from fgjax.data.datasets import build_source
+from fgjax.data.grain_utils import workers_ignore_sigint
 from fgjax.data.sources import ParallelRootSource, summarize
 from fgjax.data.train_loader import last_batch_size, make_train_loader, steps_per_epoch
 from fgjax.eval.evaluate import Evaluator
@@ -39,6 +42,7 @@ from fgjax.train.metrics_log import MetricsWriter, Throughput
 from fgjax.train.resume import check_same_run
 from fgjax.train.state import TrainState, create_train_state
 from fgjax.train.step import jit_train_step, make_train_step
+from fgjax.train.workdir_lock import LOCK_NAME, hold_workdir
 
 
 class NonFiniteError(FloatingPointError):
@@ -46,14 +50,31 @@ class NonFiniteError(FloatingPointError):
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag the loop checks after each step."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks after each step, from
+    the start of a run (a signal during setup stops it before its first step). A second
+    Ctrl-C interrupts at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signal_name: str | None = None  # the first signal received
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            if jax.process_index() == 0:  # the run may be waiting on data or a compile
+                print(
+                    "SIGINT: saving and stopping after this step; Ctrl-C again stops at once",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def agreed(self, sync_point: bool) -> bool:
         """Whether to save and stop after this step. Several processes must save together
@@ -65,20 +86,31 @@ class _StopRequest:
         return sync_point and "1" in all_processes(str(int(self.requested)))
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _write_json(path: str, payload: Any) -> None:
+    """Write `payload` to `path` on process 0, atomically (a kill leaves the old file or
+    the new one, never half of one)."""
     if jax.process_index() == 0:
-        with open(path, "w") as f:
+        partial = path + ".partial"
+        with open(partial, "w") as f:
             json.dump(payload, f, indent=2)
+        os.replace(partial, path)
 
 
 def _read_json(path: str, default: Any) -> Any:
     if not os.path.exists(path):
         return default
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} is damaged ({err}); repair it, or delete it to start that record "
+                "afresh (the checkpoints are untouched)"
+            ) from None
 
 
 def _format(results: dict[str, float]) -> str:
@@ -182,28 +214,49 @@ class _Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate.
 
-    Returns `{'step': last step, 'finished': bool, 'state': TrainState, 'eval': {...}}`
-    ('eval' only when training finished and `config.eval.enabled`).
+    Returns `{'step': last step, 'finished': bool, 'state': TrainState, 'eval': {...},
+    'stopped_by': 'SIGTERM' | 'SIGINT'}` ('eval' only when training finished and
+    `config.eval.enabled`, 'stopped_by' only when a signal stopped it). Refuses
+    (`WorkdirInUseError`) a workdir another live trainer holds.
     """
+    stop = _StopRequest()  # first: a signal from here on stops the run cleanly
+    try:
+        with workers_ignore_sigint():  # a Ctrl-C is for the trainer, which ends its workers
+            return _train_in_workdir(config, workdir, stop)
+    finally:
+        stop.restore()
+
+
+def _train_in_workdir(config, workdir: str, stop: _StopRequest) -> dict[str, Any]:
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
-    try:
-        run = _Run(config)
-        if config.train.num_epochs == 0:
-            return _evaluate_only(config, workdir, run)
-        return _train(config, workdir, run)
-    except BaseException:
-        if created and jax.process_index() == 0:
-            _remove_if_unused(workdir)
-        raise
+    # Process 0 speaks for the run; a refusal leaves the holder's workdir untouched.
+    lock = hold_workdir(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        try:
+            run = _Run(config)
+            if config.train.num_epochs == 0:
+                return _evaluate_only(config, workdir, run)
+            result = _train(config, workdir, run, stop)
+        except BaseException:
+            if created and jax.process_index() == 0:
+                _remove_if_unused(workdir)
+            raise
+        if created and result["step"] == 0 and jax.process_index() == 0:
+            _remove_if_unused(workdir)  # stopped before its first step
+        return result
 
 
 def _remove_if_unused(workdir: str) -> None:
-    """Remove `workdir` if it holds nothing a rerun or a user needs: at most config.json
-    and empty folders (a run that failed before its first step leaves no empty workdir)."""
+    """Remove `workdir` if it holds nothing a rerun or a user needs: at most config.json,
+    the trainer lock, empty files and empty folders (a run that failed or was stopped before
+    its first step leaves no empty workdir)."""
     for folder, _, files in os.walk(workdir):
-        if any(not (folder == workdir and name == "config.json") for name in files):
-            return
+        for name in files:
+            path = os.path.join(folder, name)
+            kept = folder == workdir and name in ("config.json", LOCK_NAME)
+            if not kept and os.path.getsize(path):
+                return
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -262,6 +315,9 @@ class _EvalHistory:
         self.path = os.path.join(workdir, "eval_history.json")
         self.metric = metric
         self.entries: list[dict[str, Any]] = _read_json(self.path, [])
+
+    def has(self, step: int) -> bool:
+        return any(e["step"] == step for e in self.entries)
 
     def add(self, step: int, epoch: float, results: dict[str, float]) -> None:
         self.entries = [e for e in self.entries if e["step"] != step]
@@ -352,7 +408,7 @@ class _BadImages:
             print(message, file=sys.stderr)
 
 
-def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
+def _train(config, workdir: str, run: _Run, stop: _StopRequest) -> dict[str, Any]:
     c, method, mesh = config, run.method, run.mesh
     per_epoch = run.steps_per_epoch
     eval_epochs = evaluation_epochs(c.eval, c.train.num_epochs)  # checked before any work
@@ -406,13 +462,28 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
         if c.eval.enabled and c.eval.at_start:
             _write_json(initial_path, run.evaluate(state))
 
+    def evaluation_due(step: int) -> bool:
+        """Whether the periodic evaluation runs after `step` (the final one is separate)."""
+        in_epochs = step % per_epoch == 0 and step // per_epoch in eval_epochs
+        return c.eval.enabled and in_epochs and step < run.stop_step
+
+    def evaluate_periodically(state: TrainState, step: int) -> None:
+        results = run.evaluate(state, periodic=True)
+        history.add(step, step / per_epoch, results)
+        say(f"epoch {step / per_epoch:g}:", _format(results))
+
+    # The run stopped (killed or signalled) after this checkpoint, before its evaluation.
+    at = int(state.step)
+    if restored is not None and evaluation_due(at) and not history.has(at):
+        say(f"step {at}: its evaluation was not recorded before the run stopped; evaluating")
+        evaluate_periodically(state, at)
+
     view_specs = {name: photometric_spec(c, name) for name in method.view_names}
     train_step = jit_train_step(
         make_train_step(method, tx, view_specs, run.info, c.train.accumulate_steps), mesh
     )
     bad_images = _BadImages(workdir)
     throughput = Throughput(c.train.batch_size)
-    stop = _StopRequest()
     step = int(state.step)
     last_saved = step if restored is not None else None
     bar = progress(
@@ -424,8 +495,12 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
     )
     throughput.measure(step)
     previous_bad = None
+    # A signal during setup stops the run before its first step (nothing new to save).
+    early = stop.requested and jax.process_count() == 1
+    if early:
+        say(f"{stop.signal_name} before step {step + 1}: nothing new to save, exiting")
     try:
-        while step < run.stop_step:
+        while not early and step < run.stop_step:
             if step % per_epoch == 0:
                 state = _apply_hook(
                     method, step // per_epoch, state, run.extractor, mesh, writer, step
@@ -480,20 +555,13 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
                         f"the checkpoint holds the parameters of step {step - streak}"
                     )
             if stopping:
-                say(f"SIGTERM: saved step {step}, exiting")
+                say(f"{stop.signal_name}: saved step {step}, exiting")
                 break
-            if (
-                c.eval.enabled
-                and step % per_epoch == 0
-                and step // per_epoch in eval_epochs
-                and step < run.stop_step
-            ):
-                results = run.evaluate(state, periodic=True)
-                history.add(step, step / per_epoch, results)
-                say(f"epoch {step / per_epoch:g}:", _format(results))
+            if evaluation_due(step):
+                evaluate_periodically(state, step)
     finally:
         bar.close()
-        stop.restore()
+        stop.restore()  # a signal during the final evaluation interrupts it
         try:
             checkpointer.wait()  # raises CheckpointSaveError if the last save failed
         finally:
@@ -501,6 +569,8 @@ def _train(config, workdir: str, run: _Run) -> dict[str, Any]:
 
     finished = step >= run.stop_step
     result: dict[str, Any] = {"step": step, "finished": finished, "state": state}
+    if stop.requested and not finished:
+        result["stopped_by"] = stop.signal_name
     if finished and c.eval.enabled:
         final = run.evaluate(state)
         history.add(step, step / per_epoch, final)

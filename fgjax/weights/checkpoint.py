@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fgjax.weights.pth_reader import CheckpointFormatError, load_pth
+from fgjax.weights.pth_reader import CheckpointFormatError, check_zip_entries, load_pth
 from fgjax.weights.pth_writer import save_pth
 from fgjax.weights.safetensors_io import MAX_HEADER_BYTES, load_safetensors, save_safetensors
 
@@ -94,6 +94,30 @@ def select_state_dict(
     return tensors, []
 
 
+def check_npz(name: str) -> None:
+    """Refuse an .npz whose members expand out of proportion (`check_zip_entries`) or whose
+    `.npy` header declares more bytes than the member holds (a shape of (10^12,) in a small
+    file), before numpy allocates anything."""
+    with zipfile.ZipFile(name) as zf:
+        check_zip_entries(zf)
+        for info in zf.infolist():
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                if read_header is None:
+                    raise CheckpointFormatError(f"member {info.filename!r}: .npy {version}")
+                shape, _, dtype = read_header(member)
+                declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if dtype.hasobject or declared != info.file_size - member.tell():
+                    raise CheckpointFormatError(
+                        f"member {info.filename!r} declares shape {shape} of {dtype} "
+                        f"({declared} bytes) but holds {info.file_size - member.tell()}"
+                    )
+
+
 def read_checkpoint(path: PathLike, notes: list[str] | None = None) -> dict[str, np.ndarray]:
     """Flat `{key: array}` of a torch / safetensors / npz file (unwrapped, see module doc).
 
@@ -103,10 +127,12 @@ def read_checkpoint(path: PathLike, notes: list[str] | None = None) -> dict[str,
     kind = sniff(name)
     if kind == "npz":
         try:
+            check_npz(name)
             with np.load(name, allow_pickle=False) as data:
                 return {k: data[k] for k in data.files}
         except (ValueError, OSError, zipfile.BadZipFile) as e:
-            raise CheckpointFormatError(f"{name}: unreadable .npz ({e})") from None
+            message = str(e) if isinstance(e, CheckpointFormatError) else f"unreadable .npz ({e})"
+            raise CheckpointFormatError(f"{name}: {message}") from None
     if kind == "safetensors":
         return load_safetensors(name)
     tensors, found = select_state_dict(load_pth(name), name)

@@ -366,8 +366,12 @@ def _refuse_extension_opcodes(file: BinaryIO) -> None:
     file.seek(start)
 
 
-class SafeUnpickler(pickle.Unpickler):
+class SafeUnpickler(pickle._Unpickler):
     """Unpickler that resolves only `ALLOWED_GLOBALS`, each to an inert stand-in.
+
+    The pure-Python unpickler: its memo is a dict, where the C one grows an array to the
+    largest memo index a PUT names (a 9-byte pickle naming index 2^26 allocated 1.25 GB).
+    Object pickles of checkpoints are small (tensor bytes live in separate records).
 
     Every way a pickle can name a callable (GLOBAL, STACK_GLOBAL, INST, OBJ) goes through
     `find_class`, and EXT* opcodes are refused; anything outside the allowlist raises
@@ -543,8 +547,31 @@ def load_pth(path: PathLike) -> Any:
         raise CheckpointFormatError(f"{path}: corrupt torch checkpoint ({e!r})") from None
 
 
+# Bounds that keep a small hostile file from allocating gigabytes before any check: an
+# archive entry may expand at most MAX_EXPANSION times its compressed size unless it is at
+# most MAX_UNBOUNDED_ENTRY bytes, and an object pickle (a few KB for a real state dict)
+# holds at most MAX_PICKLE_BYTES.
+MAX_EXPANSION = 64
+MAX_UNBOUNDED_ENTRY = 256 * 2**20
+MAX_PICKLE_BYTES = 32 * 2**20
+
+
+def check_zip_entries(zf: zipfile.ZipFile) -> None:
+    """Refuse (`CheckpointFormatError`) an entry whose uncompressed size is out of
+    proportion to its compressed size (a zip bomb), before anything is decompressed."""
+    for info in zf.infolist():
+        ratio_ok = info.file_size <= MAX_EXPANSION * max(info.compress_size, 1)
+        if info.file_size > MAX_UNBOUNDED_ENTRY and not ratio_ok:
+            raise CheckpointFormatError(
+                f"archive entry {info.filename!r} would expand from {info.compress_size} to "
+                f"{info.file_size} bytes (more than {MAX_EXPANSION}x and "
+                f"{MAX_UNBOUNDED_ENTRY >> 20} MiB): refused"
+            )
+
+
 def _load_zip(path: str) -> Any:
     with zipfile.ZipFile(path) as zf:
+        check_zip_entries(zf)
         names = zf.namelist()
         pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkls) != 1:
@@ -562,7 +589,14 @@ def _load_zip(path: str) -> Any:
         storages: dict[str, _Storage] = {}
 
         def fetch(key: str) -> bytes:
-            return zf.read(f"{root}/data/{key}")
+            record = f"{root}/data/{key}"
+            declared = storages[key].numel * storages[key].dtype.itemsize
+            if zf.getinfo(record).file_size != declared:
+                raise CheckpointFormatError(
+                    f"storage {key!r} declares {declared} bytes, its record {record!r} holds "
+                    f"{zf.getinfo(record).file_size}"
+                )
+            return zf.read(record)
 
         def storage_loader(pid: Any) -> _Storage:
             storage_type, key, numel, _ = _parse_storage_pid(pid)
@@ -571,6 +605,11 @@ def _load_zip(path: str) -> Any:
             return storages[key]
 
         script = any(n.startswith(f"{root}/code/") for n in names)
+        if zf.getinfo(pkls[0]).file_size > MAX_PICKLE_BYTES:
+            raise CheckpointFormatError(
+                f"{pkls[0]} holds {zf.getinfo(pkls[0]).file_size} bytes, more than the "
+                f"{MAX_PICKLE_BYTES >> 20} MiB an object pickle may (tensors are stored apart)"
+            )
         obj = SafeUnpickler(io.BytesIO(zf.read(pkls[0])), storage_loader, script).load()
         return _materialize(obj, byteorder)
 
@@ -613,8 +652,11 @@ def _load_legacy(path: str) -> Any:
                 raise CheckpointFormatError(f"storage {key!r} listed but never referenced")
             (numel,) = struct.unpack(fmt, f.read(8))
             nbytes = numel * storages[key].dtype.itemsize
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if numel < 0 or nbytes > left:  # checked before reading (or allocating) it
+                raise CheckpointFormatError(
+                    f"truncated storage {key!r}: {nbytes} bytes declared, {left} left"
+                )
             blob = f.read(nbytes)
-            if numel < 0 or len(blob) != nbytes:
-                raise CheckpointFormatError(f"truncated storage {key!r}")
             blobs[key] = blob
         return _materialize(obj, byteorder)

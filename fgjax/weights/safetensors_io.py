@@ -65,8 +65,8 @@ def read_header(path: PathLike) -> tuple[dict, int]:
         raw = f.read(n)
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"{os.fspath(path)}: bad JSON header ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise SafetensorsError(f"{os.fspath(path)}: bad JSON header ({e!r})") from None
     if not isinstance(header, dict) or len(raw) != n:
         raise SafetensorsError(f"{os.fspath(path)}: bad header")
     return header, 8 + n

@@ -3,17 +3,19 @@
 Per coarse class c (n_c points, current leaf count k[c]): k_c = min(k[c], n_c); L2 k-means
 with k_c clusters (fgjax.core.kmeans: 20 Lloyd iterations, 5 restarts); the single cluster
 pair with the smallest positive merge ratio r (fgjax.core.coding_length); if r < T the pair
-(a < b) merges: b's points join a, the merged centroid is l2norm(mean of the members'
-embeddings), ids above b shift down by one (contiguous) and k_c drops by one. Unmerged
-clusters keep their k-means centroids, L2-normalised. Global ids are class-block offsets:
-sum of the previous classes' new k plus the local id.
+(a, b) merges into local cluster 0, whose centroid is l2norm(mean of the members'
+embeddings), the other clusters follow in their k-means order (ids 1.., as the original's
+`run_hkmeans` numbers them) and k_c drops by one. Unmerged clusters keep their k-means
+centroids, L2-normalised. Global ids are class-block offsets: sum of the previous classes'
+new k plus the local id.
 
 Classes run one batch of `class_batch` after another (`lax.map`) at a static padded shape:
 each class's points gathered into an `[n_max, d]` block (host-side index plan from `coarse`),
 clusters padded to `k_max` with clusters >= k_c inactive. Differences from the original
 (faiss, per class in a Python loop):
 
-- random streams: class c's k-means uses `jax.random.split(key, C)[c]` (faiss: seed 0);
+- random streams: class c's k-means uses `jax.random.split(key, C)[c]` (faiss: seed 0), or
+  starts from the given points `init_index` (tests pass faiss the same ones);
 - an empty cluster after k-means keeps its previous centroid and its id (faiss splits a large
   cluster; the original would then divide by zero in its merge bookkeeping); an empty
   cluster never merges (its r is +inf).
@@ -49,23 +51,25 @@ def class_blocks(coarse: np.ndarray, num_classes: int, n_max: int) -> np.ndarray
     return index
 
 
-def _class_step(x, valid, k, key, threshold, k_max, pair_chunk):
-    """One class's block `x [n, d]`: k-means with k active clusters of k_max, then at most one
-    merge. Returns (labels [n], centroids [k_max, d] unit, new k, merged, best ratio)."""
+def _class_step(x, valid, k, key, init_index, threshold, k_max, pair_chunk):
+    """One class's block `x [n, d]`: k-means with k active clusters of k_max (seeded from the
+    rows `init_index [k_max]` when given), then at most one merge. Returns (labels [n],
+    centroids [k_max, d] unit, new k, merged, best ratio)."""
     slots = jnp.arange(k_max)
-    centroids, assign, _ = kmeans(x, k_max, key, valid=valid, active=slots < k)
+    centroids, assign, _ = kmeans(
+        x, k_max, key, valid=valid, active=slots < k, init_index=init_index
+    )
     # Inactive clusters are empty, so their ratios are +inf: no change needed in merge_ratios.
     ratios = merge_ratios(x, assign, k_max, valid, pair_chunk=pair_chunk)
     a, b, merge, best = best_merge(ratios, threshold)
     members = valid & ((assign == a) | (assign == b))
     merged = jnp.sum(jnp.where(members[:, None], x, 0.0), axis=0)  # same direction as the mean
-    labels = jnp.where(merge & (assign == b), a, assign)
-    labels = jnp.where(merge & (labels > b), labels - 1, labels)
-    # Centroid ids above b move down one slot; slot a takes the members' mean.
-    source = jnp.where(merge & (slots >= b), jnp.minimum(slots + 1, k_max - 1), slots)
-    centroids = centroids[source]
-    centroids = centroids.at[a].set(jnp.where(merge, merged, centroids[a]))
-    return labels, l2_normalize(centroids), k - merge, merge, best
+    # The merged pair becomes cluster 0, the others keep their order after it.
+    new_id = jnp.where((slots == a) | (slots == b), 0, slots + 1 - (slots > a) - (slots > b))
+    new_id = jnp.where(merge, new_id, slots)
+    centroids = jnp.zeros_like(centroids).at[new_id].set(centroids)
+    centroids = centroids.at[0].set(jnp.where(merge, merged, centroids[0]))
+    return new_id[assign], l2_normalize(centroids), k - merge, merge, best
 
 
 @functools.partial(jax.jit, static_argnames=("k_max", "class_batch", "pair_chunk"))
@@ -75,6 +79,7 @@ def buc_blocks(
     clusters_per_class: jax.Array,
     key: jax.Array,
     threshold: jax.Array,
+    init_index: jax.Array | None = None,
     *,
     k_max: int,
     class_batch: int = 1,
@@ -89,13 +94,13 @@ def buc_blocks(
     keys = jax.random.split(key, index.shape[0])
 
     def one_class(args):
-        idx, v, kc, kk = args
+        idx, v, kc, kk, init = args
         x = features[jnp.minimum(idx, num_points - 1)]  # gathered per class: O(n_max d) live
-        return _class_step(x, v, kc, kk, threshold, k_max, pair_chunk)
+        return _class_step(x, v, kc, kk, init, threshold, k_max, pair_chunk)
 
     # lax.map, not vmap: `class_batch` classes at a time bound the temp memory.
     labels, centroids, new_k, merged, best = jax.lax.map(
-        one_class, (index, valid, k, keys), batch_size=class_batch
+        one_class, (index, valid, k, keys, init_index), batch_size=class_batch
     )
     offsets = jnp.cumsum(new_k) - new_k
     # Scatter back: padded rows (index N) and unused slots (position C * k_max) are dropped.
@@ -121,6 +126,7 @@ def buc_step(
     n_max: int,
     class_batch: int = 1,
     pair_chunk: int = 1024,
+    init_index: np.ndarray | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """One epoch's BuC step for all C coarse classes (spec 5.2).
 
@@ -132,6 +138,9 @@ def buc_step(
     `class_batch` classes are processed at once (vmapped), one batch after another, and the
     merge criterion's joint log-dets run `pair_chunk` cluster pairs at a time, so the temp
     memory grows with class_batch * (n_max k_max + pair_chunk d^2), not with C k_max^2 d^2.
+    `init_index` optional ints `[C, k_max]`: class c's k-means starts from its points
+    init_index[c] (positions among the class's points, in dataset order; the first k[c]
+    are used) instead of random ones, as faiss does with given initial centroids.
 
     Returns `(im2cluster int32 [N], centroids float32 [C * k_max, d], new_k int32 [C],
     merged bool [C], best_ratio float32 [C])`: global cluster ids (class offsets + local id,
@@ -155,6 +164,7 @@ def buc_step(
         jnp.asarray(clusters_per_class, jnp.int32),
         key,
         jnp.float32(threshold),
+        None if init_index is None else jnp.asarray(init_index, jnp.int32),
         k_max=k_max,
         class_batch=class_batch,
         pair_chunk=pair_chunk,

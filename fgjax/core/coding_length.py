@@ -1,9 +1,11 @@
 """BuCSFR's merge criterion: lossy coding lengths of clusters (shared/methods/bucsfr.md 5.3).
 
-The original (`utils/utils.py`, `new_new_entropy_counter`) codes a set Z of n rows of
-dimension d = 128 with the Ma et al. (TPAMI 2007) lossy coding length
+The original (`utils/utils.py`, `new_new_entropy_counter`) codes a set Z of n rows with the
+Ma et al. (TPAMI 2007) lossy coding length
 
     L(Z) = ((n + d) / 2) * log2 det(I + (d / (eps2 * n)) * Z^T Z),   eps2 = 16,
+
+with the literal d = 128 (`CODE_DIM`) whatever the embedding's dimension (its --dim),
 
 and for a cluster pair (a, b) the bits saved by coding them together,
 I(a, b) = L_a + L_b - L_{a u b}, and the ratio r = L_small / I. It uses the n x n Gram when
@@ -20,16 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 
 EPS2 = 16.0  # the original's "exiu": squared distortion
+CODE_DIM = 128  # the original's literal d in (n + d) / 2 and d / (eps2 n), not Z's width
 
 
 def coding_length(gram: jax.Array, count: jax.Array) -> jax.Array:
-    """L = ((n + d) / 2) log2 det(I + d / (eps2 n) G) of sets with Grams `gram [..., d, d]`
-    (G = Z^T Z) and sizes `count [...]` (n); 0 where n = 0."""
+    """L = ((n + 128) / 2) log2 det(I + 128 / (eps2 n) G) of sets with Grams
+    `gram [..., d, d]` (G = Z^T Z, any d) and sizes `count [...]` (n); 0 where n = 0."""
     d = gram.shape[-1]
     n = jnp.asarray(count, gram.dtype)
-    scale = d / (EPS2 * jnp.maximum(n, 1.0))  # guard n = 0 (G = 0 there, so det = 1)
+    scale = CODE_DIM / (EPS2 * jnp.maximum(n, 1.0))  # guard n = 0 (G = 0 there, so det = 1)
     _, logdet = jnp.linalg.slogdet(jnp.eye(d, dtype=gram.dtype) + scale[..., None, None] * gram)
-    return (n + d) / 2 * logdet / math.log(2.0)
+    return (n + CODE_DIM) / 2 * logdet / math.log(2.0)
 
 
 def cluster_grams(

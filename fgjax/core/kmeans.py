@@ -28,14 +28,22 @@ def _sq_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
 
 
 def _lloyd(
-    x: jax.Array, valid: jax.Array, key: jax.Array, k: int, iterations: int, active: jax.Array
+    x: jax.Array,
+    valid: jax.Array,
+    key: jax.Array,
+    k: int,
+    iterations: int,
+    active: jax.Array,
+    init_index: jax.Array | None = None,
 ):
-    """One restart: random distinct valid points, `iterations` Lloyd updates, then the
-    final nearest-centroid assignment and its objective."""
-    # Distinct uniform draw among valid rows: the top-k of iid Gumbel noise (invalid rows -inf).
-    # top_k is sorted, so the first m seeds are those a call with k = m draws.
-    noise = jnp.where(valid, jax.random.gumbel(key, valid.shape), -jnp.inf)
-    centroids = x[jax.lax.top_k(noise, k)[1]]
+    """One restart: random distinct valid points (or the rows `init_index`), `iterations`
+    Lloyd updates, then the final nearest-centroid assignment and its objective."""
+    if init_index is None:
+        # Distinct uniform draw among valid rows: the top-k of iid Gumbel noise (invalid rows
+        # -inf). top_k is sorted, so the first m seeds are those a call with k = m draws.
+        noise = jnp.where(valid, jax.random.gumbel(key, valid.shape), -jnp.inf)
+        init_index = jax.lax.top_k(noise, k)[1]
+    centroids = x[init_index]
     weight = valid.astype(x.dtype)
     unused = jnp.where(active, 0.0, jnp.inf).astype(x.dtype)  # inactive: never nearest
 
@@ -66,6 +74,7 @@ def kmeans(
     restarts: int = 5,
     valid: jax.Array | None = None,
     active: jax.Array | None = None,
+    init_index: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """L2 k-means of `x [n, d]`: the best of `restarts` Lloyd runs of `iterations` steps.
 
@@ -74,7 +83,9 @@ def kmeans(
     gives the same result as its valid rows alone. `active` an optional bool `[k]` mask:
     inactive clusters get no rows (their centroids are meaningless), so a traced cluster count
     m fits a static k; with the prefix `arange(k) < m` the result is the call with k = m on the
-    same key. Needs at least as many valid rows as active clusters.
+    same key. Needs at least as many valid rows as active clusters. `init_index` an optional
+    int `[k]`: every restart starts from these rows (faiss' given initial centroids; the
+    restarts then agree) instead of random ones.
 
     Returns `(centroids [k, d], assignment int32 [n], objective)`: each row's nearest
     centroid (padded rows get one too; ignore them) and the sum of squared distances of the
@@ -92,7 +103,9 @@ def kmeans(
         active = jnp.ones(k, bool)
     elif active.shape != (k,):
         raise ValueError(f"kmeans: active must be [{k}], got shape {active.shape}")
-    runs = jax.vmap(lambda kk: _lloyd(x, valid, kk, k, iterations, active))(
+    if init_index is not None and init_index.shape != (k,):
+        raise ValueError(f"kmeans: init_index must be [{k}], got shape {init_index.shape}")
+    runs = jax.vmap(lambda kk: _lloyd(x, valid, kk, k, iterations, active, init_index))(
         jax.random.split(key, restarts)
     )
     best = jnp.argmin(runs[2])

@@ -62,17 +62,30 @@ def selection_probabilities(posterior: jax.Array, same: jax.Array) -> tuple[jax.
     return _max_normalised(posterior * same), _max_normalised((1.0 - posterior) * same)
 
 
+def selection_from_uniforms(
+    u_pos: jax.Array,
+    u_neg: jax.Array,
+    posterior: jax.Array,
+    queue_coarse: jax.Array,
+    coarse: jax.Array,
+) -> Selection:
+    """M+ = u_pos < clip(p+, 0, 0.999) and M- = u_neg < clip(p-, 0, 0.999) (Bernoulli draws
+    from given uniforms `[B, K]` in [0, 1)) for anchors of coarse labels `coarse [B]`
+    against a queue labelled `queue_coarse [K]`, given `posterior [B, K]`."""
+    same = queue_coarse[None, :] == coarse[:, None]
+    p_pos, p_neg = selection_probabilities(posterior, same)
+    draw = lambda u, p: u < jnp.clip(p, 0.0, 0.999)
+    return Selection(same, draw(u_pos, p_pos), draw(u_neg, p_neg))
+
+
 def sample_selection(
     key: jax.Array, posterior: jax.Array, queue_coarse: jax.Array, coarse: jax.Array
 ) -> Selection:
-    """Draw M+ and M- (independently) for anchors of coarse labels `coarse [B]` against a
-    queue labelled `queue_coarse [K]`. Bernoulli(p) is `u < p` for u ~ U[0, 1), the uniforms
-    of `jax.random.split(key)` (what `jax.random.bernoulli` draws)."""
-    same = queue_coarse[None, :] == coarse[:, None]
-    p_pos, p_neg = selection_probabilities(posterior, same)
+    """`selection_from_uniforms` with M+ and M- drawn independently: the uniforms of
+    `jax.random.split(key)` (what `jax.random.bernoulli` draws)."""
     pos_key, neg_key = jax.random.split(key)
-    draw = lambda k, p: jax.random.uniform(k, p.shape) < jnp.clip(p, 0.0, 0.999)
-    return Selection(same, draw(pos_key, p_pos), draw(neg_key, p_neg))
+    u_pos, u_neg = (jax.random.uniform(k, posterior.shape) for k in (pos_key, neg_key))
+    return selection_from_uniforms(u_pos, u_neg, posterior, queue_coarse, coarse)
 
 
 def soft_target_contrastive(

@@ -14,6 +14,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fgjax.data.decode import resize_center_crop
 from fgjax.data.shape_buckets import resize_capped
@@ -106,30 +107,49 @@ def test_descriptors_match_the_authors_code():
         assert same == (cut == 0), i
 
 
-def test_dml_pipeline_matches_the_authors_code():
-    """`cfga_with_dmls.py` (MS loss / CosFace / ArcFace models): Resize(256) + CenterCrop(227)
-    against fgjax's eval crop ('ms_loss' pipeline of `python -m fgjax.describe`); on the
-    authors' crops, the descriptors without LCC and the model's own embedding (the
-    metric-learning methods' `MetricNet`)."""
-    d, model, variables = _load()
+def _crops(d, prefix: str, size: int) -> np.ndarray:
+    """The authors' crops `<prefix>/input/<i>` of the DML images, normalised, after checking
+    fgjax's eval crop of the same images against them. Same geometry (torchvision's truncated
+    long side, rounded offsets), but fgjax resamples the crop box in one PIL resize where
+    torchvision resizes the whole image and then crops: a few pixels differ by one level."""
     crops = []
-    for i in range(len([k for k in d if k.startswith("dml/source/")])):
-        want = d[f"dml/input/{i}"]
-        crop = resize_center_crop(
-            {"image": d[f"dml/source/{i}"]}, image_size=227, resize_ratio=227 / 256
-        )
-        # Same geometry (torchvision's truncated long side, rounded offsets), but fgjax
-        # resamples the crop box in one PIL resize where torchvision resizes the whole
-        # image and then crops: a few pixels differ by one level (README, CFGA section).
+    for i in range(len([k for k in d if k.startswith(f"{prefix}/input/")])):
+        want = d[f"{prefix}/input/{i}"]
+        record = {"image": d[f"dml/source/{i}"]}
+        crop = resize_center_crop(record, image_size=size, resize_ratio=size / 256)
         off = np.abs(crop.astype(int) - want)
         assert off.max() <= 1 and np.mean(off > 0) < 0.005, (i, off.max(), np.mean(off > 0))
         crops.append(_normalized(want))
-    net = MetricNet(backbone=model, pooling="max", embedding_dim=d["dml/head/class_fc.bias"].size)
-    head = {"kernel": d["dml/head/class_fc.weight"].T, "bias": d["dml/head/class_fc.bias"]}
-    params = {"backbone": variables["params"], "embedding": head}
+    return np.stack(crops)
+
+
+@pytest.mark.parametrize(
+    "prefix, size, pooling",
+    [("dml", 227, "max"), ("proxy", 224, "avg_plus_max")],
+    ids=["ms_loss_cosface_arcface", "proxy_anchor"],
+)
+def test_dml_pipelines_match_the_authors_code(prefix, size, pooling):
+    """`cfga_with_dmls.py` (MS loss / CosFace / ArcFace models: Resize(256) + CenterCrop(227),
+    GMP) and `WACD_proxy_anchor_trained.py` (Proxy-Anchor: CenterCrop(224), GAP + GMP)
+    against fgjax's eval crop ('ms_loss' / 'proxy_anchor' pipelines of `python -m
+    fgjax.describe`); on the authors' crops, the descriptors without LCC and the model's own
+    embedding (the metric-learning methods' `MetricNet`)."""
+    d, model, variables = _load()
+    crops = _crops(d, prefix, size)
+    head = {
+        k.split("/")[-1].split(".")[-1]: v for k, v in d.items() if k.startswith(f"{prefix}/head/")
+    }
+    net = MetricNet(backbone=model, pooling=pooling, embedding_dim=head["bias"].size)
+    params = {
+        "backbone": variables["params"],
+        "embedding": {"kernel": head["weight"].T, "bias": head["bias"]},
+    }
     state = {"batch_stats": {"backbone": variables["batch_stats"]}}
-    names = tuple(n for n in SCRIPT_FILES if n != "pooling")
-    describe = describe_fn(model, names, use_lcc=False)
+    # the script's files; its 'embedding_max_avg.json' is the model's embedding, not `pooling`
+    files = {**SCRIPT_FILES, "embedding": "embedding_max_avg.json"}
+    files = {n: f for n, f in files.items() if n != "pooling" and f"{prefix}/expected/{f}" in d}
+    assert len(files) == len([k for k in d if k.startswith(f"{prefix}/expected/")])
+    describe = describe_fn(model, [n for n in files if n != "embedding"], use_lcc=False)
 
     @jax.jit
     def run(x):
@@ -137,8 +157,7 @@ def test_dml_pipeline_matches_the_authors_code():
         out["embedding"] = net.apply({"params": params, **state}, x, train=False)["embedding"]
         return out
 
-    got = jax.device_get(run(np.stack(crops)))
-    for name, file in {**SCRIPT_FILES, "embedding": "embedding_max_avg.json"}.items():
-        if name in got:
-            want = d[f"dml/expected/{file}"]
-            np.testing.assert_allclose(got[name], want, rtol=0, atol=ATOL, err_msg=name)
+    got = jax.device_get(run(crops))
+    for name, file in files.items():
+        want = d[f"{prefix}/expected/{file}"]
+        np.testing.assert_allclose(got[name], want, rtol=0, atol=ATOL, err_msg=f"{prefix} {name}")

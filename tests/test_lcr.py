@@ -204,6 +204,7 @@ SECTION_10_MOCO = dict(
     cam_target_stopgrad=False,
     reduction="sum",
     loss_device_groups=0,  # = bn_groups (4): the original's GPUs
+    branch_stat_updates=3,  # bn16's train-mode passes per step in the original
     hidden_dim=2048,
     dim=256,
     queue_size=65536,

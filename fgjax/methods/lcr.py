@@ -38,7 +38,7 @@ from fgjax.core.objectives import (
 )
 from fgjax.methods.base import LossAux, PyTree, apply_train, backbone_variables, register
 from fgjax.methods.byol import BYOL
-from fgjax.methods.moco import MoCo
+from fgjax.methods.moco import MoCo, unshuffled_keys
 from fgjax.models.norm import BatchNorm
 
 CAM_SIGNS = {"loss": 1.0, "score": -1.0}
@@ -361,6 +361,10 @@ class LCR(Rationale, MoCo):
         section.loss_device_groups = 0
         # The mask min-maxed over each GPU's batch tensor (the code's "batch" min-max).
         section.update(lcr_fields(att_norm="group_minmax"))
+        # Running-statistic updates of the branch's BN per step: 3 = the original's
+        # train-mode passes (the query maps, the shuffled key maps through the online
+        # branch, the query maps again); 1 = the query maps once.
+        section.branch_stat_updates = 3
         return section
 
     def __init__(self, config, run):
@@ -371,6 +375,11 @@ class LCR(Rationale, MoCo):
                 f"config.lcr.loss_device_groups={self.section.loss_device_groups} (0 = "
                 f"bn_groups={self.section.bn_groups}) must divide "
                 f"config.train.batch_size={run.batch_size}"
+            )
+        if self.section.branch_stat_updates not in (1, 3):
+            raise ValueError(
+                f"config.lcr.branch_stat_updates={self.section.branch_stat_updates!r}: "
+                "choose 1 or 3"
             )
 
     def init_state(self, params, model_state, rng):
@@ -386,8 +395,10 @@ class LCR(Rationale, MoCo):
         features, backbone_state = apply_train(
             self.net.backbone, params["backbone"], backbone_state, views["view1"]
         )
-        k, key_model_state = self.key_embeddings(method_state, views["view2"], rng)
-        k = jax.lax.stop_gradient(k)
+        key_out, perm, key_model_state = self.shuffled_key_forward(
+            method_state, views["view2"], rng
+        )
+        k = jax.lax.stop_gradient(unshuffled_keys(key_out["proj"], perm))
 
         def ssl_loss(projector, pooled):
             q = l2_normalize(self.net.projector.apply({"params": projector}, pooled, train=True))
@@ -401,6 +412,10 @@ class LCR(Rationale, MoCo):
         fit, metrics, branch_state = self.fit_rationale(
             params, model_state, last_stage_map(features), groups * pooled_grad
         )
+        if s.branch_stat_updates == 3:
+            branch_state = self.repeat_branch_stats(
+                params, model_state, branch_state, last_stage_map(key_out)
+            )
         # DDP averages the GPUs' gradients: a summed KL counts 1 / G of the global sum
         # ('batchmean' and 'mean' already divide the sum by the whole batch's count).
         fit = fit / groups if s.reduction == "sum" else fit
@@ -418,6 +433,20 @@ class LCR(Rationale, MoCo):
         }
         update = {"keys": k, "key_model_state": key_model_state}
         return loss, LossAux(new_state, metrics, update)
+
+    def repeat_branch_stats(
+        self, params: PyTree, model_state: PyTree, branch_state: PyTree, key_maps: jax.Array
+    ) -> PyTree:
+        """The branch's BN statistics after the original's second and third train-mode
+        passes of a step: the shuffled key maps `[B, H, W, C]` (through the online branch,
+        no gradient), then the query maps again (the update `branch_state` already holds,
+        r <- m r + (1 - m) s_q, repeated)."""
+        before = {c: t["rationale"] for c, t in model_state.items()}
+        _, keyed = apply_train(
+            self.rationale, params["rationale"], branch_state, jax.lax.stop_gradient(key_maps)
+        )
+        m = self.config.model.bn_momentum
+        return jax.tree.map(lambda k, q, r: m * k + q - m * r, keyed, branch_state, before)
 
     def explained_loss(self, params, model_state, method_state, pooled, partners):
         """InfoNCE of queries from `pooled` `[B, C]` against the key encoder's (eval mode)

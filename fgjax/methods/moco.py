@@ -29,6 +29,11 @@ def enqueue(queue: jax.Array, ptr: jax.Array, rows: jax.Array) -> tuple[jax.Arra
     return queue, (ptr + rows.shape[0]) % queue.shape[0]
 
 
+def unshuffled_keys(proj: jax.Array, perm: jax.Array) -> jax.Array:
+    """Unit keys `[B, dim]` in the batch's order from projections of the batch `[perm]`."""
+    return l2_normalize(jnp.zeros_like(proj).at[perm].set(proj))
+
+
 @register
 class MoCo(Method):
     name = "moco"
@@ -76,14 +81,19 @@ class MoCo(Method):
         a parity test replaces it with the original run's)."""
         return jax.random.permutation(rng, size)
 
-    def key_embeddings(self, method_state: PyTree, images: jax.Array, rng: jax.Array):
-        """Unit keys `[B, dim]` from the key encoder on a shuffled batch, and its new state."""
+    def shuffled_key_forward(self, method_state: PyTree, images: jax.Array, rng: jax.Array):
+        """The key encoder's train-mode outputs on the shuffled batch (in shuffled order),
+        the permutation `[B]` and the key encoder's new state."""
         perm = self.key_permutation(method_state, rng, images.shape[0])
         out, key_model_state = apply_train(
             self.net, method_state["key_params"], method_state["key_model_state"], images[perm]
         )
-        keys = jnp.zeros_like(out["proj"]).at[perm].set(out["proj"])
-        return l2_normalize(keys), key_model_state
+        return out, perm, key_model_state
+
+    def key_embeddings(self, method_state: PyTree, images: jax.Array, rng: jax.Array):
+        """Unit keys `[B, dim]` from the key encoder on a shuffled batch, and its new state."""
+        out, perm, key_model_state = self.shuffled_key_forward(method_state, images, rng)
+        return unshuffled_keys(out["proj"], perm), key_model_state
 
     def loss(self, params, model_state, method_state, frozen, views, batch, ctx, rng):
         out, model_state = apply_train(self.net, params, model_state, views["view1"])

@@ -209,31 +209,33 @@ def compare_params(params: dict, want: dict, prefix: str, atol: float) -> float:
     return worst
 
 
-def bn_means_vars(stats: dict, torch_prefix: str) -> dict[str, np.ndarray]:
-    """fgjax backbone BN statistics as `{<torch key>.running_mean / var: value}`."""
+def bn_stats(state) -> dict[str, tuple[np.ndarray, int]]:
+    """fgjax's BN running statistics as `{<torch key>: (value, updates per step)}`: the
+    query and key backbones (1 train-mode pass each) and the branch's bn16 (3)."""
     from fgjax.weights.resnet_keys import torch_key as backbone_key
 
+    trees = {
+        "encoder_q.": state.model_state["batch_stats"]["backbone"],
+        "encoder_k.": state.method_state["key_model_state"]["batch_stats"]["backbone"],
+    }
     out = {}
-    for path, value in jax.tree_util.tree_flatten_with_path(stats)[0]:
-        path = tuple(p.key for p in path)
-        key = backbone_key(("batch_stats", *path))
-        out[torch_prefix + key] = np.asarray(value)
+    for prefix, tree in trees.items():
+        for path, value in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            key = prefix + backbone_key(("batch_stats", *(p.key for p in path)))
+            out[key] = (np.asarray(value), 1)
+    branch = state.model_state["batch_stats"].get("rationale")
+    if branch is not None:
+        for stat in ("mean", "var"):
+            out[f"bn16.running_{stat}"] = (np.asarray(branch["bn"][stat]), 3)
     return out
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_three_steps_match_the_original(golden, case):
     method, config, state, step = setup(golden, case)
-    processes = CASES[case][1]
-    name = CASES[case][0]
-    previous = {
-        prefix: bn_means_vars(tree["batch_stats"]["backbone"], prefix)
-        for prefix, tree in (
-            ("encoder_q.", state.model_state),
-            ("encoder_k.", state.method_state["key_model_state"]),
-        )
-    }
-    original_previous = {k: golden[f"init/{k}"] for p in previous.values() for k in p}
+    name, processes = CASES[case][:2]
+    previous = {k: v for k, (v, _) in bn_stats(state).items()}
+    original_previous = {k: golden[f"init/{k}"] for k in previous}
     for t in range(STEPS):
         state, metrics = step(state, None, batch(golden, t))
         assert float(metrics["skipped"]) == 0.0
@@ -250,24 +252,21 @@ def test_three_steps_match_the_original(golden, case):
             np.asarray(state.method_state["queue"]).T, golden[f"{case}/{t}/queue"], atol=PARAM_ATOL
         )
         assert int(state.method_state["queue_ptr"]) == golden[f"{case}/{t}/queue_ptr"][0]
-        # BN running statistics: each process updates from its own group's batch; DDP then
-        # broadcasts process 0's before the next forward. fgjax averages the groups'
-        # updates, so compare the update: new - 0.9 old = 0.1 x the groups' batch stats.
-        for prefix, tree in (
-            ("encoder_q.", state.model_state),
-            ("encoder_k.", state.method_state["key_model_state"]),
-        ):
-            got = bn_means_vars(tree["batch_stats"]["backbone"], prefix)
-            for key, value in got.items():
-                ranks = np.mean(
-                    [golden[f"{case}/{t}/r{r}/{key}"] for r in range(processes)], axis=0
-                )
-                want = ranks - 0.9 * original_previous[key]
-                np.testing.assert_allclose(
-                    value - 0.9 * previous[prefix][key], want, atol=STAT_ATOL, err_msg=key
-                )
-                original_previous[key] = golden[f"{case}/{t}/r0/{key}"]
-            previous[prefix] = got
+        # BN running statistics: each process updates its own from its group's batch (n
+        # train-mode passes a step); DDP then broadcasts process 0's before the next
+        # forward. fgjax averages the groups' updates, so compare what the step adds:
+        # new - 0.9^n old (the mean over the processes for the original).
+        for key, (value, n) in bn_stats(state).items():
+            decay = 0.9**n
+            ranks = np.mean([golden[f"{case}/{t}/r{r}/{key}"] for r in range(processes)], 0)
+            np.testing.assert_allclose(
+                value - decay * previous[key],
+                ranks - decay * original_previous[key],
+                atol=STAT_ATOL,
+                err_msg=key,
+            )
+            previous[key] = value
+            original_previous[key] = golden[f"{case}/{t}/r0/{key}"]
     compare_params(
         state.method_state["key_params"], golden, f"{case}/{STEPS - 1}/encoder_k.", PARAM_ATOL
     )

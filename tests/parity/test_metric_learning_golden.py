@@ -5,7 +5,8 @@ fixtures/metric_learning_golden_<method>.npz come from RUNNING mikiyukio/CFGA_CA
 optimiser steps on a narrow ResNet and fixed batches (fixtures/make_metric_learning_golden.py).
 Here fgjax's own recipe (`metric_learning.recipe`, shrunk to the same network) runs the real
 jitted train step from the same weights on the same uint8 batches; the loss of every step,
-the parameters after every step and DGPCRL's BN running statistics are compared.
+the parameters after every step and DGPCRL's BN running statistics are compared, and the
+learning rate of every step of the full runs against the authors' schedulers.
 Proxy-Anchor has no training code in the authors' repositories: nothing to compare.
 """
 
@@ -21,7 +22,8 @@ from conftest import jitted_step, run_info  # noqa: E402
 
 from fgjax.config import default_config  # noqa: E402
 from fgjax.core.sharding import global_batch, put_replicated  # noqa: E402
-from fgjax.methods.metric_learning import recipe  # noqa: E402
+from fgjax.methods.metric_learning import RETRIEVAL_TRAIN_IMAGES, recipe  # noqa: E402
+from fgjax.train import optim  # noqa: E402
 from fgjax.weights import resnet_variables_from_torch  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
@@ -120,3 +122,25 @@ def test_steps_match_the_authors_script(method):
                 atol=PARAM_ATOL,
                 err_msg=f"{method} step {k + 1} {jax.tree_util.keystr(path)}",
             )
+
+
+def test_schedules_match_the_authors_schedulers():
+    """The full runs' learning rates (no milestone is reached in 3 steps): MS loss's
+    per-iteration multistep at 1200 / 2400 (`WarmupMultiStepLR`, no warm-up) and DGPCRL's
+    per-epoch StepLR(100), against the Cars recipes' optax schedules (Cars: 8,054 training
+    images, 100 steps of 80 / 134 steps of 60 per epoch)."""
+    for method, key in (("ms_loss", "lr_per_iteration"), ("dgpcrl", "lr_per_epoch")):
+        with np.load(os.path.join(FIXTURES, f"metric_learning_golden_{method}.npz")) as data:
+            want = data[f"{method}/{key}"]
+        c = recipe(default_config(method), "cars")
+        per_epoch = RETRIEVAL_TRAIN_IMAGES["cars"] // c.train.batch_size
+        schedule = optim.make_schedule(c.optim, c.train.batch_size, per_epoch, c.train.num_epochs)
+        if key == "lr_per_iteration":
+            steps = np.arange(want.size)
+        else:  # the first and last step of every epoch
+            steps = np.concatenate(
+                [np.arange(want.size) * per_epoch, (np.arange(want.size) + 1) * per_epoch - 1]
+            )
+            want = np.concatenate([want, want])
+        got = np.asarray(jax.vmap(schedule)(steps))
+        np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=method)

@@ -4,7 +4,8 @@ From ../shared/methods/lcr.md section 3.1 (LCR `configs/byol_cub200.yaml`): LARS
 with trust coefficient 1e-3 and weight decay 1.5e-6 on conv/linear kernels only,
 momentum 0 (the code never stores the velocity; set `--config.optim.momentum=0.9`
 for the intended variant), lr 0.3 x B/256 = 0.15, 10 warm-up epochs (linear from 0,
-the peak on their last step), then a cosine
+the peak on their last step; the first step at the peak, the schedule one step late),
+then a cosine
 laid out over 800 epochs of which only 100 run (lr ends near 0.145, the repo's CUB
 quirk), batch 128, 4096-256 projector and predictor with BN, constant target decay
 0.996 (LCR's code; `--config.byol.ema_schedule=cosine` for the BYOL paper), no stem
@@ -39,9 +40,10 @@ def get_config():
     c.optim.trust_coefficient = 1e-3
     c.optim.warmup_epochs = 10.0
     # LR_Scheduler's np.linspace(0, peak, warm-up steps) reaches the peak on the last
-    # warm-up step. (Its first value is used one step late: the original's first step
-    # runs at the optimiser's initial lr, the peak, before the scheduler writes any.)
+    # warm-up step, and runs one step late: main.py's first step takes the optimiser's
+    # initial lr (the peak) before the scheduler writes any.
     c.optim.warmup_reaches_peak = "last"
+    c.optim.schedule_delay_steps = 1
     c.optim.cosine_epochs = 800
     c.optim.schedule_unit = "step"
     c.train.batch_size = 128

@@ -26,6 +26,8 @@
       'whole' (HERBS: it starts after the warm-up but its half-period is all
       cosine_epochs, so it stops short of final_lr).
   final_lr: value the cosine decays to.
+  schedule_delay_steps (optional, absent = 0): the first d steps run at the peak and the
+      schedule starts d steps late (LCR's BYOL recipes: 1).
   weight_decay, weight_decay_mask: 'all' (PyTorch SGD semantics) or 'kernels'
       (conv/dense kernels only: no BN parameters, no biases).
   momentum, nesterov (sgd, lars), trust_coefficient (lars), b1, b2 (adamw, adam),
@@ -154,6 +156,14 @@ def make_schedule(
             return jnp.where(step < warmup_steps, warm, decayed)
         return decayed
 
+    # A recipe may set `schedule_delay_steps` d (absent = 0): steps 0..d-1 run at the peak
+    # and step t >= d at the schedule's step t - d (LCR's BYOL: main.py steps its
+    # LR_Scheduler after the optimiser, whose first step runs at its initial lr, the peak).
+    delay = optim.get("schedule_delay_steps", 0)
+    if delay:
+        return lambda count: jnp.where(
+            count < delay, jnp.float32(peak), schedule(jnp.maximum(count - delay, 0))
+        )
     return schedule
 
 

@@ -7,10 +7,9 @@ make_lcr_byol_golden.py): a tiny ResNet without stem max-pool (BasicBlock, width
 real jitted train step from the same weights and batches. Compared per step: the BYOL
 loss and the summed KL, the online and target parameters and every BN statistic.
 
-The learning rate is the original's, fed to fgjax's LARS as it was recorded: the original
-runs its first step at the optimiser's initial lr (the peak) and only then starts its
-warm-up, one step behind fgjax's schedule (see `test_fgjax_warm_up_is_the_original_one_step_
-ahead`).
+The learning rate is fgjax's schedule of configs/cub_byol.py (one epoch = one step here,
+so the 10-epoch warm-up spans the steps): the original's first step runs at the peak and
+its np.linspace warm-up starts one step late (`schedule_delay_steps=1`).
 """
 
 from __future__ import annotations
@@ -118,8 +117,8 @@ def setup(golden: dict, case: str):
     config = make_config(name, switches)
     run = run_info(config, steps_per_epoch=1, num_epochs=100)
     method = build_method(config, run)
-    lrs = jnp.asarray(golden[f"{case}/lr"], jnp.float32)
-    tx = optim.make_optimizer(config.optim, lambda count: lrs[count])
+    schedule = optim.make_schedule(config.optim, BATCH, run.steps_per_epoch, 100)
+    tx = optim.make_optimizer(config.optim, schedule)
     state = create_train_state(method, tx, (2, SIZE, SIZE, 3), seed=0)
     online = fill({"params": state.params, **state.model_state}, golden, "init/")
     ms = state.method_state
@@ -162,15 +161,14 @@ def test_three_steps_match_the_original(golden, case):
         compare(target, golden, f"{case}/{t}/", online=False)
 
 
-def test_fgjax_warm_up_is_the_original_one_step_ahead(golden):
-    """configs/cub_byol.py's warm-up is LR_Scheduler's np.linspace (the peak on the last
-    warm-up step); the original runs step 0 at the peak (the optimiser's initial lr)
-    and step t >= 1 at fgjax's lr of step t - 1."""
+def test_the_recipe_schedule_is_the_originals(golden):
+    """configs/cub_byol.py's lr: step 0 at the peak (the optimiser's initial lr), then
+    LR_Scheduler's np.linspace(0, peak, 10) (the peak on the last warm-up step) one step
+    late, then its cosine."""
     config = make_config("byol", {})
     schedule = optim.make_schedule(config.optim, BATCH, 1, 100)
-    original = golden["byol/lr"]
     peak = 0.3 * BATCH / 256
-    np.testing.assert_allclose(original[0], peak)
-    fgjax = np.asarray([schedule(t) for t in range(STEPS)])
-    np.testing.assert_allclose(original[1:], fgjax[:-1], rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(schedule(9), peak, rtol=1e-6)  # 10 warm-up steps of 1 epoch
+    fgjax = np.asarray([schedule(t) for t in range(12)])
+    np.testing.assert_allclose(fgjax[:STEPS], golden["byol/lr"], rtol=1e-6, atol=1e-12)
+    want = np.concatenate([[peak], np.linspace(0, peak, 10), [peak]])
+    np.testing.assert_allclose(fgjax, want, rtol=1e-6, atol=1e-12)

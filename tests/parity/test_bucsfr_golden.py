@@ -1,7 +1,8 @@
 """BuCSFR against the authors' own code (issue #29): the golden trajectory of
 tests/fixtures/make_bucsfr_golden.py (the official main_worker in 2 gloo processes on CPU:
 2 warm-up steps, BuC, 2 SFR steps, BuC) replayed by fgjax's real jitted train step with
-`bn_groups=2` (the 2 processes' BN statistics) and its real epoch hook.
+`bn_groups=2` (the 2 processes' BN statistics) and its real epoch hook, on one CPU device
+and (slow test) on 2 emulated devices, 8 examples each like the original's processes.
 
 Shared with the original through the fixture: the initial weights and queue, the augmented
 uint8 views, the shuffle permutation of the key batch, the uniforms of the SFR Bernoulli
@@ -21,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import sys
 import types
 
 import jax
@@ -210,6 +213,7 @@ def _continue_from_process_0(g, t, state):
 
 def test_bucsfr_matches_the_authors_main_worker(golden, monkeypatch):
     g = golden
+    assert jax.device_count() == int(os.environ.get("FGJAX_BUCSFR_GOLDEN_DEVICES", "1"))
     config = _config(g)
     spec = config.views.view1.photometric
     np.testing.assert_allclose(spec.mean, g["mean"], rtol=1e-6)
@@ -264,3 +268,21 @@ def test_bucsfr_matches_the_authors_main_worker(golden, monkeypatch):
         state = _continue_from_process_0(g, t, state)
     _check_buc(g, 1, state, method, tools, mesh, monkeypatch, report)  # epoch 2: counts carry
     print("max differences:", {k: f"{v:.2e}" for k, v in report.items() if k != "buc"})
+
+
+@pytest.mark.slow
+def test_bucsfr_matches_the_authors_main_worker_on_two_devices():
+    """The same replay with the global batch sharded over 2 emulated CPU devices (one
+    subprocess: the device count is fixed when jax starts)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", FGJAX_BUCSFR_GOLDEN_DEVICES="2")
+    flags = os.environ.get("XLA_FLAGS", "")  # conftest's optimisation level
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
+    test = f"{os.path.abspath(__file__)}::test_bucsfr_matches_the_authors_main_worker"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -1,13 +1,14 @@
 """CFGA / SCDA / Pooling descriptors against the authors' own extraction code (issue #29).
 
 fixtures/cfga_golden.npz comes from RUNNING mikiyukio/CFGA's `WACD_Resnet50_101_152.py`
-(ImageNet pipeline, LCC mask) and its no-LCC / Eq. 5 / Eq. 6 classes on a narrow ResNet
-(fixtures/make_cfga_golden.py). Here fgjax's `describe_fn` sees the same weights and the
-same PNG images through fgjax's own preprocessing (`resize_capped(max_short=256)`, the
-'imagenet' pipeline of `python -m fgjax.describe`, checked against the tensors the authors'
-loader produced), the three images padded into ONE batch with `valid` as the CLI pads
-uncropped images: one compile serves all of them.
-"""
+(ImageNet pipeline, LCC mask), its no-LCC / Eq. 5 / Eq. 6 classes, `cfga_with_dmls.py`
+(MS loss / CosFace / ArcFace models) and `WACD_proxy_anchor_trained.py` on a narrow ResNet
+(fixtures/make_cfga_golden.py). ImageNet pipeline: fgjax's `describe_fn` sees the same
+weights and the same PNG images through fgjax's own preprocessing (`resize_capped(256)`,
+the 'imagenet' pipeline of `python -m fgjax.describe`, pixel-equal to what the authors'
+loader fed its network), the three images padded into ONE batch with `valid` as the CLI
+pads uncropped images: one compile serves all of them. DML pipelines: fgjax's eval crops
+against the authors' crops, then the descriptors and the model's embedding on the latter."""
 
 import os
 

@@ -14,20 +14,25 @@ backbone, none into the projector).
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, run_info, tiny_config
 
-from fgjax.config import photometric_config, photometric_spec
-from fgjax.data.augment import no_augment_spec
-from fgjax.methods import StepContext, build_method
-from fgjax.train import optim
-from fgjax.train.state import create_train_state
-from fgjax.train.step import make_train_step
-from fgjax.weights.resnet_keys import resnet_variables_from_torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from conftest import REPO, run_info, tiny_config  # noqa: E402
+
+from fgjax.config import photometric_config, photometric_spec  # noqa: E402
+from fgjax.core.sharding import global_batch, make_mesh, put_replicated  # noqa: E402
+from fgjax.data.augment import no_augment_spec  # noqa: E402
+from fgjax.methods import StepContext, build_method  # noqa: E402
+from fgjax.train import optim  # noqa: E402
+from fgjax.train.state import create_train_state  # noqa: E402
+from fgjax.train.step import jit_train_step, make_train_step  # noqa: E402
+from fgjax.weights.resnet_keys import resnet_variables_from_torch  # noqa: E402
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "lcr_golden.npz")
 STEPS, BATCH, SIZE = 3, 16, 32
@@ -118,8 +123,9 @@ def golden_permutation(method_state, rng, size):
     return method_state["golden_perms"][method_state["queue_ptr"] // size]
 
 
-def setup(golden: dict, case: str):
-    """`(method, config, state, train step)` of `case` at the fixture's initial weights."""
+def setup(golden: dict, case: str, mesh=None):
+    """`(method, config, state, train step)` of `case` at the fixture's initial weights;
+    with a `mesh`, the real sharded step (`jit_train_step`, the state replicated)."""
     name, groups, switches = CASES[case]
     config = make_config(name, groups, switches)
     run = run_info(config, steps_per_epoch=10)
@@ -150,8 +156,10 @@ def setup(golden: dict, case: str):
         opt_state=tx.init(params),
     )
     specs = {v: photometric_spec(config, v) for v in method.view_names}
-    step = jax.jit(make_train_step(method, tx, specs, run))
-    return method, config, state, step
+    step_fn = make_train_step(method, tx, specs, run)
+    if mesh is None:
+        return method, config, state, jax.jit(step_fn)
+    return method, config, put_replicated(state, mesh), jit_train_step(step_fn, mesh)
 
 
 def batch(golden: dict, t: int) -> dict:
@@ -232,12 +240,31 @@ def bn_stats(state) -> dict[str, tuple[np.ndarray, int]]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_three_steps_match_the_original(golden, case):
-    method, config, state, step = setup(golden, case)
+    run_and_compare(golden, case)
+
+
+def test_four_emulated_devices_match_the_four_processes():
+    """lcr_p4 on a mesh of 4 emulated CPU devices (the batch sharded as the 4 GPUs'), in
+    one subprocess: the groups, not the devices, set the result."""
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=4".strip()
+    done = subprocess.run(
+        [sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[-1] == "devices=4"
+
+
+def run_and_compare(golden: dict, case: str, mesh=None) -> None:
+    """Run `case`'s 3 steps (on `mesh` if given) and assert they match the fixture."""
+    method, config, state, step = setup(golden, case, mesh)
     name, processes = CASES[case][:2]
     previous = {k: v for k, (v, _) in bn_stats(state).items()}
     original_previous = {k: golden[f"init/{k}"] for k in previous}
     for t in range(STEPS):
-        state, metrics = step(state, None, batch(golden, t))
+        inputs = batch(golden, t) if mesh is None else global_batch(batch(golden, t), mesh)
+        state, metrics = step(state, None, inputs)
         assert float(metrics["skipped"]) == 0.0
         ce, cam = golden[f"{case}/ce"][t], golden[f"{case}/cam"][t]
         ssl = metrics["ssl_loss" if name == "lcr" else "loss"]
@@ -302,3 +329,8 @@ def test_the_gradient_of_the_fitting_term_alone_matches_the_original(golden):
     # Grad-CAM target changes backbone gradients by 1e-3..1e-2 x scale, so a bound of
     # 1e-4 x scale sees it.
     compare_params(grads, golden, f"{case}/grad0/", 1e-4 * scale)
+
+
+if __name__ == "__main__":  # test_four_emulated_devices_match_the_four_processes
+    run_and_compare(dict(np.load(FIXTURE)), "lcr_p4", make_mesh())
+    print(f"devices={jax.device_count()}")

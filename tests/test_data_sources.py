@@ -167,6 +167,24 @@ def test_csv_manifest_errors_name_file_row_and_column(tmp_path):
     two = _write_csv(tmp_path / "two.csv", "path,label,coarse_label\na.png,0,0\na.png,0,1\n")
     with pytest.raises(ValueError, match=r"two\.csv: row 3, column 'coarse_label': class 0"):
         CsvManifestSource(two)
+    # One image twice in a split, or with two labels anywhere, was accepted silently.
+    _write_image(tmp_path / "b.png")
+    twice = _write_csv(tmp_path / "twice.csv", "path,label,split\na.png,0,train\n./a.png,0,train\n")
+    with pytest.raises(ValueError, match=r"twice\.csv: rows 2 and 3: './a.png' is listed twice"):
+        CsvManifestSource(twice, split="train")
+    apart = _write_csv(tmp_path / "apart.csv", "path,label,split\na.png,0,train\na.png,0,test\n")
+    assert len(CsvManifestSource(apart, split="train")) == 1  # one per split: allowed
+    labels = "path,label,split\nb.png,0,train\na.png,1,train\na.png,0,test\n"
+    with pytest.raises(ValueError, match=r"rows 3 and 4: 'a.png' has two labels \('1' and '0'\)"):
+        CsvManifestSource(_write_csv(tmp_path / "labels.csv", labels), split="train")
+
+
+def test_csv_manifest_with_a_byte_order_mark_reads_its_header(tmp_path):
+    _write_image(tmp_path / "a.png")
+    path = tmp_path / "bom.csv"  # as spreadsheet programs export UTF-8
+    path.write_bytes("\ufeffpath,label\na.png,7\n".encode())
+    source = CsvManifestSource(str(path))
+    assert len(source) == 1 and source.labels.tolist() == [7]
 
 
 def test_build_source_dispatch(folder_root, tmp_path):
@@ -285,3 +303,13 @@ def test_procedural_nuisance_scale_shrinks_within_class_variation():
     assert within_class_std(0.0) < 0.8 * within_class_std(1.0)
     with pytest.raises(ValueError, match="nuisance"):
         ProceduralFineGrained("train", nuisance=1.5)
+
+
+def test_image_folder_labels_follow_class_names_across_splits(tmp_path):
+    for split, classes in (("train", "abcd"), ("test", "bcde")):
+        for name in classes:
+            _write_image(tmp_path / split / name / "0.png")
+    train = ImageFolderSource(str(tmp_path), "train")
+    test = ImageFolderSource(str(tmp_path), "test")
+    assert train.class_names == test.class_names == list("abcde")
+    assert train.labels.tolist() == [0, 1, 2, 3] and test.labels.tolist() == [1, 2, 3, 4]

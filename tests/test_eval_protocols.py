@@ -6,7 +6,7 @@ import pytest
 
 from fgjax.config import default_config
 from fgjax.eval.features import Features
-from fgjax.eval.protocols import classify, knn
+from fgjax.eval.protocols import classify, knn, linear
 
 
 def _features(rng, n, dim=6, classes=6):
@@ -70,3 +70,30 @@ def test_classify_reports_herbs_outer_errors():
     c.eval.class_groups = "herbs"
     with pytest.raises(ValueError, match="class_groups='herbs' is not one of"):
         classify({"test": test}, c)
+
+
+def test_held_out_test_classes_are_refused_by_knn_on_train_and_the_probe():
+    rng = np.random.default_rng(3)
+    train, test = _features(rng, 60, classes=4), _features(rng, 30, classes=6)
+    test = test._replace(labels=np.maximum(test.labels, 1))  # classes 1..5, 4 and 5 unseen
+    c = default_config("supervised")
+    c.eval.knn_k = 5
+    with pytest.raises(ValueError, match=r"kNN .* 2 test classes \(labels 4, 5\) have no image"):
+        knn({"train": train, "test": test}, c)
+    with pytest.raises(ValueError, match=r"linear probe: 2 test classes"):
+        linear({"train": train, "test": test}, c)
+    c.eval.knn_bank = "test"  # leave-one-out on test: fine for held-out classes
+    assert 0 <= knn({"train": train, "test": test}, c)["top1"] <= 1
+
+
+def test_one_split_for_train_and_test_is_leave_one_out_and_skips_the_probe(capsys):
+    rng = np.random.default_rng(4)
+    split = _features(rng, 40)
+    c = default_config("supervised")
+    c.eval.knn_k = 5
+    c.data.train_split = c.data.test_split = "all"
+    same = knn({"train": split, "test": split}, c)["top1"]  # each query matched itself: 1.0
+    c.eval.knn_bank = "test"
+    assert same == knn({"test": split}, c)["top1"] < 1.0
+    assert linear({"train": split, "test": split}, c) == {}
+    assert "linear probe skipped" in capsys.readouterr().err

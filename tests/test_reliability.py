@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from conftest import REPO, tiny_config
+from PIL import Image
 
 from fgjax.train import loop
 from fgjax.train.loop import train_and_evaluate
@@ -123,3 +124,38 @@ def test_an_evaluation_lost_to_a_kill_is_done_on_resume(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=f"{history} is damaged"):
         train_and_evaluate(_periodic_config(), str(workdir))
     assert not list(workdir.glob("*.partial"))  # the writes are atomic (a rename)
+
+
+def test_config_constraints_of_the_evaluation_are_checked_before_the_first_step(tmp_path):
+    # eval.batch_size not a multiple of the devices: was a raw sharding error after training.
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from conftest import tiny_config\n\n"
+        "def get_config():\n    c = tiny_config('moco')\n    c.eval.batch_size = 3\n    return c\n"
+    )
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    out = subprocess.run(
+        [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={tmp_path / 'w'}"],
+        env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=flags),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1 and not (tmp_path / "w").exists(), out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "config.eval.batch_size=3 (per process)" in errors[0], out.stderr
+
+    # Held-out test classes with the kNN bank on train: kNN could never be right on them.
+    for split, classes in (("train", "ab"), ("test", "bc")):
+        for name in classes:
+            os.makedirs(tmp_path / "folders" / split / name)
+            for i in range(4):
+                Image.new("RGB", (20, 20)).save(tmp_path / "folders" / split / name / f"{i}.png")
+    config = tiny_config("moco")
+    config.data.kind, config.data.root = "image_folder", str(tmp_path / "folders")
+    config.eval.knn_bank = "train"
+    with pytest.raises(ValueError, match=r"1 test classes \(labels 2\) have no image in the train"):
+        train_and_evaluate(config, str(tmp_path / "held_out"))
+    assert not (tmp_path / "held_out").exists()

@@ -57,11 +57,13 @@ def require_paths(root: str, relpaths: Sequence[str], *, kind: str, layout: str)
 
 def read_text(path: str, encoding: str = "utf-8") -> str:
     """The text of an index file; bytes that are not `encoding` are a DatasetFormatError
-    naming the line (a raw UnicodeDecodeError names neither the file nor the line)."""
+    naming the line (a raw UnicodeDecodeError names neither the file nor the line). A UTF-8
+    byte-order mark (spreadsheet exports) is dropped: it would glue itself to the first
+    column's name."""
     with open(path, "rb") as f:
         data = f.read()
     try:
-        return data.decode(encoding)
+        return data.decode("utf-8-sig" if encoding == "utf-8" else encoding)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise DatasetFormatError(

@@ -243,8 +243,17 @@ def select_coarse_level(dataset: str, levels: dict[str, CoarseLevel], coarse: st
     return coarse
 
 
+def _subfolders(folder: str, paths: bool = False) -> list[str]:
+    """The names (or paths) of `folder`'s non-hidden sub-folders."""
+    found = [e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")]
+    return [e.path if paths else e.name for e in found]
+
+
 class ImageFolderSource(LabeledSource):
-    """`root/<split>/<class>/*.{jpg,jpeg,png}`; labels are the sorted class folder names.
+    """`root/<split>/<class>/*.{jpg,jpeg,png}`; labels index the sorted union of the class
+    folder names of every split folder under `root`, so a class has one label in every
+    split (per-split indices gave train {a,b,c,d} and test {b,c,d,e} a kNN top-1 of 0). A
+    class without images in this split keeps its label and has no records here.
 
     Args:
       root: dataset root holding one folder per split (e.g. CUB200/ with train/ and test/);
@@ -262,16 +271,17 @@ class ImageFolderSource(LabeledSource):
                 f"config.data.kind='image_folder' reads <root>/<split>/<class>/*.jpg; split "
                 f"folder {folder!r} does not exist. Found at {root!r}: {describe_folder(root)}"
             )
-        class_names = sorted(
-            e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
-        )
-        if not class_names:
+        here = _subfolders(folder)
+        if not here:
             raise DatasetLayoutError(
                 f"image_folder: split folder {folder!r} has no class sub-folders; found "
                 f"{describe_folder(folder)}"
             )
+        class_names = sorted(set().union(*(_subfolders(s) for s in _subfolders(root, True))))
         paths, labels = [], []
         for label, name in enumerate(class_names):
+            if name not in here:
+                continue
             class_dir = os.path.join(folder, name)
             files = sorted(
                 e.name
@@ -427,6 +437,7 @@ class CsvManifestSource(LabeledSource):
                     f"{self.csv_path}: column 'split': no row has split {split!r}; "
                     f"values present: {sorted(set(splits))}"
                 )
+        _refuse_repeated_paths(rows, keep, self.csv_path)
         paths = []
         for (r, d), k in zip(rows, keep, strict=True):
             if not k:
@@ -450,6 +461,25 @@ class CsvManifestSource(LabeledSource):
             coarse_levels=levels,
             coarse=coarse,
         )
+
+
+def _refuse_repeated_paths(rows: list[tuple[int, dict]], keep: np.ndarray, csv_path: str):
+    """A path with two labels anywhere in the manifest, or listed twice in the kept split,
+    is an error naming both rows (it would be trained or evaluated twice, or both ways)."""
+    first: dict[str, tuple[int, str, bool]] = {}
+    for (r, d), kept in zip(rows, keep, strict=True):
+        path, label = os.path.normpath(d["path"]), d["label"]
+        if path not in first:
+            first[path] = (r, label, kept)
+            continue
+        r0, label0, kept0 = first[path]
+        if label0 != label:
+            raise ValueError(
+                f"{csv_path}: rows {r0} and {r}: {d['path']!r} has two labels "
+                f"({label0!r} and {label!r})"
+            )
+        if kept and kept0:
+            raise ValueError(f"{csv_path}: rows {r0} and {r}: {d['path']!r} is listed twice")
 
 
 def coarse_of_classes(

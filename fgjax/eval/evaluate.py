@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 
 from fgjax.eval.features import Embed, FeatureExtractor
-from fgjax.eval.protocols import knn, knn_splits, retrieval
+from fgjax.eval.protocols import knn, knn_splits, require_train_classes, retrieval
 
 
 class Evaluator:
@@ -26,6 +26,15 @@ class Evaluator:
         extra: Mapping[str, Callable[[Any, FeatureExtractor], dict[str, float]]] | None = None,
     ):
         self.splits = dict.fromkeys(("test", *knn_splits(config)))  # checks knn_bank
+        sources = extractor.sources
+        if "train" in self.splits and config.eval.knn_labels == "fine" and "train" in sources:
+            # before training: held-out test classes make kNN on the train bank meaningless
+            train_split = config.data.train_split
+            if train_split != config.data.test_split:
+                what = "kNN (config.eval.knn_bank='train')"
+                require_train_classes(
+                    sources["train"].labels, sources["test"].labels, what, train_split
+                )
         self.config, self.extractor, self.embed = config, extractor, embed
         self.extra = dict(extra or {})
 

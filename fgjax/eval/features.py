@@ -58,6 +58,11 @@ class FeatureExtractor:
         squash_size: int = 0,
         resize_ratio: float = 0.875,
     ):
+        if batch_size <= 0 or batch_size % jax.local_device_count():
+            raise ValueError(  # checked here, before any training, not at the first batch
+                f"config.eval.batch_size={batch_size} (per process) must be a positive "
+                f"multiple of the {jax.local_device_count()} devices of each process"
+            )
         self.sources, self.mesh = sources, mesh
         self.mean, self.std = tuple(mean), tuple(std)
         self.show_progress = show_progress

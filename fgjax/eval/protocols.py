@@ -9,6 +9,7 @@ too). Adding one is one `register_protocol(name, Protocol(...))` line.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
 
 import ml_collections
@@ -101,17 +102,41 @@ def _labels(feats: Features, which: str, split: str) -> np.ndarray:
     raise ValueError(f"config.eval.knn_labels must be 'fine' or 'coarse', got {which!r}")
 
 
+def require_train_classes(
+    train_labels: np.ndarray, test_labels: np.ndarray, what: str, train_split: str
+) -> None:
+    """Refuse a protocol that scores test images against the train split's classes when
+    some test class has no train image (held-out classes: it could never be right)."""
+    missing = sorted(set(np.unique(test_labels).tolist()) - set(np.unique(train_labels).tolist()))
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise ValueError(
+            f"{what}: {len(missing)} test classes (labels {shown}) have no image in the train "
+            f"split {train_split!r}, so it could never be right on them. For held-out classes "
+            "use retrieval, or kNN leave-one-out on the test split (config.eval.knn_bank='test')"
+        )
+
+
+def _one_split(config: ml_collections.ConfigDict) -> bool:
+    return config.data.train_split == config.data.test_split
+
+
 def knn(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
     """kNN top-1 (k = `config.eval.knn_k`; `knn_vote` 'weighted' with T =
     `knn_temperature`, or 'majority') of the test split against the train split, or
-    leave-one-out on test (`knn_bank='test'`), on fine or coarse labels (`knn_labels`).
+    leave-one-out on test (`knn_bank='test'`, and always when the train and test splits
+    are one: each query would match itself), on fine or coarse labels (`knn_labels`).
     With `knn_ks`, also `top1@K` for each K there, from the same neighbour search."""
     c, test = config.eval, features["test"]
     ks = _knn_ks(config)
-    bank = features["train"] if c.knn_bank == "train" else test
-    bank_split = config.data.train_split if c.knn_bank == "train" else config.data.test_split
+    against_train = c.knn_bank == "train" and not _one_split(config)
+    bank = features["train"] if against_train else test
+    bank_split = config.data.train_split if against_train else config.data.test_split
     bank_labels = _labels(bank, c.knn_labels, bank_split)
     test_labels = _labels(test, c.knn_labels, config.data.test_split)
+    if against_train:
+        what = "kNN (config.eval.knn_bank='train')"
+        require_train_classes(bank_labels, test_labels, what, bank_split)
     num_classes = int(max(bank_labels.max(), test_labels.max())) + 1
     args = dict(
         num_classes=num_classes,
@@ -120,7 +145,7 @@ def knn(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[st
         vote=c.knn_vote,
         split=bank_split,
     )
-    if c.knn_bank == "train":
+    if against_train:
         top1 = knn_top1_multi(bank.features, bank_labels, test.features, test_labels, **args)
     else:
         top1 = knn_top1_multi(test.features, test_labels, None, None, leave_one_out=True, **args)
@@ -130,7 +155,15 @@ def knn(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[st
 def linear(features: FeaturesBySplit, config: ml_collections.ConfigDict) -> dict[str, float]:
     """The fast linear probe (`linear_probe`): logistic regression on the train split's
     frozen features, weight decay chosen on a validation share, scored on test."""
+    if _one_split(config):  # a probe trained on its own test images scores ~1.0
+        print(
+            f"note: linear probe skipped: the train and test splits are both "
+            f"{config.data.test_split!r}",
+            file=sys.stderr,
+        )
+        return {}
     train, test = features["train"], features["test"]
+    require_train_classes(train.labels, test.labels, "linear probe", config.data.train_split)
     result = linear_probe(train.features, train.labels, test.features, test.labels)
     metrics = classification_metrics(result.test_logits, test.labels)
     return {**metrics, "weight_decay": result.weight_decay}

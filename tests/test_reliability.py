@@ -13,6 +13,7 @@ from PIL import Image
 
 from fgjax.train import loop
 from fgjax.train.loop import train_and_evaluate
+from fgjax.train.resume import ConfigChangedError, check_same_run
 from fgjax.train.workdir_lock import LOCK_NAME, WorkdirInUseError, hold_workdir
 
 pytestmark = pytest.mark.usefixtures("module_compilation_cache")
@@ -159,3 +160,13 @@ def test_config_constraints_of_the_evaluation_are_checked_before_the_first_step(
     with pytest.raises(ValueError, match=r"1 test classes \(labels 2\) have no image in the train"):
         train_and_evaluate(config, str(tmp_path / "held_out"))
     assert not (tmp_path / "held_out").exists()
+
+
+def test_a_field_added_by_a_newer_fgjax_is_named_as_such_on_resume():
+    saved = {"lcr": {"alpha": 1.0}, "train": {"num_epochs": 2}}
+    now = {"lcr": {"alpha": 1.0, "loss_device_groups": 0}, "train": {"num_epochs": 9}}
+    with pytest.raises(ConfigChangedError) as refused:
+        check_same_run(saved, now, "runs/x", 4)
+    message = str(refused.value)
+    assert "lcr.loss_device_groups: '<absent>' (saved) -> 0" in message
+    assert "came with a newer fgjax" in message and "train.num_epochs: 2" not in message

@@ -70,6 +70,11 @@ def check_same_run(
         return
     listed = "; ".join(f"{f}: {a!r} (saved) -> {b!r}" for f, a, b in changes[:8])
     more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
+    if any(a == "<absent>" for _, a, _ in changes):
+        more += (
+            " (a field <absent> from the saved config came with a newer fgjax: the run was "
+            "trained without it, and its default may change what the run computes)"
+        )
     raise ConfigChangedError(
         f"{workdir} holds a run with another config (checkpoint {step}): {listed}{more}. "
         f"Resume it with its own config ({workdir}/config.json, changing only "

@@ -90,8 +90,16 @@ def test_mini_bad_inputs(mini):
     with pytest.raises(DatasetLayoutError, match=r"1 of the 6 .*jpg/image_00012.jpg"):
         build_source(data_config("flowers", mini), "test")
     savemat(mini / "setid.mat", {"trnid": np.array([[1, 13]]), "valid": [[1]], "tstid": [[2]]})
-    with pytest.raises(DatasetFormatError, match=r"setid.mat: entry 2: id 13 is outside 1..12"):
+    bad_id = r"setid.mat, variable 'trnid': entry 2: id 13 is outside 1..12"
+    with pytest.raises(DatasetFormatError, match=bad_id):
         build_source(data_config("flowers", mini), "train")
+    # An image listed twice (in one variable, or in both halves of trainval) was accepted.
+    savemat(mini / "setid.mat", {"trnid": np.array([[1, 3, 1]]), "valid": [[2]], "tstid": [[4]]})
+    with pytest.raises(DatasetFormatError, match=r"'trnid': entries 1 and 3 both list id 1"):
+        build_source(data_config("flowers", mini), "train")
+    savemat(mini / "setid.mat", {"trnid": np.array([[1, 3]]), "valid": [[2, 3]], "tstid": [[4]]})
+    with pytest.raises(DatasetFormatError, match=r"trnid\+valid: entries 2 and 4 both list id 3"):
+        build_source(data_config("flowers", mini), "trainval")
     savemat(mini / "setid.mat", {"trnid": np.array([[1]])})
     with pytest.raises(DatasetFormatError, match=r"setid.mat: no variable 'valid'"):
         build_source(data_config("flowers", mini), "val")

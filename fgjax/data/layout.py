@@ -267,10 +267,14 @@ def mat_strings(values: np.ndarray, path: str, field: str) -> list[str]:
     return out
 
 
-def dense_ids(values: np.ndarray, path: str, expected: int | None = None) -> np.ndarray:
-    """1-based ids -> 0-based int32, checked to lie in [1, expected] when given.
+def dense_ids(
+    values: np.ndarray, path: str, expected: int | None = None, unique: bool = False
+) -> np.ndarray:
+    """1-based ids -> 0-based int32, checked to lie in [1, expected] when given and, with
+    `unique`, to list no id twice (a split's image listed twice is read twice).
 
-    The error names the first offending entry (1-based position in `values`).
+    `path` names the source (e.g. "setid.mat, variable 'valid'"); the error names the
+    first offending entry (1-based position in `values`).
     """
     values = np.asarray(values)
     integral = values.dtype.kind in "iu" or (
@@ -288,6 +292,14 @@ def dense_ids(values: np.ndarray, path: str, expected: int | None = None) -> np.
             f"{path}: entry {k + 1}: id {int(values[k])} is outside "
             f"1..{expected if expected is not None else 'N'}"
         )
+    if unique:
+        _, first, counts = np.unique(values, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            k = int(first[np.argmax(counts > 1)])
+            again = k + 1 + int(np.flatnonzero(values[k + 1 :] == values[k])[0])
+            raise DatasetFormatError(
+                f"{path}: entries {k + 1} and {again + 1} both list id {int(values[k])}"
+            )
     return (values.astype(np.int64) - 1).astype(np.int32)
 
 

@@ -146,10 +146,17 @@ def flowers(data_config, split: str) -> LabeledSource:
     setid = load_mat(setid_path)
     ids = np.concatenate(
         [
-            dense_ids(mat_variable(setid, key, setid_path), setid_path, len(labels))
+            dense_ids(
+                mat_variable(setid, key, setid_path),
+                f"{setid_path}, variable {key!r}",
+                len(labels),
+                unique=True,
+            )
             for key in SPLIT_IDS[split]
         ]
     )
+    if len(SPLIT_IDS[split]) > 1:  # an image in both parts of a merged split
+        dense_ids(ids + 1, f"{setid_path}, variables {'+'.join(SPLIT_IDS[split])}", unique=True)
     paths = [os.path.join("jpg", f"image_{i + 1:05d}.jpg") for i in ids]
     require_listed_files(root, paths, index=f"setid.mat ({'+'.join(SPLIT_IDS[split])})")
     names_path = os.path.join(root, "cat_to_name.json")

@@ -45,7 +45,7 @@ from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval import plots
-from fgjax.eval.cache import cache_path, cached_features, fingerprint
+from fgjax.eval.cache import cache_path, cached_features, files_identity, fingerprint
 from fgjax.eval.features import (
     Embed,
     Features,
@@ -259,6 +259,7 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
                 embed = feature_embed(run.method, output)
                 embeds[output] = flip_averaged(embed) if a.flip else embed
             data = {k: v for k, v in config.data.to_dict().items() if k != "num_workers"}
+            source = run.sources[role]
             key = fingerprint(
                 dict(
                     weights=weights_identity(a, step),
@@ -267,10 +268,10 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
                     data=data,
                     split=config.data[f"{role}_split"],
                     model=config.model.to_dict(),
+                    files=files_identity(source),
                 )
             )
             name = role if output == a.features else f"{role}_{output}"
-            source = run.sources[role]
             cache[(role, output)], hit = cached_features(
                 cache_path(out, name),
                 key,

@@ -317,3 +317,23 @@ def test_config_json_round_trip_and_overrides(tmp_path):
 def test_format_table():
     text = format_table({"retrieval_recall@1": 0.5, "knn_top1": 0.25})
     assert text.splitlines()[2:] == ["retrieval_recall@1  0.5000", "knn_top1            0.2500"]
+
+
+def test_the_cache_fingerprint_follows_the_image_files(tmp_path):
+    """Features of broken images (replaced under skip_bad) were reused after the images
+    were repaired: the fingerprint now covers each file's size and modification time."""
+    from PIL import Image
+
+    from fgjax.data.sources import ImageFolderSource
+    from fgjax.eval.cache import files_identity
+
+    for name in ("a", "b"):
+        os.makedirs(tmp_path / "test" / name)
+        Image.new("RGB", (8, 8)).save(tmp_path / "test" / name / "0.png")
+    source = ImageFolderSource(str(tmp_path), "test")
+    before = files_identity(source)
+    assert before == files_identity(ImageFolderSource(str(tmp_path), "test"))  # stable
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(tmp_path / "test" / "b" / "0.png")  # repaired
+    os.utime(tmp_path / "test" / "b" / "0.png", ns=(1, 1))
+    assert files_identity(source) != before
+    assert files_identity(object()) == ""  # in-memory sources: their data is in the config

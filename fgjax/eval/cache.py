@@ -4,9 +4,10 @@ Each file holds the rows of one split in source order: `features` [N, D] float32
 and `coarse_labels` [N] int32, `index` [N] (row -> example of the split), `paths` [N]
 (the image files; empty strings for in-memory datasets) and `fingerprint`, a hash of
 everything the features depend on (weights and their step, feature choice, flip, image
-size, dataset). A rerun with the same fingerprint loads the file instead of running the
-model; any other fingerprint recomputes and replaces it. Writes are atomic (a temporary
-file in the same folder, then a rename), so an interrupted run never leaves half a file.
+size, dataset, and each image file's size and modification time: `files_identity`). A
+rerun with the same fingerprint loads the file instead of running the model; any other
+fingerprint recomputes and replaces it. Writes are atomic (a temporary file in the same
+folder, then a rename), so an interrupted run never leaves half a file.
 """
 
 from __future__ import annotations
@@ -27,6 +28,25 @@ def fingerprint(facts: dict[str, Any]) -> str:
     """A stable hash of `facts` (JSON-serialisable; key order does not matter)."""
     text = json.dumps(facts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def files_identity(source: Any) -> str:
+    """A hash of `source`'s image files as they are now (path, size, modification time):
+    repairing, replacing or adding an image changes it, so cached features of the old
+    files are not reused. '' for in-memory sources (their data is in the config)."""
+    paths = getattr(source, "paths", None)
+    if not paths:
+        return ""
+    root = getattr(source, "root", None) or ""
+    digest = hashlib.sha256()
+    for path in paths:
+        full = os.path.join(root, path)
+        try:
+            info = os.stat(full)
+            digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        except OSError:  # missing: extraction names it (or replaces it under skip_bad)
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def cache_path(folder: str, split: str) -> str:

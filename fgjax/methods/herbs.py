@@ -98,6 +98,17 @@ def selection_loss(selected: Array, labels: Array) -> Array:
     return cross_entropy(selected.reshape(b * k, n), jnp.repeat(labels, k))
 
 
+def level_terms(out: Mapping[str, Array], labels: Array, t: Array | float, level: str) -> dict:
+    """The unweighted terms of one level ('layer1', ...): `{'hr', 'layer', 'drop',
+    'select'}` -> scalar."""
+    return {
+        "hr": refinement_loss(out[level], out[f"FPN1_{level}"], t),
+        "layer": layer_loss(out[level], labels),
+        "drop": suppression_loss(out[f"drop_{level}"]),
+        "select": selection_loss(out[f"select_{level}"], labels),
+    }
+
+
 def herbs_loss(
     out: Mapping[str, Array],
     labels: Array,
@@ -106,15 +117,15 @@ def herbs_loss(
 ) -> tuple[Array, dict[str, Array]]:
     """`(total, terms)` of the HerbsHead outputs `out` (spec 3.8) for `labels [B]` at
     temperature `t`; `terms` are the unweighted per-term sums over the levels
-    ('hr_loss', 'layer_loss', 'drop_loss', 'select_loss') and 'comb_loss'."""
+    ('hr_loss', 'layer_loss', 'drop_loss', 'select_loss'), 'comb_loss', and each level's
+    weighted terms ('hr_loss_layer1', 'layer_loss_layer1', 'drop_loss_layer1', ...; not
+    L_sel, weighted 0 in HERBS) unweighted too."""
     levels = [f"layer{k + 1}" for k in range(len(section.num_selects))]
+    per_level = {n: level_terms(out, labels, t, n) for n in levels}
     terms = {
-        "hr_loss": sum(refinement_loss(out[n], out[f"FPN1_{n}"], t) for n in levels),
-        "layer_loss": sum(layer_loss(out[n], labels) for n in levels),
-        "drop_loss": sum(suppression_loss(out[f"drop_{n}"]) for n in levels),
-        "select_loss": sum(selection_loss(out[f"select_{n}"], labels) for n in levels),
-        "comb_loss": cross_entropy(out["comb_outs"], labels),
+        f"{term}_loss": sum(per_level[n][term] for n in levels) for term in per_level[levels[0]]
     }
+    terms["comb_loss"] = cross_entropy(out["comb_outs"], labels)
     weights = {
         "hr_loss": section.hr_weight,
         "layer_loss": section.layer_weight,
@@ -123,6 +134,8 @@ def herbs_loss(
         "comb_loss": section.comb_weight,
     }
     total = sum(weights[name] * value for name, value in terms.items())
+    for n in levels:
+        terms.update({f"{term}_loss_{n}": per_level[n][term] for term in ("hr", "layer", "drop")})
     return total, terms
 
 

@@ -337,3 +337,16 @@ def test_the_cache_fingerprint_follows_the_image_files(tmp_path):
     os.utime(tmp_path / "test" / "b" / "0.png", ns=(1, 1))
     assert files_identity(source) != before
     assert files_identity(object()) == ""  # in-memory sources: their data is in the config
+
+
+def test_reading_a_checkpoint_logs_no_orbax_warnings(trained, caplog):
+    """orbax warned 12 times per evaluation that a read-only manager is read-only and that
+    the items an evaluation does not read are not restored."""
+    import logging
+
+    from fgjax.train.checkpoint import read_saved_state
+
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        saved, step = read_saved_state(trained[1])
+    assert step == 2 and "params" in saved
+    assert not [r.getMessage() for r in caplog.records if r.name == "absl"]

@@ -14,12 +14,15 @@ steps are not pruned, and the next run removes the leftover.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -249,6 +252,22 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
     return template.replace(**fields), step
 
 
+@contextlib.contextmanager
+def _read_only_manager(directory: str, **kwargs: Any) -> Iterator[ocp.CheckpointManager]:
+    """A read-only orbax manager of `directory`, without orbax's absl warnings that it is
+    read-only and that the items a reader does not ask for (log, config, data) are not
+    restored: true and unactionable (12 lines before every `python -m fgjax.eval`)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(max(level, logging.ERROR))  # errors still show
+    try:
+        options = ocp.CheckpointManagerOptions(read_only=True)
+        with ocp.CheckpointManager(directory, options=options, **kwargs) as manager:
+            yield manager
+    finally:
+        absl.setLevel(level)
+
+
 def checkpoint_step(workdir: str, step: int | None = None) -> int:
     """`step` (default: the newest) if `WORKDIR/checkpoints` holds it complete, else a
     FileNotFoundError saying what exists; reads no state."""
@@ -257,8 +276,7 @@ def checkpoint_step(workdir: str, step: int | None = None) -> int:
         raise FileNotFoundError(
             f"no checkpoints in {workdir} (no folder {directory}){_why_none(workdir)}"
         )
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    with ocp.CheckpointManager(directory, options=options) as manager:
+    with _read_only_manager(directory) as manager:
         steps = sorted(manager.all_steps())
     if not steps:
         raise FileNotFoundError(f"no complete checkpoint in {directory}{_why_none(workdir)}")
@@ -291,9 +309,8 @@ def read_saved_state(workdir: str, step: int | None = None) -> tuple[dict[str, A
     at `step` (default: the newest), with no template; errors say what exists."""
     step = checkpoint_step(workdir, step)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    options = ocp.CheckpointManagerOptions(read_only=True)
     handlers = {"state": ocp.StandardCheckpointHandler()}
-    with ocp.CheckpointManager(directory, options=options, item_handlers=handlers) as manager:
+    with _read_only_manager(directory, item_handlers=handlers) as manager:
         # The saved tree (nested dicts), each array put on one device of this process:
         # without a target orbax would rebuild the saving run's shardings, which fails
         # on other devices (a run of 8 GPUs or several hosts read on a laptop).

@@ -298,3 +298,19 @@ def test_evaluator_map_only_when_final_or_asked():
     assert periodic == {k: v for k, v in final.items() if not k.startswith("retrieval_map")}
     config.eval.periodic_map = True
     assert Evaluator(config, extractor, embed=None)(None, periodic=True) == final
+
+
+def test_the_evaluation_kmeans_matches_sklearn_quality_on_overlapping_clusters():
+    """Issue #30: with 3 restarts the clustering NMI came out below KMeans(n_init=10). NMI
+    swings per seed, so the objective is compared: over 5 seeded sets of 50 overlapping
+    clusters the default (10 restarts, `clustering.N_INIT`) reaches sklearn's inertia on
+    average (measured 0.9996 of it; 3 restarts: 1.0044)."""
+    ratios = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(0, 50, 2000)
+        x = rng.normal(size=(50, 64))[labels] + rng.normal(scale=1.6, size=(2000, 64))
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        sk = KMeans(50, n_init=10, random_state=0).fit(x)
+        ratios.append(kmeans(x, 50)[2] / sk.inertia_)
+    assert np.mean(ratios) <= 1.002, ratios

@@ -6,7 +6,7 @@ import pytest
 
 from fgjax.config import default_config
 from fgjax.eval.features import Features
-from fgjax.eval.protocols import classify, knn, linear
+from fgjax.eval.protocols import classify, knn, linear, retrieval
 
 
 def _features(rng, n, dim=6, classes=6):
@@ -97,3 +97,14 @@ def test_one_split_for_train_and_test_is_leave_one_out_and_skips_the_probe(capsy
     assert same == knn({"test": split}, c)["top1"] < 1.0
     assert linear({"train": split, "test": split}, c) == {}
     assert "linear probe skipped" in capsys.readouterr().err
+
+
+def test_retrieval_says_how_many_queries_have_no_positive(capsys):
+    rng = np.random.default_rng(5)
+    test = _features(rng, 30, classes=3)
+    test = test._replace(labels=np.concatenate([test.labels[:28] % 3, [7, 9]]).astype(np.int32))
+    c = default_config("supervised")
+    found = retrieval({"test": test}, c)
+    err = capsys.readouterr().err
+    assert "2 of 30 test queries are the only image of their class" in err
+    assert "at most 0.9333" in err and found["recall@8"] <= 28 / 30

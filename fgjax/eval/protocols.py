@@ -56,6 +56,15 @@ def retrieval(
     """Leave-one-out Recall@K (`config.eval.recall_ks`), mAP and MAP@R on the test split
     (`with_map=False`: Recall@K only, 3-4x faster)."""
     test = features["test"]
+    _, inverse, counts = np.unique(test.labels, return_inverse=True, return_counts=True)
+    alone = int(np.sum(counts[inverse] == 1))
+    if alone:  # leave-one-out: such a query has nothing to find
+        print(
+            f"note: retrieval: {alone} of {len(test.labels)} {config.data.test_split} queries "
+            f"are the only image of their class, so Recall@K is at most "
+            f"{1 - alone / len(test.labels):.4f}",
+            file=sys.stderr,
+        )
     found = retrieval_metrics(
         test.features,
         test.labels,

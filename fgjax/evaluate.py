@@ -45,7 +45,13 @@ from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval import plots
-from fgjax.eval.cache import cache_path, cached_features, files_identity, fingerprint
+from fgjax.eval.cache import (
+    cache_path,
+    cached_features,
+    files_identity,
+    fingerprint,
+    replaced_images,
+)
 from fgjax.eval.features import (
     Embed,
     Features,
@@ -279,9 +285,11 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
                 paths=getattr(source, "paths", None),
                 write=writer,
                 refresh=a.no_cache,
+                replaced=lambda: run.extractor.replaced.get(role, []),
             )
             if hit:
                 print(f"features {role}: loaded {cache_path(out, name)}")
+                run.extractor.replaced[role] = replaced_images(cache_path(out, name))
         return cache[(role, output)]
 
     results: dict[str, float] = {}
@@ -309,6 +317,9 @@ def evaluate(argv: list[str]) -> dict[str, Any]:
         "flip": a.flip,
         **results,
     }
+    replaced = {split: names for split, names in run.extractor.replaced.items() if names}
+    if replaced:  # black stand-ins under skip_bad: the numbers are not of these images
+        payload["replaced_images"] = replaced
     print(format_table(results))
     # Every process takes part in an extraction (it gathers across processes).
     test = None if a.no_plots else features_of("test", a.features)

@@ -149,3 +149,18 @@ def test_a_training_run_with_skip_bad_finishes(folder_with_bad_image, tmp_path):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         last = json.loads(f.read().splitlines()[-1])
     assert last["bad_images"] >= 1
+
+    # The numbers were not of the replaced image: eval.json names it (it was only printed),
+    # also when the evaluation command reads its features back from the cache.
+    def replaced(path):
+        with open(path) as f:
+            return json.load(f)["replaced_images"]
+
+    test = replaced(os.path.join(workdir, "eval.json"))["test"]
+    assert len(test) == 1 and "a/1.jpg" in test[0]
+    from fgjax.evaluate import main as evaluate_main
+
+    for _ in range(2):  # extracted, then loaded from the cache
+        evaluate_main(["--workdir", workdir, "--protocol", "retrieval", "--no-plots"])
+        command = replaced(os.path.join(workdir, "eval", "eval.json"))
+        assert command == {"test": test}

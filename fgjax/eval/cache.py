@@ -54,9 +54,14 @@ def cache_path(folder: str, split: str) -> str:
 
 
 def save_features(
-    path: str, features: Features, key: str, paths: Sequence[str] | None = None
+    path: str,
+    features: Features,
+    key: str,
+    paths: Sequence[str] | None = None,
+    replaced: Sequence[str] = (),
 ) -> None:
-    """Write `features` (and the split's image `paths`, if any) atomically to `path`."""
+    """Write `features` (and the split's image `paths`, if any, and the images `replaced`
+    by black ones under skip_bad) atomically to `path`."""
     n = len(features.labels)
     names = np.array(list(paths) if paths is not None else [""] * n, dtype=str)
     if len(names) != n:
@@ -68,6 +73,7 @@ def save_features(
         coarse_labels=np.asarray(features.coarse_labels, np.int32),
         index=np.arange(n, dtype=np.int64),
         paths=names,
+        replaced=np.array(list(replaced), dtype=str),
         fingerprint=np.array(key),
     )
 
@@ -100,6 +106,13 @@ def load_features(path: str, key: str | None = None) -> Features | None:
         return Features(data["features"], data["labels"], data["coarse_labels"])
 
 
+def replaced_images(path: str) -> list[str]:
+    """The images a cached extraction replaced by black ones (skip_bad); [] for none or a
+    cache written before they were recorded."""
+    with np.load(path) as data:
+        return data["replaced"].tolist() if "replaced" in data.files else []
+
+
 def cached_features(
     path: str,
     key: str,
@@ -107,14 +120,15 @@ def cached_features(
     paths: Sequence[str] | None = None,
     write: bool = True,
     refresh: bool = False,
+    replaced: Callable[[], Sequence[str]] = tuple,
 ) -> tuple[Features, bool]:
     """`(features, from_cache)`: the file's rows when its fingerprint is `key` (and not
     `refresh`), else `compute()`, saved to `path` when `write` (only one process of a
-    multi-host run should write)."""
+    multi-host run should write) with `replaced()`, the images it replaced."""
     cached = None if refresh else load_features(path, key)
     if cached is not None:
         return cached, True
     features = compute()
     if write:
-        save_features(path, features, key, paths)
+        save_features(path, features, key, paths, replaced())
     return features, False

@@ -81,6 +81,8 @@ class FeatureExtractor:
             for split, source in sources.items()
         }
         self._compiled: dict[Embed, Callable] = {}
+        # Per split, the images the last extraction replaced by black ones (skip_bad).
+        self.replaced: dict[str, list[str]] = {}
 
     def _jit(self, embed: Embed) -> Callable:
         if embed not in self._compiled:
@@ -116,6 +118,7 @@ class FeatureExtractor:
         bar.close()
         for error in bad:
             print(f"warning: features {split}: a black image stands in for: {error}")
+        self.replaced[split] = list(dict.fromkeys(bad))  # this process's, for eval.json
         local_arrays = [np.concatenate(rows[k]) for k in rows] + [np.concatenate(masks)]
         if jax.process_count() > 1:  # one gather of every process's share
             local_arrays = [

@@ -269,9 +269,18 @@ def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
     result: dict[str, Any] = {"step": 0, "finished": True, "state": state}
     if config.eval.enabled:
         result["eval"] = run.evaluate(state)
-        _write_json(os.path.join(workdir, "eval.json"), {"step": 0, **result["eval"]})
+        payload = {"step": 0, **result["eval"], **_replaced_images(run)}
+        _write_json(os.path.join(workdir, "eval.json"), payload)
         say("evaluated:", _format(result["eval"]))
     return result
+
+
+def _replaced_images(run: _Run) -> dict[str, dict[str, list[str]]]:
+    """`{'replaced_images': {split: [image: reason, ...]}}` for eval.json when the last
+    evaluation replaced images by black ones (config.data.skip_bad), else {}: its numbers
+    are not of those images."""
+    replaced = {split: names for split, names in run.extractor.replaced.items() if names}
+    return {"replaced_images": replaced} if replaced else {}
 
 
 def evaluation_epochs(eval_config: ml_collections.ConfigDict, num_epochs: int) -> frozenset[int]:
@@ -582,6 +591,7 @@ def _train(config, workdir: str, run: _Run, stop: _StopRequest) -> dict[str, Any
             "best_each": best_each,
             "history": history.entries,
         }
+        payload.update(_replaced_images(run))
         initial = _read_json(initial_path, None)
         if initial is not None:
             payload["initial"] = initial

@@ -114,6 +114,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     # DDT crops, LEAD++'s linear probe); '' = the dataset's own images
     c.data.eval_root = ""
     c.data.skip_bad = False  # replace undecodable images (counted in the log) instead of failing
+    # Stanford Cars devkit: read the listed images that are present (a subset), each missing
+    # one counted and named (<workdir>/missing_images.txt), instead of refusing the tree.
+    c.data.allow_missing = False
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
     c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'
     c.data.image_size = 224  # evaluation crop, and the default size of every view

@@ -74,6 +74,11 @@ def test_real_sample_train_split_reports_missing_images(sample):
     msg = rf"{8144 - present} of the 8144 image files listed in devkit/cars_train_annos.mat"
     with pytest.raises(DatasetLayoutError, match=msg + r".*cars_train/00017.jpg"):
         build_source(data_config("cars", sample), "train")
+    # A subset on purpose: the listed images that are present, the others counted and named.
+    subset = build_source(data_config("cars", sample, allow_missing=True), "train")
+    assert len(subset) == present and len(subset.missing) == 8144 - present
+    assert "cars_train/00017.jpg" in subset.missing
+    assert all(os.path.isfile(os.path.join(sample, p)) for p in subset.paths)
     with pytest.raises(DatasetLayoutError, match=r"needs the labelled test annotations"):
         build_source(data_config("cars", sample), "test")
 
@@ -164,6 +169,16 @@ def test_mini_missing_image_and_unlabelled_test_annos(mini):
     os.remove(mini / "cars_train" / "00003.jpg")
     with pytest.raises(DatasetLayoutError, match=r"1 of the 10 .*cars_train_annos.mat.*00003"):
         build_source(data_config("cars", mini), "train")
+    subset = build_source(data_config("cars", mini, allow_missing=True), "train")
+    whole = build_source(data_config("cars", mini, allow_missing=True), "test")
+    assert len(subset) == 9 and subset.missing == [os.path.join("cars_train", "00003.jpg")]
+    assert whole.missing == [] and "cars_train/00003.jpg" not in "".join(subset.paths)
+    from types import SimpleNamespace
+
+    from fgjax.train.loop import _record_missing
+
+    _record_missing(str(mini), SimpleNamespace(sources={"train": subset, "test": whole}))
+    assert (mini / "missing_images.txt").read_text() == "train: cars_train/00003.jpg\n"
     os.replace(mini / "devkit" / "cars_test_annos.mat", mini / "cars_test_annos_withlabels.mat")
     with pytest.raises(DatasetFormatError, match=r"withlabels.mat: .*no 'class' field.*labelled"):
         build_source(data_config("cars", mini), "test")

@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -303,8 +304,11 @@ def dense_ids(
     return (values.astype(np.int64) - 1).astype(np.int32)
 
 
-def require_listed_files(base: str, relpaths: Sequence[str], *, index: str) -> None:
-    """Raises DatasetLayoutError unless every file `base/relpath` listed in `index` exists.
+def require_listed_files(
+    base: str, relpaths: Sequence[str], *, index: str, allow_missing: bool = False
+) -> list[str]:
+    """Raises DatasetLayoutError unless every file `base/relpath` listed in `index` exists;
+    with `allow_missing`, returns the missing ones instead (a warning counts them).
 
     One directory listing per folder (set membership, not a stat per file), so checking
     the 8,144 images of a split up front costs milliseconds. The error says how many are
@@ -319,11 +323,20 @@ def require_listed_files(base: str, relpaths: Sequence[str], *, index: str) -> N
             listings[folder] = {e.name for e in os.scandir(path)} if os.path.isdir(path) else set()
         if name not in listings[folder]:
             missing.append(rel)
-    if missing:
+    if missing and not allow_missing:
         raise DatasetLayoutError(
             f"{len(missing)} of the {len(relpaths)} image files listed in {index} are missing "
-            f"under {base!r}, e.g. {', '.join(missing[:5])}"
+            f"under {base!r}, e.g. {', '.join(missing[:5])} (config.data.allow_missing=True "
+            "reads the ones present)"
         )
+    if missing:
+        print(
+            f"warning: {len(missing)} of the {len(relpaths)} image files listed in {index} are "
+            f"missing under {base!r} and left out (config.data.allow_missing), e.g. "
+            f"{', '.join(missing[:3])}",
+            file=sys.stderr,
+        )
+    return missing
 
 
 def corner_boxes(corners: np.ndarray, path: str) -> np.ndarray:

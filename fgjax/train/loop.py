@@ -392,6 +392,19 @@ def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh, writ
     return state.replace(method_state=method_state)
 
 
+def _record_missing(workdir: str, run: _Run) -> None:
+    """List in `<workdir>/missing_images.txt` the images a source left out because they are
+    missing from its tree (config.data.allow_missing), one `split: path` per line."""
+    lines = [
+        f"{source.split}: {path}\n"
+        for source in run.sources.values()
+        for path in getattr(source, "missing", ())
+    ]
+    if lines and jax.process_index() == 0:
+        with open(os.path.join(workdir, "missing_images.txt"), "w") as f:
+            f.writelines(dict.fromkeys(lines))
+
+
 class _BadImages:
     """Undecodable training images replaced under config.data.skip_bad: each is announced
     once and appended to `<workdir>/bad_images.txt` (process p > 0 of several, which reads
@@ -492,6 +505,7 @@ def _train(config, workdir: str, run: _Run, stop: _StopRequest) -> dict[str, Any
         make_train_step(method, tx, view_specs, run.info, c.train.accumulate_steps), mesh
     )
     bad_images = _BadImages(workdir)
+    _record_missing(workdir, run)
     throughput = Throughput(c.train.batch_size)
     step = int(state.step)
     last_saved = step if restored is not None else None

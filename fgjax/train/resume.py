@@ -23,6 +23,7 @@ RESUMABLE = (
     "train.max_bad_steps",
     "data.root",
     "data.num_workers",
+    "data.allow_missing",
     "model.init_from",  # read at step 0 only
     "eval",
 )

@@ -168,18 +168,22 @@ def _from_devkit(data_config, root: str, split: str) -> LabeledSource:
             f"{os.path.join(root, 'devkit')!r} or {root!r} (the devkit's cars_test_annos.mat "
             f"has no classes); found in devkit/: {describe_folder(os.path.join(root, 'devkit'))}"
         )
-    paths, labels, boxes = [], [], []
+    paths, labels, boxes, missing = [], [], [], []
+    allow_missing = data_config.get("allow_missing", False)
     for part in parts:
         annos = kit.train if part == "train" else kit.test
         rel = [os.path.join(IMAGE_FOLDERS[part], f) for f in annos.fnames]
         index = TRAIN_ANNOS if part == "train" else TEST_ANNOS
-        require_listed_files(root, rel, index=index)
+        missing += require_listed_files(root, rel, index=index, allow_missing=allow_missing)
         paths += rel
         labels.append(annos.labels)
         boxes.append(annos.boxes)
     labels, boxes = np.concatenate(labels), np.concatenate(boxes)
     keep = _retrieval_keep(split, labels, len(kit.class_names))
-    return LabeledSource(
+    absent = set(missing)  # config.data.allow_missing: the listed images that are present
+    split_missing = [p for p, k in zip(paths, keep, strict=True) if k and p in absent]
+    keep &= np.array([p not in absent for p in paths])
+    source = LabeledSource(
         dataset="cars",
         split=split,
         root=root,
@@ -194,6 +198,8 @@ def _from_devkit(data_config, root: str, split: str) -> LabeledSource:
         coarse=data_config.get("coarse", ""),
         boxes=boxes if data_config.get("crop_to_box", False) else None,
     )
+    source.missing = split_missing  # written to <workdir>/missing_images.txt
+    return source
 
 
 def _retrieval_keep(split: str, labels: np.ndarray, num_classes: int) -> np.ndarray:

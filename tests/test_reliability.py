@@ -7,11 +7,14 @@ import signal
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 from conftest import REPO, tiny_config
 from PIL import Image
 
 from fgjax.train import loop
+from fgjax.train.checkpoint import Checkpointer, CheckpointMismatchError
 from fgjax.train.loop import train_and_evaluate
 from fgjax.train.resume import ConfigChangedError, check_same_run
 from fgjax.train.workdir_lock import LOCK_NAME, WorkdirInUseError, hold_workdir
@@ -170,3 +173,24 @@ def test_a_field_added_by_a_newer_fgjax_is_named_as_such_on_resume():
     message = str(refused.value)
     assert "lcr.loss_device_groups: '<absent>' (saved) -> 0" in message
     assert "came with a newer fgjax" in message and "train.num_epochs: 2" not in message
+
+
+def test_a_checkpoint_of_another_structure_is_refused_and_left_in_place(tmp_path):
+    """A checkpoint that does not fit the model (another fgjax version's, say) was moved to
+    corrupt_checkpoints/ and the run restarted from step 0; it is not damaged."""
+    config = tiny_config("moco")
+    config.train.max_steps, config.eval.enabled = 2, False
+    workdir = tmp_path / "run"
+    state = train_and_evaluate(config, str(workdir))["state"]
+    kernel = state.params["backbone"]["conv1"]["kernel"]
+    params = jax.tree.map(lambda x: x, state.params)
+    params["backbone"]["conv1"]["kernel"] = np.zeros((*kernel.shape[:3], 8), np.float32)
+    checkpointer = Checkpointer(str(workdir), keep=3)
+    try:
+        with pytest.raises(CheckpointMismatchError, match=r"conv1'\]\['kernel'\]: saved \(") as err:
+            checkpointer.restore(state.replace(params=params), iterator=None)
+    finally:
+        checkpointer.close()
+    assert "built (7, 7, 3, 8)" in str(err.value) and "left in place" in str(err.value)
+    assert not (workdir / "corrupt_checkpoints").exists()
+    assert (workdir / "checkpoints" / "2").is_dir()

@@ -77,6 +77,32 @@ class CheckpointSaveError(OSError):
 _OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose state does not fit the model this config builds (not damaged)."""
+
+
+def _tree_differences(saved: Any, template: Any, name: str) -> list[str]:
+    """`path: saved shape vs built shape` (or only in one of them) for every leaf of
+    `saved` (orbax array metadata) and `template` (arrays) that does not match."""
+    flat_saved = {
+        jax.tree_util.keystr(p): tuple(leaf.shape)
+        for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]
+    }
+    flat_built = {
+        jax.tree_util.keystr(p): tuple(np.shape(leaf))
+        for p, leaf in jax.tree_util.tree_flatten_with_path(dict(template))[0]
+    }
+    out = []
+    for path in sorted(flat_saved.keys() | flat_built.keys()):
+        got, want = flat_saved.get(path), flat_built.get(path)
+        if got != want:
+            saved_text = "absent" if got is None else got
+            out.append(
+                f"{name}{path}: saved {saved_text}, built {'absent' if want is None else want}"
+            )
+    return out
+
+
 class Checkpointer:
     def __init__(self, workdir: str, keep: int):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
@@ -137,6 +163,7 @@ class Checkpointer:
         and the metrics log's length at that step (None for checkpoints written before it
         was recorded), or None when there is no checkpoint (or none can be restored)."""
         for step in sorted(self.manager.all_steps(), reverse=True):
+            self._refuse_other_structure(step, state_template)
             items = dict(
                 state=ocp.args.StandardRestore(state_template), data=ocp.args.JsonRestore()
             )
@@ -153,6 +180,33 @@ class Checkpointer:
             iterator.set_state(json.dumps(_own_data_state(restored.data, where=step)).encode())
             return restored.state, log.get("metrics_bytes")
         return None
+
+    def _refuse_other_structure(self, step: int, template: Any) -> None:
+        """Raise `CheckpointMismatchError` when step's saved parameters, model or method
+        state differ in structure or shape from what this config builds: such a checkpoint
+        is not corrupt (a changed config is refused earlier by `resume.check_same_run`;
+        this is e.g. another fgjax version's model) and is left in place. Metadata that
+        cannot be read is left to the restore, which sets a damaged step aside."""
+        handlers = {"state": ocp.StandardCheckpointHandler()}
+        try:
+            with _read_only_manager(self.directory, item_handlers=handlers) as manager:
+                saved = manager.item_metadata(step)["state"]
+            differences = [
+                line
+                for name in ("params", "model_state", "method_state")
+                for line in _tree_differences(saved[name], getattr(template, name), name)
+            ]
+        except Exception:  # noqa: BLE001 - unreadable metadata: the restore decides
+            return
+        if differences:
+            shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+            raise CheckpointMismatchError(
+                f"checkpoint {os.path.join(self.directory, str(step))} holds a train state of "
+                f"another structure than this config builds ({shown}). It is not damaged and "
+                "was left in place: resume it with the fgjax version and config that wrote "
+                "it, or start a new run in another workdir (--config.model.init_from=DIR "
+                "loads the weights that still fit)"
+            )
 
     def _set_aside(self, step: int, err: Exception) -> None:
         path = os.path.join(self.directory, str(step))

@@ -122,7 +122,8 @@ def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
         zf.writestr("archive/data/0", np.zeros(2, np.float32).tobytes())  # holds 2
     path = tmp_path / "oob.pth"
     path.write_bytes(buf.getvalue())
-    with pytest.raises(CheckpointFormatError, match="storage .0. declares 400 bytes, its record .archive/data/0. holds 8"):
+    declared = "storage .0. declares 400 bytes, its record .archive/data/0. holds 8"
+    with pytest.raises(CheckpointFormatError, match=declared):
         load_pth(path)
 
 

@@ -378,9 +378,9 @@ FOUND = {
     ],
     "flowers": [
         ("imagelabels.mat", lambda d: _mat_bytes(labels=np.zeros(0)),
-         r"setid.mat: entry 1: id 1 is outside 1..0"),  # IndexError
+         r"setid.mat, variable 'trnid': entry 1: id 1 is outside 1..0"),  # IndexError
         ("setid.mat", lambda d: _mat_bytes(trnid="text", valid=[[4]], tstid=[[7]]),
-         r"setid.mat: expected a list of integer ids"),  # ValueError naming no file
+         r"setid.mat, variable 'trnid': expected a list of integer ids"),  # ValueError
     ],
     "inat2019": [
         ("train2019.json", _json_edit(lambda doc: doc["images"][0].update(id=[10])),

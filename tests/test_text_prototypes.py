@@ -10,7 +10,9 @@ bare fp16 tensor saved by `torch.save` as the original's `*_text_tensor.pt`.
 from __future__ import annotations
 
 import gzip
+import io
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,15 @@ def test_load_prototypes(tmp_path):
     np.savez(tmp_path / "two.npz", a=unit, b=unit)
     with pytest.raises(ValueError, match=r"two\.npz: .*\['a', 'b'\]"):
         load_prototypes(tmp_path / "two.npz")
+    # A header declaring 10^12 floats in a 16-byte member: refused before numpy allocates.
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    )
+    with zipfile.ZipFile(tmp_path / "lying.npz", "w") as zf:
+        zf.writestr("prototypes.npy", header.getvalue() + bytes(16))
+    with pytest.raises(ValueError, match=r"lying\.npz: .*declares shape \(1000000000000,\)"):
+        load_prototypes(tmp_path / "lying.npz")
     (tmp_path / "notes.txt").write_text("not a tensor")
     with pytest.raises(CheckpointFormatError, match=r"notes\.txt"):
         load_prototypes(tmp_path / "notes.txt")

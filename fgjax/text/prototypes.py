@@ -23,7 +23,7 @@ from fgjax.core.objectives import l2_normalize
 from fgjax.core.progress import progress
 from fgjax.models.clip import CLIPTextTower, clip_text_from_name
 from fgjax.text.tokenizer import BPETokenizer
-from fgjax.weights.checkpoint import sniff
+from fgjax.weights.checkpoint import check_npz, sniff
 from fgjax.weights.load import load_pretrained
 from fgjax.weights.pth_reader import CheckpointFormatError, load_pth
 
@@ -55,6 +55,7 @@ def _read_array(name: str) -> np.ndarray:
         try:
             if kind == "npy":
                 return np.load(name, allow_pickle=False)
+            check_npz(name)  # bounded: a zip bomb or a lying header is refused unread
             with np.load(name, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # numpy's name no file

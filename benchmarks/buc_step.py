@@ -1,4 +1,4 @@
-"""BuCSFR's per-epoch BuC step (`fgjax.core.buc.buc_step`: per coarse class k-means, 20 Lloyd
+"""BuCSFR's per-epoch BuC step (`methods.bucsfr.buc.buc_step`: per coarse class k-means, 20 Lloyd
 iterations x 5 restarts, then the coding-length merge criterion, class after class),
 timed on synthetic unit features, side by side with scikit-learn's (and, where installed,
 faiss's, the original's) k-means on the same per-class blocks.
@@ -55,8 +55,8 @@ sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 from describe import cpu_name  # noqa: E402
 
 from fgjax.core import buc  # noqa: E402
-from fgjax.core.coding_length import best_merge, merge_ratios  # noqa: E402
-from fgjax.core.kmeans import kmeans  # noqa: E402
+from fgjax.methods.bucsfr.coding_length import best_merge, merge_ratios  # noqa: E402
+from fgjax.methods.bucsfr.kmeans import kmeans  # noqa: E402
 
 DIM = 128
 GOAL = 0.05  # of one epoch's training time (issue #16)

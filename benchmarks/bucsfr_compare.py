@@ -90,7 +90,7 @@ def make_config(setting: str, method: str, seed: int, args):
 
 
 def run_one(method: str, seed: int, args) -> str:
-    from fgjax.evaluate import evaluate
+    from fgjax.cli.eval import evaluate
     from fgjax.train.loop import train_and_evaluate
 
     workdir = os.path.join(args.out, method, f"seed{seed}")

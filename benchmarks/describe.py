@@ -1,4 +1,4 @@
-"""CFGA descriptors/s: fgjax (`fgjax.descriptors.describe_fn`, jitted, a vmapped batch)
+"""CFGA descriptors/s: fgjax (`fgjax.methods.cfga.descriptors.describe_fn`, jitted, a vmapped batch)
 against the PyTorch per-image procedure (`benchmarks/torch_cfga.py`: one image, eval
 mode, `loss.backward()`, `.grad` of the six stage-4 convs) on the same device.
 
@@ -54,7 +54,7 @@ def jax_child(args: argparse.Namespace) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from fgjax.descriptors import describe_fn
+    from fgjax.methods.cfga.descriptors import describe_fn
     from fgjax.models import build_backbone
 
     model = build_backbone(args.arch, dtype=jnp.float32)

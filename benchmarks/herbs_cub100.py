@@ -19,8 +19,8 @@ with the bird family (last word of the name) as the coarse level.
 
 Each run lives in OUT/seed<N>; a killed script resumes (finished runs are skipped, others
 resume from their checkpoints). Each run then gets its classification report
-(`python -m fgjax.viz.report --groups coarse`: the bird families as HERBS' groups, in
-OUT/seed<N>/report) and heat maps (`python -m fgjax.viz.heatmap`,
+(`python -m fgjax.cli.report --groups coarse`: the bird families as HERBS' groups, in
+OUT/seed<N>/report) and heat maps (`python -m fgjax.cli.heatmap`,
 OUT/seed<N>/heatmap.png). OUT/summary.md gets the table (mean +- std over seeds) of the
 9-head vote, the combiner and every head, and the outer errors; OUT/curves.png the vote
 top-1 over epochs.
@@ -90,13 +90,13 @@ def run_one(seed: int, args) -> str:
         print(f"seed {seed}: trained in {time.time() - start:.0f} s", flush=True)
     metrics_path = os.path.join(workdir, "report", "metrics.json")
     if not os.path.exists(metrics_path):  # the vote's report, the families as groups
-        from fgjax.viz.report import main as report
+        from fgjax.cli.report import main as report
 
         metrics = report(["--workdir", workdir, "--groups", "coarse"])
         with open(metrics_path, "w") as f:
             json.dump(metrics, f, indent=1)
     if not os.path.exists(os.path.join(workdir, "heatmap.png")):
-        from fgjax.viz.heatmap import main as heatmap
+        from fgjax.cli.heatmap import main as heatmap
 
         heatmap(["--workdir", workdir, "--num", "8"])
     return workdir

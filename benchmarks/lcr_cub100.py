@@ -17,7 +17,7 @@ curves), then `python -m fgjax.eval` with the retrieval protocol (leave-one-out 
 test: Recall@1, hit@5, mAP) and the fast linear probe on the method's embedding (MoCo: the
 pooled feature; LCR: its attention-pooled descriptor). An LCR run is also evaluated on its
 pooled feature (`stage4`), which separates what the training changed from what the
-descriptor adds, and draws its rationale pictures (`python -m fgjax.viz.rationale`).
+descriptor adds, and draws its rationale pictures (`python -m fgjax.cli.rationale`).
 A killed script resumes: finished runs are skipped, unfinished ones resume from their
 checkpoints. OUT/summary.md gets the table (mean +- std over seeds) and OUT/curves.png
 the curves.
@@ -54,7 +54,7 @@ def small_config(variant: str, manifest: str, seed: int, epochs: int):
 
 
 def run_one(variant: str, seed: int, args) -> str:
-    from fgjax.evaluate import evaluate
+    from fgjax.cli.eval import evaluate
     from fgjax.train.loop import train_and_evaluate
 
     workdir = os.path.join(args.out, variant, f"seed{seed}")
@@ -77,7 +77,7 @@ def run_one(variant: str, seed: int, args) -> str:
 
 
 def draw_rationale(variant: str, seed: int, args) -> None:
-    from fgjax.viz.rationale import main as rationale
+    from fgjax.cli.rationale import main as rationale
 
     workdir = os.path.join(args.out, variant, f"seed{seed}")
     picture = os.path.join(workdir, "rationale.png")

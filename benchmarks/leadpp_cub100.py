@@ -11,7 +11,7 @@ updates a step, coupled weight decay 5e-4, ...). The MoCo and LCR runs are read 
 --baseline (lcr_cub100.py's OUT), not retrained.
 
 LEAD++'s three external inputs are stand-ins, built into OUT first:
-- DDT crops (views 3 and 4): `python -m fgjax.ddt` with the backbone of the baseline's
+- DDT crops (views 3 and 4): `python -m fgjax.cli.ddt` with the backbone of the baseline's
   MoCo seed-0 run (exported with `python -m fgjax.weights convert`) instead of the
   supervised ImageNet ResNet-50 we lack; fit and locate sizes scaled with the image size
   (512 and 448 px at 224 become 146 and 128 px at 64). Crops of every train and test
@@ -120,8 +120,8 @@ def recipe_file(args) -> str:
 
 def make_ddt_crops(args) -> None:
     """OUT/ddt: the DDT crops of every image, from the baseline's MoCo seed-0 backbone."""
-    from fgjax.ddt.__main__ import ddt
-    from fgjax.weights.__main__ import main as weights_cli
+    from fgjax.cli.ddt import ddt
+    from fgjax.cli.weights import main as weights_cli
 
     out = os.path.join(args.out, "ddt")
     if os.path.exists(os.path.join(out, "boxes.tsv")):
@@ -140,9 +140,9 @@ def make_prototypes(args) -> None:
     """OUT/prototypes.npy [100, 128]: the species names through a random-init text tower."""
     import jax
 
+    from fgjax.methods.leadpp.text import BPETokenizer
+    from fgjax.methods.leadpp.text.prototypes import embed_texts
     from fgjax.models.clip import CLIPTextTower
-    from fgjax.text import BPETokenizer
-    from fgjax.text.prototypes import embed_texts
 
     path = os.path.join(args.out, "prototypes.npy")
     if os.path.exists(path):
@@ -167,7 +167,7 @@ def untrained_reference(seed: int, args) -> None:
     import jax
     import jax.numpy as jnp
 
-    from fgjax.evaluate import evaluate
+    from fgjax.cli.eval import evaluate
     from fgjax.models.factory import backbone_from_config
     from fgjax.weights.load import save_variables
 
@@ -187,7 +187,7 @@ def untrained_reference(seed: int, args) -> None:
 
 
 def run_one(seed: int, args, variant: str = "leadpp") -> str:
-    from fgjax.evaluate import evaluate
+    from fgjax.cli.eval import evaluate
     from fgjax.train.loop import train_and_evaluate
 
     workdir = os.path.join(args.out, variant, f"seed{seed}")

@@ -3,7 +3,7 @@ are sampled from outside, across its checkpoint and evaluation cycles.
 
     python benchmarks/soak.py --out runs/soak [--epochs 200] [--eval-every 10]
 
-Runs `python -m fgjax.main --config configs/demo.py` (15 steps an epoch, a checkpoint every
+Runs `python -m fgjax.cli.train --config configs/demo.py` (15 steps an epoch, a checkpoint every
 100 steps, an evaluation every `--eval-every` epochs; its 2 grain workers) and samples, every
 `--interval` seconds: the trainer's resident memory (VmRSS), its open file descriptors and
 threads, and the processes below it (count and total VmRSS), with the step metrics.jsonl has
@@ -104,7 +104,7 @@ def soak(args: argparse.Namespace) -> list[dict[str, float]]:
     command = [
         sys.executable,
         "-m",
-        "fgjax.main",
+        "fgjax.cli.train",
         "--config=configs/demo.py",
         f"--workdir={workdir}",
         f"--config.train.num_epochs={args.epochs}",

@@ -68,7 +68,7 @@ def cfga_vector(grad: torch.Tensor, variant: str = "cfga") -> torch.Tensor:
 def descriptors(
     model: nn.Module, image: torch.Tensor, use_lcc: bool, variants: tuple[str, ...] = ("cfga",)
 ) -> dict[str, torch.Tensor]:
-    """Every descriptor of one image [1, 3, H, W] (fgjax.descriptors names): the pooled
+    """Every descriptor of one image [1, 3, H, W] (fgjax.methods.cfga.descriptors names): the pooled
     ones, `cfga_4_b_k` (and `cfga_eq5_4_b_k` / `cfga_eq6_4_b_k` for those `variants`),
     `cfga_plus`. `model` must be in eval mode with only the six convs' weights requiring
     grad (`prepare`), which keeps the backward inside layer4."""

@@ -85,7 +85,7 @@ print("epochs", config.train.num_epochs, "lr", config.optim.lr)
 # %% [markdown]
 # ## Train and evaluate
 #
-# `train_and_evaluate` is what `python -m fgjax.main --config configs/demo.py --workdir
+# `train_and_evaluate` is what `python -m fgjax.cli.train --config configs/demo.py --workdir
 # runs/quick_start` runs. It writes `metrics.jsonl`, checkpoints and `eval.json` into the
 # workdir; running the cell again resumes from the newest checkpoint (delete the folder to
 # start over).
@@ -117,13 +117,13 @@ for name in ("retrieval_recall@1", "retrieval_recall@4", "retrieval_map", "knn_t
 # ## Curves
 #
 # One panel per logged metric (loss, learning rate, images/s, ...), as
-# `python -m fgjax.plot runs/quick_start` draws it, and Recall@K before and after training.
+# `python -m fgjax.cli.plot runs/quick_start` draws it, and Recall@K before and after training.
 
 # %%
 from IPython.display import Image, display
 
-from fgjax.eval.plots import recall_curve
-from fgjax.plot import plot_curves
+from fgjax.cli.plot import plot_curves
+from fgjax.eval.figures import recall_curve
 
 display(Image(plot_curves(WORKDIR)))
 runs = {"untrained": evaluation["initial"], "trained": evaluation}

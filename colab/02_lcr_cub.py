@@ -133,7 +133,7 @@ import json
 
 from IPython.display import Image, display
 
-from fgjax.plot import plot_curves
+from fgjax.cli.plot import plot_curves
 
 with open(os.path.join(WORKDIR, "eval.json")) as f:
     evaluation = json.load(f)
@@ -145,12 +145,12 @@ display(Image(plot_curves(WORKDIR)))
 # %% [markdown]
 # ## Rationale pictures
 #
-# `python -m fgjax.viz.rationale --workdir WORKDIR`: for test images, the Grad-CAM the
+# `python -m fgjax.cli.rationale --workdir WORKDIR`: for test images, the Grad-CAM the
 # rationale branch is fitted to and the branch's learned attention (the mask LCR's
 # descriptor pools with).
 
 # %%
-from fgjax.viz.rationale import main as rationale
+from fgjax.cli.rationale import main as rationale
 
 rationale(["--workdir", WORKDIR, "--num", "4" if TINY else "8"])
 display(Image(os.path.join(WORKDIR, "rationale.png")))

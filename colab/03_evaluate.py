@@ -54,10 +54,10 @@ RECIPE = os.path.join(REPO, "configs", "cub_moco.py")
 OVERRIDES = ["--config.data.root=/content/data"]
 
 if TINY:
+    from fgjax.cli.weights import main as weights_cli
     from fgjax.config import load_config_file
-    from fgjax.evaluate import apply_overrides
     from fgjax.train.loop import train_and_evaluate
-    from fgjax.weights.__main__ import main as weights_cli
+    from fgjax.train.run import apply_overrides
 
     RECIPE = os.path.join(REPO, "configs", "demo.py")
     OVERRIDES = [  # a 1-stage width-4 ResNet on 16 px images, 8 images of each class
@@ -99,7 +99,7 @@ import json
 
 from IPython.display import Image, display
 
-from fgjax.evaluate import main as evaluate
+from fgjax.cli.eval import main as evaluate
 
 PROTOCOLS = "retrieval,knn"
 if RUN:
@@ -116,7 +116,7 @@ if RUN:
 # `.safetensors`, fgjax's `.npz`) in a fresh model of the recipe, without training.
 
 # %%
-from fgjax.eval.plots import recall_curve
+from fgjax.eval.figures import recall_curve
 
 if WEIGHTS:
     OUT = "runs/eval_weights"
@@ -125,6 +125,6 @@ if WEIGHTS:
     with open(os.path.join(OUT, "eval.json")) as f:
         weights_eval = json.load(f)
     display(Image(os.path.join(OUT, "retrieval_grid.png")))
-    if RUN:  # the Recall@K curves of both in one picture (python -m fgjax.plot --recall)
+    if RUN:  # the Recall@K curves of both in one picture (python -m fgjax.cli.plot --recall)
         runs = {"checkpoint": run_eval, "weights file": weights_eval}
         display(Image(recall_curve("runs/recall_both.png", runs)))

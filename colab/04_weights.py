@@ -118,7 +118,7 @@ print(PTH, f"{os.path.getsize(PTH) / 1e6:.1f} MB")
 import contextlib
 import io
 
-from fgjax.weights.__main__ import main as weights_cli
+from fgjax.cli.weights import main as weights_cli
 
 listing = io.StringIO()
 with contextlib.redirect_stdout(listing):

@@ -1,7 +1,7 @@
 """LEAD++ on FGVC-Aircraft: configs/cub_leadpp.py on the official fgvc-aircraft-2013b/
 layout (kind 'aircraft', 100 variants, trainval/test as the original's organiser), the
 original's `aircraft_text_tensor.pt` prototypes (100 x 512) and DDT crops under
-`data/aircraft_ddt_crops` (`python -m fgjax.ddt`). 104 steps per epoch at batch 64."""
+`data/aircraft_ddt_crops` (`fgjax ddt`). 104 steps per epoch at batch 64."""
 
 import os
 

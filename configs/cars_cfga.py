@@ -1,7 +1,7 @@
 """CFGA / SCDA / Pooling retrieval on Stanford Cars (CARS196) from ImageNet weights, no
-training (../shared/methods/cfga.md Table 5): `python -m fgjax.describe`.
+training (../shared/methods/cfga.md Table 5): `fgjax describe`.
 
-    python -m fgjax.describe --init-from resnet50-19c8e357.pth --config configs/cars_cfga.py \\
+    fgjax describe --init-from resnet50-19c8e357.pth --config configs/cars_cfga.py \\
         --config.data.root=data/stanford_cars --method cfga,scda,gap --out runs/cars_cfga_r50
 
 Classes 1-98 / 99-196 over the official train and test images (spec §5: 8,131 test

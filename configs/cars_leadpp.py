@@ -1,6 +1,6 @@
 """LEAD++ on Stanford Cars: configs/cub_leadpp.py on the devkit layout (kind 'cars',
 official train/test, 196 classes), the original's `car_text_tensor.pt` prototypes
-(196 x 512) and DDT crops under `data/cars_ddt_crops` (`python -m fgjax.ddt`).
+(196 x 512) and DDT crops under `data/cars_ddt_crops` (`fgjax ddt`).
 127 steps per epoch at batch 64 (spec 6)."""
 
 import os

@@ -1,14 +1,14 @@
 """CFGA / SCDA / Pooling retrieval on CUB-200-2011 from ImageNet weights, no training
-(../shared/methods/cfga.md Table 5): `python -m fgjax.describe`, not `fgjax.main`.
+(../shared/methods/cfga.md Table 5): `fgjax describe`, not `fgjax.cli.train`.
 
-    python -m fgjax.describe --init-from resnet50-19c8e357.pth --config configs/cub_cfga.py \\
+    fgjax describe --init-from resnet50-19c8e357.pth --config configs/cub_cfga.py \\
         --config.data.root=data/CUB_200_2011 --method cfga,scda,gap --out runs/cub_cfga_r50
 
 ResNet-101 / 152: `--config.model.arch=resnet101` with `resnet101-5d3b4d8f.pth` (152:
 `resnet152-b121ed2d.pth`), torchvision's V1 weights. The metric-learning split of the
 spec (§5): classes 1-100 / 101-200, the 5,924 test images both queries and gallery. The
 'imagenet' pipeline (uncropped, shorter side capped at 256, LCC mask) is
-`python -m fgjax.describe`'s default for this recipe; ImageNet mean/std.
+`fgjax describe`'s default for this recipe; ImageNet mean/std.
 """
 
 from fgjax.config import default_config, photometric_config

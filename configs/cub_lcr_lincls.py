@@ -5,7 +5,7 @@ configs/lincls.py (SGD lr 30, momentum 0.9, no weight decay, batch 256, 100 epoc
 at 60 and 80, RandomResizedCrop (0.08, 1) + flip) on the official CUB_200_2011 folder, with
 the backbone and the rationale branch loaded from an LCR training run and both frozen:
 
-    python -m fgjax.main --config configs/cub_lcr_lincls.py --workdir runs/cub_lcr_lincls \
+    fgjax train --config configs/cub_lcr_lincls.py --workdir runs/cub_lcr_lincls \
         --config.model.init_from=runs/cub_lcr --config.data.root=data/CUB_200_2011
 
 `init_from` is the LCR run's workdir (its newest checkpoint) or `WORKDIR/checkpoints/STEP`

@@ -15,8 +15,8 @@ same curve one epoch earlier.
 
 Files: `ViT-B-16.pt` (OpenAI CLIP, the teacher), the original's text prototypes
 `text_description_tensor/bird_text_tensor.pt` (200 x 512; or build them with
-`python -m fgjax.text build`), and the DDT crops of every image at the same relative paths
-under `data/cub_ddt_crops`, which `python -m fgjax.ddt` writes (views 3 and 4; '' would
+`fgjax text build`), and the DDT crops of every image at the same relative paths
+under `data/cub_ddt_crops`, which `fgjax ddt` writes (views 3 and 4; '' would
 read the originals). Switches: `--config.leadpp.l3_queue_snapshot=before_L2_enqueue`,
 `ema_updates_per_step=1`, `teacher_norm=clip`, `embed_feature=rationale` (the linear
 probe's mask-weighted descriptor; the default GAP is the original's retrieval feature).

@@ -4,14 +4,14 @@ backbone and rationale branch, trained and tested on the DDT crops.
 
 configs/lincls.py's protocol (SGD lr 30, momentum 0.9, no weight decay, batch 256, 100
 epochs, lr x0.1 at 60 and 80, N(0, 0.01) weights), with every image read from the DDT crop
-root at its path relative to the dataset root (`python -m fgjax.ddt` writes it; the training
+root at its path relative to the dataset root (`fgjax ddt` writes it; the training
 view's `root` and `config.data.eval_root`). The mask a is min-max normalised over the whole
 batch (the original's test code), so the descriptor is the LEAD++ run's
 `embed_feature='rationale'`. The original reports the best test top-1 over the 100 epochs
 (test-set selection) and, as the spec asks, fgjax keeps the last epoch's too: eval.json's
 `best` and its final numbers.
 
-    python -m fgjax.main --config configs/cub_leadpp_lincls.py --workdir runs/cub_leadpp_lincls \
+    fgjax train --config configs/cub_leadpp_lincls.py --workdir runs/cub_leadpp_lincls \
         --config.model.init_from=runs/cub_leadpp --config.data.root=data/CUB_200_2011 \
         --config.data.eval_root=data/cub_ddt_crops --config.views.view1.root=data/cub_ddt_crops
 

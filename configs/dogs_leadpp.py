@@ -1,6 +1,6 @@
 """LEAD++ on Stanford Dogs: configs/cub_leadpp.py on the official layout (kind 'dogs',
 train/test lists, 120 classes), the original's `dog_text_tensor.pt` prototypes
-(120 x 512) and DDT crops under `data/dogs_ddt_crops` (`python -m fgjax.ddt`). The
+(120 x 512) and DDT crops under `data/dogs_ddt_crops` (`fgjax ddt`). The
 original ships no Dogs command: these are its CUB settings. 187 steps per epoch at
 batch 64."""
 

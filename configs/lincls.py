@@ -15,7 +15,7 @@ LCR classifies its L2-normalised, attention-pooled descriptor: configs/cub_lcr_l
 (`lincls.feature='lcr'`, the rationale branch loaded and frozen with the backbone);
 `--config.lincls.normalize=True` L2-normalises the plain pooled feature instead.
 
-    python -m fgjax.main --config configs/lincls.py --workdir runs/lincls \
+    fgjax train --config configs/lincls.py --workdir runs/lincls \
         --config.model.init_from=moco_cub.pth --config.data.root=data/CUB200
 """
 

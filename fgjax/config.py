@@ -110,7 +110,7 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.coarse = ""  # coarse level: '' = the dataset's default, 'none', or a level name
     c.data.crop_to_box = False  # datasets with boxes (cub, cars): crop to the object first
     # Evaluation (features, kNN bank, pictures) reads each image at its path relative to
-    # the dataset root under this parallel root instead, whole (e.g. `python -m fgjax.ddt`'s
+    # the dataset root under this parallel root instead, whole (e.g. `fgjax ddt`'s
     # DDT crops, LEAD++'s linear probe); '' = the dataset's own images
     c.data.eval_root = ""
     c.data.skip_bad = False  # replace undecodable images (counted in the log) instead of failing
@@ -303,7 +303,7 @@ def config_path_from_argv(argv: list[str], default: str) -> str:
     if path.endswith(".json"):
         raise ValueError(
             f"--config {path}: this command takes a recipe file (configs/*.py); a run's "
-            "config.json is read by python -m fgjax.eval / fgjax.ddt / fgjax.describe"
+            "config.json is read by fgjax eval / fgjax ddt / fgjax describe"
         )
     return path
 

@@ -1,5 +1,5 @@
-"""BuCSFR's BuC building blocks (shared/methods/bucsfr.md 5.2-5.3): fgjax.core.kmeans against
-scikit-learn's KMeans, fgjax.core.coding_length against a float64 numpy transcription of the
+"""BuCSFR's BuC building blocks (shared/methods/bucsfr.md 5.2-5.3): bucsfr.kmeans against
+scikit-learn's KMeans, bucsfr.coding_length against a float64 numpy transcription of the
 original's criterion (n x n Gram when n <= d, d x d otherwise; np.linalg.slogdet)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from fgjax.core import coding_length as cl
-from fgjax.core import kmeans as km
+from fgjax.methods.bucsfr.method import coding_length as cl
+from fgjax.methods.bucsfr.method import kmeans as km
 
 
 @functools.partial(jax.jit, static_argnames=("k", "restarts"))

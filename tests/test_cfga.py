@@ -1,4 +1,4 @@
-"""fgjax.descriptors: CFGA / SCDA / pooling against the PyTorch per-image reference
+"""fgjax.methods.cfga.descriptors: CFGA / SCDA / pooling against the PyTorch per-image reference
 (fixtures/cfga_tiny.npz from fixtures/make_cfga_fixtures.py and benchmarks/torch_cfga.py),
 the JAX largest component against scipy.ndimage.label, masked pooling and the gradient
 reduction against numpy, and the dims of full-size ResNets."""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from fgjax.descriptors import (
+from fgjax.methods.cfga.descriptors import (
     DESCRIPTORS,
     METHOD_DESCRIPTORS,
     cfga_vector,

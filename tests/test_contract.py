@@ -14,10 +14,10 @@ import toy_methods
 from conftest import jitted_step, normalized, random_batch, run_info, tiny_config
 from PIL import Image
 
+from fgjax.cli.eval import main as evaluate_main
 from fgjax.config import default_config, load_config_file, photometric_config
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
-from fgjax.evaluate import main as evaluate_main
 from fgjax.train.loop import NonFiniteError, evaluation_epochs, train_and_evaluate
 from fgjax.train.metrics_log import read_metrics
 from fgjax.train.resume import ConfigChangedError

@@ -1,4 +1,4 @@
-"""DDT localisation (`fgjax.ddt`, spec leadpp.md section 4).
+"""DDT localisation (`fgjax.methods.leadpp.ddt`, spec leadpp.md section 4).
 
 Each piece against an independent computation: the streamed moments and the first
 principal direction with its sign against numpy and scikit-learn's PCA; the threshold and
@@ -24,14 +24,20 @@ from conftest import tiny_config
 from PIL import Image
 from sklearn.decomposition import PCA
 
+from fgjax.cli.ddt import main
 from fgjax.config import view_spec
 from fgjax.core.sharding import make_mesh
 from fgjax.data.decode import random_crop_views
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource
-from fgjax.ddt.__main__ import main
-from fgjax.ddt.locate import POLICIES, crop_policy, ddt_mask, search_box
-from fgjax.ddt.pca import add_rows, border_share, empty_scatter, principal_direction, sign_rule
-from fgjax.ddt.run import DDTSettings, backbone_features, locate_dataset, read_boxes
+from fgjax.methods.leadpp.ddt.locate import POLICIES, crop_policy, ddt_mask, search_box
+from fgjax.methods.leadpp.ddt.pca import (
+    add_rows,
+    border_share,
+    empty_scatter,
+    principal_direction,
+    sign_rule,
+)
+from fgjax.methods.leadpp.ddt.run import DDTSettings, backbone_features, locate_dataset, read_boxes
 
 # Command-line calls jit anew what compiles to an earlier call's program.
 pytestmark = pytest.mark.usefixtures("module_compilation_cache")
@@ -333,7 +339,7 @@ def test_in_memory_datasets_are_refused_by_name(tmp_path):
 
 
 def test_resnet50_passes_at_the_spec_sizes():
-    from fgjax.ddt.pca import Scatter
+    from fgjax.methods.leadpp.ddt.pca import Scatter
     from fgjax.models import build_backbone
 
     backbone = build_backbone("resnet50")

@@ -1,4 +1,4 @@
-"""`python -m fgjax.describe` and its shape-bucketed loader.
+"""`python -m fgjax.cli.describe` and its shape-bucketed loader.
 
 The loader against PIL (each image its torchvision-style capped resize, every image once,
 in source order, padding); the command end to end on a tiny image folder and a tiny
@@ -20,9 +20,9 @@ import scipy.ndimage
 from conftest import shared_path, tiny_config
 from PIL import Image
 
-import fgjax.describe as describe_module
+import fgjax.cli.describe as describe_module
+from fgjax.cli.describe import main
 from fgjax.data.shape_buckets import make_shape_bucket_loader, plan_batches
-from fgjax.describe import main
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 QUIET = "--config.train.progress_bar=false"

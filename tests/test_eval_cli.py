@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from fgjax.cli.eval import format_table, main
 from fgjax.config import config_from_json, config_path_from_argv, load_config_file
 from fgjax.eval.cache import cache_path, cached_features, fingerprint, load_features
 from fgjax.eval.clustering import clustering_nmi
 from fgjax.eval.features import FeatureExtractor, Features
 from fgjax.eval.linear_probe import linear_probe
-from fgjax.evaluate import apply_overrides, format_table, main
+from fgjax.train.run import apply_overrides
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 QUIET = ["--config.train.progress_bar=false"]
@@ -294,7 +295,7 @@ def test_config_json_round_trip_and_overrides(tmp_path):
     assert back.to_dict() == config.copy_and_resolve_references().to_dict()
     # the commands' --config reads a run's config.json as it reads a recipe
     assert load_config_file(str(path)).to_dict() == back.to_dict()
-    # ... but not fgjax.main's / inspect's (ml_collections' config flag): a clear error
+    # ... but not fgjax.cli.train's / inspect's (ml_collections' config flag): a clear error
     with pytest.raises(ValueError, match="takes a recipe file"):
         config_path_from_argv([f"--config={path}"], "configs/demo.py")
     apply_overrides(

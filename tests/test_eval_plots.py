@@ -1,5 +1,5 @@
 """Evaluation pictures: the retrieval grid's frames match correctness, PCA equals
-scikit-learn's, the Recall@K curve reads eval.json files (and `fgjax.plot --recall`)."""
+scikit-learn's, the Recall@K curve reads eval.json files (and `fgjax.cli.plot --recall`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fgjax.eval.plots import (
+from fgjax.cli.plot import main as plot_main
+from fgjax.eval.figures import (
     GREEN,
     GREY,
     RED,
@@ -20,7 +21,6 @@ from fgjax.eval.plots import (
     recall_points,
     retrieval_grid,
 )
-from fgjax.plot import main as plot_main
 
 
 def _png(path) -> np.ndarray:

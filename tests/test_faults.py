@@ -81,7 +81,7 @@ def _start(recipe: str, workdir, log) -> subprocess.Popen:
     )
     # At the lowest priority, so that on a busy machine the test's polling sees each step
     # and save before the run moves on.
-    command = ["nice", "-n", "19", sys.executable, "-m", "fgjax.main"]
+    command = ["nice", "-n", "19", sys.executable, "-m", "fgjax.cli.train"]
     command += [f"--config={recipe}", f"--workdir={workdir}"]
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 

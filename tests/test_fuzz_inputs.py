@@ -573,7 +573,7 @@ def _fixture(name: str) -> bytes:
 
 def test_fuzz_checkpoint_description_and_prototype_files(tmp_path):
     """Torch checkpoints (`load_pth`), class description CSVs and prototype arrays."""
-    from fgjax.text.prototypes import load_prototypes, read_descriptions
+    from fgjax.methods.leadpp.text.prototypes import load_prototypes, read_descriptions
     from fgjax.weights.pth_reader import load_pth
 
     rng = np.random.default_rng(0)
@@ -606,9 +606,9 @@ def test_fuzz_checkpoint_description_and_prototype_files(tmp_path):
 
 
 def test_inspect_cli_on_fuzzed_cub_ends_in_one_error_line(tmp_path):
-    """`python -m fgjax.data.inspect` on broken CUB index files: SystemExit('error: ...')
+    """`python -m fgjax.cli.inspect` on broken CUB index files: SystemExit('error: ...')
     naming the file, never a traceback."""
-    from fgjax.data.inspect import main
+    from fgjax.cli.inspect import main
 
     root = _cub_root(tmp_path)
     rng = np.random.default_rng(0)

@@ -22,7 +22,7 @@ from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 from fgjax.data.train_loader import steps_per_epoch
 from fgjax.methods import backbone_variables, replace_backbone
-from fgjax.methods.herbs import (
+from fgjax.methods.herbs.method import (
     head_probabilities,
     herbs_loss,
     layer_loss,

@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fgjax.models.herbs import HerbsHead, weakly_select
+from fgjax.methods.herbs.keys import herbs_head_variables_from_torch
+from fgjax.methods.herbs.model import HerbsHead, weakly_select
 from fgjax.models.swin import Swin
-from fgjax.weights.herbs_keys import herbs_head_variables_from_torch
 from fgjax.weights.variables import flatten
 
 FIXTURE = Path(__file__).parent / "fixtures" / "herbs_head_tiny.npz"

@@ -20,7 +20,7 @@ import pytest
 from conftest import run_info, tiny_config
 
 from fgjax.methods import build_method
-from fgjax.methods.herbs import vote_heads
+from fgjax.methods.herbs.method import vote_heads
 from fgjax.train.state import load_init_from
 from fgjax.weights import read_checkpoint
 from fgjax.weights.variables import flatten
@@ -193,8 +193,8 @@ def test_swin_and_head_reproduce_torch_outputs_and_the_vote(loaded):
 def test_evaluation_command_reports_the_vote_of_the_models_outputs(loaded, tmp_path):
     from test_eval_cli import _test_images
 
+    from fgjax.cli.eval import main
     from fgjax.data.datasets import build_source
-    from fgjax.evaluate import main
 
     method, state, forward = loaded
     recipe = tmp_path / "recipe.py"

@@ -1,5 +1,5 @@
-"""HERBS heat maps (`fgjax.viz.heatmap`, spec 6.3) and the classification report
-(`fgjax.viz.report`, spec 6.2) against numpy, PIL and scikit-learn.
+"""HERBS heat maps (`fgjax.methods.herbs.heatmap`, spec 6.3) and the classification report
+(`fgjax.methods.herbs.report`, spec 6.2) against numpy, PIL and scikit-learn.
 
 The heat maps of a tiny trained HERBS (2 Swin stages, so 6 places) are recomputed from
 activations and gradients captured by another route (flax method interception adding a
@@ -21,11 +21,10 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 from fgjax.data.eval_loader import eval_crops
 from fgjax.eval.classification import confusion_matrix, group_confusion, group_errors
 from fgjax.eval.features import normalize_images
-from fgjax.evaluate import restore_checkpoint
-from fgjax.models.herbs import TwoLayerProj
+from fgjax.methods.herbs.model import TwoLayerProj
 from fgjax.models.swin import SwinStage
+from fgjax.train.run import open_run, restore_checkpoint
 from fgjax.viz import heatmap, report
-from fgjax.viz.common import open_run
 
 PLACES = [
     "layer1",

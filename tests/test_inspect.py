@@ -1,4 +1,4 @@
-"""python -m fgjax.data.inspect: summary numbers against the CUB index files, the contact
+"""python -m fgjax.cli.inspect: summary numbers against the CUB index files, the contact
 sheet (boxes drawn where crops are taken), and --verify on broken image files."""
 
 import collections
@@ -12,8 +12,9 @@ import pytest
 from conftest import REPO, data_config, index_table
 from PIL import Image
 
+from fgjax.cli.inspect import main
 from fgjax.data.datasets import build_source
-from fgjax.data.inspect import BOX_COLOR, _tile, contact_sheet, main
+from fgjax.data.summary import BOX_COLOR, _tile, contact_sheet
 from fgjax.data.verify import find_bad_images
 
 RECIPE = os.path.join(REPO, "configs", "cub_moco.py")
@@ -177,7 +178,7 @@ def test_command_line_errors_and_help(tmp_path):
         main(["--config", RECIPE, f"--config.data.root={tmp_path}", "--out", str(tmp_path)])
     env = dict(os.environ, PYTHONPATH=REPO)
     done = subprocess.run(
-        [sys.executable, "-m", "fgjax.data.inspect", "--help"],
+        [sys.executable, "-m", "fgjax.cli.inspect", "--help"],
         env=env,
         capture_output=True,
         text=True,

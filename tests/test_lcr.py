@@ -17,7 +17,7 @@ from fgjax.config import load_config_file, photometric_config
 from fgjax.core.objectives import info_nce, l2_normalize
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
-from fgjax.methods.lcr import descriptor, fitting_loss, grad_cam, minmax
+from fgjax.methods.lcr.method import descriptor, fitting_loss, grad_cam, minmax
 
 B, S = 8, 16
 
@@ -246,7 +246,7 @@ def test_fixed_preset_changes_exactly_the_spec_corrections():
 
 
 def test_cam_norm_rescales_each_image_before_the_temperature():
-    from fgjax.methods.lcr import normalise_cam
+    from fgjax.methods.lcr.method import normalise_cam
 
     cam = np.random.default_rng(2).random((2, 3, 3)) * np.array([1e-4, 3.0])[:, None, None]
     got = normalise_cam(jnp.asarray(cam), "sample_max")

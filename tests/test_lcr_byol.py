@@ -17,7 +17,7 @@ from fgjax.core.objectives import negative_cosine
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods import build_method
-from fgjax.methods.lcr import fitting_loss, minmax
+from fgjax.methods.lcr.method import fitting_loss, minmax
 
 B, S = 8, 16
 

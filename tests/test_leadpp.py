@@ -20,8 +20,8 @@ from fgjax.config import load_config_file, photometric_config
 from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.base import StepContext, backbone_variables
-from fgjax.methods.lcr import last_stage_map, without_branch
-from fgjax.methods.leadpp import CLIP_MEAN, CLIP_STD
+from fgjax.methods.lcr.method import last_stage_map, without_branch
+from fgjax.methods.leadpp.method import CLIP_MEAN, CLIP_STD
 from fgjax.models.clip import CLIPVisionTower
 from fgjax.train.loop import train_and_evaluate
 
@@ -316,7 +316,7 @@ RECIPES["dogs"] = ("dog", 120)
 
 
 def test_explain_is_the_grad_cam_of_l3_against_the_partners_keys_and_queue_two(tmp_path):
-    """`explain` (python -m fgjax.viz.rationale): L3's InfoNCE, with queries from the
+    """`explain` (python -m fgjax.cli.rationale): L3's InfoNCE, with queries from the
     images, keys from the key encoder on the partners, queue 2 (not MoCo's queue) and T;
     its Grad-CAM as LCR takes it."""
     method = method_for(_config(tmp_path))
@@ -436,7 +436,7 @@ def test_recipes_are_the_spec_section_10_preset_with_full_size_shapes():
 def test_init_frozen_loads_the_clip_teacher_strictly_and_checks_the_prototypes(tmp_path):
     """The teacher from a CLIP checkpoint (the open_clip fixture of test_clip.py) embeds
     as open_clip does; prototype count and width mismatches are errors naming the file."""
-    from fgjax.methods.leadpp import LEADPP
+    from fgjax.methods.leadpp.method import LEADPP
 
     fixtures = os.path.join(REPO, "tests", "fixtures")
     io = dict(np.load(os.path.join(fixtures, "clip_tiny_io.npz")))

@@ -29,7 +29,7 @@ import sys
 kind, path = sys.argv[1:]
 try:
     if kind == "weights":
-        from fgjax.weights.checkpoint import read_checkpoint
+        from fgjax.weights.formats import read_checkpoint
         read_checkpoint(path)
     else:
         from fgjax.data.layout import load_array_pickle

@@ -16,7 +16,7 @@ from fgjax.config import default_config, load_config_file, photometric_spec
 from fgjax.data.augment import no_augment_spec
 from fgjax.data.sources import LabeledSource
 from fgjax.methods import StepContext, build_method
-from fgjax.methods.metric_learning import RETRIEVAL_TRAIN_IMAGES
+from fgjax.methods.cfga.metric_learning import RETRIEVAL_TRAIN_IMAGES
 from fgjax.train import optim
 from fgjax.train.loop import training_classes
 

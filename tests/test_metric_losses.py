@@ -1,4 +1,4 @@
-"""fgjax.core.metric_losses against per-sample numpy loops (written from the reference repos'
+"""methods.cfga.metric_losses against per-sample numpy loops (written from the reference repos'
 formulas, separately from the vectorised jnp code) and against pytorch-metric-learning
 values and torch autograd gradients saved by tests/fixtures/make_metric_loss_fixtures.py
 (this file never imports torch).
@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fgjax.core import metric_losses as ml
 from fgjax.core.objectives import cross_entropy
+from fgjax.methods.cfga import metric_losses as ml
 
 FIXTURE = Path(__file__).parent / "fixtures" / "metric_losses.npz"
 S, M = 50.0, 0.5  # CFGA's CosFace / ArcFace scale and margin (spec 7.2, 7.3)

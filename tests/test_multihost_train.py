@@ -22,7 +22,7 @@ DEVICES = 8
 
 
 def _launch(recipe: str, workdir, processes: int, halt: int | None = None):
-    """The processes of one run of `fgjax.main` (recording the examples each consumed).
+    """The processes of one run of `fgjax.cli.train` (recording the examples each consumed).
     A persistent compilation cache beside `workdir` (written by process 0, read by all)
     spares the resumed run its compiles."""
     port = _free_port()
@@ -140,7 +140,7 @@ def test_bad_process_settings_are_one_line_errors_naming_the_flag(monkeypatch):
     # Nothing given and no cluster detected: the message names what to give.
     env = {k: v for k, v in _env().items() if not k.startswith(("JAX_COORD", "JAX_NUM", "SLURM"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "fgjax.main", "--multihost", "--workdir=unused"],
+        [sys.executable, "-m", "fgjax.cli.train", "--multihost", "--workdir=unused"],
         env=env,
         cwd=REPO,
         capture_output=True,

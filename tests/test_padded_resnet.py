@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import scipy.ndimage
 
-from fgjax.descriptors import METHOD_DESCRIPTORS, describe_fn
+from fgjax.methods.cfga.descriptors import METHOD_DESCRIPTORS, describe_fn
 from fgjax.models.resnet import ResNet, stage_valid
 
 SIZES = ((149, 101), (93, 163))  # (H, W), each padded in both directions below

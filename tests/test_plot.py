@@ -1,11 +1,11 @@
-"""`python -m fgjax.plot WORKDIR` draws one panel per logged metric."""
+"""`python -m fgjax.cli.plot WORKDIR` draws one panel per logged metric."""
 
 import json
 
 import numpy as np
 from PIL import Image
 
-from fgjax.plot import main
+from fgjax.cli.plot import main
 from fgjax.train.metrics_log import MetricsWriter, read_metrics
 
 

@@ -1,5 +1,5 @@
 """A run's reports come from process 0 only, also when the library is called directly
-(`python -m fgjax.main` silences the other processes' stdout as a whole; a notebook or a
+(`python -m fgjax.cli.train` silences the other processes' stdout as a whole; a notebook or a
 script calling `train_and_evaluate` on each host does not)."""
 
 import ast

@@ -140,7 +140,13 @@ def test_config_constraints_of_the_evaluation_are_checked_before_the_first_step(
     )
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     out = subprocess.run(
-        [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={tmp_path / 'w'}"],
+        [
+            sys.executable,
+            "-m",
+            "fgjax.cli.train",
+            f"--config={recipe}",
+            f"--workdir={tmp_path / 'w'}",
+        ],
         env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS=flags),
         cwd=REPO,
         capture_output=True,

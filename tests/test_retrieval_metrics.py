@@ -278,8 +278,8 @@ def test_evaluator_map_only_when_final_or_asked():
     from types import SimpleNamespace
 
     from fgjax.config import default_config
-    from fgjax.eval.evaluate import Evaluator
     from fgjax.eval.features import Features
+    from fgjax.eval.suite import Evaluator
 
     rng = np.random.default_rng(12)
     x = rng.normal(size=(40, 8)).astype(np.float32)

@@ -158,7 +158,7 @@ def test_a_training_run_with_skip_bad_finishes(folder_with_bad_image, tmp_path):
 
     test = replaced(os.path.join(workdir, "eval.json"))["test"]
     assert len(test) == 1 and "a/1.jpg" in test[0]
-    from fgjax.evaluate import main as evaluate_main
+    from fgjax.cli.eval import main as evaluate_main
 
     for _ in range(2):  # extracted, then loaded from the cache
         evaluate_main(["--workdir", workdir, "--protocol", "retrieval", "--no-plots"])

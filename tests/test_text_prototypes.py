@@ -1,4 +1,4 @@
-"""CLIP's BPE tokenizer and the LEAD++ text prototypes (`fgjax.text`).
+"""CLIP's BPE tokenizer and the LEAD++ text prototypes (`fgjax.methods.leadpp.text`).
 
 The fixtures come from `tests/fixtures/make_text_fixtures.py` (open_clip 3.3.0, torch on
 CPU): open_clip's `SimpleTokenizer` ids of varied strings on a 2,000-merge cut of CLIP's
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fgjax.models.clip import CLIPTextTower
-from fgjax.text import (
+from fgjax.cli import text as cli
+from fgjax.methods.leadpp.text import (
     BPETokenizer,
     build_prototypes,
     clean_text,
@@ -28,9 +28,9 @@ from fgjax.text import (
     read_descriptions,
     split_words,
 )
-from fgjax.text import __main__ as cli
-from fgjax.text import prototypes as prototypes_module
-from fgjax.text import tokenizer as tokenizer_module
+from fgjax.methods.leadpp.text import prototypes as prototypes_module
+from fgjax.methods.leadpp.text import tokenizer as tokenizer_module
+from fgjax.models.clip import CLIPTextTower
 from fgjax.weights import CheckpointFormatError, save_pth
 
 FIXTURES = Path(__file__).parent / "fixtures"

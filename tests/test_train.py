@@ -18,10 +18,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "scripts"))
 from run_steps import run  # noqa: E402
 
 from fgjax.config import load_config_file, set_model_overrides, split_model_overrides  # noqa: E402
-from fgjax.evaluate import apply_overrides  # noqa: E402
 from fgjax.models.factory import backbone_from_config  # noqa: E402
 from fgjax.train.loop import train_and_evaluate  # noqa: E402
 from fgjax.train.metrics_log import read_metrics  # noqa: E402
+from fgjax.train.run import apply_overrides  # noqa: E402
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -63,7 +63,14 @@ def _write_recipe(tmp_path, **fields) -> str:
 
 def _main(recipe: str, workdir, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={workdir}", *extra],
+        [
+            sys.executable,
+            "-m",
+            "fgjax.cli.train",
+            f"--config={recipe}",
+            f"--workdir={workdir}",
+            *extra,
+        ],
         env=_env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -151,7 +158,13 @@ def test_sigkill_and_ctrl_c_then_resume_equal_an_uninterrupted_run(tmp_path, mon
 
 def test_unknown_config_field_is_an_error_naming_it():
     proc = subprocess.run(
-        [sys.executable, "-m", "fgjax.main", "--config=configs/demo.py", "--config.optim.lrr=0.1"],
+        [
+            sys.executable,
+            "-m",
+            "fgjax.cli.train",
+            "--config=configs/demo.py",
+            "--config.optim.lrr=0.1",
+        ],
         env=_env(),
         cwd=REPO,
         capture_output=True,
@@ -195,11 +208,11 @@ def test_model_overrides_take_any_field_of_the_architectures_module(tmp_path):
         set_model_overrides(config, {"width": "4"})
     set_model_overrides(config, {"embed_dim": "12", "depths": "[1, 1]"})
     assert config.model.overrides.depths == (1, 1)
-    # python -m fgjax.eval / fgjax.ddt read them through apply_overrides.
+    # python -m fgjax.eval / fgjax.methods.leadpp.ddt read them through apply_overrides.
     config = load_config_file(os.path.join(REPO, "configs", "cub_lcr.py"))
     apply_overrides(config, [*argv, "--config.lcr.dim=8"])
     assert (config.model.overrides.width, config.lcr.dim) == (4, 8)
-    # fgjax.main: the same error, one line, before any training.
+    # fgjax.cli.train: the same error, one line, before any training.
     proc = _main("configs/demo.py", tmp_path / "run", "--config.model.overrides.widht=4")
     out = proc.communicate()[0]
     assert proc.returncode == 1 and "Traceback" not in out
@@ -233,7 +246,7 @@ def test_wrong_type_override_is_an_error_naming_the_field():
         [
             sys.executable,
             "-m",
-            "fgjax.main",
+            "fgjax.cli.train",
             "--config=configs/demo.py",
             "--config.train.batch_size=many",
         ],
@@ -253,7 +266,7 @@ def test_a_user_error_is_one_line_and_leaves_no_empty_workdir(tmp_path):
     for debug in (False, True):
         workdir = tmp_path / f"run_{debug}"
         proc = subprocess.run(
-            [sys.executable, "-m", "fgjax.main", *args, f"--workdir={workdir}"]
+            [sys.executable, "-m", "fgjax.cli.train", *args, f"--workdir={workdir}"]
             + (["--debug"] if debug else []),
             env=_env(),
             cwd=REPO,

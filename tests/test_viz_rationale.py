@@ -1,4 +1,4 @@
-"""`python -m fgjax.viz.rationale`: the picture of a trained tiny LCR run, and the errors."""
+"""`python -m fgjax.cli.rationale`: the picture of a trained tiny LCR run, and the errors."""
 
 import json
 
@@ -7,7 +7,8 @@ import pytest
 from conftest import tiny_config
 from PIL import Image
 
-from fgjax.viz.rationale import main, per_image_unit
+from fgjax.cli.rationale import main
+from fgjax.eval.overlays import per_image_unit
 
 
 def test_writes_image_gradcam_attention_rows_for_a_trained_lcr_run(tiny_lcr_run):

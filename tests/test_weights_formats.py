@@ -16,7 +16,7 @@ from fgjax.weights import (
     save_safetensors,
     write_state_dict,
 )
-from fgjax.weights.checkpoint import sniff
+from fgjax.weights.formats import sniff
 from fgjax.weights.safetensors_io import SafetensorsError, read_header
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fgjax.cli.weights import main
 from fgjax.models import build_backbone
 from fgjax.weights import (
     export_torch,
@@ -24,7 +25,6 @@ from fgjax.weights import (
     target_for_arch,
     unflatten_strings,
 )
-from fgjax.weights.__main__ import main
 from fgjax.weights.variables import flatten
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -92,7 +92,7 @@ def test_a_sigkilled_trainer_leaves_no_process_behind(tmp_path):
     workdir, log = tmp_path / "run", tmp_path / "log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={workdir}"],
+            [sys.executable, "-m", "fgjax.cli.train", f"--config={recipe}", f"--workdir={workdir}"],
             env=_env(),
             cwd=REPO,
             stdout=out,
@@ -124,7 +124,13 @@ def test_a_finished_run_with_workers_leaves_no_shared_memory_behind(tmp_path):
         "    c.eval.at_start = False\n    c.data.num_workers = 2\n    return c\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "fgjax.main", f"--config={recipe}", f"--workdir={tmp_path / 'r'}"],
+        [
+            sys.executable,
+            "-m",
+            "fgjax.cli.train",
+            f"--config={recipe}",
+            f"--workdir={tmp_path / 'r'}",
+        ],
         env=_env(),
         cwd=REPO,
         capture_output=True,

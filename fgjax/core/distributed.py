@@ -91,7 +91,7 @@ def all_processes(text: str) -> list[str]:
 
 def say(*values: object) -> None:
     """`print` on process 0 only: one copy of each message of a run however many
-    processes train it (the library's reports; `python -m fgjax.main` also silences the
+    processes train it (the library's reports; `fgjax train` also silences the
     other processes' stdout as a whole)."""
     if jax.process_index() == 0:
         print(*values, flush=True)

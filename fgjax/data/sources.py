@@ -187,7 +187,7 @@ class LabeledSource:
 
 class ParallelRootSource:
     """`source` read from a parallel root: every record's file is the one at the same path
-    relative to `source.root` under `root` (e.g. the DDT crops `python -m fgjax.ddt`
+    relative to `source.root` under `root` (e.g. the DDT crops `fgjax ddt`
     writes), and its 'box' / 'trim_bottom' are dropped (that file is the region already).
     Labels, class names and every other attribute are the source's. `owner` names the
     setting in errors; the first record is mapped here, so a wrong root fails at once."""

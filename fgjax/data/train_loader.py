@@ -155,7 +155,7 @@ class _TrainTransform(grain.MapTransform):
                 if self._skip_source is None:
                     raise ImageDecodeError(
                         f"{e} (training record {record['index']}; config.data.skip_bad=True "
-                        "replaces undecodable images, `python -m fgjax.data.inspect --verify` "
+                        "replaces undecodable images, `fgjax inspect --verify` "
                         "lists them all)"
                     ) from e
                 bad.append(str(e))

@@ -1,6 +1,6 @@
-"""`python -m fgjax.eval ...`: the evaluation command line (see fgjax/evaluate.py)."""
+"""`python -m fgjax.eval`, kept working: it runs `fgjax eval` (fgjax/cli/eval.py)."""
 
-from fgjax.evaluate import main
+from fgjax.cli.eval import main
 
 if __name__ == "__main__":
     main()

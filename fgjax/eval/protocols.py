@@ -1,4 +1,4 @@
-"""Evaluation protocols by name: what `python -m fgjax.eval --protocol NAME` runs.
+"""Evaluation protocols by name: what `fgjax eval --protocol NAME` runs.
 
 A protocol reads the features of some splits (by role: 'train' is `config.data.train_split`,
 'test' `config.data.test_split`) and returns `{metric: value}`; results are reported as

@@ -310,7 +310,7 @@ def restore_state(workdir: str, template: Any, step: int | None = None) -> tuple
 def _read_only_manager(directory: str, **kwargs: Any) -> Iterator[ocp.CheckpointManager]:
     """A read-only orbax manager of `directory`, without orbax's absl warnings that it is
     read-only and that the items a reader does not ask for (log, config, data) are not
-    restored: true and unactionable (12 lines before every `python -m fgjax.eval`)."""
+    restored: true and unactionable (12 lines before every `fgjax eval`)."""
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(max(level, logging.ERROR))  # errors still show

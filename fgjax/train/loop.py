@@ -23,23 +23,19 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-from fgjax.config import photometric_spec, view_spec
+from fgjax.config import photometric_spec
 from fgjax.core.distributed import all_processes, say
 from fgjax.core.progress import progress
-from fgjax.core.sharding import check_batch_divisible, global_batch, make_mesh, put_replicated
-from fgjax.data.datasets import build_source
+from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.grain_utils import workers_ignore_sigint
-from fgjax.data.sources import ParallelRootSource, summarize
-from fgjax.data.train_loader import last_batch_size, make_train_loader, steps_per_epoch
-from fgjax.eval.evaluate import Evaluator
-from fgjax.eval.features import FeatureExtractor
-from fgjax.methods import Method, RunInfo, build_method
+from fgjax.data.train_loader import make_train_loader
+from fgjax.methods import Method
 from fgjax.train import optim
 from fgjax.train.checkpoint import Checkpointer
 from fgjax.train.metrics_log import MetricsWriter, Throughput
 from fgjax.train.resume import check_same_run
+from fgjax.train.run import Run
 from fgjax.train.state import TrainState, create_train_state
 from fgjax.train.step import jit_train_step, make_train_step
 from fgjax.train.workdir_lock import LOCK_NAME, hold_workdir
@@ -117,100 +113,6 @@ def _format(results: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in results.items())
 
 
-def training_classes(train) -> int:
-    """A classifier's width for the training split: 1 + its largest fine label. A zero-shot
-    split keeps the dataset's class names but labels its images with the first ones only
-    (CUB's retrieval_train: 100 of 200), and per-class parameters beyond them (Proxy-Anchor's
-    proxies, a margin layer) would change the loss."""
-    return int(np.max(train.labels)) + 1 if len(train) else train.num_classes
-
-
-class _Run:
-    """What a run builds once: mesh, sources, method, evaluator."""
-
-    def __init__(self, config: ml_collections.ConfigDict):
-        c = config
-        for field in ("num_epochs", "max_steps"):  # 0: only evaluate / no limit
-            if c.train[field] < 0:
-                raise ValueError(f"config.train.{field}={c.train[field]} must be >= 0")
-        check_batch_divisible(c.train.batch_size)
-        self.mesh = make_mesh()
-        # Keyed by role: 'train' is config.data.train_split, 'test' config.data.test_split.
-        built = {
-            "train": build_source(c.data, c.data.train_split),
-            "test": build_source(c.data, c.data.test_split),
-        }
-        for role, split in (("train", c.data.train_split), ("test", c.data.test_split)):
-            say("data", summarize(built[role], f"{role} = {c.data.kind}/{split}"))
-        self.train_source = built["train"]  # what the train loader reads (views pick roots)
-        # What evaluation reads (features, kNN bank, pictures): the same records, their
-        # files under config.data.eval_root when it is set (e.g. DDT crops).
-        self.sources = {
-            role: ParallelRootSource(source, c.data.eval_root, "config.data.eval_root")
-            if c.data.eval_root
-            else source
-            for role, source in built.items()
-        }
-        train = self.train_source
-        keep_last = c.train.keep_last_batch
-        self.steps_per_epoch = steps_per_epoch(len(train), c.train.batch_size, keep_last)
-        micro = c.train.batch_size // c.train.accumulate_steps
-        # Per epoch, for a per-micro-batch schedule (fewer when the last batch is partial).
-        self.micro_batches_per_epoch = self.steps_per_epoch * c.train.accumulate_steps
-        if keep_last:
-            self.micro_batches_per_epoch = -(-len(train) // micro)
-        last = last_batch_size(len(train), c.train.batch_size, keep_last)
-        if last != c.train.batch_size:
-            check_batch_divisible(last, "config.train.keep_last_batch: the last batch of an epoch")
-        if self.steps_per_epoch == 0 and c.train.num_epochs > 0:
-            raise ValueError(
-                f"config.train.batch_size={c.train.batch_size} exceeds the {len(train)} "
-                "training images"
-            )
-        total = c.train.num_epochs * self.steps_per_epoch
-        self.stop_step = min(total, c.train.max_steps) if c.train.max_steps else total
-        self.info = RunInfo(
-            steps_per_epoch=self.steps_per_epoch,
-            total_steps=total,
-            batch_size=c.train.batch_size,
-            num_classes=training_classes(train),
-            num_coarse_classes=train.num_coarse_classes,
-            num_train_examples=len(train),
-        )
-        self.method: Method = build_method(c, self.info)
-        if keep_last and not self.method.partial_batches_ok:
-            raise ValueError(
-                f"config.train.keep_last_batch=True: method {c.method!r} needs full batches "
-                "(its state assumes a fixed batch size); set it to False"
-            )
-        # The views' crops and roots, checked before any work (errors name the field).
-        self.view_specs = [view_spec(c, name) for name in self.method.view_names]
-        first_view = self.method.view_names[0]
-        first = photometric_spec(c, first_view)  # evaluation normalises as this view
-        size = c.views[first_view].size
-        self.image_shape = (2, size, size, 3)  # to initialise the network
-        self.extractor = FeatureExtractor(
-            self.sources,
-            self.mesh,
-            image_size=c.data.image_size,
-            batch_size=c.eval.batch_size,
-            mean=first.mean,
-            std=first.std,
-            show_progress=c.train.progress_bar,
-            skip_bad=c.data.skip_bad,
-            resize=c.data.eval_resize,
-            squash_size=c.data.eval_squash_size,
-            resize_ratio=c.data.eval_resize_ratio,
-        )
-        method = self.method
-        self.evaluate = Evaluator(
-            c,
-            self.extractor,
-            embed=lambda state, images: method.embed(state.params, state.model_state, images),
-            extra=method.evaluators(),
-        )
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train `config` in `workdir` (resuming if it holds checkpoints), then evaluate.
 
@@ -234,7 +136,7 @@ def _train_in_workdir(config, workdir: str, stop: _StopRequest) -> dict[str, Any
     lock = hold_workdir(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         try:
-            run = _Run(config)
+            run = Run(config)
             if config.train.num_epochs == 0:
                 return _evaluate_only(config, workdir, run)
             result = _train(config, workdir, run, stop)
@@ -260,7 +162,7 @@ def _remove_if_unused(workdir: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
+def _evaluate_only(config, workdir: str, run: Run) -> dict[str, Any]:
     state = create_train_state(
         run.method, None, run.image_shape, config.seed, config.model.init_from
     )
@@ -275,7 +177,7 @@ def _evaluate_only(config, workdir: str, run: _Run) -> dict[str, Any]:
     return result
 
 
-def _replaced_images(run: _Run) -> dict[str, dict[str, list[str]]]:
+def _replaced_images(run: Run) -> dict[str, dict[str, list[str]]]:
     """`{'replaced_images': {split: [image: reason, ...]}}` for eval.json when the last
     evaluation replaced images by black ones (config.data.skip_bad), else {}: its numbers
     are not of those images."""
@@ -392,7 +294,7 @@ def _apply_hook(method: Method, epoch: int, state: TrainState, tools, mesh, writ
     return state.replace(method_state=method_state)
 
 
-def _record_missing(workdir: str, run: _Run) -> None:
+def _record_missing(workdir: str, run: Run) -> None:
     """List in `<workdir>/missing_images.txt` the images a source left out because they are
     missing from its tree (config.data.allow_missing), one `split: path` per line."""
     lines = [
@@ -430,7 +332,7 @@ class _BadImages:
             print(message, file=sys.stderr)
 
 
-def _train(config, workdir: str, run: _Run, stop: _StopRequest) -> dict[str, Any]:
+def _train(config, workdir: str, run: Run, stop: _StopRequest) -> dict[str, Any]:
     c, method, mesh = config, run.method, run.mesh
     per_epoch = run.steps_per_epoch
     eval_epochs = evaluation_epochs(c.eval, c.train.num_epochs)  # checked before any work

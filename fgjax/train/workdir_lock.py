@@ -4,7 +4,7 @@ Two trainers in one workdir break each other (the second sets aside the first's 
 checkpoint as a leftover, both append to `metrics.jsonl`). The lock file holds the holder's
 host and PID for the refusal message. The kernel drops a flock when its process ends, even
 by SIGKILL, so a lock whose process is gone is taken over without any staleness check.
-Readers (`python -m fgjax.eval`, the picture commands) never take it. flock is per host:
+Readers (`fgjax eval`, the picture commands) never take it. flock is per host:
 on a network file system that does not pass it on, two hosts are not kept apart.
 """
 

@@ -1,1 +1,2 @@
-"""Pictures of what a trained model looks at (command-line entry points)."""
+"""`python -m fgjax.viz.{rationale,heatmap,report}`, kept working: they run `fgjax rationale`,
+`fgjax heatmap` and `fgjax report` (fgjax/cli/)."""

@@ -4,10 +4,10 @@ Entry points:
   load_pretrained(path, target, arch, strict=False) -> (variables, report)
   read_checkpoint(path) -> {key: ndarray};  write_state_dict(path, {key: ndarray})
   resnet_variables_from_torch(state_dict, target) / resnet_variables_to_torch(variables)
-  python -m fgjax.weights convert IN OUT --arch resnet50 [--to torchvision]
+  fgjax weights convert IN OUT --arch resnet50 [--to torchvision]
 """
 
-from fgjax.weights.checkpoint import read_checkpoint, select_state_dict, write_state_dict
+from fgjax.weights.formats import read_checkpoint, select_state_dict, write_state_dict
 from fgjax.weights.load import (
     export_torch,
     load_pretrained,

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from fgjax.weights.checkpoint import read_checkpoint, write_state_dict
+from fgjax.weights.formats import read_checkpoint, write_state_dict
 from fgjax.weights.resnet_keys import (
     infer_resnet_config,
     resnet_variables_from_torch,

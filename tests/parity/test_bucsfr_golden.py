@@ -32,13 +32,13 @@ import numpy as np
 import pytest
 from conftest import REPO, jitted_step, tiny_config
 
-import fgjax.methods.bucsfr as bucsfr_module
+import fgjax.methods.bucsfr.method as bucsfr_module
 from fgjax.config import photometric_config
 from fgjax.core import sfr
-from fgjax.core.buc import buc_step
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods import RunInfo
+from fgjax.methods.bucsfr.buc import buc_step
 from fgjax.train import optim
 from fgjax.train.loop import _apply_hook
 from fgjax.weights.resnet_keys import resnet_variables_from_torch

@@ -5,7 +5,7 @@ fixtures/cfga_golden.npz comes from RUNNING mikiyukio/CFGA's `WACD_Resnet50_101_
 (MS loss / CosFace / ArcFace models) and `WACD_proxy_anchor_trained.py` on a narrow ResNet
 (fixtures/make_cfga_golden.py). ImageNet pipeline: fgjax's `describe_fn` sees the same
 weights and the same PNG images through fgjax's own preprocessing (`resize_capped(256)`,
-the 'imagenet' pipeline of `python -m fgjax.describe`, pixel-equal to what the authors'
+the 'imagenet' pipeline of `python -m fgjax.cli.describe`, pixel-equal to what the authors'
 loader fed its network), the three images padded into ONE batch with `valid` as the CLI
 pads uncropped images: one compile serves all of them. DML pipelines: fgjax's eval crops
 against the authors' crops, then the descriptors and the model's embedding on the latter."""
@@ -19,8 +19,8 @@ import pytest
 
 from fgjax.data.decode import resize_center_crop
 from fgjax.data.shape_buckets import resize_capped
-from fgjax.descriptors import describe_fn
-from fgjax.methods.metric_learning import MetricNet
+from fgjax.methods.cfga.descriptors import describe_fn
+from fgjax.methods.cfga.metric_learning import MetricNet
 from fgjax.models import build_backbone
 from fgjax.weights import resnet_variables_from_torch
 
@@ -133,7 +133,7 @@ def test_dml_pipelines_match_the_authors_code(prefix, size, pooling):
     """`cfga_with_dmls.py` (MS loss / CosFace / ArcFace models: Resize(256) + CenterCrop(227),
     GMP) and `WACD_proxy_anchor_trained.py` (Proxy-Anchor: CenterCrop(224), GAP + GMP)
     against fgjax's eval crop ('ms_loss' / 'proxy_anchor' pipelines of `python -m
-    fgjax.describe`); on the authors' crops, the descriptors without LCC and the model's own
+    fgjax.cli.describe`); on the authors' crops, the descriptors without LCC and the model's own
     embedding (the metric-learning methods' `MetricNet`)."""
     d, model, variables = _load()
     crops = _crops(d, prefix, size)

@@ -30,8 +30,8 @@ from conftest import REPO, jitted_step, run_info, tiny_config
 from fgjax.config import load_config_file, photometric_config
 from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.augment import no_augment_spec
+from fgjax.methods.herbs.keys import herbs_variables_from_torch
 from fgjax.train import optim
-from fgjax.weights.herbs_keys import herbs_variables_from_torch
 from fgjax.weights.variables import flatten
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "herbs_golden.npz"

@@ -24,7 +24,7 @@ from fgjax.config import photometric_config
 from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.base import StepContext
-from fgjax.methods.leadpp import LEADPP
+from fgjax.methods.leadpp.method import LEADPP
 from fgjax.weights import resnet_variables_from_torch
 
 FIXTURE = os.path.join(REPO, "tests", "fixtures", "leadpp_golden.npz")

@@ -22,7 +22,7 @@ from conftest import jitted_step, run_info  # noqa: E402
 
 from fgjax.config import default_config  # noqa: E402
 from fgjax.core.sharding import global_batch, put_replicated  # noqa: E402
-from fgjax.methods.metric_learning import RETRIEVAL_TRAIN_IMAGES, recipe  # noqa: E402
+from fgjax.methods.cfga.metric_learning import RETRIEVAL_TRAIN_IMAGES, recipe  # noqa: E402
 from fgjax.train import optim  # noqa: E402
 from fgjax.weights import resnet_variables_from_torch  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""`python -m fgjax.main ARGS...` that also records which training examples it consumed.
+"""`python -m fgjax.cli.train ARGS...` that also records which training examples it consumed.
 
     python multihost_train.py RECORD_PREFIX [HALT_AT] -- FGJAX_MAIN_ARGS...
 
@@ -16,7 +16,7 @@ import time
 
 import jax
 
-from fgjax import main
+from fgjax.cli import train as main
 from fgjax.train import loop
 
 

@@ -13,7 +13,7 @@ Coarse levels come from hierarchy.txt, by depth below the root node ('Birds'):
       genus/family, 22 orders]; the tree's 1,011 nodes = 1 root + 22 + 228 + 495 + 265
       leaf variants (sex / age / morph of a species), which is what a tree whose leaves sit
       at depth 3 (a species) or 4 (a variant of one) gives. Not checked on the real files
-      here; training (and `python -m fgjax.data.inspect`) prints the count.
+      here; training (and `fgjax inspect`) prints the count.
   'family': the ancestor at depth 2 (BuCSFR's 228 "genus/family").
   'species': the ancestor at depth 3, i.e. the species a variant belongs to (495).
   'parent': the leaf's immediate parent, whatever its depth.

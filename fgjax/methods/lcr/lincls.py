@@ -37,7 +37,7 @@ from fgjax.core.objectives import accuracy, cross_entropy, l2_normalize
 from fgjax.data.augment import no_augment_spec
 from fgjax.eval.classification import classification_metrics
 from fgjax.methods.base import LossAux, Method, check_same_classes, register
-from fgjax.methods.lcr import RationaleBranch, attention_maps, descriptor, with_branch
+from fgjax.methods.lcr.method import RationaleBranch, attention_maps, descriptor, with_branch
 from fgjax.models.encoder import Encoder
 from fgjax.models.factory import backbone_from_config
 

@@ -9,11 +9,11 @@ emulate the original's two GPUs x 128 with `bn_groups=2` at batch 256) plus
 - a coarse-label queue beside the key queue (initialised to zeros, like the original);
 - the BuC step as the epoch hook: from epoch `warmup_epochs` on, before every epoch, the key
   encoder's unit projections of the whole training split (eval transform) are clustered
-  inside each coarse class and at most one pair per class merges (`fgjax.core.buc`); the
+  inside each coarse class and at most one pair per class merges (`fgjax.methods.bucsfr.buc`); the
   leaf counts, the cluster of every training example and the centroids live in the method
   state, so a resumed run continues the same dendrogram;
 - the loss: 0.5 InfoNCE + 0.5 coarse CE while no clusters exist (warm-up), then
-  0.5 soft-target contrastive (`fgjax.core.sfr`, positives sampled from the anchor's
+  0.5 soft-target contrastive (`fgjax.methods.bucsfr.sfr`, positives sampled from the anchor's
   cluster) + 0.5 coarse CE.
 
 Views: 'view1' queries, 'view2' keys (for Cars / Aircraft the original's query view is
@@ -30,12 +30,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fgjax.core.buc import buc_step
 from fgjax.core.distributed import say
 from fgjax.core.objectives import accuracy, cross_entropy, info_nce, l2_normalize
-from fgjax.core.sfr import anchor_posterior, sample_selection, soft_target_contrastive
 from fgjax.eval.clustering import nmi
 from fgjax.methods.base import EpochUpdate, LossAux, apply_train, register
+from fgjax.methods.bucsfr.buc import buc_step
+from fgjax.methods.bucsfr.sfr import anchor_posterior, sample_selection, soft_target_contrastive
 from fgjax.methods.moco import MoCo, enqueue
 from fgjax.models.encoder import Encoder
 

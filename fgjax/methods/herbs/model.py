@@ -12,7 +12,7 @@ It consumes the four Swin taps `layer1..layer4` (`[B, S_k, C_k]`, row-major toke
   comb_outs        [B, N]           GCN combiner over the selected features
 
 Parameter paths are the PyTorch `best.pt` keys split on '.', so the key map in
-`fgjax.weights.herbs_keys` is one rule (`fpn_down.Proj_layer1.0.weight` ->
+`fgjax.methods.herbs.keys` is one rule (`fpn_down.Proj_layer1.0.weight` ->
 `params/fpn_down/Proj_layer1/0/kernel`). Numerics that matter for parity: PyTorch default
 init U(+-1/sqrt(fan_in)), BatchNorm eps 1e-5 with unbiased running variance
 (`fgjax.models.norm.BatchNorm`), token-axis maps learned per (S_out, S_in) pair, and the

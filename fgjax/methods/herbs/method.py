@@ -1,5 +1,5 @@
 """HERBS (Chou et al. 2023, arXiv 2303.06442): a Swin backbone with the HERBS plug-in head
-(`fgjax.models.herbs.HerbsHead`), trained with labels (../shared/methods/herbs.md).
+(`fgjax.methods.herbs.model.HerbsHead`), trained with labels (../shared/methods/herbs.md).
 
 Params are `{'backbone': <Swin>, 'head': <HerbsHead>}`; model_state is
 `{'batch_stats': {'head': ...}}` (the Swin has no BatchNorm, the head has nine).
@@ -27,7 +27,7 @@ argmax of the sum of 9 softmaxes (token-averaged `layer1..4`, `FPN1_layer1..4`, 
 
 `config.model.init_from` of a HERBS `best.pt` (the original code's checkpoint, spec 5.5 /
 8.2 C) loads the Swin and the head with its BatchNorm statistics (`load_weights`), so the
-released model is evaluated (`num_epochs=0`, or `python -m fgjax.eval --init-from best.pt
+released model is evaluated (`num_epochs=0`, or `fgjax eval --init-from best.pt
 --protocol herbs`) or fine-tuned as a whole; a plain Swin file starts the backbone only.
 """
 
@@ -47,10 +47,10 @@ from fgjax.data.augment import PhotometricSpec
 from fgjax.eval.classification import classification_metrics
 from fgjax.eval.protocols import class_groups
 from fgjax.methods.base import LossAux, Method, apply_train, check_same_classes, register
+from fgjax.methods.herbs.keys import herbs_variables_from_torch, is_herbs_checkpoint
+from fgjax.methods.herbs.model import HerbsHead
 from fgjax.models.factory import backbone_from_config
-from fgjax.models.herbs import HerbsHead
 from fgjax.models.registry import arch_family
-from fgjax.weights.herbs_keys import herbs_variables_from_torch, is_herbs_checkpoint
 
 Array = jax.Array
 
@@ -300,7 +300,7 @@ class Herbs(Method):
         return (
             f" ({key} classifies {classes} classes, config.data {d.kind}/{d.train_split} "
             f"has {self.run.num_classes}; to start only its Swin, convert that first: "
-            f"python -m fgjax.weights convert best.pt swin.npz --arch {self.config.model.arch})"
+            f"fgjax weights convert best.pt swin.npz --arch {self.config.model.arch})"
         )
 
     def evaluators(self):

@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fgjax.descriptors.cfga import Kernel, cfga_vector, kernel_gradients
-from fgjax.descriptors.masks import scda_mask
-from fgjax.descriptors.pooling import pooled_descriptors
+from fgjax.core.masks import scda_mask
+from fgjax.methods.cfga.descriptors.cfga import Kernel, cfga_vector, kernel_gradients
+from fgjax.methods.cfga.descriptors.pooling import pooled_descriptors
 from fgjax.models.resnet import ResNet, stage_valid, valid_region
 
 Describe = Callable[[Mapping[str, Any], jax.Array, jax.Array | None], dict[str, jax.Array]]

@@ -4,9 +4,9 @@ contact sheet (spec leadpp.md 4.3), for any source of image files.
 Both passes read the images through the evaluation loader with a squash (torchvision's
 Resize((S, S)), bilinear, aspect not kept), normalise them with ImageNet's mean and std
 and run one jitted, batch-sharded function of the backbone per batch: the fit adds the
-batch's descriptors to the moments on the device (`fgjax.ddt.pca`), the locate pass
+batch's descriptors to the moments on the device (`fgjax.methods.leadpp.ddt.pca`), the locate pass
 returns P = (F - mu) . v per image. Masks are one vmapped `ddt_mask`; the box search, the
-crop policy and the crops run on the host (`fgjax.ddt.locate`).
+crop policy and the crops run on the host (`fgjax.methods.leadpp.ddt.locate`).
 
 Out: every crop at its source path relative to the source root, under `out` (the
 parallel root a view's `root` reads), `boxes.tsv` (`BOX_COLUMNS`), `contact_sheet.png`,
@@ -34,7 +34,9 @@ from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replica
 from fgjax.data.augment import PhotometricSpec
 from fgjax.data.decode import open_record, parallel_path, record_region, to_rgb
 from fgjax.data.eval_loader import make_eval_loader, spread
-from fgjax.ddt.locate import (
+from fgjax.eval.cache import fingerprint, save_npz_atomic
+from fgjax.eval.features import normalize_images
+from fgjax.methods.leadpp.ddt.locate import (
     CUT_RATES,
     MASK_RULES,
     POLICIES,
@@ -43,7 +45,7 @@ from fgjax.ddt.locate import (
     ddt_mask,
     search_box,
 )
-from fgjax.ddt.pca import (
+from fgjax.methods.leadpp.ddt.pca import (
     PCA_SIGNS,
     Scatter,
     add_rows,
@@ -51,8 +53,6 @@ from fgjax.ddt.pca import (
     empty_scatter,
     principal_direction,
 )
-from fgjax.eval.cache import fingerprint, save_npz_atomic
-from fgjax.eval.features import normalize_images
 
 # (variables, normalised images float32 [B, S, S, 3]) -> feature maps [B, h, w, C]
 FeatureFn = Callable[[Any, jax.Array], jax.Array]
@@ -90,7 +90,7 @@ class DDTSettings:
     over_num: float = 0.0  # the 'leadpp' threshold on the normalised positive range
     pca_sign: str = "max_abs"  # ddt_pca_sign: 'max_abs' | 'border' (+ the border check)
     fix_xyxy: bool = False  # ddt_fix_xyxy
-    policy: str = "square"  # crop_policy (`fgjax.ddt.locate.POLICIES`)
+    policy: str = "square"  # crop_policy (`fgjax.methods.leadpp.ddt.locate.POLICIES`)
     batch_size: int = 16
 
     def __post_init__(self):

@@ -4,7 +4,7 @@ LCR's rationale (Grad-CAM fitting) branch.
 
 Spec: ../shared/methods/leadpp.md (3.8 is the step). Views: 'view1', 'view2' two
 augmentations of the original image; 'view3', 'view4' two of its DDT crop
-(`config.views.view3.root` / `view4.root` = the crop root `python -m fgjax.ddt` writes;
+(`config.views.view3.root` / `view4.root` = the crop root `fgjax ddt` writes;
 '' reads the originals). Per step, with m the key momentum and T the temperature:
 
     L1 = CE(q(view1) | k(view2), queue)                    then queue  <- k(view2)
@@ -42,7 +42,7 @@ import ml_collections
 from fgjax.core.distributed import say
 from fgjax.core.objectives import ema, info_nce, l2_normalize
 from fgjax.methods.base import LossAux, Method, PyTree, apply_train, register
-from fgjax.methods.lcr import (
+from fgjax.methods.lcr.method import (
     Rationale,
     key_infonce,
     last_stage_map,
@@ -122,7 +122,7 @@ class LEADPP(Rationale, MoCo):
             beta=20.0,  # distillation weight (on a per-group sum)
             proto_temperature=0.02,  # tau_d, teacher and student
             num_classes=0,  # entropy normaliser C: 0 = the prototype count; else must match
-            prototypes="",  # [C, dim] text prototypes (.pt / .npy / .npz, fgjax.text)
+            prototypes="",  # [C, dim] text prototypes (.pt / .npy / .npz, leadpp.text)
             teacher_arch="clip_vit_b16",
             teacher_overrides=ml_collections.ConfigDict(),  # tower fields (tiny tests)
             teacher_weights="",  # a CLIP checkpoint; '' = random init (not LEAD++)
@@ -171,7 +171,7 @@ class LEADPP(Rationale, MoCo):
         return {**state, "queue2": queue2, "queue2_ptr": jnp.zeros((), jnp.int32)}
 
     def init_frozen(self):
-        from fgjax.text import load_prototypes
+        from fgjax.methods.leadpp.text import load_prototypes
         from fgjax.weights import load_pretrained
 
         s = self.section

@@ -7,20 +7,26 @@ See `DESCRIPTORS` for the names and their dims, `METHOD_DESCRIPTORS` for the gro
 paper reports together.
 """
 
-from fgjax.descriptors.cfga import aggregate, cfga_vector, kernel_gradients, objective, response
-from fgjax.descriptors.describe import (
-    DESCRIPTORS,
-    METHOD_DESCRIPTORS,
-    describe_fn,
-    descriptor_dim,
-)
-from fgjax.descriptors.masks import (
+from fgjax.core.masks import (
     component_labels,
     largest_component,
     mean_threshold_mask,
     scda_mask,
 )
-from fgjax.descriptors.pooling import masked_avg_max, pooled_descriptors
+from fgjax.methods.cfga.descriptors.cfga import (
+    aggregate,
+    cfga_vector,
+    kernel_gradients,
+    objective,
+    response,
+)
+from fgjax.methods.cfga.descriptors.extract import (
+    DESCRIPTORS,
+    METHOD_DESCRIPTORS,
+    describe_fn,
+    descriptor_dim,
+)
+from fgjax.methods.cfga.descriptors.pooling import masked_avg_max, pooled_descriptors
 
 __all__ = [
     "DESCRIPTORS",

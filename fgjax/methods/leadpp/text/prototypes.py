@@ -21,9 +21,9 @@ import numpy as np
 
 from fgjax.core.objectives import l2_normalize
 from fgjax.core.progress import progress
+from fgjax.methods.leadpp.text.tokenizer import BPETokenizer
 from fgjax.models.clip import CLIPTextTower, clip_text_from_name
-from fgjax.text.tokenizer import BPETokenizer
-from fgjax.weights.checkpoint import check_npz, sniff
+from fgjax.weights.formats import check_npz, sniff
 from fgjax.weights.load import load_pretrained
 from fgjax.weights.pth_reader import CheckpointFormatError, load_pth
 

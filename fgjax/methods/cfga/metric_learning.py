@@ -2,7 +2,7 @@
 CosFace, ArcFace, Proxy-Anchor and DGPCRL on a ResNet, as methods of the common trainer.
 
 Every method is the same network, `layer4 -> pooling -> [Linear] -> L2`, plus at most one
-`[C, D]` parameter group of class vectors, and one loss of `fgjax.core.metric_losses`:
+`[C, D]` parameter group of class vectors, and one loss of `fgjax.methods.cfga.metric_losses`:
 
 | method | pooling of layer4 | Linear | class vectors | loss |
 |---|---|---|---|---|
@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fgjax.core import metric_losses
 from fgjax.core.objectives import accuracy, cross_entropy, l2_normalize, max_at_argmax
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods.base import LossAux, Method, RunInfo, apply_train, register
+from fgjax.methods.cfga import metric_losses
 from fgjax.models.factory import backbone_from_config
 
 Initializer = Callable[..., jax.Array]

@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fgjax.core.masks import scda_mask
 from fgjax.core.objectives import l2_normalize
-from fgjax.descriptors.masks import scda_mask
-from fgjax.descriptors.pooling import masked_avg_max
+from fgjax.methods.cfga.descriptors.pooling import masked_avg_max
 from fgjax.models.resnet import valid_region
 
 # (block, conv) of a Flax kernel, e.g. ("layer4_1", "conv2")

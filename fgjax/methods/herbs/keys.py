@@ -1,4 +1,4 @@
-"""HERBS `best.pt` head tensors -> `fgjax.models.herbs.HerbsHead` variables.
+"""HERBS `best.pt` head tensors -> `fgjax.methods.herbs.model.HerbsHead` variables.
 
 The fgjax tree mirrors the PyTorch module tree, so the rule is: split the key on '.', that
 is the flax path; only the leaf is renamed (herbs.md sections 8.2 / 8.3):
@@ -17,7 +17,7 @@ e.g. `fpn_down.Up_layer2.weight [2304, 576, 1]` -> `params/fpn_down/Up_layer2/ke
 `batch_stats/fpn_classifier_up_layer3/1/var`.
 
 `herbs_variables_from_torch` loads a whole `best.pt` (Swin + head) into the variables of
-`fgjax.methods.herbs.HerbsNet`, whose tree is the checkpoint's: `params/backbone` from the
+`fgjax.methods.herbs.method.HerbsNet`, whose tree is the checkpoint's: `params/backbone` from the
 `backbone.*` keys (`swin_keys`, timm 0.4.12 layout), `params/head` and
 `batch_stats/head` from the head keys.
 """

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fgjax.descriptors.masks import largest_component
+from fgjax.core.masks import largest_component
 
 CUT_RATES = (1.25, 1.15, 1.05, 0.95, 0.85)
 FALLBACK_CUT_RATE = 1.05
@@ -53,7 +53,7 @@ def ddt_mask(p: jax.Array, rule: str = "leadpp", over_num: float = 0.0) -> jax.A
     rule 'leadpp' (the code): with lo, hi the min and max of the cells P >= 0, the cells
     where (P - lo) / (hi - lo) > over_num (none when hi == lo); every cell when no P >= 0.
     rule 'ddt' (the original DDT): P > 0. Then the largest 4-connected component
-    (`fgjax.descriptors.masks.largest_component`: ties keep the first in raster order, as
+    (`fgjax.core.masks.largest_component`: ties keep the first in raster order, as
     skimage's regionprops order); every cell when the threshold keeps none.
     """
     if rule not in MASK_RULES:

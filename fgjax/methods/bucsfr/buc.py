@@ -1,8 +1,8 @@
 """BuCSFR's per-epoch BuC step for all coarse classes at once (shared/methods/bucsfr.md 5.2).
 
 Per coarse class c (n_c points, current leaf count k[c]): k_c = min(k[c], n_c); L2 k-means
-with k_c clusters (fgjax.core.kmeans: 20 Lloyd iterations, 5 restarts); the single cluster
-pair with the smallest positive merge ratio r (fgjax.core.coding_length); if r < T the pair
+with k_c clusters (fgjax.methods.bucsfr.kmeans: 20 Lloyd iterations, 5 restarts); the single cluster
+pair with the smallest positive merge ratio r (coding_length.py); if r < T the pair
 (a, b) merges into local cluster 0, whose centroid is l2norm(mean of the members'
 embeddings), the other clusters follow in their k-means order (ids 1.., as the original's
 `run_hkmeans` numbers them) and k_c drops by one. Unmerged clusters keep their k-means
@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fgjax.core.coding_length import best_merge, merge_ratios
-from fgjax.core.kmeans import kmeans
 from fgjax.core.objectives import l2_normalize
+from fgjax.methods.bucsfr.coding_length import best_merge, merge_ratios
+from fgjax.methods.bucsfr.kmeans import kmeans
 
 
 def class_blocks(coarse: np.ndarray, num_classes: int, n_max: int) -> np.ndarray:

@@ -626,7 +626,7 @@ def test_eval_root_reads_every_evaluation_image_from_the_parallel_root(tmp_path)
     from conftest import tiny_config
 
     from fgjax.data.sources import LabeledSource, ParallelRootSource
-    from fgjax.train.loop import _Run
+    from fgjax.train.run import Run
 
     rng = np.random.default_rng(0)
     rel = [f"{split}/{c}/{i}.png" for split in ("train", "test") for c in "ab" for i in range(2)]
@@ -664,7 +664,7 @@ def test_eval_root_reads_every_evaluation_image_from_the_parallel_root(tmp_path)
     config.data.kind, config.data.root = "image_folder", str(tmp_path / "data")
     config.data.eval_root = str(tmp_path / "crops")
     config.train.batch_size = 2
-    run = _Run(config)
+    run = Run(config)
     for role in ("train", "test"):
         assert run.sources[role][0]["path"].startswith(str(tmp_path / "crops"))
     assert run.train_source[0]["path"].startswith(str(tmp_path / "data"))

@@ -354,12 +354,12 @@ def test_trained_run_embedding_through_a_centre_crop_pipeline(tiny):
     import orbax.checkpoint as ocp
 
     from fgjax.methods import replace_backbone
-    from fgjax.train.loop import _Run
+    from fgjax.train.run import Run
     from fgjax.train.state import create_train_state
 
     workdir = tiny["base"] / "run"
     config = tiny["config"]
-    run = _Run(config)
+    run = Run(config)
     abstract = jax.eval_shape(
         lambda: create_train_state(run.method, None, run.image_shape, config.seed)
     )

@@ -143,10 +143,10 @@ def test_trained_checkpoint_through_the_command_line(trained, capsys, monkeypatc
         assert os.path.getsize(os.path.join(out, name)) > 5000, name
 
     # The cached rows are the trained network's pooled features, image by image.
-    from fgjax.train.loop import _Run
+    from fgjax.train.run import Run
 
     images = _test_images(config)
-    method = _Run(config).method
+    method = Run(config).method
     both = np.concatenate([images, images[:, :, ::-1]])
     f = np.asarray(jax.jit(method.embed)(state.params, state.model_state, both))
     n = len(images)

@@ -72,13 +72,13 @@ def test_a_second_trainer_is_refused_naming_the_holder_and_a_dead_holder_is_take
 def test_sigterm_during_setup_stops_before_the_first_step_and_leaves_no_workdir(
     tmp_path, monkeypatch
 ):
-    build = loop._Run.__init__
+    build = loop.Run.__init__
 
     def build_then_signal(self, config):
         build(self, config)
         os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption during setup
 
-    monkeypatch.setattr(loop._Run, "__init__", build_then_signal)
+    monkeypatch.setattr(loop.Run, "__init__", build_then_signal)
     workdir = tmp_path / "run"
     result = train_and_evaluate(tiny_config("moco"), str(workdir))
     assert result["stopped_by"] == "SIGTERM" and result["step"] == 0

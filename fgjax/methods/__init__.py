@@ -2,11 +2,29 @@
 
 Every module of this package is imported on first use, so a new method is one file
 that defines a `Method` subclass decorated with `@register`; nothing else changes.
+
+A method may also live outside fgjax, in any importable module that registers it the
+same way (`from fgjax.methods import Method, register`); `discover()` imports it from
+
+- the environment variable `FGJAX_METHODS`: comma-separated module names, e.g.
+  `FGJAX_METHODS=my_methods.sparse,my_methods.other fgjax train --config ...` (the
+  modules must be importable: installed, or their folder on PYTHONPATH);
+- the entry points of group `fgjax.methods` of installed distributions, each loaded
+  once per process, e.g. in the distribution's pyproject.toml:
+
+      [project.entry-points."fgjax.methods"]
+      sparse = "my_methods.sparse"
+
+A recipe then sets `config.method` to the registered name, and every command that
+reads a config (`fgjax train`, `fgjax eval` on the run's config.json, ...) finds it.
+A module that fails to import is a ValueError naming FGJAX_METHODS or the entry point.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import os
 import pkgutil
 
 import ml_collections
@@ -24,18 +42,62 @@ from fgjax.methods.base import (
     replace_backbone,
 )
 
+ENV_VAR = "FGJAX_METHODS"
+ENTRY_POINT_GROUP = "fgjax.methods"
+_entry_points_loaded = False
+
+
+def _import_external(name: str, where: str) -> None:
+    """Import the module `name` that `where` names, a ValueError saying so on failure."""
+    try:
+        importlib.import_module(name)
+    except Exception as err:  # an ImportError, or any error the module raises
+        raise ValueError(
+            f"{where} names the method module {name!r}, which fails to import: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+def _load_entry_points() -> None:
+    """Load every entry point of group `fgjax.methods` (once per process)."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        where = f"the entry point {ep.name!r} = {ep.value!r} of group {ENTRY_POINT_GROUP!r}"
+        dist = getattr(ep, "dist", None)
+        if dist is not None:
+            where += f" (distribution {dist.name!r})"
+        try:
+            ep.load()
+        except Exception as err:
+            _entry_points_loaded = False  # the next call reports it again
+            raise ValueError(
+                f"{where} names the method module {ep.module!r}, which fails to import: "
+                f"{type(err).__name__}: {err}"
+            ) from err
+
 
 def discover() -> None:
-    """Import every module of `fgjax.methods` so their `@register` decorators run."""
+    """Import every module of `fgjax.methods`, every module named in `$FGJAX_METHODS` and
+    every entry point of group `fgjax.methods`, so their `@register` decorators run."""
     for info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{info.name}")
+    for name in os.environ.get(ENV_VAR, "").split(","):
+        if name.strip():
+            _import_external(name.strip(), f"{ENV_VAR}={os.environ[ENV_VAR]!r}")
+    _load_entry_points()
 
 
 def method_class(name: str) -> type[Method]:
     """The registered method called `name` (an error listing the choices otherwise)."""
     discover()
     if name not in _REGISTRY:
-        raise ValueError(f"config.method={name!r}: choose one of {sorted(_REGISTRY)}")
+        raise ValueError(
+            f"config.method={name!r}: choose one of {sorted(_REGISTRY)} (a method defined "
+            f"outside fgjax: name its module in {ENV_VAR}, see fgjax.methods)"
+        )
     return _REGISTRY[name]
 
 
@@ -63,6 +125,8 @@ def build_method(config: ml_collections.ConfigDict, run: RunInfo) -> Method:
 
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
+    "ENV_VAR",
     "EpochUpdate",
     "LossAux",
     "Method",

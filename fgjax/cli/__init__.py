@@ -3,12 +3,17 @@
 
 Each command is a thin layer over public library functions; the library below never
 imports a command (tests/test_layering.py). `COMMANDS` maps a command to its module;
-`METHOD_COMMANDS` names the method package a method's own command needs.
+`METHOD_COMMANDS` names the method package a method's own command needs. An install
+without that package (its folder `fgjax/methods/<package>/` removed, and with it the
+command's module) still runs every other command; the dispatcher answers for the missing
+ones with one line instead of a traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import os
 import sys
 from collections.abc import Sequence
 
@@ -48,9 +53,27 @@ METHOD_COMMANDS = {
 }
 
 
+def missing_package(name: str) -> str | None:
+    """The method package command `name` needs when this install lacks it, else None.
+
+    Looks for the folder without importing anything (`fgjax.methods` imports jax)."""
+    package = METHOD_COMMANDS.get(name)
+    if package is None:
+        return None
+    folders = [os.path.join(os.path.dirname(path), "methods") for path in __path__]
+    return None if importlib.machinery.PathFinder.find_spec(package, folders) else package
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    rows = "\n".join(f"  {name:<{width}}  {SUMMARIES[name]}" for name in COMMANDS)
+
+    def summary(name: str) -> str:
+        package = missing_package(name)
+        if package is None:
+            return SUMMARIES[name]
+        return f"{SUMMARIES[name]} [needs the {package} package: not installed]"
+
+    rows = "\n".join(f"  {name:<{width}}  {summary(name)}" for name in COMMANDS)
     return (
         "usage: fgjax <command> [arguments]   (fgjax <command> --help for its arguments)\n\n"
         f"commands:\n{rows}"
@@ -68,7 +91,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name])
+    package = missing_package(name)
+    if package is not None:
+        print(
+            f"error: command {name!r} needs the {package} package (fgjax/methods/{package}/), "
+            "which this install does not have",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        module = importlib.import_module(COMMANDS[name])
+    except ModuleNotFoundError as err:
+        if err.name != COMMANDS[name]:
+            raise
+        print(f"error: command {name!r}: its module {err.name} is not installed", file=sys.stderr)
+        return 2
     if name == "train":  # absl's flags read the program name first
         module.run([f"fgjax {name}", *rest])
         return 0

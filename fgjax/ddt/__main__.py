@@ -1,6 +1,9 @@
 """`python -m fgjax.ddt`, kept working: it runs `fgjax ddt` (fgjax/cli/ddt.py)."""
 
-from fgjax.cli.ddt import main
+# Through the dispatcher, which answers in one line when the method package is missing.
+import sys
+
+from fgjax.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["ddt", *sys.argv[1:]]))

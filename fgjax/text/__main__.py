@@ -1,8 +1,9 @@
 """`python -m fgjax.text`, kept working: it runs `fgjax text` (fgjax/cli/text.py)."""
 
+# Through the dispatcher, which answers in one line when the method package is missing.
 import sys
 
-from fgjax.cli.text import main
+from fgjax.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["text", *sys.argv[1:]]))

@@ -30,8 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from fgjax.weights.swin_keys import _module_path, _to_flax, _to_torch, _torch_shape
-from fgjax.weights.variables import ImportReport, fill, flatten
+from fgjax.weights.variables import (
+    ImportReport,
+    fill,
+    flatten,
+    flax_to_torch,
+    torch_module_path,
+    torch_shape,
+    torch_to_flax,
+)
 
 VISUAL = "visual."
 DDP_PREFIX = "module."
@@ -114,7 +121,7 @@ def clip_tower(params: Mapping[str, Any]) -> str:
 def _flax_path(name: str, params: Mapping[tuple[str, ...], Any]) -> tuple[str, ...]:
     """`transformer.resblocks.0.attn.in_proj_weight` -> (..., `attn`, `in_proj`, `kernel`);
     a torch `weight` is the flax `kernel`, `scale` or `embedding` the target has."""
-    path = _module_path(name)
+    path = torch_module_path(name)
     if path[-1] in ("in_proj_weight", "in_proj_bias"):
         return path[:-1] + ("in_proj", "kernel" if path[-1].endswith("weight") else "bias")
     if path[-1] == "weight":
@@ -181,8 +188,8 @@ def clip_variables_from_torch(
         {"params": target["params"]},
         sources,
         report,
-        convert=lambda path, a: _to_flax(path[-1], np.asarray(a, np.float32)),
-        source_shape=lambda path, shape: _torch_shape(path[-1], shape),
+        convert=lambda path, a: torch_to_flax(path, np.asarray(a, np.float32)),
+        source_shape=torch_shape,
     )
     return {**target, **variables}, report
 
@@ -200,6 +207,5 @@ def clip_variables_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarra
             names[-1] = f"in_proj_{'weight' if leaf == 'kernel' else 'bias'}"
         else:
             names.append("weight" if leaf in ("kernel", "scale", "embedding") else leaf)
-        array = _to_torch(leaf, np.asarray(value, dtype=np.float32))
-        out[head + ".".join(names)] = np.ascontiguousarray(array)
+        out[head + ".".join(names)] = flax_to_torch(path, np.asarray(value, dtype=np.float32))
     return out

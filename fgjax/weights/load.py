@@ -14,7 +14,6 @@ from fgjax.weights.resnet_keys import (
     infer_resnet_config,
     resnet_variables_from_torch,
     resnet_variables_to_torch,
-    to_torch,
     torch_key,
 )
 from fgjax.weights.variables import (
@@ -23,6 +22,7 @@ from fgjax.weights.variables import (
     fill,
     flatten,
     flatten_to_strings,
+    flax_to_torch,
     unflatten,
 )
 
@@ -201,8 +201,8 @@ def backbone_for_arch(arch: str, tensors: Mapping[str, np.ndarray] | None = None
     if tensors is None:
         raise ValueError("arch 'resnet' reads its layout from a checkpoint: pass its tensors")
     if is_fgjax_file(tensors):
-        flat = {tuple(k.split("/")): v for k, v in tensors.items()}
-        tensors = {torch_key(p) or "/".join(p): to_torch(np.asarray(v), p) for p, v in flat.items()}
+        flat = {tuple(k.split("/")): np.asarray(v) for k, v in tensors.items()}
+        tensors = {torch_key(p) or "/".join(p): flax_to_torch(p, v) for p, v in flat.items()}
     # Any registered ResNet: the inferred fields (block included) replace its own.
     return build_backbone("resnet50", **infer_resnet_config(tensors))
 

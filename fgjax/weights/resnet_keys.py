@@ -34,7 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from fgjax.weights.variables import ImportReport, Path, fill, flatten
+from fgjax.weights.variables import (
+    ImportReport,
+    Path,
+    fill,
+    flatten,
+    flax_to_torch,
+    torch_shape,
+    torch_to_flax,
+)
 
 _ANCHOR = "layer1.0.conv1.weight"
 _SEQ_ANCHOR = "4.0.conv1.weight"
@@ -71,31 +79,6 @@ def torch_key(path: Path) -> str | None:
         else:
             return None
     return ".".join(parts + [_LEAVES[(path[0], path[-1])]])
-
-
-def to_flax(array: np.ndarray, path: Path) -> np.ndarray:
-    """Torch layout -> flax layout: conv `[O, I, kh, kw]` -> `[kh, kw, I, O]`."""
-    if path[-1] == "kernel" and array.ndim == 4:
-        return np.transpose(array, (2, 3, 1, 0))
-    return array
-
-
-def _to_flax(path: Path, array: np.ndarray) -> np.ndarray:
-    return to_flax(array, path)
-
-
-def torch_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """A flax-layout shape of `path` in torch layout (conv `[kh, kw, I, O]` -> `[O, I, kh, kw]`)."""
-    if path[-1] == "kernel" and len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return shape
-
-
-def to_torch(array: np.ndarray, path: Path) -> np.ndarray:
-    """Flax layout -> torch layout (inverse of `to_flax`)."""
-    if path[-1] == "kernel" and array.ndim == 4:
-        return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
-    return array
 
 
 def _score(prefix: str) -> int:
@@ -193,7 +176,7 @@ def resnet_variables_from_torch(
         else:
             report.unexpected.append(key)
 
-    variables = fill(target, sources, report, _to_flax, torch_shape)
+    variables = fill(target, sources, report, torch_to_flax, torch_shape)
     if counters:
         report.notes.append(f"dropped {len(counters)} BatchNorm num_batches_tracked counters")
     if heads:
@@ -224,7 +207,7 @@ def resnet_variables_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndar
         key = torch_key(path)
         if key is None:
             raise ValueError(f"variable {'/'.join(path)} has no torchvision name")
-        out[key] = to_torch(np.asarray(value, dtype=np.float32), path)
+        out[key] = flax_to_torch(path, np.asarray(value, dtype=np.float32))
         if path[0] == "batch_stats":
             out[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
     return {key: out[key] for key in sorted(out, key=_torchvision_order)}

@@ -28,6 +28,7 @@ import numpy as np
 from flax import traverse_util
 
 from fgjax.weights.report import LoadReport
+from fgjax.weights.variables import flax_to_torch, torch_module_path, torch_shape, torch_to_flax
 
 HERBS_PREFIX = "backbone."
 _BUFFERS = ("relative_position_index", "attn_mask")
@@ -51,43 +52,6 @@ def is_old_layout(keys: list[str]) -> bool:
 
 def _shift_downsample(key: str, offset: int) -> str:
     return _DOWNSAMPLE.sub(lambda m: f"layers.{int(m.group(1)) + offset}.downsample.", key)
-
-
-def _module_path(key: str) -> tuple[str, ...]:
-    """`layers.0.blocks.1.attn.qkv.weight` -> (`layers_0`, `blocks_1`, `attn`, `qkv`, `weight`)."""
-    parts: list[str] = []
-    for part in key.split("."):
-        if part.isdigit() and parts:
-            parts[-1] = f"{parts[-1]}_{part}"
-        else:
-            parts.append(part)
-    return tuple(parts)
-
-
-def _to_flax(leaf: str, value: np.ndarray) -> np.ndarray:
-    """torch Linear [out, in] -> Dense [in, out]; Conv2d [O, I, kh, kw] -> Conv [kh, kw, I, O]."""
-    if leaf == "kernel" and value.ndim == 2:
-        return value.T
-    if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(2, 3, 1, 0)
-    return value
-
-
-def _to_torch(leaf: str, value: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and value.ndim == 2:
-        return value.T
-    if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    return value
-
-
-def _torch_shape(leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The torch shape of a flax parameter (for reports in checkpoint terms)."""
-    if leaf == "kernel" and len(shape) == 2:
-        return (shape[1], shape[0])
-    if leaf == "kernel" and len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(shape)
 
 
 def _flax_leaf(path: tuple[str, ...], params: Mapping[tuple[str, ...], Any]) -> tuple[str, ...]:
@@ -144,13 +108,13 @@ def swin_variables_from_torch(
             report.unexpected.append(source_name)
             continue
         old_key = key if old else _shift_downsample(key, -1)
-        path = _flax_leaf(_module_path(old_key), params)
+        path = _flax_leaf(torch_module_path(old_key), params)
         if path not in params:
             report.unexpected.append(source_name)
             continue
-        value = _to_flax(path[-1], np.asarray(value, dtype=np.float32))
+        value = torch_to_flax(path, np.asarray(value, dtype=np.float32))
         if tuple(value.shape) != tuple(params[path].shape):
-            wanted = _torch_shape(path[-1], tuple(params[path].shape))
+            wanted = torch_shape(path, tuple(params[path].shape))
             report.mismatched.append((source_name, tuple(np.shape(backbone[key])), wanted))
             continue
         new_params[path] = jnp.asarray(value)
@@ -171,5 +135,5 @@ def swin_variables_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarra
         names = [re.sub(r"_(\d+)$", r".\1", p) for p in path[:-1]]
         names.append("weight" if leaf in ("kernel", "scale") else leaf)
         key = _shift_downsample(".".join(names), +1)
-        out[key] = np.ascontiguousarray(_to_torch(leaf, np.asarray(value, dtype=np.float32)))
+        out[key] = flax_to_torch(path, np.asarray(value, dtype=np.float32))
     return out

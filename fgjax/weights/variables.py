@@ -46,6 +46,52 @@ def as_import_report(report: LoadReport) -> ImportReport:
     )
 
 
+# --------------------------------------------------- torch <-> flax layouts of one tensor
+# One rule for every converter (ResNet, Swin, CLIP): the leaf name says what a tensor is.
+
+
+def torch_module_path(key: str) -> Path:
+    """A torch state-dict key as a flax path, list indices joined to their module:
+    `layers.0.blocks.1.attn.qkv.weight` -> (`layers_0`, `blocks_1`, `attn`, `qkv`, `weight`)."""
+    parts: list[str] = []
+    for part in key.split("."):
+        if part.isdigit() and parts:
+            parts[-1] = f"{parts[-1]}_{part}"
+        else:
+            parts.append(part)
+    return tuple(parts)
+
+
+def torch_to_flax(path: Path, array: np.ndarray) -> np.ndarray:
+    """A torch tensor in the flax layout of the variable at `path` (a `fill` converter):
+    a `kernel` from a Linear `[out, in]` becomes a Dense `[in, out]`, from a Conv2d
+    `[O, I, kh, kw]` a Conv `[kh, kw, I, O]`; anything else is returned as it is."""
+    if path[-1] == "kernel" and array.ndim == 2:
+        return array.T
+    if path[-1] == "kernel" and array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    return array
+
+
+def flax_to_torch(path: Path, array: np.ndarray) -> np.ndarray:
+    """The inverse of `torch_to_flax`, C-contiguous (as a torch state dict stores it)."""
+    if path[-1] == "kernel" and array.ndim == 2:
+        array = array.T
+    elif path[-1] == "kernel" and array.ndim == 4:
+        array = array.transpose(3, 2, 0, 1)
+    return np.ascontiguousarray(array)
+
+
+def torch_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of the variable at `path` in torch's layout (a `fill` `source_shape`):
+    what `torch_to_flax` would have had to receive for a flax `shape`."""
+    if path[-1] == "kernel" and len(shape) == 2:
+        return (shape[1], shape[0])
+    if path[-1] == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)
+
+
 def flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
     """`{'params': {'conv1': {'kernel': x}}}` -> `{('params', 'conv1', 'kernel'): x}`."""
     out: dict[Path, Any] = {}

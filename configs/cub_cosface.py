@@ -1,13 +1,18 @@
 """CosFace (spec 7.2) on CUB-200-2011, zero-shot split (classes 1-100 train, 101-200 test).
 
-One of CFGA's metric-learning baselines, built by fgjax.methods.cfga.metric_learning.recipe
+One of CFGA's metric-learning baselines, built by `recipe` of configs/common/metric_learning.py
 (every hyperparameter and its source is there). Starts from torchvision's ImageNet
 ResNet-50 `resnet50-19c8e357.pth` in the working directory (or `--config.model.init_from=PATH`).
 """
 
+import os
+import runpy
+
 from fgjax.config import default_config
-from fgjax.methods.cfga.metric_learning import recipe
+
+COMMON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common")
 
 
 def get_config():
+    recipe = runpy.run_path(os.path.join(COMMON, "metric_learning.py"))["recipe"]
     return recipe(default_config("cosface"), "cub")

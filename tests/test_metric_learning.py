@@ -5,6 +5,7 @@ recipes, per-group lr multipliers and a P x K training run."""
 
 import json
 import os
+import runpy
 
 import jax
 import jax.numpy as jnp
@@ -16,11 +17,13 @@ from fgjax.config import default_config, load_config_file, photometric_spec
 from fgjax.data.augment import no_augment_spec
 from fgjax.data.sources import LabeledSource
 from fgjax.methods import StepContext, build_method
-from fgjax.methods.cfga.metric_learning import RETRIEVAL_TRAIN_IMAGES
 from fgjax.train import optim
 from fgjax.train.loop import training_classes
 
 METHODS = ("ms_loss", "cosface", "arcface", "proxy_anchor", "dgpcrl")
+# The recipes' shared code (configs are files, loaded by path).
+RECIPES = runpy.run_path(os.path.join(REPO, "configs", "common", "metric_learning.py"))
+RETRIEVAL_TRAIN_IMAGES = RECIPES["RETRIEVAL_TRAIN_IMAGES"]
 LABELS = np.array([2, 0, 1, 3, 0, 2, 3, 1], np.int32)  # two images of each of 4 classes
 
 

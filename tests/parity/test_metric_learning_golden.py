@@ -3,14 +3,15 @@
 fixtures/metric_learning_golden_<method>.npz come from RUNNING mikiyukio/CFGA_CARS196_train's
 `train_msloss.py`, `train_cosface.py`, `train_arcface.py` and `train_DGPCRL.py` for K = 3
 optimiser steps on a narrow ResNet and fixed batches (fixtures/make_metric_learning_golden.py).
-Here fgjax's own recipe (`metric_learning.recipe`, shrunk to the same network) runs the real
-jitted train step from the same weights on the same uint8 batches; the loss of every step,
-the parameters after every step and DGPCRL's BN running statistics are compared, and the
-learning rate of every step of the full runs against the authors' schedulers.
+Here fgjax's own recipe (configs/common/metric_learning.py, shrunk to the same network)
+runs the real jitted train step from the same weights on the same uint8 batches; the loss of
+every step, the parameters after every step and DGPCRL's BN running statistics are compared,
+and the learning rate of every step of the full runs against the authors' schedulers.
 Proxy-Anchor has no training code in the authors' repositories: nothing to compare.
 """
 
 import os
+import runpy
 import sys
 
 import jax
@@ -18,15 +19,17 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from conftest import jitted_step, run_info  # noqa: E402
+from conftest import REPO, jitted_step, run_info  # noqa: E402
 
 from fgjax.config import default_config  # noqa: E402
 from fgjax.core.sharding import global_batch, put_replicated  # noqa: E402
-from fgjax.methods.cfga.metric_learning import RETRIEVAL_TRAIN_IMAGES, recipe  # noqa: E402
 from fgjax.train import optim  # noqa: E402
 from fgjax.weights import resnet_variables_from_torch  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
+# The recipes' shared code (configs/common/metric_learning.py; configs are loaded by path).
+RECIPES = runpy.run_path(os.path.join(REPO, "configs", "common", "metric_learning.py"))
+RETRIEVAL_TRAIN_IMAGES, recipe = RECIPES["RETRIEVAL_TRAIN_IMAGES"], RECIPES["recipe"]
 METHODS = ("ms_loss", "cosface", "arcface", "dgpcrl")
 CLASSES = 98
 # Losses: float32 forward passes of the same network, summed in another order (measured:

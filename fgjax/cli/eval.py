@@ -18,47 +18,32 @@ are the same. `OUT/eval.json` gets the numbers (also printed as a table) and, un
 `--no-plots`, `retrieval_grid.png`, `embedding_map.png` and `recall_curve.png` go beside
 it. OUT is `--out`, by default `DIR/eval` (the trainer's own DIR/eval.json is kept).
 
-This entry lives above `fgjax.eval` because it builds methods and restores train states,
-which `fgjax.eval` may not import (see tests/test_layering.py).
+This command parses and prints; the work (weights, cached features, protocols, eval.json
+and pictures) is `fgjax.train.evaluation`'s, above `fgjax.eval` because it builds methods
+and restores train states, which `fgjax.eval` may not import (see tests/test_layering.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from typing import Any
 
 import jax
-import numpy as np
 
 from fgjax.core.cli import command
-from fgjax.core.sharding import put_replicated
-from fgjax.data.eval_loader import eval_crops, spread
-from fgjax.eval import figures as plots
-from fgjax.eval.cache import (
-    cache_path,
-    cached_features,
-    files_identity,
-    fingerprint,
-    replaced_images,
-)
-from fgjax.eval.features import (
-    Embed,
-    Features,
-    MissingFeatureError,
-    flip_averaged,
-)
-from fgjax.eval.knn import nearest_neighbors
 from fgjax.eval.protocols import PROTOCOLS
-from fgjax.train.run import (
-    Run,
-    feature_embed,
-    load_run_config,
-    restore_checkpoint,
-    weights_identity,
+from fgjax.train.evaluation import (
+    FeatureCache,
+    FeatureSettings,
+    ProtocolError,
+    eval_payload,
+    load_weights,
+    run_protocols,
+    select_protocols,
+    write_report,
 )
-from fgjax.train.state import create_train_state
+from fgjax.train.run import Run, load_run_config, weights_identity
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,140 +95,38 @@ def check_weights_arguments(p: argparse.ArgumentParser, a: argparse.Namespace) -
         p.error("give --workdir DIR (a checkpoint) or --init-from FILE --config FILE")
 
 
-def _grid_pictures(out: str, run: Run, test: Features, config, a) -> None:
-    source = run.sources["test"]
-    n = len(test.labels)
-    queries = spread(n, a.grid_queries)
-    _, neighbours = nearest_neighbors(test.features[queries], test.features, a.grid_k + 1)
-    # Leave the query itself out (the search above includes it; drop its own row).
-    rows = [
-        [j for j in nb if j != q][: a.grid_k] for q, nb in zip(queries, neighbours, strict=True)
-    ]
-    k = min(len(r) for r in rows)
-    ids = np.array([[q, *r[:k]] for q, r in zip(queries, rows, strict=True)])
-    images = np.stack([eval_crops(source, r, config.data) for r in ids])
-    correct = test.labels[ids[:, 1:]] == test.labels[ids[:, :1]]
-    names = [[source.class_names[test.labels[i]] for i in r] for r in ids]
-    plots.retrieval_grid(os.path.join(out, "retrieval_grid.png"), images, correct, names)
-    plots.embedding_map(
-        os.path.join(out, "embedding_map.png"),
-        test.features,
-        test.labels,
-        source.class_names,
-        title=f"{config.data.kind}/{config.data.test_split}: {a.features}"
-        + (" + flip" if a.flip else ""),
-    )
-
-
 def evaluate(argv: list[str]) -> dict[str, Any]:
     """Run the command line `argv` (without the program name); returns what eval.json holds."""
     parser = _parser()
     overrides = [x for x in argv if x.startswith("--config.")]
     a = parser.parse_args([x for x in argv if not x.startswith("--config.")])
     check_weights_arguments(parser, a)
-    names = [n for arg in a.protocol or ["retrieval"] for n in arg.split(",") if n]
-    explicit = "all" not in names
+    requested = [n for arg in a.protocol or ["retrieval"] for n in arg.split(",") if n]
     config = load_run_config(a.workdir, a.config, overrides, a.init_from or "")
     out = a.out or os.path.join(a.workdir, "eval")
 
     run = Run(config)
-    # The method's own evaluators (e.g. HERBS' 9-head vote) are protocols by their name.
-    evaluators = run.method.evaluators()
-    if not explicit:
-        names = [*PROTOCOLS, *evaluators]
-    names = list(dict.fromkeys(names))
-    unknown = [n for n in names if n not in PROTOCOLS and n not in evaluators]
-    if unknown:
-        raise ValueError(
-            f"unknown protocol {unknown[0]!r}; choose from {sorted(PROTOCOLS)}, the "
-            f"evaluators of config.method={config.method!r} {sorted(evaluators)}, or 'all'"
-        )
-    protocols = {name: PROTOCOLS[name] for name in names if name not in evaluators}
-    step = None
-    if a.init_from:
-        state = create_train_state(run.method, None, run.image_shape, config.seed, a.init_from)
-    else:
-        state, step = restore_checkpoint(run, config.seed, a.workdir, a.step)
-    state = put_replicated(state, run.mesh)
+    evaluators = run.method.evaluators()  # e.g. HERBS' 9-head vote, a protocol by its name
+    names, explicit = select_protocols(requested, evaluators, config.method)
+    state, step = load_weights(run, config.seed, a.init_from, a.workdir, a.step)
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(out, exist_ok=True)
-
-    embeds: dict[str, Embed] = {}
-    cache: dict[tuple[str, str], Features] = {}
-
-    def features_of(role: str, output: str) -> Features:
-        if (role, output) not in cache:
-            if output not in embeds:
-                embed = feature_embed(run.method, output)
-                embeds[output] = flip_averaged(embed) if a.flip else embed
-            data = {k: v for k, v in config.data.to_dict().items() if k != "num_workers"}
-            source = run.sources[role]
-            key = fingerprint(
-                dict(
-                    weights=weights_identity(a, step),
-                    feature=output,
-                    flip=a.flip,
-                    data=data,
-                    split=config.data[f"{role}_split"],
-                    model=config.model.to_dict(),
-                    files=files_identity(source),
-                )
-            )
-            name = role if output == a.features else f"{role}_{output}"
-            cache[(role, output)], hit = cached_features(
-                cache_path(out, name),
-                key,
-                lambda: run.extractor.extract(role, embeds[output], state),
-                paths=getattr(source, "paths", None),
-                write=writer,
-                refresh=a.no_cache,
-                replaced=lambda: run.extractor.replaced.get(role, []),
-            )
-            if hit:
-                print(f"features {role}: loaded {cache_path(out, name)}")
-                run.extractor.replaced[role] = replaced_images(cache_path(out, name))
-        return cache[(role, output)]
-
-    results: dict[str, float] = {}
-    for name in names:
-        if name in evaluators:  # keys as in the trainer's eval.json: `name/metric`
-            metrics = evaluators[name](state, run.extractor)
-            results.update({f"{name}/{k}": float(v) for k, v in metrics.items()})
-            continue
-        protocol = protocols[name]
-        output = protocol.output or a.features
-        try:
-            feats = {role: features_of(role, output) for role in protocol.splits(config)}
-            metrics = protocol.run(feats, config)
-        except (NotImplementedError, MissingFeatureError) as err:
-            if explicit or (isinstance(err, MissingFeatureError) and protocol.output is None):
-                raise SystemExit(f"error: {name}: {err}") from None
-            print(f"skipped {name}: {err}")  # 'all' runs what applies to this model
-            continue
-        results.update({f"{name}_{k}": float(v) for k, v in metrics.items()})
-
-    payload = {
-        "step": step,
-        "weights": a.init_from or os.path.abspath(a.workdir),
-        "features": a.features,
-        "flip": a.flip,
-        **results,
-    }
-    replaced = {split: names for split, names in run.extractor.replaced.items() if names}
-    if replaced:  # black stand-ins under skip_bad: the numbers are not of these images
-        payload["replaced_images"] = replaced
+    settings = FeatureSettings(a.features, a.flip, refresh=a.no_cache)
+    weights = weights_identity(a, step)
+    features = FeatureCache(config, run, state, out, weights, settings, write=writer)
+    try:
+        results = run_protocols(names, explicit, evaluators, config, state, run, features)
+    except ProtocolError as err:
+        raise SystemExit(f"error: {err}") from None
+    payload = eval_payload(results, step, a.init_from or os.path.abspath(a.workdir), settings, run)
     print(format_table(results))
     # Every process takes part in an extraction (it gathers across processes).
-    test = None if a.no_plots else features_of("test", a.features)
+    test = None if a.no_plots else features("test", a.features)
     if writer:
-        with open(os.path.join(out, "eval.json"), "w") as f:
-            json.dump(payload, f, indent=2)
-        if test is not None:
-            _grid_pictures(out, run, test, config, a)
-            if plots.recall_points(results)[0]:
-                plots.recall_curve(os.path.join(out, "recall_curve.png"), {out: results})
-        print(f"wrote {os.path.join(out, 'eval.json')}")
+        grid = (a.grid_queries, a.grid_k)  # retrieval_grid.png: queries, results per query
+        path = write_report(out, payload, results, config, run, test, settings, *grid)
+        print(f"wrote {path}")
     return payload
 
 

@@ -80,12 +80,21 @@ def view_spec(config: ml_collections.ConfigDict, view: str) -> ViewSpec:
 
 def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     """Library defaults with the section and default views of `method` (a registered name)."""
-    from fgjax.methods import method_class
-
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.method = method
+    _model_defaults(c)
+    _data_source_defaults(c)
+    _data_pipeline_defaults(c)
+    _method_defaults(c, method)
+    _optim_defaults(c)
+    _train_defaults(c)
+    _eval_defaults(c)
+    return c
 
+
+def _model_defaults(c: ml_collections.ConfigDict) -> None:
+    """`c.model`: the network (architecture, dtype, initial weights, ResNet / Swin knobs)."""
     c.model = ml_collections.ConfigDict()
     c.model.arch = "resnet50"  # any name of fgjax.models.registry: resnet18..152, swin_*
     c.model.overrides = ml_collections.ConfigDict()  # module fields, e.g. width=8 (tiny nets)
@@ -102,6 +111,10 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.1
     c.model.remat = False
 
+
+def _data_source_defaults(c: ml_collections.ConfigDict) -> None:
+    """`c.data`, which images: the dataset, its splits and files, and how bad or missing
+    images are treated."""
     c.data = ml_collections.ConfigDict()
     c.data.kind = "procedural"  # a dataset (cub, cars, ...), 'image_folder', 'csv', 'procedural'
     c.data.root = ""  # the dataset as distributed; image-folder root; or the CSV manifest
@@ -119,6 +132,11 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.data.allow_missing = False
     c.data.csv_root = ""  # base folder of relative CSV paths ('' = the CSV's folder)
     c.data.tfds_name = ""  # kind 'tfds': the builder name, e.g. 'caltech_birds2011'
+
+
+def _data_pipeline_defaults(c: ml_collections.ConfigDict) -> None:
+    """`c.data`, how the images are read: sizes, the evaluation resize, the loader workers,
+    the training sampler and the procedural dataset's shape."""
     c.data.image_size = 224  # evaluation crop, and the default size of every view
     # Evaluation resize before the centre crop: 'short_side' (see eval_resize_ratio) or
     # 'squash' (to eval_squash_size x eval_squash_size ignoring the aspect: HERBS, 510).
@@ -145,6 +163,12 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
         )
     )
 
+
+def _method_defaults(c: ml_collections.ConfigDict, method: str) -> None:
+    """`c.<method>`: the method's own section, and `c.views`: its default views (after
+    `c.data`, whose `image_size` every view's size follows)."""
+    from fgjax.methods import method_class
+
     cls = method_class(method)
     c[method] = cls.config_section()
     # Views by name (the method reads `method.view_names` of them).
@@ -152,6 +176,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     for name, fields in cls.default_views().items():
         c.views[name] = view_config(c, **fields)
 
+
+def _optim_defaults(c: ml_collections.ConfigDict) -> None:
+    """`c.optim`: the optimiser, its learning-rate schedule and per-group settings."""
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "sgd"
     c.optim.lr = 0.03
@@ -180,6 +207,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     # top-level param group -> lr factor (PyTorch per-group lr; Proxy-Anchor: proxies 100)
     c.optim.lr_multipliers = ml_collections.ConfigDict()
 
+
+def _train_defaults(c: ml_collections.ConfigDict) -> None:
+    """`c.train`: batch size, length, stopping, logging and checkpointing."""
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 256  # global, over all processes and devices
     c.train.accumulate_steps = 1  # micro-batches per optimiser step (batch_size / this each)
@@ -194,6 +224,9 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.progress_bar = True  # a live bar on a terminal, one line per log otherwise
 
+
+def _eval_defaults(c: ml_collections.ConfigDict) -> None:
+    """`c.eval`: when to evaluate, and the kNN and retrieval settings."""
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True
     c.eval.at_start = False  # also evaluate the untrained network (written to eval.json)
@@ -217,7 +250,6 @@ def default_config(method: str = "moco") -> ml_collections.ConfigDict:
     # mAP / MAP@R in the periodic (every_epochs) evaluations too; the final evaluation always
     # has them. Off by default: the full ranking costs about 1.2x (CPU) to 3-4x (jax) recall.
     c.eval.periodic_map = False
-    return c
 
 
 # Sequences are tuples so that `--config.views.view1.crop_scale='(0.08, 1.0)'` can override them.

@@ -42,6 +42,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -78,23 +79,35 @@ def make_schedule(
 
     `micro_batches_per_epoch` (default `steps_per_epoch * accumulate_steps`) is smaller
     when an epoch's last step is a partial one (`config.train.keep_last_batch`)."""
+    _check_schedule_fields(optim)
     peak = peak_lr(optim, global_batch)
     a = accumulate_steps if optim.schedule_unit == "micro_batch" else 1
-    optimiser_steps = per_epoch = steps_per_epoch
+    per_epoch = steps_per_epoch
     if optim.schedule_unit == "micro_batch":
         per_epoch = micro_batches_per_epoch or steps_per_epoch * a
-
-    def position(step: jax.Array) -> jax.Array:
-        """Step -> its last micro-batch (step n of epoch e ends with micro-batch
-        e * per_epoch + min(a (n + 1), per_epoch) - 1); the step itself otherwise."""
-        if a == 1:
-            return jnp.asarray(step, jnp.float32)
-        epoch, within = jnp.divmod(jnp.asarray(step).astype(jnp.int32), optimiser_steps)
-        last = epoch * per_epoch + jnp.minimum(a * within + a, per_epoch) - 1
-        return last.astype(jnp.float32)
-
+    position = _schedule_position(a, steps_per_epoch, per_epoch)
     warmup_steps = int(round(optim.warmup_epochs * per_epoch))
-    cosine_epochs = optim.cosine_epochs or num_epochs
+    ramp = warmup_steps - (optim.warmup_reaches_peak == "last")  # steps from init to peak
+    cosine_steps = (optim.cosine_epochs or num_epochs) * per_epoch
+    if optim.cosine_period == "after_warmup":
+        cosine_steps -= warmup_steps
+    decay = _decay(optim, peak, per_epoch, warmup_steps, cosine_steps)
+
+    def schedule(count: jax.Array) -> jax.Array:
+        step = position(count)
+        decayed = decay(count, step)
+        if warmup_steps > 0:
+            init = optim.warmup_init_lr
+            warm = init + (peak - init) * step / max(ramp, 1)
+            return jnp.where(step < warmup_steps, warm, decayed)
+        return decayed
+
+    return _delayed(schedule, optim.get("schedule_delay_steps", 0), peak)
+
+
+def _check_schedule_fields(optim: ml_collections.ConfigDict) -> None:
+    """A ValueError naming the `config.optim` field when the schedule's settings are not
+    one of the known values or do not fit together."""
     if optim.schedule not in ("cosine", "constant", "step"):
         raise ValueError(
             f"config.optim.schedule must be 'cosine', 'constant' or 'step', got {optim.schedule!r}"
@@ -127,39 +140,61 @@ def make_schedule(
             "config.optim.warmup_reaches_peak must be 'after' or 'last', "
             f"got {optim.warmup_reaches_peak!r}"
         )
-    ramp = warmup_steps - (optim.warmup_reaches_peak == "last")  # steps from init to peak
-    cosine_steps = cosine_epochs * per_epoch
-    if optim.cosine_period == "after_warmup":
-        cosine_steps -= warmup_steps
 
-    def schedule(count: jax.Array) -> jax.Array:
-        step = position(count)
+
+def _schedule_position(a: int, optimiser_steps: int, per_epoch: int) -> Callable:
+    """Optimiser step -> its position on the schedule (float32): with `a` > 1 micro-batches
+    per step, its last micro-batch (step n of epoch e ends with micro-batch
+    e * per_epoch + min(a (n + 1), per_epoch) - 1); the step itself otherwise."""
+
+    def position(step: jax.Array) -> jax.Array:
+        if a == 1:
+            return jnp.asarray(step, jnp.float32)
+        epoch, within = jnp.divmod(jnp.asarray(step).astype(jnp.int32), optimiser_steps)
+        last = epoch * per_epoch + jnp.minimum(a * within + a, per_epoch) - 1
+        return last.astype(jnp.float32)
+
+    return position
+
+
+def _decay(
+    optim: ml_collections.ConfigDict,
+    peak: float,
+    per_epoch: int,
+    warmup_steps: int,
+    cosine_steps: int,
+) -> Callable:
+    """`(count, position) -> lr` after the warm-up: `optim.schedule`'s constant peak, step
+    decay (milestones in optimiser steps `count`, or epochs of `position`) or cosine from
+    the peak to `final_lr` over `cosine_steps` from the warm-up's end (per epoch under
+    schedule_unit 'epoch')."""
+
+    def decayed(count: jax.Array, step: jax.Array) -> jax.Array:
         if optim.schedule == "constant":
-            decayed = jnp.asarray(peak, jnp.float32)
-        elif optim.schedule == "step":
+            return jnp.asarray(peak, jnp.float32)
+        if optim.schedule == "step":
             if optim.decay_steps:  # milestones in optimiser steps
                 reached, milestones = jnp.asarray(count), optim.decay_steps
             else:  # at epoch boundaries, whatever schedule_unit
                 reached, milestones = jnp.floor(step / per_epoch), optim.decay_epochs
             passed = sum((reached >= m).astype(jnp.float32) for m in milestones)
-            decayed = peak * jnp.power(jnp.float32(optim.decay_factor), passed)
+            return peak * jnp.power(jnp.float32(optim.decay_factor), passed)
+        if optim.schedule_unit == "epoch":
+            progress = jnp.floor(step / per_epoch) * per_epoch
         else:
-            if optim.schedule_unit == "epoch":
-                progress = jnp.floor(step / per_epoch) * per_epoch
-            else:
-                progress = step
-            t = jnp.clip((progress - warmup_steps) / max(cosine_steps, 1), 0.0, 1.0)
-            decayed = optim.final_lr + (peak - optim.final_lr) * 0.5 * (1 + jnp.cos(math.pi * t))
-        if warmup_steps > 0:
-            init = optim.warmup_init_lr
-            warm = init + (peak - init) * step / max(ramp, 1)
-            return jnp.where(step < warmup_steps, warm, decayed)
-        return decayed
+            progress = step
+        t = jnp.clip((progress - warmup_steps) / max(cosine_steps, 1), 0.0, 1.0)
+        return optim.final_lr + (peak - optim.final_lr) * 0.5 * (1 + jnp.cos(math.pi * t))
 
-    # A recipe may set `schedule_delay_steps` d (absent = 0): steps 0..d-1 run at the peak
-    # and step t >= d at the schedule's step t - d (LCR's BYOL: main.py steps its
-    # LR_Scheduler after the optimiser, whose first step runs at its initial lr, the peak).
-    delay = optim.get("schedule_delay_steps", 0)
+    return decayed
+
+
+def _delayed(schedule: optax.Schedule, delay: int, peak: float) -> optax.Schedule:
+    """`schedule` started `delay` steps late, the first `delay` steps at the peak.
+
+    A recipe may set `schedule_delay_steps` d (absent = 0): steps 0..d-1 run at the peak
+    and step t >= d at the schedule's step t - d (LCR's BYOL: main.py steps its
+    LR_Scheduler after the optimiser, whose first step runs at its initial lr, the peak)."""
     if delay:
         return lambda count: jnp.where(
             count < delay, jnp.float32(peak), schedule(jnp.maximum(count - delay, 0))

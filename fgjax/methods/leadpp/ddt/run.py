@@ -492,59 +492,130 @@ def locate_dataset(
     None computes them afresh and saves nothing. Returns a summary (also printed).
     """
     os.makedirs(out, exist_ok=True)
+    passes = dict(
+        features=features,
+        variables=variables,
+        settings=settings,
+        mesh=mesh,
+        num_workers=num_workers,
+        show_progress=show_progress,
+    )
     fit_key = None
     if cache_key is not None:
         fit_key = fingerprint(dict(base=cache_key, fit=list(fit_splits), size=settings.fit_size))
-    saved = _cached(os.path.join(out, FIT_FILE), fit_key)
-    if saved is not None:
-        fit = PCAFit(
-            saved["mean"], saved["direction"], float(saved["variance"]), int(saved["count"])
-        )
-        print(f"ddt fit: loaded {os.path.join(out, FIT_FILE)}")
-    else:
-        fit_sources = [sources[s] for s in distinct_splits(sources, fit_splits)]
-        fit = fit_pca(fit_sources, features, variables, settings, mesh, num_workers, show_progress)
-        if fit_key is not None:
-            save_npz_atomic(
-                os.path.join(out, FIT_FILE),
-                mean=fit.mean,
-                direction=fit.direction,
-                variance=np.array(fit.variance),
-                count=np.array(fit.count),
-                fingerprint=np.array(fit_key),
-            )
+    fit = _load_or_fit(sources, fit_splits, out, fit_key, **passes)
     print(f"ddt fit: {fit.count} descriptors, first component variance {fit.variance:.4g}")
 
     splits = distinct_splits(sources, list(sources))
-    maps = {}
-    for split in splits:
-        path = os.path.join(out, f"ddt_maps_{split}.npz")
-        key = None
-        if fit_key is not None:
-            key = fingerprint(dict(fit=fit_key, split=split, size=settings.locate_size))
-        saved = _cached(path, key)
-        if saved is not None:
-            maps[split] = saved["maps"]
-            continue
-        maps[split] = projection_maps(
-            sources[split], features, variables, fit, settings, mesh, num_workers, show_progress
-        )
-        if key is not None:
-            save_npz_atomic(path, maps=maps[split], fingerprint=np.array(key))
-
-    flipped = False
-    if settings.pca_sign == "border":
-        share = border_share(np.concatenate([maps[s] for s in splits]))
-        flipped = share > 0.5
-        print(
-            f"ddt sign check: {share:.2f} of the positive cells on the border ring"
-            + (" > 0.5: direction flipped" if flipped else "")
-        )
+    maps = {
+        split: _load_or_project(sources, split, fit, out, fit_key, **passes) for split in splits
+    }
+    flipped = _sign_check(maps, splits, settings)
     results: list[ImageResult] = []
     for split in splits:
         masks = object_masks(-maps[split] if flipped else maps[split], settings)
         results += locate_images(sources[split], split, masks, settings, max(1, num_workers))
+    written = _write_outputs(out, sources, results, sheet, max(1, num_workers), show_progress)
+    summary = _summary(results, written, fit, flipped, settings)
+    print(f"wrote {os.path.join(out, BOXES_FILE)} and {os.path.join(out, SHEET_FILE)}")
+    return summary
 
+
+def _load_or_fit(
+    sources: Mapping[str, Any],
+    fit_splits: Sequence[str],
+    out: str,
+    fit_key: str | None,
+    *,
+    features: FeatureFn,
+    variables: Any,
+    settings: DDTSettings,
+    mesh: Mesh,
+    num_workers: int,
+    show_progress: bool,
+) -> PCAFit:
+    """The fit cached in `out/ddt_fit.npz` when its fingerprint is `fit_key`; else
+    `fit_pca` over the distinct images of `fit_splits`, saved there unless `fit_key` is
+    None."""
+    path = os.path.join(out, FIT_FILE)
+    saved = _cached(path, fit_key)
+    if saved is not None:
+        print(f"ddt fit: loaded {path}")
+        return PCAFit(
+            saved["mean"], saved["direction"], float(saved["variance"]), int(saved["count"])
+        )
+    fit_sources = [sources[s] for s in distinct_splits(sources, fit_splits)]
+    fit = fit_pca(fit_sources, features, variables, settings, mesh, num_workers, show_progress)
+    if fit_key is not None:
+        save_npz_atomic(
+            path,
+            mean=fit.mean,
+            direction=fit.direction,
+            variance=np.array(fit.variance),
+            count=np.array(fit.count),
+            fingerprint=np.array(fit_key),
+        )
+    return fit
+
+
+def _load_or_project(
+    sources: Mapping[str, Any],
+    split: str,
+    fit: PCAFit,
+    out: str,
+    fit_key: str | None,
+    *,
+    features: FeatureFn,
+    variables: Any,
+    settings: DDTSettings,
+    mesh: Mesh,
+    num_workers: int,
+    show_progress: bool,
+) -> np.ndarray:
+    """The projection maps of `split`: cached in `out/ddt_maps_<split>.npz` when its
+    fingerprint (of `fit_key`, the split and the locate size) matches; else
+    `projection_maps`, saved there unless `fit_key` is None."""
+    path = os.path.join(out, f"ddt_maps_{split}.npz")
+    key = None
+    if fit_key is not None:
+        key = fingerprint(dict(fit=fit_key, split=split, size=settings.locate_size))
+    saved = _cached(path, key)
+    if saved is not None:
+        return saved["maps"]
+    maps = projection_maps(
+        sources[split], features, variables, fit, settings, mesh, num_workers, show_progress
+    )
+    if key is not None:
+        save_npz_atomic(path, maps=maps, fingerprint=np.array(key))
+    return maps
+
+
+def _sign_check(
+    maps: Mapping[str, np.ndarray], splits: Sequence[str], settings: DDTSettings
+) -> bool:
+    """Whether to flip the direction: under pca_sign 'border', when more than half of the
+    positive cells of all `splits`' maps lie on the border ring (printed); else False."""
+    if settings.pca_sign != "border":
+        return False
+    share = border_share(np.concatenate([maps[s] for s in splits]))
+    flipped = share > 0.5
+    print(
+        f"ddt sign check: {share:.2f} of the positive cells on the border ring"
+        + (" > 0.5: direction flipped" if flipped else "")
+    )
+    return flipped
+
+
+def _write_outputs(
+    out: str,
+    sources: Mapping[str, Any],
+    results: Sequence[ImageResult],
+    sheet: int,
+    workers: int,
+    show_progress: bool,
+) -> int:
+    """`boxes.tsv`, the crops (those unchanged since the previous `boxes.tsv` kept) and
+    the contact sheet of `sheet` images under `out`. Returns how many crops were written."""
     boxes_path = os.path.join(out, BOXES_FILE)
     previous: dict[str, dict[str, Any]] = {}
     if os.path.exists(boxes_path):
@@ -553,8 +624,20 @@ def locate_dataset(
         except ValueError as err:
             print(f"warning: {err}; every crop is rewritten")
     write_boxes(boxes_path, results)
-    written = write_crops(sources, results, out, previous, max(1, num_workers), show_progress)
+    written = write_crops(sources, results, out, previous, workers, show_progress)
     contact_sheet(os.path.join(out, SHEET_FILE), sources, results, sheet)
+    return written
+
+
+def _summary(
+    results: Sequence[ImageResult],
+    written: int,
+    fit: PCAFit,
+    flipped: bool,
+    settings: DDTSettings,
+) -> dict[str, Any]:
+    """The run's summary (images, crops written and kept, the fit, the sign flip, the
+    unscored images and the count of each cut rate), printed."""
     rates = [r.cut_rate for r in results if r.scored]
     summary = dict(
         images=len(results),
@@ -570,5 +653,4 @@ def locate_dataset(
         f"ddt: {len(results)} images, {written} crops written ({summary['kept']} kept), "
         f"{summary['unscored']} without a valid box; cut rates {summary['cut_rates']}"
     )
-    print(f"wrote {boxes_path} and {os.path.join(out, SHEET_FILE)}")
     return summary

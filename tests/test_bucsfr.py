@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import jitted_step, run_info, tiny_config
+from numpy_refs import log_softmax, unit64
 
 from fgjax.config import photometric_config
 from fgjax.core import sfr
@@ -25,22 +26,12 @@ from fgjax.train.metrics_log import read_metrics
 B, K, D = 8, 32, 8
 
 
-def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def _numpy_sfr(
     q, k, queue, queue_coarse, coarse, anchors, centroids, live, uniforms, t, t_proto, t_pos
 ):
     """The spec's 4.3 steps 1-9 in float64, given the two [B, K] uniform draws."""
     scores = queue @ centroids[:live].T / t_proto  # [K, C]
-    posterior = np.exp(_log_softmax(scores))[:, anchors].T  # [B, K]: P_j(a_i)
+    posterior = np.exp(log_softmax(scores))[:, anchors].T  # [B, K]: P_j(a_i)
     same = (queue_coarse[None, :] == coarse[:, None]).astype(np.float64)
 
     def normalised(x):
@@ -58,7 +49,7 @@ def _numpy_sfr(
             weights[i, m_pos[i]] = np.exp(sim[i, m_pos[i]] - sim[i, m_pos[i]].max())
     targets = np.concatenate([np.ones((len(q), 1)), weights], 1)
     targets /= targets.sum(1, keepdims=True)
-    loss = -np.mean(np.sum(targets * _log_softmax(logits), 1))
+    loss = -np.mean(np.sum(targets * log_softmax(logits), 1))
     return loss, logits, targets, mask, m_pos
 
 
@@ -69,11 +60,11 @@ def _uniforms(key):
 
 def test_sfr_loss_equals_numpy_on_a_toy_queue():
     rng = np.random.default_rng(5)
-    q, k, queue = (_unit(rng.normal(size=s)) for s in ((B, D), (B, D), (K, D)))
-    k = _unit(q + 0.5 * k)  # keys near their queries, as after training
+    q, k, queue = (unit64(rng.normal(size=s)) for s in ((B, D), (B, D), (K, D)))
+    k = unit64(q + 0.5 * k)  # keys near their queries, as after training
     live, c_max = 5, 7
     centroids = np.zeros((c_max, D))
-    centroids[:live] = _unit(queue[:live] + 0.3 * rng.normal(size=(live, D)))
+    centroids[:live] = unit64(queue[:live] + 0.3 * rng.normal(size=(live, D)))
     queue_coarse = rng.integers(0, 2, K)
     coarse = np.array([0, 1, 0, 1, 0, 1, 0, 2])  # coarse class 2 is not in the queue
     anchors = rng.integers(0, live, B)
@@ -155,7 +146,7 @@ def test_bucsfr_step_equals_numpy_on_the_same_encoder_outputs():
     n, c_max = run.num_train_examples, method.max_clusters
     live = 5
     centroids = np.zeros((c_max, D), np.float32)
-    centroids[:live] = _unit(rng.normal(size=(live, D)))
+    centroids[:live] = unit64(rng.normal(size=(live, D)))
     clustered = {
         "clustered": np.ones((), np.int32),
         "clusters_per_class": np.array([3, 2], np.int32),
@@ -184,8 +175,8 @@ def test_bucsfr_step_equals_numpy_on_the_same_encoder_outputs():
         lambda t, o: s.momentum * t + (1 - s.momentum) * o, m["key_params"], before.params
     )
     out = _forward(method, before.params, before.model_state, x1)
-    q = _unit(out["proj"])
-    k = _unit(_forward(method, key_params, m["key_model_state"], x2)["proj"])
+    q = unit64(out["proj"])
+    k = unit64(_forward(method, key_params, m["key_model_state"], x2)["proj"])
     # The step's randomness: fold_in(rng, step) -> (aug, loss); loss -> fold_in 0 -> (key, select).
     loss_rng = jax.random.split(jax.random.fold_in(before.rng, before.step))[1]
     select_rng = jax.random.split(jax.random.fold_in(loss_rng, 0))[1]
@@ -204,7 +195,7 @@ def test_bucsfr_step_equals_numpy_on_the_same_encoder_outputs():
         s.positive_temperature,
     )[0]
     logits = np.asarray(out["logits"], np.float64)
-    coarse_ce = -np.mean(_log_softmax(logits)[np.arange(B), batch["coarse_label"]])
+    coarse_ce = -np.mean(log_softmax(logits)[np.arange(B), batch["coarse_label"]])
     np.testing.assert_allclose(float(metrics["contrastive_loss"]), contrastive, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["coarse_ce"]), coarse_ce, rtol=1e-5)
     np.testing.assert_allclose(
@@ -221,7 +212,7 @@ def test_bucsfr_step_equals_numpy_on_the_same_encoder_outputs():
     _, metrics = jax.device_get(step(warm, frozen, global_batch(batch, mesh)))
     queue = np.asarray(m["queue"], np.float64)
     logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / s.temperature
-    info_nce = -np.mean(_log_softmax(logits)[:, 0])
+    info_nce = -np.mean(log_softmax(logits)[:, 0])
     np.testing.assert_allclose(float(metrics["contrastive_loss"]), info_nce, rtol=1e-4)
     assert abs(info_nce - contrastive) > 1e-2 and float(metrics["positives"]) == 0
 
@@ -258,7 +249,7 @@ def test_bucsfr_hook_clusters_the_key_encoders_projections_inside_each_coarse_cl
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x42554321), 1)
     want = jax.device_get(
         buc_step(
-            _unit(proj),
+            unit64(proj),
             coarse,
             np.array([3, 3]),
             key,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.ndimage
+from numpy_refs import unit
 
 from fgjax.methods.cfga.descriptors import (
     DESCRIPTORS,
@@ -29,11 +30,6 @@ from fgjax.weights import resnet_variables_from_torch
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "cfga_tiny.npz")
 NAMES = [n for n in DESCRIPTORS if n != "embedding"]
 SINGLE_CFGA = METHOD_DESCRIPTORS["cfga"][:-1]
-
-
-def _unit(x, axis=-1):
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
 
 
 def test_descriptors_equal_the_torch_reference():
@@ -82,7 +78,9 @@ def test_descriptors_equal_the_torch_reference():
                 np.testing.assert_allclose(np.linalg.norm(out[name], axis=1), 1, atol=1e-6)
             np.testing.assert_allclose(np.linalg.norm(out["cfga_plus"], axis=1), 2**0.5, atol=1e-6)
             np.testing.assert_allclose(np.linalg.norm(out["scda"], axis=1), 2**0.5, atol=1e-6)
-        np.testing.assert_allclose(_unit(got["lcc"]["embedding"]), got["lcc"]["gap"], atol=1e-6)
+        np.testing.assert_allclose(
+            unit(got["lcc"]["embedding"], eps=1e-12), got["lcc"]["gap"], atol=1e-6
+        )
         # Where the largest component drops positions, the masked descriptors change.
         for i, cut in enumerate(d[f"lcc_removed/{size}"]):
             changed = not np.allclose(got["lcc"]["scda"][i], got["nolcc"]["scda"][i], atol=1e-4)
@@ -145,11 +143,13 @@ def test_mean_threshold_and_masked_pooling_against_numpy():
     assert not np.asarray(avg[0]).any() and not np.asarray(mx[0]).any()
     out = pooled_descriptors(features, masks)
     gap, gmp = features.mean((1, 2)), features.max((1, 2))
-    np.testing.assert_allclose(out["gap"], _unit(gap), rtol=1e-5)
-    np.testing.assert_allclose(out["pooling"], _unit(np.concatenate([gap, gmp], 1)), rtol=1e-5)
-    scda = np.concatenate([_unit(want_avg), _unit(mx)], 1)
+    np.testing.assert_allclose(out["gap"], unit(gap, eps=1e-12), rtol=1e-5)
+    np.testing.assert_allclose(
+        out["pooling"], unit(np.concatenate([gap, gmp], 1), eps=1e-12), rtol=1e-5
+    )
+    scda = np.concatenate([unit(want_avg, eps=1e-12), unit(mx, eps=1e-12)], 1)
     np.testing.assert_allclose(out["scda"], scda, rtol=1e-5, atol=1e-7)
-    concat = _unit(np.concatenate([want_avg, mx], 1))
+    concat = unit(np.concatenate([want_avg, mx], 1), eps=1e-12)
     np.testing.assert_allclose(out["scda_concat"], concat, rtol=1e-5, atol=1e-7)
 
 
@@ -162,7 +162,7 @@ def _numpy_cfga(grad, variant):
         r = taps.max(-1) - taps.min(-1) + taps.std(-1, ddof=1)
     if variant != "eq5":
         r = r * ((r > r.mean(0, keepdims=True)) & (r > r.mean(1, keepdims=True)))
-    return _unit(r.mean(1 if variant == "eq6" else 0))
+    return unit(r.mean(1 if variant == "eq6" else 0), eps=1e-12)
 
 
 @pytest.mark.parametrize("taps", [1, 3])

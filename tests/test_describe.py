@@ -43,6 +43,8 @@ def reference_image(path: str, cap: int) -> np.ndarray:
     return np.asarray(img.resize(capped(*img.size, cap), Image.BILINEAR))
 
 
+# Kept here, not numpy_refs.unit: a zero row stays zero and every other row is divided by
+# its own norm however small (unit's eps floor would change rows with norm below eps).
 def _unit(x: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.where(n > 0, n, 1)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from numpy_refs import unit
 
 from fgjax.cli.eval import format_table, main
 from fgjax.config import config_from_json, config_path_from_argv, load_config_file
@@ -26,13 +27,9 @@ QUIET = ["--config.train.progress_bar=false"]
 
 
 # ---------------------------------------------------------------- numpy references
-def _unit(f: np.ndarray) -> np.ndarray:
-    return f / np.linalg.norm(f, axis=1, keepdims=True)
-
-
 def _brute_force(f: np.ndarray, labels: np.ndarray, ks, knn_k: int, temperature: float):
     """Leave-one-out Recall@K, mAP and weighted kNN top-1, ties to the lower index."""
-    sim = _unit(f.astype(np.float64)) @ _unit(f.astype(np.float64)).T
+    sim = unit(f.astype(np.float64)) @ unit(f.astype(np.float64)).T
     np.fill_diagonal(sim, -np.inf)
     order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]  # self (-inf) last, dropped
     match = labels[order] == labels[:, None]

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
+from numpy_refs import log_softmax
 
 from fgjax.config import load_config_file, photometric_config
 from fgjax.core.sharding import global_batch
@@ -38,17 +39,12 @@ SPEC_WEIGHTS = dict(hr=1.375, layer=0.3, drop=5.0, select=0.0, comb=1.0)
 B, SIZE, CLASSES, SELECTS = 8, 32, 4, (4, 2)
 
 
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
 def _ce(logits, labels):
-    return -np.mean(_log_softmax(logits)[np.arange(len(labels)), labels])
+    return -np.mean(log_softmax(logits)[np.arange(len(labels)), labels])
 
 
 def _kl_every_element(teacher, student, t):
-    log_p, log_q = _log_softmax(teacher / t), _log_softmax(student / t)
+    log_p, log_q = log_softmax(teacher / t), log_softmax(student / t)
     return np.sum(np.exp(log_p) * (log_p - log_q)) / teacher.size
 
 
@@ -60,7 +56,7 @@ def _numpy_herbs(out, labels, t, weights=SPEC_WEIGHTS, selects=SELECTS):
         up, down = out[f"layer{k + 1}"], out[f"FPN1_layer{k + 1}"]
         terms["hr"] += _kl_every_element(up, down, t)
         terms["layer"] += _ce(up.mean(1), labels)
-        conf = np.exp(_log_softmax(up))[np.arange(len(up)), :, up.mean(1).argmax(-1)]
+        conf = np.exp(log_softmax(up))[np.arange(len(up)), :, up.mean(1).argmax(-1)]
         order = np.argsort(-conf, axis=1, kind="stable")
         dropped = np.take_along_axis(up, order[:, keep:, None], axis=1)
         selected = np.take_along_axis(up, order[:, :keep, None], axis=1)
@@ -131,7 +127,7 @@ def _random_outputs(rng, batch=3, tokens=(6, 5), selects=SELECTS, classes=5):
         up = rng.normal(size=(batch, s, classes)) * 2
         out[f"FPN1_layer{k + 1}"] = rng.normal(size=(batch, s, classes)) * 2
         out[f"layer{k + 1}"] = up
-        conf = np.exp(_log_softmax(up))[np.arange(batch), :, up.mean(1).argmax(-1)]
+        conf = np.exp(log_softmax(up))[np.arange(batch), :, up.mean(1).argmax(-1)]
         order = np.argsort(-conf, axis=1)
         out[f"select_layer{k + 1}"] = np.take_along_axis(up, order[:, :keep, None], axis=1)
         out[f"drop_layer{k + 1}"] = np.take_along_axis(up, order[:, keep:, None], axis=1)
@@ -160,7 +156,7 @@ def test_vote_probabilities_are_token_averaged_softmaxes_in_herbs_order():
     order = ["layer1", "FPN1_layer1", "layer2", "FPN1_layer2", "comb_outs"]
     for h, name in enumerate(order):
         logits = out[name] if out[name].ndim == 2 else out[name].mean(1)
-        np.testing.assert_allclose(got[:, h], np.exp(_log_softmax(logits)), rtol=1e-5)
+        np.testing.assert_allclose(got[:, h], np.exp(log_softmax(logits)), rtol=1e-5)
 
 
 # ------------------------------------------------------------------ (b, c) a real step
@@ -233,16 +229,16 @@ def _bias_gradients(out, labels, t, w=SPEC_WEIGHTS):
     onehot = np.eye(CLASSES)[labels]
     grads = {
         ("combiner", "classifier"): w["comb"]
-        * np.mean(np.exp(_log_softmax(out["comb_outs"])) - onehot, 0)
+        * np.mean(np.exp(log_softmax(out["comb_outs"])) - onehot, 0)
     }
     for k in range(len(SELECTS)):
         up, down, dropped = (out[f"{p}layer{k + 1}"] for p in ("", "FPN1_", "drop_"))
-        ce = np.mean(np.exp(_log_softmax(up.mean(1))) - onehot, 0)  # mean_s(up + b) = .. + b
+        ce = np.mean(np.exp(log_softmax(up.mean(1))) - onehot, 0)  # mean_s(up + b) = .. + b
         th = np.tanh(dropped)
         mse = np.sum(2 * (th + 1) * (1 - th**2), (0, 1)) / dropped.size
         grads[(f"fpn_classifier_up_layer{k + 1}", "3")] = w["layer"] * ce + w["drop"] * mse
         # KL with a detached teacher: d/d student = (q - p) / T per element, / B*S*N.
-        q, p = np.exp(_log_softmax(down / t)), np.exp(_log_softmax(up / t))
+        q, p = np.exp(log_softmax(down / t)), np.exp(log_softmax(up / t))
         grads[(f"fpn_classifier_down_layer{k + 1}", "3")] = (
             w["hr"] * np.sum(q - p, (0, 1)) / (t * up.size)
         )

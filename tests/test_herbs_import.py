@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import pytest
 from conftest import run_info, tiny_config
+from numpy_refs import softmax
 
 from fgjax.methods import build_method
 from fgjax.methods.herbs.method import vote_heads
@@ -164,16 +165,11 @@ def loaded():
     return method, state, forward
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def _numpy_vote(out: dict[str, np.ndarray]) -> np.ndarray:
     """[B, 9, N]: spec 6.2's voting heads' softmaxes (HEADS order), per-token logits
     averaged over tokens first."""
     logits = [np.asarray(out[n], np.float64) for n in HEADS]
-    return np.stack([_softmax(x.mean(1) if x.ndim == 3 else x) for x in logits], 1)
+    return np.stack([softmax(x.mean(1) if x.ndim == 3 else x) for x in logits], 1)
 
 
 def test_swin_and_head_reproduce_torch_outputs_and_the_vote(loaded):

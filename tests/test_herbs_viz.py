@@ -36,6 +36,7 @@ PLACES = [
 ]
 
 
+# jnp, not numpy_refs.softmax: it runs inside the jax.grad of _captured's score.
 def _softmax(x):
     e = jnp.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
+from numpy_refs import kl_rows, softmax
 
 from fgjax.config import load_config_file, photometric_config
 from fgjax.core.objectives import info_nce, l2_normalize
@@ -29,16 +30,6 @@ def _config(**lcr):
     for view in config.views.values():
         view.photometric = photometric_config(no_augment_spec())
     return config
-
-
-def _softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def _kl_rows(t_logits, q_logits):
-    t, q = _softmax(t_logits), _softmax(q_logits)
-    return np.sum(t * (np.log(t) - np.log(q)))
 
 
 def _minmax(x, per_sample):
@@ -88,8 +79,8 @@ def test_pooled_gradient_grad_cam_equals_the_full_map_grad_cam(tiny):
 def test_kl_fitting_loss_equals_a_hand_computation_per_axis_and_reduction(tau):
     rng = np.random.default_rng(0)
     cam, att = rng.random((2, 3, 3)), rng.random((2, 3, 3))
-    row = sum(_kl_rows(cam[i, h] / tau, att[i, h] / tau) for i in range(2) for h in range(3))
-    spatial = sum(_kl_rows(cam[i].ravel() / tau, att[i].ravel() / tau) for i in range(2))
+    row = sum(kl_rows(cam[i, h] / tau, att[i, h] / tau) for i in range(2) for h in range(3))
+    spatial = sum(kl_rows(cam[i].ravel() / tau, att[i].ravel() / tau) for i in range(2))
     assert abs(row - spatial) > 1e-3  # the axis matters on this toy
     for axis, total in (("row", row), ("spatial", spatial)):
         for reduction, divisor in (("sum", 1), ("batchmean", 2), ("mean", 18)):
@@ -125,7 +116,7 @@ def _moco_and_pooled_grad(pooled, head, k, queue, temperature):
     q = z / norm
     bank = np.concatenate([k[:, None, :], np.broadcast_to(queue, (len(q), *queue.shape))], 1)
     logits = np.einsum("bd,bnd->bn", q, bank) / temperature
-    p = _softmax(logits)
+    p = softmax(logits)
     loss = np.mean(np.log(np.exp(logits).sum(1)) - logits[:, 0])
     d_logits = (p - np.eye(logits.shape[1])[0]) / len(q)
     d_q = np.einsum("bn,bnd->bd", d_logits, bank) / temperature
@@ -180,14 +171,14 @@ def test_one_jitted_step_loss_is_moco_plus_weight_times_kl_in_numpy(preset):
     if config.lcr.cam_norm == "sample_max":
         cam = cam / (cam.max(axis=(1, 2), keepdims=True) + 1e-7)
     if spatial:  # one distribution per image
-        kl = sum(_kl_rows(cam[i].ravel() / tau, att[i].ravel() / tau) for i in range(B))
+        kl = sum(kl_rows(cam[i].ravel() / tau, att[i].ravel() / tau) for i in range(B))
     else:  # one per row of the 2x2 map
-        kl = sum(_kl_rows(cam[i, h] / tau, att[i, h] / tau) for i in range(B) for h in range(2))
+        kl = sum(kl_rows(cam[i, h] / tau, att[i, h] / tau) for i in range(B) for h in range(2))
 
     np.testing.assert_allclose(float(metrics["ssl_loss"]), moco, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["lcr_loss"]), kl, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["loss"]), moco + 0.5 * kl, rtol=1e-4)
-    t = _softmax(cam.reshape(B, -1) / tau if spatial else cam.reshape(-1, 2) / tau)
+    t = softmax(cam.reshape(B, -1) / tau if spatial else cam.reshape(-1, 2) / tau)
     entropy = np.mean(-np.sum(t * np.log(t), -1)) / np.log(t.shape[-1])
     np.testing.assert_allclose(float(metrics["cam_entropy"]), entropy, rtol=1e-4)
     assert kl > 1e-3  # the fitting term is visible in the total

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
+from numpy_refs import unit64
 
 from fgjax.config import default_config, load_config_file, photometric_config
 from fgjax.core.objectives import negative_cosine
@@ -20,11 +21,6 @@ from fgjax.methods import build_method
 from fgjax.methods.lcr.method import fitting_loss, minmax
 
 B, S = 8, 16
-
-
-def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def test_byol_lcr_step_is_byol_plus_weight_times_the_fit_to_view_one_grad_cam():
@@ -53,8 +49,8 @@ def test_byol_lcr_step_is_byol_plus_weight_times_the_fit_to_view_one_grad_cam():
         {k: online[k] for k in ("backbone", "projector")},
     )
     t_state = before.method_state["target_model_state"]
-    z1, z2 = (_unit(fwd(target, t_state, x, predict=False)["proj"]) for x in (x1, x2))
-    p1, p2 = (_unit(fwd(online, state_, x)["pred"]) for x in (x1, x2))
+    z1, z2 = (unit64(fwd(target, t_state, x, predict=False)["proj"]) for x in (x1, x2))
+    p1, p2 = (unit64(fwd(online, state_, x)["pred"]) for x in (x1, x2))
     byol = -0.5 * (np.mean(np.sum(p1 * z2, 1)) + np.mean(np.sum(p2 * z1, 1)))
 
     # Grad-CAM from the full-map gradient of the whole loss (view 2's half is constant).
@@ -123,7 +119,7 @@ def test_explain_is_the_grad_cam_of_the_view_one_half_against_the_target_of_the_
     }
     maps = method.net.apply(variables(online, online_state), images, train=False)["stage2"]
     target = variables(state["target_params"], state["target_model_state"])
-    z = _unit(method.net.apply(target, partners, train=False, predict=False)["proj"])
+    z = unit64(method.net.apply(target, partners, train=False, predict=False)["proj"])
     heads = lambda pooled: method.net.apply(
         variables(online, online_state),
         pooled,

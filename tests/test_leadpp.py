@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO, jitted_step, normalized, random_batch, run_info, tiny_config
+from numpy_refs import kl_rows, log_softmax, unit64
 from test_contract import _assert_same_state, _checkpoint
-from test_lcr import _kl_rows, _moco_and_pooled_grad
+from test_lcr import _moco_and_pooled_grad
 
 from fgjax.config import load_config_file, photometric_config
 from fgjax.core.sharding import global_batch, put_replicated
@@ -77,16 +78,6 @@ def _ce(q, k, queue, temperature):
     return top + np.log(np.exp(logits - top[:, None]).sum(1)) - logits[:, 0]
 
 
-def _log_softmax(x):
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-
-def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def test_one_jitted_step_equals_numpy_with_non_default_values(
     tmp_path, capsys, module_compilation_cache
 ):
@@ -138,7 +129,7 @@ def test_one_jitted_step_equals_numpy_with_non_default_values(
         )[0]
     )
     out1, out3 = fwd(x1), fwd(x3)
-    z1, z3 = _unit(out1["proj"]), _unit(out3["proj"])
+    z1, z3 = unit64(out1["proj"]), unit64(out3["proj"])
     queue = np.asarray(before.method_state["queue"], np.float64)
     queue2 = np.asarray(before.method_state["queue2"], np.float64)
     queue2_after = queue2.copy()
@@ -147,13 +138,13 @@ def test_one_jitted_step_equals_numpy_with_non_default_values(
     # Teacher: the tiny CLIP tower on view3 re-normalised with CLIP's mean / std.
     x3_clip = (batch["views"]["view3"] / 255.0 - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
     tower = jax.jit(lambda x: method.teacher.apply(frozen["teacher"], x)["pooled"])
-    teacher = lambda x: _unit(tower(np.float32(x)))
+    teacher = lambda x: unit64(tower(np.float32(x)))
     f_t = teacher(x3_clip)
     protos = np.asarray(frozen["prototypes"], np.float64)
-    log_s = _log_softmax(z3 @ protos.T / 0.2)
+    log_s = log_softmax(z3 @ protos.T / 0.2)
 
     def distill(f_t):  # entropy [B], per-group-summed L_dis of the teacher's embeddings
-        log_t = _log_softmax(f_t @ protos.T / 0.2)
+        log_t = log_softmax(f_t @ protos.T / 0.2)
         p_t = np.exp(log_t)
         entropy = -np.sum(p_t * np.log(p_t + 1e-10), 1) / np.log(C)
         d = np.sum(p_t * (log_t - log_s), 1) / C
@@ -184,7 +175,7 @@ def test_one_jitted_step_equals_numpy_with_non_default_values(
     l_cam = np.mean(
         [
             sum(
-                _kl_rows(cam[i, h] / 0.5, att[i, h] / 0.5)
+                kl_rows(cam[i, h] / 0.5, att[i, h] / 0.5)
                 for i in range(g * 4, g * 4 + 4)
                 for h in range(2)
             )
@@ -329,7 +320,7 @@ def test_explain_is_the_grad_cam_of_l3_against_the_partners_keys_and_queue_two(t
 
     apply = lambda x: method.net.apply({"params": params, **model_state}, x, train=False)
     maps = np.asarray(last_stage_map(apply(images)), np.float64)
-    k = _unit(apply(partners)["proj"])  # the key encoder is the encoder at init
+    k = unit64(apply(partners)["proj"])  # the key encoder is the encoder at init
     head = jax.tree.map(np.asarray, params["projector"])
     pooled = maps.mean(axis=(1, 2))
     queue2 = np.asarray(state["queue2"], np.float64)

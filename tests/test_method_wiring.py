@@ -11,22 +11,13 @@ sees are known; BatchNorm uses one group so the key shuffle does not change keys
 import jax
 import numpy as np
 from conftest import jitted_step, run_info, tiny_config
+from numpy_refs import log_softmax, unit64
 
 from fgjax.config import photometric_config
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 
 B, S = 8, 16
-
-
-def _unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _log_softmax(logits):
-    shifted = logits - logits.max(-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
 def _config(method: str):
@@ -96,7 +87,7 @@ def _forward(method, params, model_state, x, **kwargs):
 
 def _info_nce(q, k, queue, temperature):
     logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / temperature
-    return -np.mean(_log_softmax(logits)[:, 0])
+    return -np.mean(log_softmax(logits)[:, 0])
 
 
 def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two():
@@ -112,8 +103,8 @@ def test_moco_step_uses_config_temperature_and_enqueues_the_new_keys_of_view_two
     ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
-    q = _unit(_forward(method, before.params, before.model_state, x1)["proj"])
-    k = _unit(_forward(method, key_params, before.method_state["key_model_state"], x2)["proj"])
+    q = unit64(_forward(method, before.params, before.model_state, x1)["proj"])
+    k = unit64(_forward(method, key_params, before.method_state["key_model_state"], x2)["proj"])
     queue = np.asarray(before.method_state["queue"], np.float64)
     expected = _info_nce(q, k, queue, config.moco.temperature)
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-4)
@@ -141,11 +132,11 @@ def test_byol_step_pairs_online_predictions_with_the_other_views_targets():
 
     # Each view is its own BatchNorm batch (as BYOL), target stats advance view 1 then 2.
     p1, p2 = (
-        _unit(_forward(method, before.params, before.model_state, x)["pred"]) for x in (x1, x2)
+        unit64(_forward(method, before.params, before.model_state, x)["pred"]) for x in (x1, x2)
     )
     target_state = before.method_state["target_model_state"]
     z1, z2 = (
-        _unit(_forward(method, target, target_state, x, predict=False)["proj"]) for x in (x1, x2)
+        unit64(_forward(method, target, target_state, x, predict=False)["proj"]) for x in (x1, x2)
     )
     cos = lambda a, b: np.mean(np.sum(a * b, 1))
     expected = -(cos(p1, z2) + cos(p2, z1)) / 2
@@ -161,7 +152,7 @@ def test_supervised_step_loss_is_smoothed_cross_entropy_of_view_one():
     method, before, after, metrics = _one_step(config, images)
     x = _normalised(images[:, 0], config)
     logits = _forward(method, before.params, before.model_state, x)["logits"]
-    logp = _log_softmax(np.asarray(logits, np.float64))
+    logp = log_softmax(np.asarray(logits, np.float64))
     labels = np.arange(B) % 4
     eps, c = 0.2, 4
     targets = np.full((B, c), eps / c)

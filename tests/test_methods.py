@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import run_info, tiny_config
+from numpy_refs import unit
 
 from fgjax.core.objectives import (
     cross_entropy,
@@ -19,13 +20,9 @@ from fgjax.methods import StepContext, build_method
 from fgjax.methods.byol import ema_decay
 
 
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def test_info_nce_matches_numpy():
     rng = np.random.default_rng(0)
-    q, k, queue = (_unit(rng.normal(size=s)) for s in [(6, 5), (6, 5), (20, 5)])
+    q, k, queue = (unit(rng.normal(size=s)) for s in [(6, 5), (6, 5), (20, 5)])
     loss, logits = info_nce(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), 0.2)
     ref_logits = np.concatenate([np.sum(q * k, 1, keepdims=True), q @ queue.T], 1) / 0.2
     shifted = ref_logits - ref_logits.max(1, keepdims=True)
@@ -37,7 +34,7 @@ def test_info_nce_matches_numpy():
 def test_negative_cosine_matches_numpy_and_ignores_target_gradients():
     rng = np.random.default_rng(1)
     p, z = (rng.normal(size=(4, 6)).astype(np.float32) for _ in range(2))
-    expected = -np.mean(np.sum(_unit(p) * _unit(z), 1))
+    expected = -np.mean(np.sum(unit(p) * unit(z), 1))
     np.testing.assert_allclose(float(negative_cosine(p, z)), expected, rtol=1e-5)
     grad_z = jax.grad(lambda z: negative_cosine(p, z))(jnp.asarray(z))
     assert np.all(np.asarray(grad_z) == 0)
@@ -165,7 +162,7 @@ def test_moco_shuffled_keys_use_their_own_bn_groups():
     expected = np.zeros((8, config.moco.dim), np.float32)
     for group in perm.reshape(2, 4):
         out, _ = single.net.apply(variables, images[group], train=True, mutable=["batch_stats"])
-        expected[group] = _unit(np.asarray(out["proj"]))
+        expected[group] = unit(np.asarray(out["proj"]))
     np.testing.assert_allclose(np.asarray(keys), expected, atol=1e-5)
 
     # The query-style contiguous grouping gives different keys: the shuffle matters.
@@ -174,7 +171,7 @@ def test_moco_shuffled_keys_use_their_own_bn_groups():
         frozenset(range(4, 8)),
     }
     contiguous, _ = method.net.apply(variables, images, train=True, mutable=["batch_stats"])
-    assert not np.allclose(_unit(np.asarray(contiguous["proj"])), np.asarray(keys), atol=1e-4)
+    assert not np.allclose(unit(np.asarray(contiguous["proj"])), np.asarray(keys), atol=1e-4)
 
 
 def test_byol_target_is_ema_of_backbone_and_projector_only():

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO, run_info, tiny_config
+from numpy_refs import log_softmax, unit
 
 from fgjax.config import default_config, load_config_file, photometric_spec
 from fgjax.data.augment import no_augment_spec
@@ -28,15 +29,6 @@ LABELS = np.array([2, 0, 1, 3, 0, 2, 3, 1], np.int32)  # two images of each of 4
 
 
 # --------------------------------------------------------------- numpy references
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
-def _log_softmax(z):
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-
 def _ms_loss(x, y, alpha, beta, base, margin):
     """Spec 7.1, anchor by anchor."""
     s, total = x @ x.T, 0.0
@@ -55,7 +47,7 @@ def _ms_loss(x, y, alpha, beta, base, margin):
 
 
 def _margin_ce(x, w, y, scale, margin, kind):
-    cos = _unit(x) @ _unit(w).T
+    cos = unit(x) @ unit(w).T
     target = cos[np.arange(len(y)), y]
     if kind == "cosface":
         phi = target - margin
@@ -67,11 +59,11 @@ def _margin_ce(x, w, y, scale, margin, kind):
         )
     logits = scale * cos
     logits[np.arange(len(y)), y] = scale * phi
-    return -np.mean(_log_softmax(logits)[np.arange(len(y)), y])
+    return -np.mean(log_softmax(logits)[np.arange(len(y)), y])
 
 
 def _proxy_anchor(x, y, proxies, alpha, delta):
-    cos = _unit(x) @ _unit(proxies).T
+    cos = unit(x) @ unit(proxies).T
     pos_term = neg_term = 0.0
     present = sorted(set(y.tolist()))
     for c in range(len(proxies)):
@@ -82,8 +74,8 @@ def _proxy_anchor(x, y, proxies, alpha, delta):
 
 
 def _dgpcrl(x, y, w, scale, threshold, decorrelation):
-    logits = (scale * _unit(x)) @ w.T
-    log_py = _log_softmax(logits)[np.arange(len(y)), y]
+    logits = (scale * unit(x)) @ w.T
+    log_py = log_softmax(logits)[np.arange(len(y)), y]
     sign = np.where(np.exp(log_py) >= threshold, 1.0, -1.0)
     gram = w @ w.T
     return np.mean(sign * log_py) + decorrelation * np.mean((gram - np.eye(len(w))) ** 2)
@@ -94,9 +86,9 @@ def _numpy_head(name, fmap, params):
     avg, mx = fmap.mean((1, 2)), fmap.max((1, 2))
     pooled = {"proxy_anchor": avg + mx, "dgpcrl": np.concatenate([avg, mx], 1)}.get(name, mx)
     if name == "dgpcrl":
-        return pooled, _unit(pooled)
+        return pooled, unit(pooled)
     dense = params["embedding"]
-    return pooled, _unit(pooled @ dense["kernel"] + dense["bias"])
+    return pooled, unit(pooled @ dense["kernel"] + dense["bias"])
 
 
 def _numpy_loss(name, section, embedding, params):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy_refs import unit
 
 from fgjax.core.objectives import cross_entropy
 from fgjax.methods.cfga import metric_losses as ml
@@ -26,10 +27,6 @@ S, M = 50.0, 0.5  # CFGA's CosFace / ArcFace scale and margin (spec 7.2, 7.3)
 def _fixture() -> dict[str, np.ndarray]:
     with np.load(FIXTURE) as f:
         return dict(f)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def _close(actual, expected, rtol=1e-5, atol=1e-5) -> None:
@@ -62,7 +59,7 @@ def ms_np(x, y, alpha=2.0, beta=40.0, base=0.5, margin=0.1):
 def margin_logits_np(x, w, y, kind, s=S, m=M):
     """AddMarginProduct / ArcMarginProduct logits, sample by sample; also whether each
     sample's target took ArcFace's fallback branch."""
-    x, w = _unit(np.asarray(x, np.float64)), _unit(np.asarray(w, np.float64))
+    x, w = unit(np.asarray(x, np.float64)), unit(np.asarray(w, np.float64))
     out = np.zeros((len(y), len(w)))
     fallback = np.zeros(len(y), bool)
     for b in range(len(y)):
@@ -87,7 +84,7 @@ def ce_np(logits, y):
 
 
 def proxy_anchor_np(x, y, p, alpha=32.0, delta=0.1):
-    x, p = _unit(np.asarray(x, np.float64)), _unit(np.asarray(p, np.float64))
+    x, p = unit(np.asarray(x, np.float64)), unit(np.asarray(p, np.float64))
     pos_sum, neg_sum, with_pos = 0.0, 0.0, 0
     for c in range(len(p)):
         cos_pos = [x[b] @ p[c] for b in range(len(y)) if y[b] == c]
@@ -163,7 +160,7 @@ def test_multi_similarity_equals_research_ms_loss_and_pml():
     # positive (anchors 0 and 1 count).
     for step, (low, high), counted in ((0.003, (1e-6, 1e-5), False), (0.02, (1e-5, 1e-3), True)):
         x = x.copy()
-        x[1] = _unit(x[0] + step * x[5])
+        x[1] = unit(x[0] + step * x[5])
         per, ref = ms_np(x, y)
         assert 1 - high < x[0] @ x[1] < 1 - low and np.all((per[:2] > 0.1) == counted)
         _close(_ms(x, y)[0], ref)
@@ -171,7 +168,7 @@ def test_multi_similarity_equals_research_ms_loss_and_pml():
     # Anchors whose class has one sample (no positive: skipped). Clustered points (S about
     # 0.5), where the negatives' beta = 40 term is large enough to see the mining margin.
     rng = np.random.default_rng(0)
-    x = _unit(1.0 + rng.normal(size=(12, 8))).astype(np.float32)
+    x = unit(1.0 + rng.normal(size=(12, 8))).astype(np.float32)
     y = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 4])
     per, ref = ms_np(x, y)
     assert per[10] == 0 and per[11] == 0 and np.count_nonzero(per) >= 6

@@ -54,7 +54,7 @@ from fgjax.core.cli import command
 from fgjax.core.progress import progress
 from fgjax.data.eval_loader import make_eval_loader
 from fgjax.data.shape_buckets import PAD_TO, make_shape_bucket_loader
-from fgjax.eval.cache import fingerprint, save_npz_atomic
+from fgjax.eval.cache import fingerprint, read_if_fingerprint, save_npz_atomic
 from fgjax.eval.features import normalize_images
 from fgjax.eval.retrieval import retrieval_metrics
 from fgjax.methods import backbone_variables
@@ -238,16 +238,6 @@ def compute_descriptors(
     )
 
 
-def _cached(path: str, key: str) -> dict[str, np.ndarray]:
-    """The arrays of `path` when its fingerprint is `key`, else {}."""
-    if not os.path.exists(path):
-        return {}
-    with np.load(path) as data:
-        if str(data["fingerprint"]) != key:
-            return {}
-        return {name: data[name] for name in data.files}
-
-
 def retrieval_table(
     features: dict[str, np.ndarray], labels: np.ndarray, ks: tuple[int, ...], split: str
 ) -> dict[str, dict[str, float]]:
@@ -328,7 +318,7 @@ def describe(argv: list[str]) -> dict[str, Any]:
         )
     )
     path = os.path.join(out, f"descriptors_{split}.npz")
-    saved = {} if a.no_cache else _cached(path, key)
+    saved = {} if a.no_cache else (read_if_fingerprint(path, key) or {})
     missing = [n for n in names if n not in saved]
     if missing:
         batch_size = a.batch_size or pipeline.batch_size

@@ -95,15 +95,32 @@ def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
         raise
 
 
-def load_features(path: str, key: str | None = None) -> Features | None:
-    """The cached features at `path`, or None when the file is absent or its fingerprint
-    differs from `key` (None accepts any)."""
+def read_if_fingerprint(
+    path: str, key: str | None, names: Sequence[str] | None = None
+) -> dict[str, np.ndarray] | None:
+    """The arrays of the .npz at `path` (every one, or those in `names`), read into memory,
+    when the fingerprint it stores is `key` (None accepts any); None when the file is
+    absent, stores no fingerprint or another one.
+
+    The one reader of the fingerprinted caches (features, DDT's fit and maps, `fgjax
+    describe`'s descriptors), written by `save_npz_atomic` with a `fingerprint` array. A
+    damaged file is not a miss: np.load's error (zipfile.BadZipFile, ValueError, ...)
+    propagates and the file is left as it is."""
     if not os.path.exists(path):
         return None
     with np.load(path) as data:
-        if key is not None and str(data["fingerprint"]) != key:
+        if key is not None and ("fingerprint" not in data.files or str(data["fingerprint"]) != key):
             return None
-        return Features(data["features"], data["labels"], data["coarse_labels"])
+        return {name: data[name] for name in (data.files if names is None else names)}
+
+
+def load_features(path: str, key: str | None = None) -> Features | None:
+    """The cached features at `path`, or None when the file is absent or its fingerprint
+    differs from `key` (None accepts any)."""
+    arrays = read_if_fingerprint(path, key, ("features", "labels", "coarse_labels"))
+    if arrays is None:
+        return None
+    return Features(arrays["features"], arrays["labels"], arrays["coarse_labels"])
 
 
 def replaced_images(path: str) -> list[str]:

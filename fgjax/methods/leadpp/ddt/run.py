@@ -34,7 +34,7 @@ from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replica
 from fgjax.data.augment import PhotometricSpec
 from fgjax.data.decode import open_record, parallel_path, record_region, to_rgb
 from fgjax.data.eval_loader import make_eval_loader, spread
-from fgjax.eval.cache import fingerprint, save_npz_atomic
+from fgjax.eval.cache import fingerprint, read_if_fingerprint, save_npz_atomic
 from fgjax.eval.features import normalize_images
 from fgjax.methods.leadpp.ddt.locate import (
     CUT_RATES,
@@ -462,12 +462,9 @@ def check_file_source(source: Any, split: str, kind: str) -> None:
 
 
 def _cached(path: str, key: str | None) -> dict[str, np.ndarray] | None:
-    if key is None or not os.path.exists(path):
-        return None
-    with np.load(path) as data:
-        if "fingerprint" not in data.files or str(data["fingerprint"]) != key:
-            return None
-        return {name: data[name] for name in data.files}
+    """The arrays of the cache `path` when its fingerprint is `key`; None when `key` is
+    None (caching off) or the file does not match (`read_if_fingerprint`)."""
+    return None if key is None else read_if_fingerprint(path, key)
 
 
 def locate_dataset(

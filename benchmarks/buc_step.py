@@ -54,7 +54,7 @@ sys.path[:0] = [REPO, os.path.join(REPO, "benchmarks")]
 
 from describe import cpu_name  # noqa: E402
 
-from fgjax.core import buc  # noqa: E402
+from fgjax.methods.bucsfr import buc  # noqa: E402
 from fgjax.methods.bucsfr.coding_length import best_merge, merge_ratios  # noqa: E402
 from fgjax.methods.bucsfr.kmeans import kmeans  # noqa: E402
 

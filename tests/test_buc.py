@@ -12,8 +12,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
-from fgjax.methods.bucsfr.method import coding_length as cl
-from fgjax.methods.bucsfr.method import kmeans as km
+from fgjax.methods.bucsfr import coding_length as cl
+from fgjax.methods.bucsfr import kmeans as km
 
 
 @functools.partial(jax.jit, static_argnames=("k", "restarts"))
@@ -231,7 +231,7 @@ def _buc_reference(x, coarse, k, key, threshold, n_max):
 
 
 def test_buc_step_matches_per_class_loop():
-    from fgjax.core import buc
+    from fgjax.methods.bucsfr import buc
 
     rng = np.random.default_rng(0)
     d, k_max, n_max, threshold = 8, 5, 40, 1.5

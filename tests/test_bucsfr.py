@@ -14,11 +14,11 @@ from conftest import jitted_step, run_info, tiny_config
 from numpy_refs import log_softmax, unit64
 
 from fgjax.config import photometric_config
-from fgjax.core import sfr
 from fgjax.core.sharding import global_batch, make_mesh
 from fgjax.data.augment import no_augment_spec
 from fgjax.data.datasets import build_source
 from fgjax.eval.features import FeatureExtractor
+from fgjax.methods.bucsfr import sfr
 from fgjax.methods.bucsfr.buc import buc_step
 from fgjax.train.loop import train_and_evaluate
 from fgjax.train.metrics_log import read_metrics

@@ -132,7 +132,7 @@ def test_wrong_checkpoints_fail_naming_the_key(tmp_path):
     assert f"init_from={BEST_PT}" in message
     assert "combiner.classifier.weight classifies 5 classes" in message and "has 4" in message
     assert "shape mismatch fpn_classifier_down_layer1.3.weight: checkpoint (5, 8, 1)" in message
-    assert "python -m fgjax.weights convert best.pt swin.npz" in message
+    assert "fgjax weights convert best.pt swin.npz" in message
 
     tensors = dict(read_checkpoint(BEST_PT))
     del tensors["fpn_up.Down_layer2.bias"]

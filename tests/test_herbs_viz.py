@@ -18,13 +18,15 @@ from conftest import tiny_config
 from PIL import Image
 from sklearn.metrics import confusion_matrix as sk_confusion
 
+from fgjax.cli import heatmap as heatmap_cli
+from fgjax.cli import report as report_cli
 from fgjax.data.eval_loader import eval_crops
 from fgjax.eval.classification import confusion_matrix, group_confusion, group_errors
 from fgjax.eval.features import normalize_images
+from fgjax.methods.herbs import heatmap, report
 from fgjax.methods.herbs.model import TwoLayerProj
 from fgjax.models.swin import SwinStage
 from fgjax.train.run import open_run, restore_checkpoint
-from fgjax.viz import heatmap, report
 
 PLACES = [
     "layer1",
@@ -132,7 +134,7 @@ def test_relu_per_channel_before_the_sum_and_empty_maps_stay_zero():
 
 
 def test_heatmap_cli_writes_the_overlay_and_the_maps(tiny_herbs_run, tmp_path):
-    out = heatmap.main(
+    out = heatmap_cli.main(
         ["--workdir", tiny_herbs_run, "--num", "4", "--out", str(tmp_path / "h.png")]
     )
     width, height = Image.open(out).size
@@ -151,10 +153,10 @@ def test_heatmap_cli_writes_the_overlay_and_the_maps(tiny_herbs_run, tmp_path):
 
 def test_a_label_outside_the_classes_is_refused(tiny_herbs_run):
     with pytest.raises(SystemExit, match=r"error: --label must be a class id in \[0, 2\), got 5"):
-        heatmap.main(["--workdir", tiny_herbs_run, "--label", "5"])
+        heatmap_cli.main(["--workdir", tiny_herbs_run, "--label", "5"])
 
 
-@pytest.mark.parametrize("command", [heatmap.main, report.main])
+@pytest.mark.parametrize("command", [heatmap_cli.main, report_cli.main])
 def test_a_run_of_another_method_is_refused_by_name(command, tmp_path):
     config = tiny_config("moco")
     (tmp_path / "config.json").write_text(json.dumps(json.loads(config.to_json_best_effort())))
@@ -219,7 +221,7 @@ def test_default_groups_follow_the_config_then_cub_then_coarse_labels():
 
 
 def test_report_cli_writes_markdown_matrices_and_counts(tiny_herbs_run, tmp_path):
-    metrics = report.main(["--workdir", tiny_herbs_run, "--out", str(tmp_path)])
+    metrics = report_cli.main(["--workdir", tiny_herbs_run, "--out", str(tmp_path)])
     confusion = np.load(tmp_path / "confusion.npy")
     assert confusion.shape == (2, 2) and confusion.sum() == 16  # the procedural test split
     assert metrics["top1"] == np.trace(confusion) / 16

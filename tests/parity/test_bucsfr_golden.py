@@ -34,10 +34,10 @@ from conftest import REPO, jitted_step, tiny_config
 
 import fgjax.methods.bucsfr.method as bucsfr_module
 from fgjax.config import photometric_config
-from fgjax.core import sfr
 from fgjax.core.sharding import global_batch
 from fgjax.data.augment import no_augment_spec
 from fgjax.methods import RunInfo
+from fgjax.methods.bucsfr import sfr
 from fgjax.methods.bucsfr.buc import buc_step
 from fgjax.train import optim
 from fgjax.train.loop import _apply_hook

@@ -30,12 +30,14 @@ from fgjax.core.progress import progress
 from fgjax.core.sharding import global_batch, put_replicated
 from fgjax.data.grain_utils import workers_ignore_sigint
 from fgjax.data.train_loader import make_train_loader
+from fgjax.eval.suite import Evaluator as Evaluator  # re-exported: tests patch loop.Evaluator
 from fgjax.methods import Method
 from fgjax.train import optim
 from fgjax.train.checkpoint import Checkpointer
 from fgjax.train.metrics_log import MetricsWriter, Throughput
 from fgjax.train.resume import check_same_run
 from fgjax.train.run import Run
+from fgjax.train.run import training_classes as training_classes  # re-exported
 from fgjax.train.state import TrainState, create_train_state
 from fgjax.train.step import jit_train_step, make_train_step
 from fgjax.train.workdir_lock import LOCK_NAME, hold_workdir
@@ -333,172 +335,277 @@ class _BadImages:
 
 
 def _train(config, workdir: str, run: Run, stop: _StopRequest) -> dict[str, Any]:
-    c, method, mesh = config, run.method, run.mesh
-    per_epoch = run.steps_per_epoch
-    eval_epochs = evaluation_epochs(c.eval, c.train.num_epochs)  # checked before any work
-    schedule = optim.make_schedule(
-        c.optim,
-        c.train.batch_size,
-        per_epoch,
-        c.train.num_epochs,
-        c.train.accumulate_steps,
-        run.micro_batches_per_epoch,
-    )
-    tx = optim.make_optimizer(c.optim, schedule)
-    state = create_train_state(method, tx, run.image_shape, c.seed, c.model.init_from)
-    state = put_replicated(state, mesh)
-    frozen = put_replicated(method.init_frozen(), mesh)
-
-    loader = make_train_loader(
-        run.train_source,
-        global_batch_size=c.train.batch_size,
-        views=run.view_specs,
-        seed=c.seed,
-        num_workers=c.data.num_workers,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        skip_bad=c.data.skip_bad,
-        keep_last=c.train.keep_last_batch,
-        sampler=c.data.sampler,
-        pk_classes=c.data.pk_classes,
-        pk_images=c.data.pk_images,
-    )
-    iterator = iter(loader)
-    checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)
-    config_json = c.to_json_best_effort()
-    saved = checkpointer.saved_config()
-    if saved is not None:  # a rerun continues the same run, or is refused untouched
-        also = tuple(f"{method.name}.{field}" for field in method.resumable_fields)
-        check_same_run(saved[1], json.loads(config_json), workdir, saved[0], also)
-    history = _EvalHistory(workdir, c.eval.best_metric)
-    initial_path = os.path.join(workdir, "eval_initial.json")
-
-    writer = MetricsWriter(workdir)
-    restored = checkpointer.restore(state, iterator)
-    if restored is not None:
-        state, metrics_bytes = restored
-        if metrics_bytes is not None:
-            writer.rewind(metrics_bytes)  # the steps after the checkpoint run again
-        say(f"resumed from step {int(state.step)} in {workdir}")
-    else:
-        writer.rewind(0)  # a run killed before its first checkpoint starts again from step 0
-        _write_json(os.path.join(workdir, "config.json"), json.loads(config_json))
-        if c.eval.enabled and c.eval.at_start:
-            _write_json(initial_path, run.evaluate(state))
-
-    def evaluation_due(step: int) -> bool:
-        """Whether the periodic evaluation runs after `step` (the final one is separate)."""
-        in_epochs = step % per_epoch == 0 and step // per_epoch in eval_epochs
-        return c.eval.enabled and in_epochs and step < run.stop_step
-
-    def evaluate_periodically(state: TrainState, step: int) -> None:
-        results = run.evaluate(state, periodic=True)
-        history.add(step, step / per_epoch, results)
-        say(f"epoch {step / per_epoch:g}:", _format(results))
-
-    # The run stopped (killed or signalled) after this checkpoint, before its evaluation.
-    at = int(state.step)
-    if restored is not None and evaluation_due(at) and not history.has(at):
-        say(f"step {at}: its evaluation was not recorded before the run stopped; evaluating")
-        evaluate_periodically(state, at)
-
-    view_specs = {name: photometric_spec(c, name) for name in method.view_names}
-    train_step = jit_train_step(
-        make_train_step(method, tx, view_specs, run.info, c.train.accumulate_steps), mesh
-    )
-    bad_images = _BadImages(workdir)
-    _record_missing(workdir, run)
-    throughput = Throughput(c.train.batch_size)
-    step = int(state.step)
-    last_saved = step if restored is not None else None
-    bar = progress(
-        run.stop_step,
-        initial=step,
-        desc="train",
-        enabled=c.train.progress_bar,
-        every=c.train.log_every_steps,
-    )
-    throughput.measure(step)
-    previous_bad = None
+    """Train `run` in `workdir`, step by step: set up, resume (or start), the step loop
+    (each step: epoch hook, train step, non-finite check, log, stop vote, checkpoint,
+    periodic evaluation), then the final evaluation and eval.json."""
+    training = _TrainingRun(config, workdir, run, stop)
+    training.resume()
+    training.evaluate_lost()
+    training.prepare_steps()
     # A signal during setup stops the run before its first step (nothing new to save).
-    early = stop.requested and jax.process_count() == 1
-    if early:
-        say(f"{stop.signal_name} before step {step + 1}: nothing new to save, exiting")
+    early = training.stopped_during_setup()
     try:
-        while not early and step < run.stop_step:
-            if step % per_epoch == 0:
-                state = _apply_hook(
-                    method, step // per_epoch, state, run.extractor, mesh, writer, step
-                )
-            local = next(iterator)
-            bad_images.add(local.pop("bad_images"))
-            state, metrics = train_step(state, frozen, global_batch(local, mesh))
-            step += 1
-            bar.update(1)
-            # Read the previous step's streak while this one runs (one step in flight).
-            bad = 0 if previous_bad is None else int(previous_bad)
-            previous_bad = metrics["bad_steps_in_a_row"]  # not donated, unlike the state
-            if bad >= c.train.max_bad_steps:
-                kept = (
-                    f"the last checkpoint (step {last_saved}) in {workdir} holds the last "
-                    "finite state. Check the data (a rerun resumes), or start a new run from "
-                    "it with a lower config.optim.lr (--config.model.init_from="
-                    f"{workdir} in another workdir)"
-                    if last_saved is not None
-                    else "no checkpoint had been written yet. Lower config.optim.lr or check "
-                    "the data"
-                )
-                raise NonFiniteError(
-                    f"{bad} non-finite steps in a row (loss or gradients NaN/inf) before "
-                    f"step {step}: stopping. The parameters were not updated by those steps; "
-                    f"{kept}."
-                )
-            if step % c.train.log_every_steps == 0 or step == run.stop_step:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                metrics.update(
-                    bad_images=bad_images.count,
-                    epoch=step / per_epoch,
-                    lr=float(schedule(step - 1)),
-                    images_per_s=throughput.measure(step),
-                )
-                writer.write(step, metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}"
-                )
-            stopping = stop.agreed(step % c.train.log_every_steps == 0)
-            last = step == run.stop_step or stopping
-            # Periodic saves skip a non-finite streak (a run stopped by it resumes from before
-            # it). The last save does not: skipped steps left the state the last finite one.
-            if last or step % c.train.checkpoint_every_steps == 0:
-                streak = int(state.bad_steps)
-                if last or not streak:
-                    checkpointer.save(step, state, iterator, config_json, writer.size())
-                    last_saved = step
-                if last and streak:
-                    say(
-                        f"step {step}: the last {streak} steps were non-finite and skipped; "
-                        f"the checkpoint holds the parameters of step {step - streak}"
-                    )
-            if stopping:
-                say(f"{stop.signal_name}: saved step {step}, exiting")
+        while not early and training.step < run.stop_step:
+            if training.run_step():  # an agreed SIGTERM/SIGINT: saved, stop here
                 break
-            if evaluation_due(step):
-                evaluate_periodically(state, step)
     finally:
-        bar.close()
-        stop.restore()  # a signal during the final evaluation interrupts it
-        try:
-            checkpointer.wait()  # raises CheckpointSaveError if the last save failed
-        finally:
-            checkpointer.close()
+        training.close()
+    return training.final_report()
 
-    finished = step >= run.stop_step
-    result: dict[str, Any] = {"step": step, "finished": finished, "state": state}
-    if stop.requested and not finished:
-        result["stopped_by"] = stop.signal_name
-    if finished and c.eval.enabled:
-        final = run.evaluate(state)
-        history.add(step, step / per_epoch, final)
+
+class _TrainingRun:
+    """One training run's loop state (train state, iterator, step, metrics log,
+    checkpointer, evaluation history) and its named steps, in the order `_train` runs them."""
+
+    def __init__(self, config, workdir: str, run: Run, stop: _StopRequest):
+        """Set up: the evaluation epochs (checked before any work), the schedule and
+        optimiser, the initial state, the train loader, the checkpointer (a workdir of
+        another run is refused untouched), the evaluation history and the metrics log."""
+        c = self.c = config
+        self.workdir, self.run, self.stop = workdir, run, stop
+        self.method, self.mesh = run.method, run.mesh
+        self.per_epoch = run.steps_per_epoch
+        self.eval_epochs = evaluation_epochs(c.eval, c.train.num_epochs)
+        self.schedule = optim.make_schedule(
+            c.optim,
+            c.train.batch_size,
+            self.per_epoch,
+            c.train.num_epochs,
+            c.train.accumulate_steps,
+            run.micro_batches_per_epoch,
+        )
+        self.tx = optim.make_optimizer(c.optim, self.schedule)
+        state = create_train_state(self.method, self.tx, run.image_shape, c.seed, c.model.init_from)
+        self.state = put_replicated(state, self.mesh)
+        self.frozen = put_replicated(self.method.init_frozen(), self.mesh)
+        self.loader = self._make_loader()  # held as long as the run, as its iterator
+        self.iterator = iter(self.loader)
+        self.checkpointer = Checkpointer(workdir, c.train.keep_checkpoints)
+        self.config_json = c.to_json_best_effort()
+        self._check_same_run()
+        self.history = _EvalHistory(workdir, c.eval.best_metric)
+        self.initial_path = os.path.join(workdir, "eval_initial.json")
+        self.writer = MetricsWriter(workdir)
+        self.restored = False
+        self.step = 0
+        self.last_saved: int | None = None  # the newest checkpoint's step
+        self.previous_bad = None  # the last step's non-finite streak, still on device
+
+    def _make_loader(self):
+        """The train loader of `config.data` and `config.train`, this process's share."""
+        c = self.c
+        return make_train_loader(
+            self.run.train_source,
+            global_batch_size=c.train.batch_size,
+            views=self.run.view_specs,
+            seed=c.seed,
+            num_workers=c.data.num_workers,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            skip_bad=c.data.skip_bad,
+            keep_last=c.train.keep_last_batch,
+            sampler=c.data.sampler,
+            pk_classes=c.data.pk_classes,
+            pk_images=c.data.pk_images,
+        )
+
+    def _check_same_run(self) -> None:
+        """A rerun in a workdir with checkpoints continues the same run, or is refused."""
+        saved = self.checkpointer.saved_config()
+        if saved is not None:
+            also = tuple(f"{self.method.name}.{field}" for field in self.method.resumable_fields)
+            check_same_run(saved[1], json.loads(self.config_json), self.workdir, saved[0], also)
+
+    def resume(self) -> None:
+        """Restore the newest checkpoint (state, iterator position) and rewind the metrics
+        log to it; without one, start afresh: an empty log, config.json, and the untrained
+        evaluation when `config.eval.at_start`."""
+        restored = self.checkpointer.restore(self.state, self.iterator)
+        if restored is not None:
+            self.state, metrics_bytes = restored
+            self.restored = True
+            if metrics_bytes is not None:
+                self.writer.rewind(metrics_bytes)  # the steps after the checkpoint run again
+            say(f"resumed from step {int(self.state.step)} in {self.workdir}")
+        else:
+            self.writer.rewind(0)  # a run killed before its first checkpoint restarts at 0
+            _write_json(os.path.join(self.workdir, "config.json"), json.loads(self.config_json))
+            if self.c.eval.enabled and self.c.eval.at_start:
+                _write_json(self.initial_path, self.run.evaluate(self.state))
+
+    def evaluate_lost(self) -> None:
+        """Run the periodic evaluation of the restored step if the run stopped (killed or
+        signalled) after its checkpoint, before the evaluation was recorded."""
+        at = int(self.state.step)
+        if self.restored and self.evaluation_due(at) and not self.history.has(at):
+            say(f"step {at}: its evaluation was not recorded before the run stopped; evaluating")
+            self.evaluate_periodically(at)
+
+    def prepare_steps(self) -> None:
+        """Compile the train step; set up the bad-image record, the missing-image list,
+        the throughput meter and the progress bar at the restored step."""
+        c = self.c
+        view_specs = {name: photometric_spec(c, name) for name in self.method.view_names}
+        step_fn = make_train_step(
+            self.method, self.tx, view_specs, self.run.info, c.train.accumulate_steps
+        )
+        self.train_step = jit_train_step(step_fn, self.mesh)
+        self.bad_images = _BadImages(self.workdir)
+        _record_missing(self.workdir, self.run)
+        self.throughput = Throughput(c.train.batch_size)
+        self.step = int(self.state.step)
+        self.last_saved = self.step if self.restored else None
+        self.bar = progress(
+            self.run.stop_step,
+            initial=self.step,
+            desc="train",
+            enabled=c.train.progress_bar,
+            every=c.train.log_every_steps,
+        )
+        self.throughput.measure(self.step)
+
+    def stopped_during_setup(self) -> bool:
+        """Whether a signal came before the first step (one process: stop, nothing to save)."""
+        early = self.stop.requested and jax.process_count() == 1
+        if early:
+            say(
+                f"{self.stop.signal_name} before step {self.step + 1}: nothing new to save, exiting"
+            )
+        return early
+
+    def run_step(self) -> bool:
+        """One step and what follows it: epoch hook, train step, non-finite check, log,
+        stop vote, checkpoint, periodic evaluation. True when a signal stops the run here
+        (after its checkpoint)."""
+        if self.step % self.per_epoch == 0:
+            epoch = self.step // self.per_epoch
+            self.state = _apply_hook(
+                self.method,
+                epoch,
+                self.state,
+                self.run.extractor,
+                self.mesh,
+                self.writer,
+                self.step,
+            )
+        metrics = self.train_one_step()
+        self.check_finite(metrics)
+        self.log(metrics)
+        stopping = self.stop.agreed(self.step % self.c.train.log_every_steps == 0)
+        self.maybe_checkpoint(last=self.step == self.run.stop_step or stopping)
+        if stopping:
+            say(f"{self.stop.signal_name}: saved step {self.step}, exiting")
+            return True
+        if self.evaluation_due(self.step):
+            self.evaluate_periodically(self.step)
+        return False
+
+    def train_one_step(self) -> dict[str, jax.Array]:
+        """Take the next batch (recording its replaced images) and run the jitted step."""
+        local = next(self.iterator)
+        self.bad_images.add(local.pop("bad_images"))
+        self.state, metrics = self.train_step(
+            self.state, self.frozen, global_batch(local, self.mesh)
+        )
+        self.step += 1
+        self.bar.update(1)
+        return metrics
+
+    def check_finite(self, metrics: dict[str, jax.Array]) -> None:
+        """Raise `NonFiniteError` after `config.train.max_bad_steps` non-finite steps in a row.
+        The previous step's streak is read while this one runs (one step in flight)."""
+        bad = 0 if self.previous_bad is None else int(self.previous_bad)
+        self.previous_bad = metrics["bad_steps_in_a_row"]  # not donated, unlike the state
+        if bad < self.c.train.max_bad_steps:
+            return
+        kept = (
+            f"the last checkpoint (step {self.last_saved}) in {self.workdir} holds the last "
+            "finite state. Check the data (a rerun resumes), or start a new run from "
+            "it with a lower config.optim.lr (--config.model.init_from="
+            f"{self.workdir} in another workdir)"
+            if self.last_saved is not None
+            else "no checkpoint had been written yet. Lower config.optim.lr or check the data"
+        )
+        raise NonFiniteError(
+            f"{bad} non-finite steps in a row (loss or gradients NaN/inf) before "
+            f"step {self.step}: stopping. The parameters were not updated by those steps; "
+            f"{kept}."
+        )
+
+    def log(self, metrics: dict[str, jax.Array]) -> None:
+        """Every `config.train.log_every_steps` and at the last step: write the step's
+        metrics, bad-image count, epoch, learning rate and throughput; update the bar."""
+        step = self.step
+        if step % self.c.train.log_every_steps != 0 and step != self.run.stop_step:
+            return
+        logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        logged.update(
+            bad_images=self.bad_images.count,
+            epoch=step / self.per_epoch,
+            lr=float(self.schedule(step - 1)),
+            images_per_s=self.throughput.measure(step),
+        )
+        self.writer.write(step, logged)
+        self.bar.set_postfix(loss=f"{logged['loss']:.4f}", img_s=f"{logged['images_per_s']:.0f}")
+
+    def maybe_checkpoint(self, last: bool) -> None:
+        """Save at every `config.train.checkpoint_every_steps` and at the `last` step.
+        Periodic saves skip a non-finite streak (a run stopped by it resumes from before
+        it). The last save does not: skipped steps left the state the last finite one."""
+        step = self.step
+        if not (last or step % self.c.train.checkpoint_every_steps == 0):
+            return
+        streak = int(self.state.bad_steps)
+        if last or not streak:
+            self.checkpointer.save(
+                step, self.state, self.iterator, self.config_json, self.writer.size()
+            )
+            self.last_saved = step
+        if last and streak:
+            say(
+                f"step {step}: the last {streak} steps were non-finite and skipped; "
+                f"the checkpoint holds the parameters of step {step - streak}"
+            )
+
+    def evaluation_due(self, step: int) -> bool:
+        """Whether the periodic evaluation runs after `step` (the final one is separate)."""
+        in_epochs = step % self.per_epoch == 0 and step // self.per_epoch in self.eval_epochs
+        return self.c.eval.enabled and in_epochs and step < self.run.stop_step
+
+    def evaluate_periodically(self, step: int) -> None:
+        """Evaluate the current state after `step` and record it in the history."""
+        results = self.run.evaluate(self.state, periodic=True)
+        self.history.add(step, step / self.per_epoch, results)
+        say(f"epoch {step / self.per_epoch:g}:", _format(results))
+
+    def close(self) -> None:
+        """Close the bar, give the signals back (a signal during the final evaluation
+        interrupts it) and wait for the last save (`CheckpointSaveError` if it failed)."""
+        self.bar.close()
+        self.stop.restore()
+        try:
+            self.checkpointer.wait()
+        finally:
+            self.checkpointer.close()
+
+    def final_report(self) -> dict[str, Any]:
+        """The result; when training finished and `config.eval.enabled`, the final
+        evaluation, added to the history and written with the best entries to eval.json."""
+        step, run = self.step, self.run
+        finished = step >= run.stop_step
+        result: dict[str, Any] = {"step": step, "finished": finished, "state": self.state}
+        if self.stop.requested and not finished:
+            result["stopped_by"] = self.stop.signal_name
+        if finished and self.c.eval.enabled:
+            result["eval"] = self._final_evaluation()
+        return result
+
+    def _final_evaluation(self) -> dict[str, float]:
+        """Evaluate the trained state; write eval.json (final numbers, best entry, each
+        metric's best, history, replaced images, the untrained numbers) and print them."""
+        step, history = self.step, self.history
+        final = self.run.evaluate(self.state)
+        history.add(step, step / self.per_epoch, final)
         best_each = history.best_each()
         payload = {
             "step": step,
@@ -507,14 +614,13 @@ def _train(config, workdir: str, run: Run, stop: _StopRequest) -> dict[str, Any]
             "best_each": best_each,
             "history": history.entries,
         }
-        payload.update(_replaced_images(run))
-        initial = _read_json(initial_path, None)
+        payload.update(_replaced_images(self.run))
+        initial = _read_json(self.initial_path, None)
         if initial is not None:
             payload["initial"] = initial
             say("untrained:", _format(initial))
-        _write_json(os.path.join(workdir, "eval.json"), payload)
+        _write_json(os.path.join(self.workdir, "eval.json"), payload)
         say("trained:  ", _format(final))
         if len(history.entries) > 1:
             say("best of each (value@epoch):", _format_best(best_each))
-        result["eval"] = final
-    return result
+        return final

@@ -202,7 +202,7 @@ def restore_checkpoint(run: Run, seed: int, workdir: str, step: int | None = Non
     # Only the structure is needed: no initialisation is computed.
     template = jax.eval_shape(lambda: create_train_state(run.method, None, run.image_shape, seed))
     state, step = restore_state(workdir, template, step)
-    print(f"restored step {step} from {workdir}")
+    say(f"restored step {step} from {workdir}")
     return state, step
 
 

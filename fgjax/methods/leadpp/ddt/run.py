@@ -29,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh
 from PIL import Image, ImageDraw
 
+from fgjax.core.distributed import say
 from fgjax.core.progress import progress
 from fgjax.core.sharding import batch_sharded, global_batch, local_rows, replicated
 from fgjax.data.augment import PhotometricSpec
@@ -142,7 +143,7 @@ def load_backbone(model: Any, weights: str) -> tuple[Any, dict[str, Any]]:
     target = {k: v for k, v in abstract.items() if k in ("params", "batch_stats")}
     variables, report = load_pretrained(weights, target, model.arch)
     require_complete(variables, weights, model.arch)
-    print(f"ddt weights {weights}: {report}")
+    say(f"ddt weights {weights}: {report}")
     return backbone, variables
 
 
@@ -444,7 +445,7 @@ def distinct_splits(sources: Mapping[str, Any], splits: Sequence[str]) -> list[s
     for split in dict.fromkeys(splits):
         paths = set(_paths(sources[split]))
         if paths <= seen:
-            print(f"ddt: split {split!r} repeats images of an earlier split: skipped")
+            say(f"ddt: split {split!r} repeats images of an earlier split: skipped")
             continue
         seen |= paths
         kept.append(split)
@@ -501,7 +502,7 @@ def locate_dataset(
     if cache_key is not None:
         fit_key = fingerprint(dict(base=cache_key, fit=list(fit_splits), size=settings.fit_size))
     fit = _load_or_fit(sources, fit_splits, out, fit_key, **passes)
-    print(f"ddt fit: {fit.count} descriptors, first component variance {fit.variance:.4g}")
+    say(f"ddt fit: {fit.count} descriptors, first component variance {fit.variance:.4g}")
 
     splits = distinct_splits(sources, list(sources))
     maps = {
@@ -514,7 +515,7 @@ def locate_dataset(
         results += locate_images(sources[split], split, masks, settings, max(1, num_workers))
     written = _write_outputs(out, sources, results, sheet, max(1, num_workers), show_progress)
     summary = _summary(results, written, fit, flipped, settings)
-    print(f"wrote {os.path.join(out, BOXES_FILE)} and {os.path.join(out, SHEET_FILE)}")
+    say(f"wrote {os.path.join(out, BOXES_FILE)} and {os.path.join(out, SHEET_FILE)}")
     return summary
 
 
@@ -537,7 +538,7 @@ def _load_or_fit(
     path = os.path.join(out, FIT_FILE)
     saved = _cached(path, fit_key)
     if saved is not None:
-        print(f"ddt fit: loaded {path}")
+        say(f"ddt fit: loaded {path}")
         return PCAFit(
             saved["mean"], saved["direction"], float(saved["variance"]), int(saved["count"])
         )
@@ -596,7 +597,7 @@ def _sign_check(
         return False
     share = border_share(np.concatenate([maps[s] for s in splits]))
     flipped = share > 0.5
-    print(
+    say(
         f"ddt sign check: {share:.2f} of the positive cells on the border ring"
         + (" > 0.5: direction flipped" if flipped else "")
     )
@@ -619,7 +620,7 @@ def _write_outputs(
         try:
             previous = read_boxes(boxes_path)
         except ValueError as err:
-            print(f"warning: {err}; every crop is rewritten")
+            say(f"warning: {err}; every crop is rewritten")
     write_boxes(boxes_path, results)
     written = write_crops(sources, results, out, previous, workers, show_progress)
     contact_sheet(os.path.join(out, SHEET_FILE), sources, results, sheet)
@@ -646,7 +647,7 @@ def _summary(
         unscored=sum(not r.scored for r in results),
         cut_rates={f"{c:g}": rates.count(c) for c in settings.cut_rates},
     )
-    print(
+    say(
         f"ddt: {len(results)} images, {written} crops written ({summary['kept']} kept), "
         f"{summary['unscored']} without a valid box; cut rates {summary['cut_rates']}"
     )

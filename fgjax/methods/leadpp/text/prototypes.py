@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fgjax.core.distributed import say
 from fgjax.core.objectives import l2_normalize
 from fgjax.core.progress import progress
 from fgjax.methods.leadpp.text.tokenizer import BPETokenizer
@@ -235,7 +236,7 @@ def build_prototypes(
     ids = tokenizer.pack(encoded, length)
     if verbose:
         cut = sum(len(e) + 2 > length for e in encoded)
-        print(f"{cut} of {len(texts)} texts are over {length} tokens: truncated (EOT kept)")
+        say(f"{cut} of {len(texts)} texts are over {length} tokens: truncated (EOT kept)")
     target = jax.eval_shape(tower.init, jax.random.key(0), jnp.asarray(ids[:1]))
     variables, _ = load_pretrained(weights, target, arch, strict=True)
     return embed_texts(tower, variables, ids, batch_size, verbose)

@@ -29,6 +29,12 @@ from fgjax.config import view_spec
 from fgjax.core.sharding import make_mesh
 from fgjax.data.decode import random_crop_views
 from fgjax.data.sources import CsvManifestSource, ImageFolderSource
+from fgjax.methods.leadpp.ddt.crops import (
+    DDTSettings,
+    backbone_features,
+    locate_dataset,
+    read_boxes,
+)
 from fgjax.methods.leadpp.ddt.locate import POLICIES, crop_policy, ddt_mask, search_box
 from fgjax.methods.leadpp.ddt.pca import (
     add_rows,
@@ -37,7 +43,6 @@ from fgjax.methods.leadpp.ddt.pca import (
     principal_direction,
     sign_rule,
 )
-from fgjax.methods.leadpp.ddt.run import DDTSettings, backbone_features, locate_dataset, read_boxes
 
 # Command-line calls jit anew what compiles to an earlier call's program.
 pytestmark = pytest.mark.usefixtures("module_compilation_cache")

@@ -1,5 +1,5 @@
-"""HERBS heat maps (`fgjax.methods.herbs.heatmap`, spec 6.3) and the classification report
-(`fgjax.methods.herbs.report`, spec 6.2) against numpy, PIL and scikit-learn.
+"""HERBS heat maps (`fgjax.methods.herbs.gradcam`, spec 6.3) and the classification report
+(`fgjax.methods.herbs.classification_report`, spec 6.2) against numpy, PIL and scikit-learn.
 
 The heat maps of a tiny trained HERBS (2 Swin stages, so 6 places) are recomputed from
 activations and gradients captured by another route (flax method interception adding a
@@ -23,7 +23,8 @@ from fgjax.cli import report as report_cli
 from fgjax.data.eval_loader import eval_crops
 from fgjax.eval.classification import confusion_matrix, group_confusion, group_errors
 from fgjax.eval.features import normalize_images
-from fgjax.methods.herbs import heatmap, report
+from fgjax.methods.herbs import classification_report as report
+from fgjax.methods.herbs import gradcam as heatmap
 from fgjax.methods.herbs.model import TwoLayerProj
 from fgjax.models.swin import SwinStage
 from fgjax.train.run import open_run, restore_checkpoint

@@ -21,9 +21,9 @@ from typing import Any
 
 from fgjax.config import load_config_file
 from fgjax.core.cli import command
+from fgjax.methods.leadpp.ddt.crops import DDTSettings
 from fgjax.methods.leadpp.ddt.locate import CUT_RATES, KIND_POLICIES, MASK_RULES, POLICIES
 from fgjax.methods.leadpp.ddt.pca import PCA_SIGNS
-from fgjax.methods.leadpp.ddt.run import DDTSettings
 
 DEFAULTS = DDTSettings()
 
@@ -94,7 +94,7 @@ def ddt(argv: list[str]) -> dict[str, Any]:
     from fgjax.core.sharding import make_mesh
     from fgjax.data.datasets import build_source
     from fgjax.eval.cache import fingerprint
-    from fgjax.methods.leadpp.ddt.run import (
+    from fgjax.methods.leadpp.ddt.crops import (
         backbone_features,
         check_file_source,
         load_backbone,

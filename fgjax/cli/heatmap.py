@@ -31,7 +31,7 @@ from fgjax.cli.common import picture_parser, run_command
 from fgjax.core.cli import command
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval.overlays import draw_overlays
-from fgjax.methods.herbs.heatmap import HERBS_CMAP, explain, place_names
+from fgjax.methods.herbs.gradcam import HERBS_CMAP, explain, place_names
 from fgjax.methods.herbs.method import Herbs
 from fgjax.train.run import restore_checkpoint
 

@@ -31,7 +31,7 @@ from fgjax.core.cli import command
 from fgjax.data.eval_loader import eval_crops, spread
 from fgjax.eval.features import normalize_images
 from fgjax.eval.overlays import draw_overlays, per_image_unit
-from fgjax.methods.lcr.rationale import COLUMNS
+from fgjax.methods.lcr.rationale_maps import COLUMNS
 from fgjax.train.run import restore_checkpoint
 
 

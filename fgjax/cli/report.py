@@ -31,8 +31,8 @@ import jax
 from fgjax.cli.common import run_command
 from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
+from fgjax.methods.herbs.classification_report import GROUP_CHOICES, report_groups, write_report
 from fgjax.methods.herbs.method import Herbs, vote_heads
-from fgjax.methods.herbs.report import GROUP_CHOICES, report_groups, write_report
 from fgjax.train.run import restore_checkpoint
 
 

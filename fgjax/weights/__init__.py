@@ -18,9 +18,9 @@ from fgjax.weights.load import (
     variables_from_torch,
     variables_to_torch,
 )
+from fgjax.weights.load_report import LoadReport
 from fgjax.weights.pth_reader import CheckpointFormatError, UnsafeCheckpointError, load_pth
 from fgjax.weights.pth_writer import save_pth
-from fgjax.weights.report import LoadReport
 from fgjax.weights.resnet_keys import resnet_variables_from_torch, resnet_variables_to_torch
 from fgjax.weights.safetensors_io import load_safetensors, save_safetensors
 from fgjax.weights.variables import ImportReport, flatten_to_strings, unflatten_strings

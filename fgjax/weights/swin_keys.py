@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from fgjax.weights.report import LoadReport
+from fgjax.weights.load_report import LoadReport
 from fgjax.weights.variables import flax_to_torch, torch_module_path, torch_shape, torch_to_flax
 
 HERBS_PREFIX = "backbone."

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fgjax.weights.report import LoadReport
+from fgjax.weights.load_report import LoadReport
 
 Path = tuple[str, ...]
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from fgjax.weights.report import LoadReport
+from fgjax.weights.load_report import LoadReport
 from fgjax.weights.swin_keys import HERBS_PREFIX, swin_variables_from_torch, unwrap_state_dict
 from fgjax.weights.variables import ImportReport, Path, fill, flatten
 

@@ -8,9 +8,9 @@ box search and the crop policies; `run`: the passes over a dataset and what they
 (crops under a parallel root, boxes.tsv, contact_sheet.png).
 """
 
+from fgjax.methods.leadpp.ddt.crops import DDTSettings, locate_dataset, read_boxes
 from fgjax.methods.leadpp.ddt.locate import POLICIES, crop_policy, ddt_mask, search_box
 from fgjax.methods.leadpp.ddt.pca import principal_direction, sign_rule
-from fgjax.methods.leadpp.ddt.run import DDTSettings, locate_dataset, read_boxes
 
 __all__ = [
     "POLICIES",

@@ -31,7 +31,9 @@ from fgjax.config import (
 from fgjax.core.cli import USER_ERRORS, user_error_exit
 
 _DEMO = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py"
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "configs",
+    "demo.py",
 )
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -1,6 +1,6 @@
 """The package's floors stay acyclic, for every module (sub-packages included):
 
-    core < models, data < weights < eval < methods < config < train < cli
+    core < models, data < weights < eval < methods < config < train < bench < cli
 
 Checked statically (every `import fgjax...` of every module, function-level imports
 included) and dynamically (importing `fgjax.eval` loads nothing above it). Commands live
@@ -15,7 +15,7 @@ import sys
 from conftest import REPO
 
 PACKAGE = os.path.join(REPO, "fgjax")
-FLOORS = ["core", "models", "data", "weights", "eval", "methods", "config", "train", "cli"]
+FLOORS = ["core", "models", "data", "weights", "eval", "methods", "config", "train", "bench", "cli"]
 # What each floor may import from fgjax besides itself: the floors below it, except that
 # models and data are side by side.
 ALLOWED = {floor: set(FLOORS[:i]) for i, floor in enumerate(FLOORS)}

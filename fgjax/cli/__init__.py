@@ -29,6 +29,7 @@ COMMANDS = {
     "rationale": "fgjax.cli.rationale",
     "heatmap": "fgjax.cli.heatmap",
     "report": "fgjax.cli.report",
+    "table": "fgjax.cli.table",
 }
 SUMMARIES = {
     "train": "train a recipe: --config configs/<recipe>.py --workdir DIR (resumes)",
@@ -42,6 +43,7 @@ SUMMARIES = {
     "rationale": "LCR's rationale maps of a run",
     "heatmap": "HERBS' Grad-CAM heat maps of a run",
     "report": "HERBS' test-split report (9-head vote, per class, confusion)",
+    "table": "every method on the same splits and protocol: one table, CSV and figure",
 }
 METHOD_COMMANDS = {
     "describe": "cfga",

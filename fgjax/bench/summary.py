@@ -1,0 +1,175 @@
+"""The table's outputs from its cells' results: mean +- std over seeds (markdown and CSV),
+a paired comparison with a reference row across seeds, and one figure panel per metric.
+
+A result is what `fgjax table` writes per cell and seed (`OUT/<cell>/seed<N>/table.json`):
+`{"cell", "seed", "rows": {feature: {metric: value}}, "seconds", "steps", "images_seen"}`;
+a row of the table is one (cell, feature) pair, e.g. ('lcr', 'embedding') or
+('moco', 'cfga_plus').
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+# (key in a row's metrics, column title)
+METRICS = (
+    ("retrieval_recall@1", "R@1"),
+    ("retrieval_recall@2", "R@2"),
+    ("retrieval_recall@4", "R@4"),
+    ("retrieval_recall@8", "R@8"),
+    ("retrieval_map", "mAP"),
+    ("retrieval_map@r", "MAP@R"),
+    ("clustering_nmi", "NMI"),
+    ("knn_top1", "kNN top-1"),
+    ("linear_top1", "probe top-1"),
+)
+FEATURE_TITLES = {
+    "embedding": "the method's embedding",
+    "gap": "GAP of the backbone",
+    "scda": "SCDA (training-free)",
+    "cfga_plus": "CFGA+ (training-free)",
+}
+
+
+def rows_of(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """`{(cell, feature): {metric: [value per seed, in seed order]}}` of `results`."""
+    rows: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for result in sorted(results, key=lambda r: (r["cell"], r["seed"])):
+        for feature, metrics in result["rows"].items():
+            row = rows.setdefault((result["cell"], feature), {})
+            for key, value in metrics.items():
+                row.setdefault(key, []).append(float(value))
+    return rows
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value)."""
+    x = np.asarray(values, np.float64)
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def _cell(values: list[float] | None) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.1f} +- {100 * std:.1f}" if len(values) > 1 else f"{100 * mean:.1f}"
+
+
+def markdown_table(results: Sequence[dict[str, Any]], cells: Sequence[Any], metrics=METRICS) -> str:
+    """One line per (cell, feature): label regime, zero-shot, seeds, then each metric in %
+    as mean +- std over seeds; `cells` (presets.Cell) give the order and the regimes."""
+    rows = rows_of(results)
+    seeds = {
+        r["cell"]: sorted({q["seed"] for q in results if q["cell"] == r["cell"]}) for r in results
+    }
+    head = ["method", "feature", "labels", "zero-shot", "seeds", *(t for _, t in metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell in cells:
+        for (name, feature), row in rows.items():
+            if name != cell.name:
+                continue
+            line = [cell.title, FEATURE_TITLES.get(feature, feature), cell.labels]
+            line += ["yes" if cell.zero_shot else "no", str(len(seeds[name]))]
+            line += [_cell(row.get(key)) for key, _ in metrics]
+            lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: str, results: Sequence[dict[str, Any]], metrics=METRICS) -> str:
+    """`path`: one line per (cell, feature, metric): mean, std, n and the values."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["cell", "feature", "metric", "mean", "std", "n", "values"])
+        for (cell, feature), row in rows_of(results).items():
+            for key, _ in metrics:
+                if key in row:
+                    mean, std = mean_std(row[key])
+                    values = " ".join(f"{v:.6f}" for v in row[key])
+                    writer.writerow(
+                        [cell, feature, key, f"{mean:.6f}", f"{std:.6f}", len(row[key]), values]
+                    )
+    return path
+
+
+def paired_differences(
+    results: Sequence[dict[str, Any]], reference: tuple[str, str], metric: str
+) -> dict[tuple[str, str], tuple[float, float, int, float]]:
+    """Per row against `reference` (cell, feature) on `metric`, over the seeds both have:
+    `(mean difference, std of the per-seed differences, n, seed std of the row)`; a
+    difference smaller than its std (or than the seed noise) is not a finding."""
+    per_seed: dict[tuple[str, str], dict[int, float]] = {}
+    for result in results:
+        for feature, metrics in result["rows"].items():
+            if metric in metrics:
+                per_seed.setdefault((result["cell"], feature), {})[result["seed"]] = metrics[metric]
+    base = per_seed.get(reference, {})
+    found = {}
+    for row, values in per_seed.items():
+        common = sorted(set(values) & set(base))
+        if row == reference or not common:
+            continue
+        diff = [values[s] - base[s] for s in common]
+        _, noise = mean_std([values[s] for s in common])
+        mean, std = mean_std(diff)
+        found[row] = (mean, std, len(common), noise)
+    return found
+
+
+def paired_table(results, reference: tuple[str, str], metric: str, title: str) -> str:
+    """Markdown of `paired_differences`, in points, with a verdict per row."""
+    lines = [
+        f"Paired with {reference[0]} ({FEATURE_TITLES.get(reference[1], reference[1])}) on "
+        f"{title}, per seed (points):",
+        "",
+        "| row | mean difference | std of differences | seeds | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for (cell, feature), (mean, std, n, noise) in paired_differences(
+        results, reference, metric
+    ).items():
+        clear = n > 1 and abs(mean) > 2 * std / math.sqrt(n) and abs(mean) > noise
+        verdict = ("better" if mean > 0 else "worse") if clear else "within seed noise"
+        row = f"{cell} / {FEATURE_TITLES.get(feature, feature)}"
+        lines.append(f"| {row} | {100 * mean:+.1f} | {100 * std:.1f} | {n} | {verdict} |")
+    return "\n".join(lines)
+
+
+def draw_figure(path: str, results: Sequence[dict[str, Any]], cells, metrics=METRICS) -> str:
+    """`path`: one panel per metric, a bar per row (mean over seeds) with the sample std
+    as its error bar, rows grouped by cell in `cells` order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rows_of(results)
+    order = [(c.name, f) for c in cells for (n, f) in rows if n == c.name]
+    shown = [(k, t) for k, t in metrics if any(k in rows[r] for r in order)]
+    cols = 3
+    fig, axes = plt.subplots(
+        -(-len(shown) // cols),
+        cols,
+        figsize=(5.5 * cols, 0.28 * len(order) * -(-len(shown) // cols) + 2),
+        squeeze=False,
+    )
+    labels = [f"{cell} / {feature}" for cell, feature in order]
+    for ax, (key, title) in zip(axes.flat, shown, strict=False):
+        stats = [mean_std(rows[r][key]) if key in rows[r] else (np.nan, 0.0) for r in order]
+        y = np.arange(len(order))
+        ax.barh(y, [100 * m for m, _ in stats], xerr=[100 * s for _, s in stats], capsize=2)
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{title} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,301 @@
+"""One table for every method: `fgjax table`.
+
+    fgjax table --preset cpu --data DIR/cub100_crops227 --out runs/table [--seeds 0 1 2]
+    fgjax table --preset tiny --out runs/table_tiny          # the wiring, in minutes
+    fgjax table ... --cells lcr --seeds 1                     # one cell again
+
+Trains and evaluates every cell of `fgjax.bench.presets.CELLS` (MoCo v2, BYOL, LCR
+faithful and fixed, LEAD++, BuCSFR from coarse labels, supervised and HERBS from fine
+labels, the five metric-learning baselines on the zero-shot split, and the untrained
+backbone) under one preset: the same data, backbone family, image size and epochs for
+every cell. Every row gets the same evaluation on the same splits (the preset's
+protocols: Recall@1/2/4/8, mAP, MAP@R, NMI, kNN top-1, the fast linear probe) on the
+method's embedding, on plain GAP of its backbone and, for ResNet backbones, on the
+training-free SCDA and CFGA+ descriptors (GAP being the second row).
+
+Each cell and seed is a workdir `OUT/<cell>/seed<N>`: a rerun skips finished cells
+(their `table.json`) and resumes a killed one from its checkpoint. `OUT/table.md` gets
+the table (mean +- std over seeds, the time per cell, a paired comparison with MoCo v2
+and each cell's command), `OUT/table.csv` every number, `OUT/table.png` one panel per
+metric with error bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from fgjax.bench import summary
+from fgjax.bench.cub100 import write_manifest
+from fgjax.bench.presets import (
+    CELL_NAMES,
+    CELLS,
+    DESCRIPTORS,
+    PRESETS,
+    Cell,
+    Data,
+    Preset,
+    cell_config,
+    eval_overrides,
+)
+from fgjax.core.cli import command
+from fgjax.core.sharding import put_replicated
+from fgjax.eval.features import Features, MissingFeatureError, select_feature
+from fgjax.eval.protocols import get_protocol
+from fgjax.methods import backbone_variables
+from fgjax.train.evaluation import load_weights
+from fgjax.train.loop import train_and_evaluate
+from fgjax.train.run import Run, feature_embed
+from fgjax.train.state import create_train_state
+
+RESULT = "table.json"
+REFERENCE = ("moco", "embedding")  # the paired comparison's baseline row
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fgjax table", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS))
+    p.add_argument("--out", required=True, help="the table's folder (one workdir per cell)")
+    p.add_argument("--data", default="", help="the preset's data folder (not for tiny)")
+    p.add_argument("--seeds", type=int, nargs="+", help="default: the preset's")
+    p.add_argument(
+        "--cells", default=",".join(CELL_NAMES), help=f"comma-separated of {', '.join(CELL_NAMES)}"
+    )
+    p.add_argument("--list", action="store_true", help="print the cells and their commands")
+    return p
+
+
+def prepare_data(preset: Preset, data: str, out: str) -> Data:
+    """The preset's `Data`; for the CPU preset its two manifests, written into `out`."""
+    if preset.name == "tiny":
+        return Data(root="")
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"--data {data!r}: no folder there ({preset.data})")
+    if preset.name == "gpu":
+        return Data(root=os.path.abspath(data))
+    root = os.path.abspath(data)
+    manifest = write_manifest(root, os.path.join(out, "manifest.csv"), names=True)
+    zero_shot = os.path.join(out, "manifest_zero_shot.csv")
+    write_manifest(root, zero_shot, names=True, seen_classes=50)
+    return Data(root=root, manifest=manifest, zero_shot=zero_shot, num_classes=100)
+
+
+def cell_command(preset: Preset, a: argparse.Namespace, cell: str, seed: int) -> str:
+    """The command that (re)runs one cell and seed alone."""
+    data = f" --data {a.data}" if a.data else ""
+    return f"fgjax table --preset {preset.name} --out {a.out}{data} --cells {cell} --seeds {seed}"
+
+
+def gap_embed(run: Run, name: str):
+    """Plain GAP of the backbone's last stage (`name`: 'stage4', Swin's 'layer4') whatever
+    the method's own network adds (heads, attention, projections)."""
+    backbone = run.method.backbone()
+
+    def embed(state, images):
+        variables = backbone_variables(state.params, state.model_state)
+        return select_feature(backbone.apply(variables, images, train=False), name)
+
+    return embed
+
+
+def _features(run: Run, embed, state, config, protocols: Sequence[str]) -> dict[str, Features]:
+    """The splits the protocols read, extracted with `embed`."""
+    roles = {r for name in protocols for r in get_protocol(name).splits(config)}
+    return {role: run.extractor.extract(role, embed, state) for role in sorted(roles)}
+
+
+def score(features: dict[str, Features], config, protocols: Sequence[str]) -> dict[str, float]:
+    """Every protocol of the preset on the same features: `{protocol_metric: value}`."""
+    results: dict[str, float] = {}
+    for name in protocols:
+        protocol = get_protocol(name)
+        metrics = protocol.run({r: features[r] for r in protocol.splits(config)}, config)
+        results.update({f"{name}_{k}": float(v) for k, v in metrics.items()})
+    return results
+
+
+def _eval_config(config, cell: Cell, preset: Preset, data: Data):
+    c = copy.deepcopy(config)
+    for field, value in eval_overrides(cell, preset, data).items():
+        section, key = field.split(".")
+        c[section][key] = value
+    return c
+
+
+def _descriptor_rows(config, state, preset: Preset) -> dict[str, dict[str, float]]:
+    """SCDA and CFGA+ of the backbone (training-free; GAP is the "gap" row), each split
+    through the evaluation transform, scored by the preset's protocols (needs cfga)."""
+    from fgjax.cli.describe import Pipeline, compute_descriptors
+
+    size = config.data.image_size
+    pipeline = Pipeline(short=round(size / 0.875), crop=size, lcc=False, batch_size=64)
+    weights = (state.params, state.model_state)
+    splits = {r for name in preset.protocols for r in get_protocol(name).splits(config)}
+    per_split = {}
+    for role in sorted(splits):
+        c = copy.deepcopy(config)
+        c.data.test_split = c.data[f"{role}_split"]
+        run = Run(c)
+        values, labels = compute_descriptors(
+            run, weights, list(DESCRIPTORS), pipeline, 64, c.data, show_progress=False
+        )
+        coarse = run.sources["test"].coarse_labels
+        per_split[role] = {n: Features(values[n], labels, coarse) for n in DESCRIPTORS}
+    return {
+        name: score({r: per_split[r][name] for r in per_split}, config, preset.protocols)
+        for name in DESCRIPTORS
+    }
+
+
+def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell and seed; its result (also
+    `OUT/<cell>/seed<N>/table.json`, which makes a rerun skip it)."""
+    workdir = os.path.join(out, cell.name, f"seed{seed}")
+    path = os.path.join(workdir, RESULT)
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    config = cell_config(cell, preset, seed, data, out)
+    start = time.time()
+    if cell.trained:
+        train_and_evaluate(config, workdir)
+    trained_at = time.time()
+    model = Run(config)  # the trained structure (a zero-shot cell: its own classes)
+    evaluation = _eval_config(config, cell, preset, data)
+    run = Run(evaluation)  # the evaluation splits and transform, alike for every cell
+    if cell.trained:
+        state, step = load_weights(model, seed, None, workdir)
+    else:
+        fresh = create_train_state(model.method, None, model.image_shape, seed)
+        state, step = put_replicated(fresh, model.mesh), 0
+    rows = {}
+    backbone = "layer4" if config.model.arch.startswith("swin") else "stage4"
+    embeds = {"embedding": feature_embed(model.method, "pooled"), "gap": gap_embed(model, backbone)}
+    for row, embed in embeds.items():
+        try:
+            feats = _features(run, embed, state, evaluation, preset.protocols)
+        except MissingFeatureError as err:
+            print(f"{cell.name}: no {row} row: {err}")
+            continue
+        rows[row] = score(feats, evaluation, preset.protocols)
+    if backbone == "stage4" and _has_package("cfga"):
+        rows.update(_descriptor_rows(evaluation, state, preset))
+    result = {
+        "cell": cell.name,
+        "seed": seed,
+        "preset": preset.name,
+        "rows": rows,
+        "steps": int(step or 0),
+        "images_seen": int(step or 0) * config.train.batch_size,
+        "train_seconds": round(trained_at - start, 1),
+        "eval_seconds": round(time.time() - trained_at, 1),
+    }
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(path + ".partial", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".partial", path)
+    return result
+
+
+def finished_results(out: str) -> list[dict[str, Any]]:
+    """Every finished cell and seed in `out` (this run's and earlier runs'), in cell order."""
+    found = []
+    for cell in CELLS:
+        for path in sorted(glob.glob(os.path.join(out, cell.name, "seed*", RESULT))):
+            with open(path) as f:
+                found.append(json.load(f))
+    return found
+
+
+def _has_package(name: str) -> bool:
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.isdir(os.path.join(here, "methods", name))
+
+
+def write_outputs(out: str, results: list[dict[str, Any]], cells: list[Cell], preset, a) -> str:
+    """OUT/table.md, table.csv and table.png from `results`; returns the markdown."""
+    seeds = sorted({r["seed"] for r in results})
+    times = {}
+    for cell in cells:
+        mine = [r for r in results if r["cell"] == cell.name]
+        if mine:
+            seconds = [r["train_seconds"] + r["eval_seconds"] for r in mine]
+            times[cell.name] = (
+                sum(seconds) / len(seconds),
+                mine[0]["steps"],
+                mine[0]["images_seen"],
+            )
+    lines = [
+        f"# fgjax table, preset {preset.name}",
+        "",
+        f"{preset.description}. Seeds {seeds}; every number in % as mean +- sample std over seeds.",
+        "",
+        summary.markdown_table(results, cells),
+        "",
+        summary.paired_table(results, REFERENCE, "retrieval_recall@1", "Recall@1"),
+        "",
+        "| cell | minutes per seed (train + evaluation) | steps | images seen | command |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in cells:
+        if cell.name in times:
+            minutes, steps, seen = times[cell.name]
+            command_line = cell_command(preset, a, cell.name, seeds[0])
+            lines.append(
+                f"| {cell.name} | {minutes / 60:.1f} | {steps} | {seen} | `{command_line}` |"
+            )
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text)
+    summary.write_csv(os.path.join(out, "table.csv"), results)
+    summary.draw_figure(os.path.join(out, "table.png"), results, cells)
+    return text
+
+
+def table(argv: list[str]) -> dict[str, Any]:
+    """Run the command line `argv` (without the program name); returns the results."""
+    parser = _parser()
+    a = parser.parse_args(argv)
+    preset = PRESETS[a.preset]
+    seeds = a.seeds or list(preset.seeds)
+    wanted = [n for n in a.cells.split(",") if n]
+    unknown = [n for n in wanted if n not in CELL_NAMES]
+    if unknown:
+        raise ValueError(f"--cells: unknown cell {unknown[0]!r}; choose from {CELL_NAMES}")
+    cells = [c for c in CELLS if c.name in wanted]
+    if a.list:
+        for cell in cells:
+            for seed in seeds:
+                print(
+                    f"{cell.name:<13} {cell.labels:<7} {cell_command(preset, a, cell.name, seed)}"
+                )
+        return {}
+    os.makedirs(a.out, exist_ok=True)
+    data = prepare_data(preset, a.data, a.out)
+    results = []
+    for cell in cells:
+        if cell.package and not _has_package(cell.package):
+            print(f"skipped {cell.name}: this install has no fgjax/methods/{cell.package}/")
+            continue
+        for seed in seeds:
+            print(f"== {cell.name} seed {seed}  ({cell_command(preset, a, cell.name, seed)})")
+            results.append(run_cell(cell, preset, seed, data, a.out))
+    done = finished_results(a.out)
+    print(write_outputs(a.out, done, list(CELLS), preset, a))
+    return {"results": done}
+
+
+main = command(table)
+
+
+if __name__ == "__main__":
+    main()

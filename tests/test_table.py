@@ -1,0 +1,173 @@
+"""`fgjax table`: the cells' configs under each preset, the summary's statistics against
+numpy, the CUB-100 manifests against the index files, and one tiny table end to end
+(its numbers against an independent computation, a rerun that skips, a lost result
+redone from the checkpoint)."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from fgjax.bench import summary
+from fgjax.bench.cub100 import write_manifest
+from fgjax.bench.presets import CELLS, PRESETS, Data, cell_config, eval_overrides
+from fgjax.cli.table import finished_results, table
+
+CUB100 = os.path.join(REPO, "..", "shared", "data", "cub100_crops227")
+
+
+def _fake(cell, seed, r1, nmi=0.5):
+    return {
+        "cell": cell,
+        "seed": seed,
+        "rows": {"embedding": {"retrieval_recall@1": r1, "clustering_nmi": nmi}},
+    }
+
+
+def test_every_cell_builds_under_the_cpu_preset_with_one_budget(tmp_path):
+    preset = PRESETS["cpu"]
+    data = Data(root="/d", manifest="/m.csv", zero_shot="/z.csv", num_classes=100)
+    evaluations = []
+    for cell in CELLS:
+        c = cell_config(cell, preset, 3, data, str(tmp_path))
+        assert (c.seed, c.data.image_size, c.model.init_from) == (3, 64, ""), cell.name
+        assert c.train.num_epochs == preset.epochs and not c.eval.enabled, cell.name
+        assert c.data.root == ("/z.csv" if cell.zero_shot else "/m.csv"), cell.name
+        if c.model.arch == "resnet50":
+            assert c.model.overrides.width == 8 and c.model.overrides.stage_sizes == (1, 1, 1, 3)
+        evaluations.append(eval_overrides(cell, preset, data))
+    assert all(e == evaluations[0] for e in evaluations)  # one evaluation for every row
+    assert evaluations[0]["data.root"] == "/m.csv" and evaluations[0]["eval.recall_ks"] == (
+        1,
+        2,
+        4,
+        8,
+    )
+    methods = {cell_config(c, preset, 0, data, str(tmp_path)).method for c in CELLS}
+    assert {
+        "moco",
+        "byol",
+        "lcr",
+        "leadpp",
+        "bucsfr",
+        "supervised",
+        "herbs",
+        "ms_loss",
+        "cosface",
+        "arcface",
+        "proxy_anchor",
+        "dgpcrl",
+    } <= methods
+    # LEAD++'s stand-in prototypes: one unit row per class, the head's width
+    lead = cell_config(next(c for c in CELLS if c.name == "leadpp"), preset, 0, data, str(tmp_path))
+    protos = np.load(lead.leadpp.prototypes)
+    assert protos.shape == (100, lead.leadpp.dim)
+    np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, rtol=1e-5)
+
+
+def test_summary_statistics_against_numpy(tmp_path):
+    r1 = {"moco": [0.30, 0.34, 0.29], "lcr": [0.35, 0.36, 0.31]}
+    results = [_fake(c, s, v) for c, values in r1.items() for s, v in enumerate(values)]
+    rows = summary.rows_of(results)
+    assert rows[("lcr", "embedding")]["retrieval_recall@1"] == r1["lcr"]
+    mean, std = summary.mean_std(r1["lcr"])
+    assert (mean, std) == pytest.approx((np.mean(r1["lcr"]), np.std(r1["lcr"], ddof=1)))
+    cells = [c for c in CELLS if c.name in ("moco", "lcr")]
+    text = summary.markdown_table(results, cells)
+    assert f"| {100 * mean:.1f} +- {100 * std:.1f} |" in text
+    diff = np.subtract(r1["lcr"], r1["moco"])
+    found = summary.paired_differences(results, ("moco", "embedding"), "retrieval_recall@1")
+    assert found[("lcr", "embedding")][:3] == pytest.approx((diff.mean(), diff.std(ddof=1), 3))
+    paired = summary.paired_table(results, ("moco", "embedding"), "retrieval_recall@1", "R@1")
+    # +3.0 points, differences' std 1.7: 3.0 > 2 * 1.7 / sqrt(3), and above lcr's seed std 2.6
+    assert "| lcr / the method's embedding | +3.0 | 1.7 | 3 | better |" in paired
+    results[3]["rows"]["embedding"]["retrieval_recall@1"] = 0.25  # lcr seed 0 now worse
+    paired = summary.paired_table(results, ("moco", "embedding"), "retrieval_recall@1", "R@1")
+    assert "| lcr / the method's embedding | -0.3 | 4.0 | 3 | within seed noise |" in paired
+    path = summary.write_csv(str(tmp_path / "t.csv"), results)
+    got = {(r["cell"], r["metric"]): r for r in csv.DictReader(open(path))}
+    assert float(got[("moco", "retrieval_recall@1")]["std"]) == pytest.approx(
+        np.std(r1["moco"], ddof=1), abs=1e-6
+    )
+    assert os.path.getsize(summary.draw_figure(str(tmp_path / "t.png"), results, cells)) > 0
+
+
+@pytest.mark.skipif(not os.path.isdir(CUB100), reason="../shared/data/cub100_crops227 absent")
+def test_cub100_manifests_follow_the_index_files(tmp_path):
+    rows = list(csv.DictReader(open(write_manifest(CUB100, str(tmp_path / "m.csv"), True))))
+    splits = [r["split"] for r in rows]
+    assert (splits.count("train"), splits.count("test")) == (2999, 2903)
+    assert all(r["coarse_label"] == r["label"].split("_")[-1] for r in rows)
+    zs = list(
+        csv.DictReader(open(write_manifest(CUB100, str(tmp_path / "z.csv"), True, seen_classes=50)))
+    )
+    ids = {
+        line.split(", ")[1]
+        for line in open(os.path.join(CUB100, "classes.txt"))
+        if int(line.split(", ")[0]) < 50
+    }
+    seen = {r["label"] for r in zs if r["split"] == "train"}
+    assert seen == {i.strip() for i in ids}
+    assert [r["split"] for r in zs].count("test") == 2903
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("table"))
+    argv = ["--preset", "tiny", "--out", out, "--cells", "untrained,moco", "--seeds", "0"]
+    return out, argv, table(argv)["results"]
+
+
+def test_tiny_table_rows_and_outputs(tiny_table):
+    out, _, results = tiny_table
+    assert [(r["cell"], r["seed"]) for r in results] == [("untrained", 0), ("moco", 0)]
+    moco = results[1]
+    assert set(moco["rows"]) == {"embedding", "gap", "scda", "cfga_plus"}
+    # MoCo's embedding is the backbone's GAP: the two rows are one feature
+    assert moco["rows"]["embedding"] == moco["rows"]["gap"]
+    assert moco["steps"] == 2 * (480 // 64) and results[0]["steps"] == 0
+    for name in ("table.md", "table.csv", "table.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    text = open(os.path.join(out, "table.md")).read()
+    assert f"fgjax table --preset tiny --out {out} --cells moco --seeds 0" in text
+
+
+def test_tiny_table_numbers_against_numpy(tiny_table):
+    """Recall@1 of the trained MoCo row from features extracted through the public run
+    API and ranked with numpy (cosine, leave-one-out)."""
+    from fgjax.bench.presets import PRESETS, Data, cell_config, eval_overrides
+    from fgjax.train.evaluation import load_weights
+    from fgjax.train.run import Run, feature_embed
+
+    out, _, results = tiny_table
+    cell = next(c for c in CELLS if c.name == "moco")
+    config = cell_config(cell, PRESETS["tiny"], 0, Data(root=""), out)
+    for field, value in eval_overrides(cell, PRESETS["tiny"], Data(root="")).items():
+        section, key = field.split(".")
+        config[section][key] = value
+    run = Run(config)
+    state, _ = load_weights(run, 0, None, os.path.join(out, "moco", "seed0"))
+    test = run.extractor.extract("test", feature_embed(run.method, "pooled"), state)
+    x = test.features / np.linalg.norm(test.features, axis=1, keepdims=True)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    recall1 = np.mean(test.labels[np.argmax(sims, axis=1)] == test.labels)
+    got = results[1]["rows"]["embedding"]["retrieval_recall@1"]
+    assert got == pytest.approx(recall1, abs=1e-6)
+
+
+def test_tiny_table_rerun_skips_and_redoes_a_lost_result(tiny_table):
+    out, argv, results = tiny_table
+    moco = os.path.join(out, "moco", "seed0", "table.json")
+    untrained = os.path.join(out, "untrained", "seed0", "table.json")
+    before = os.stat(untrained).st_mtime_ns
+    os.remove(moco)  # as if killed after training, before its evaluation was written
+    again = table(argv)["results"]
+    assert os.stat(untrained).st_mtime_ns == before  # finished: skipped
+    redone = json.load(open(moco))
+    assert redone["rows"] == results[1]["rows"]  # the checkpoint, evaluated again alike
+    assert redone["train_seconds"] < 30  # resumed at its last step: nothing trained again
+    assert finished_results(out) == again

@@ -1,21 +1,8 @@
-"""Look at a dataset before training on it.
+"""A dataset before training on it: per split the image and class counts, the smallest
+and largest class, the coarse level, image sizes from file headers (a fixed-seed sample),
+and a contact sheet of captioned images with the regions crops are taken from.
 
-    fgjax inspect --config configs/cub_moco.py \\
-        --config.data.root=/data/CUB_200_2011 [--out DIR | --workdir DIR] \\
-        [--splits train,test] [--verify [--num_workers N]]
-
-Builds the sources of `config.data.train_split` and `config.data.test_split` (or
-`--splits`) as training would and, per split, prints the number of images and classes,
-the smallest and largest class, the coarse level, and the image sizes (from file headers
-only, on a fixed-seed sample of at most 2,000 images per split), and writes
-`<out>/contact_<split>.png`: a few images of up to 16 classes, captioned with the class
-(and coarse) name, with the region crops are taken from (the object box with
-`crop_to_box`, the banner trim) drawn in red. The numbers go to `<out>/summary.json`.
-
-`--verify` also decodes every image with the training decoder, lists the files that fail
-with the reason (and in `<out>/bad_images.txt`), and exits with status 1 if any do.
-`<out>` is `--out`, else `<workdir>/inspect` (default runs/inspect). Config overrides
-work as in `fgjax.cli.train`.
+The command: `fgjax inspect` (fgjax/cli/inspect.py).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from fgjax.bench import summary
 from fgjax.bench.cub100 import write_manifest
 from fgjax.bench.presets import CELLS, PRESETS, Data, cell_config, eval_overrides
 from fgjax.cli.table import finished_results, table
+from fgjax.config import load_config_file
 
 CUB100 = os.path.join(REPO, "..", "shared", "data", "cub100_crops227")
 
@@ -66,6 +67,20 @@ def test_every_cell_builds_under_the_cpu_preset_with_one_budget(tmp_path):
     protos = np.load(lead.leadpp.prototypes)
     assert protos.shape == (100, lead.leadpp.dim)
     np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, rtol=1e-5)
+
+
+def test_the_gpu_preset_keeps_each_recipe_on_the_full_dataset(tmp_path):
+    preset, data = PRESETS["gpu"], Data(root="/data/CUB_200_2011")
+    for cell in CELLS:
+        recipe = load_config_file(os.path.join(REPO, "configs", cell.recipe))
+        c = cell_config(cell, preset, 0, data, str(tmp_path))
+        assert c.data.root == "/data/CUB_200_2011" and c.data.kind == recipe.data.kind
+        same = ("image_size", "train_split", "test_split")
+        assert [c.data[f] for f in same] == [recipe.data[f] for f in same], cell.name
+        assert (c.model.arch, c.model.init_from) == (recipe.model.arch, recipe.model.init_from)
+        assert c.train.num_epochs == recipe.train.num_epochs, cell.name
+        splits = eval_overrides(cell, preset, data)
+        assert (splits["data.train_split"], splits["data.test_split"]) == ("train", "test")
 
 
 def test_summary_statistics_against_numpy(tmp_path):

@@ -262,8 +262,9 @@ def _shrink(c: ml_collections.ConfigDict, cell: Cell, preset: Preset) -> None:
         c.optim.lr = 0.06
     if cell.zero_shot:  # the recipes fine-tune ImageNet weights; from scratch they crawl
         c.optim.update(name="adam", lr=1e-3, schedule="constant", decay_steps=(), decay_epochs=())
-        if c.data.sampler == "pk" and preset.name == "tiny":  # 12 procedural train classes
-            c.data.pk_classes = min(c.data.pk_classes, 8)
+        seen = 8 if preset.name == "tiny" else 50  # classes a zero-shot batch can draw from
+        if c.data.sampler == "pk" and c.data.pk_classes > seen:  # CosFace / ArcFace: 80 x 1
+            c.data.pk_classes = seen
             c.train.batch_size = c.data.pk_classes * c.data.pk_images
     else:
         c.train.batch_size = preset.batch_size

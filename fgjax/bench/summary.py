@@ -121,7 +121,8 @@ def paired_differences(
 
 
 def paired_table(results, reference: tuple[str, str], metric: str, title: str) -> str:
-    """Markdown of `paired_differences`, in points, with a verdict per row."""
+    """Markdown of `paired_differences` for the rows of the reference's feature, in
+    points, with a verdict per row."""
     lines = [
         f"Paired with {reference[0]} ({FEATURE_TITLES.get(reference[1], reference[1])}) on "
         f"{title}, per seed (points):",
@@ -132,6 +133,8 @@ def paired_table(results, reference: tuple[str, str], metric: str, title: str) -
     for (cell, feature), (mean, std, n, noise) in paired_differences(
         results, reference, metric
     ).items():
+        if feature != reference[1]:  # like with like: embeddings against the embedding
+            continue
         clear = n > 1 and abs(mean) > 2 * std / math.sqrt(n) and abs(mean) > noise
         verdict = ("better" if mean > 0 else "worse") if clear else "within seed noise"
         row = f"{cell} / {FEATURE_TITLES.get(feature, feature)}"

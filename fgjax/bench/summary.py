@@ -135,8 +135,10 @@ def paired_table(results, reference: tuple[str, str], metric: str, title: str) -
     ).items():
         if feature != reference[1]:  # like with like: embeddings against the embedding
             continue
-        clear = n > 1 and abs(mean) > 2 * std / math.sqrt(n) and abs(mean) > noise
+        clear = abs(mean) > 2 * std / math.sqrt(n) and abs(mean) > noise
         verdict = ("better" if mean > 0 else "worse") if clear else "within seed noise"
+        if n < 3:  # two differences say nothing about their spread
+            verdict = "too few seeds"
         row = f"{cell} / {FEATURE_TITLES.get(feature, feature)}"
         lines.append(f"| {row} | {100 * mean:+.1f} | {100 * std:.1f} | {n} | {verdict} |")
     return "\n".join(lines)

@@ -21,7 +21,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -468,6 +468,17 @@ def _cached(path: str, key: str | None) -> dict[str, np.ndarray] | None:
     return None if key is None else read_if_fingerprint(path, key)
 
 
+class _Passes(NamedTuple):
+    """What the fit and the projection passes over the images share."""
+
+    features: FeatureFn
+    variables: Any
+    settings: DDTSettings
+    mesh: Mesh
+    num_workers: int
+    show_progress: bool
+
+
 def locate_dataset(
     sources: Mapping[str, Any],
     fit_splits: Sequence[str],
@@ -490,24 +501,15 @@ def locate_dataset(
     None computes them afresh and saves nothing. Returns a summary (also printed).
     """
     os.makedirs(out, exist_ok=True)
-    passes = dict(
-        features=features,
-        variables=variables,
-        settings=settings,
-        mesh=mesh,
-        num_workers=num_workers,
-        show_progress=show_progress,
-    )
+    passes = _Passes(features, variables, settings, mesh, num_workers, show_progress)
     fit_key = None
     if cache_key is not None:
         fit_key = fingerprint(dict(base=cache_key, fit=list(fit_splits), size=settings.fit_size))
-    fit = _load_or_fit(sources, fit_splits, out, fit_key, **passes)
+    fit = _load_or_fit(sources, fit_splits, out, fit_key, passes)
     say(f"ddt fit: {fit.count} descriptors, first component variance {fit.variance:.4g}")
 
     splits = distinct_splits(sources, list(sources))
-    maps = {
-        split: _load_or_project(sources, split, fit, out, fit_key, **passes) for split in splits
-    }
+    maps = {split: _load_or_project(sources, split, fit, out, fit_key, passes) for split in splits}
     flipped = _sign_check(maps, splits, settings)
     results: list[ImageResult] = []
     for split in splits:
@@ -524,13 +526,7 @@ def _load_or_fit(
     fit_splits: Sequence[str],
     out: str,
     fit_key: str | None,
-    *,
-    features: FeatureFn,
-    variables: Any,
-    settings: DDTSettings,
-    mesh: Mesh,
-    num_workers: int,
-    show_progress: bool,
+    passes: _Passes,
 ) -> PCAFit:
     """The fit cached in `out/ddt_fit.npz` when its fingerprint is `fit_key`; else
     `fit_pca` over the distinct images of `fit_splits`, saved there unless `fit_key` is
@@ -543,7 +539,10 @@ def _load_or_fit(
             saved["mean"], saved["direction"], float(saved["variance"]), int(saved["count"])
         )
     fit_sources = [sources[s] for s in distinct_splits(sources, fit_splits)]
-    fit = fit_pca(fit_sources, features, variables, settings, mesh, num_workers, show_progress)
+    p = passes
+    fit = fit_pca(
+        fit_sources, p.features, p.variables, p.settings, p.mesh, p.num_workers, p.show_progress
+    )
     if fit_key is not None:
         save_npz_atomic(
             path,
@@ -562,13 +561,7 @@ def _load_or_project(
     fit: PCAFit,
     out: str,
     fit_key: str | None,
-    *,
-    features: FeatureFn,
-    variables: Any,
-    settings: DDTSettings,
-    mesh: Mesh,
-    num_workers: int,
-    show_progress: bool,
+    passes: _Passes,
 ) -> np.ndarray:
     """The projection maps of `split`: cached in `out/ddt_maps_<split>.npz` when its
     fingerprint (of `fit_key`, the split and the locate size) matches; else
@@ -576,12 +569,20 @@ def _load_or_project(
     path = os.path.join(out, f"ddt_maps_{split}.npz")
     key = None
     if fit_key is not None:
-        key = fingerprint(dict(fit=fit_key, split=split, size=settings.locate_size))
+        key = fingerprint(dict(fit=fit_key, split=split, size=passes.settings.locate_size))
     saved = _cached(path, key)
     if saved is not None:
         return saved["maps"]
+    p = passes
     maps = projection_maps(
-        sources[split], features, variables, fit, settings, mesh, num_workers, show_progress
+        sources[split],
+        p.features,
+        p.variables,
+        fit,
+        p.settings,
+        p.mesh,
+        p.num_workers,
+        p.show_progress,
     )
     if key is not None:
         save_npz_atomic(path, maps=maps, fingerprint=np.array(key))

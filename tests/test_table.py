@@ -186,3 +186,21 @@ def test_tiny_table_rerun_skips_and_redoes_a_lost_result(tiny_table):
     assert redone["rows"] == results[1]["rows"]  # the checkpoint, evaluated again alike
     assert redone["train_seconds"] < 30  # resumed at its last step: nothing trained again
     assert finished_results(out) == again
+
+
+def test_the_gap_row_reads_the_backbone_not_the_methods_embedding(tmp_path):
+    """LCR's embedding is not its backbone's GAP (MoCo's is, so the tiny table cannot tell
+    them apart): the "gap" row must be the average-pooled stage-4 map of LCR's own network."""
+    from fgjax.cli.table import gap_embed
+    from fgjax.train.run import Run, feature_embed
+    from fgjax.train.state import create_train_state
+
+    cell = next(c for c in CELLS if c.name == "lcr")
+    run = Run(cell_config(cell, PRESETS["tiny"], 0, Data(root=""), str(tmp_path)))
+    state = create_train_state(run.method, None, run.image_shape, 0)
+    images = np.random.default_rng(0).normal(size=(4, *run.image_shape[1:])).astype(np.float32)
+    gap = np.asarray(gap_embed(run, "stage4")(state, images))
+    stage4 = np.asarray(feature_embed(run.method, "stage4")(state, images))
+    own = np.asarray(feature_embed(run.method, "pooled")(state, images))
+    np.testing.assert_allclose(gap, stage4, rtol=1e-5, atol=1e-6)
+    assert gap.shape == own.shape and np.abs(gap - own).max() > 0.1

@@ -144,10 +144,10 @@ def descriptor_names(methods: list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _loader(run: Run, pipeline: Pipeline, batch_size: int, data: Any, pad: bool):
-    """The test split through `pipeline`; uncropped images padded into shared batch shapes
-    when `pad`, else one batch shape per exact size."""
-    source = run.sources["test"]
+def _loader(run: Run, pipeline: Pipeline, batch_size: int, data: Any, pad: bool, role: str):
+    """`run`'s `role` split through `pipeline`; uncropped images padded into shared batch
+    shapes when `pad`, else one batch shape per exact size."""
+    source = run.sources[role]
     common = dict(batch_size=batch_size, skip_bad=data.skip_bad, num_workers=data.num_workers)
     if pipeline.crop:
         return make_eval_loader(
@@ -188,12 +188,13 @@ def compute_descriptors(
     batch_size: int,
     data: Any,
     show_progress: bool = True,
+    role: str = "test",
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """`({name: float32 [N, D]}, labels int32 [N])` of `run`'s test source, in source
-    order, through `pipeline`: one jitted function of the descriptors and the embedding
-    (compiled once per batch shape). `weights`: `(params, model_state)` of the method
-    (the backbone group alone without 'embedding'); `data`: the config.data (skip_bad,
-    num_workers)."""
+    """`({name: float32 [N, D]}, labels int32 [N])` of `run`'s `role` source ('test' or
+    'train'), in source order, through `pipeline`: one jitted function of the descriptors
+    and the embedding (compiled once per batch shape). `weights`: `(params, model_state)`
+    of the method (the backbone group alone without 'embedding'); `data`: the config.data
+    (skip_bad, num_workers)."""
     method, (mean, std) = run.method, (run.extractor.mean, run.extractor.std)
     own = [n for n in names if n != EMBEDDING]  # fgjax.methods.cfga.descriptors' names
     describe = describe_fn(method.backbone(), own, use_lcc=pipeline.lcc) if own else None
@@ -211,7 +212,7 @@ def compute_descriptors(
             out[EMBEDDING] = method.embed(*weights, x)
         return out
 
-    loader = _loader(run, pipeline, batch_size, data, pad=EMBEDDING not in names)
+    loader = _loader(run, pipeline, batch_size, data, EMBEDDING not in names, role)
     rows: dict[str, list[np.ndarray]] = {n: [] for n in names}
     index, labels, bad = [], [], []
     # Per batch (a log line every 10), with the images done so far.

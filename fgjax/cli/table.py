@@ -130,9 +130,10 @@ def _eval_config(config, cell: Cell, preset: Preset, data: Data):
     return c
 
 
-def _descriptor_rows(config, state, preset: Preset) -> dict[str, dict[str, float]]:
-    """SCDA and CFGA+ of the backbone (training-free; GAP is the "gap" row), each split
-    through the evaluation transform, scored by the preset's protocols (needs cfga)."""
+def _descriptor_rows(run: Run, config, state, preset: Preset) -> dict[str, dict[str, float]]:
+    """SCDA and CFGA+ of the backbone (training-free; GAP is the "gap" row) on each split
+    of the evaluation `run`, through its test transform, scored by the preset's protocols
+    (needs cfga); `config`: the run's."""
     from fgjax.cli.describe import Pipeline, compute_descriptors
 
     size = config.data.image_size
@@ -141,13 +142,10 @@ def _descriptor_rows(config, state, preset: Preset) -> dict[str, dict[str, float
     splits = {r for name in preset.protocols for r in get_protocol(name).splits(config)}
     per_split = {}
     for role in sorted(splits):
-        c = copy.deepcopy(config)
-        c.data.test_split = c.data[f"{role}_split"]
-        run = Run(c)
         values, labels = compute_descriptors(
-            run, weights, list(DESCRIPTORS), pipeline, 64, c.data, show_progress=False
+            run, weights, list(DESCRIPTORS), pipeline, 64, config.data, False, role
         )
-        coarse = run.sources["test"].coarse_labels
+        coarse = run.sources[role].coarse_labels
         per_split[role] = {n: Features(values[n], labels, coarse) for n in DESCRIPTORS}
     return {
         name: score({r: per_split[r][name] for r in per_split}, config, preset.protocols)
@@ -187,7 +185,7 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
             continue
         rows[row] = score(feats, evaluation, preset.protocols)
     if backbone == "stage4" and _has_package("cfga"):
-        rows.update(_descriptor_rows(evaluation, state, preset))
+        rows.update(_descriptor_rows(run, evaluation, state, preset))
     result = {
         "cell": cell.name,
         "seed": seed,

@@ -42,6 +42,7 @@ sys.path.insert(0, REPO)
 
 from cub100 import arguments, prepare, read_json  # noqa: E402
 
+from fgjax.bench.presets import HERBS_HEAD, HERBS_SWIN  # noqa: E402
 from fgjax.config import load_config_file  # noqa: E402
 
 HEADS = (
@@ -64,12 +65,10 @@ def small_config(manifest: str, seed: int, epochs: int) -> ml_collections.Config
     c.views.view1.squash_size = 85
     c.eval.class_groups = ""  # HERBS' groups are CUB-200 class ids
     c.model.arch = "swin_tiny_patch4_window7_224"
-    c.model.overrides = ml_collections.ConfigDict(
-        dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4, img_size=64)
-    )
+    c.model.overrides = ml_collections.ConfigDict(dict(**HERBS_SWIN, img_size=64))
     c.model.remat = False
     c.model.dtype = "float32"
-    c.herbs.update(fpn_size=128, num_selects=(16, 8, 2, 2), tokens_per_node=4)
+    c.herbs.update(HERBS_HEAD)  # the same shrink as `fgjax table`'s cpu preset
     c.optim.lr = 0.02
     c.train.num_epochs = epochs
     c.train.checkpoint_every_steps = 188  # 2 epochs of 94 steps

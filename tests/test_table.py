@@ -70,15 +70,25 @@ def test_every_cell_builds_under_the_cpu_preset_with_one_budget(tmp_path):
 
 
 def test_the_gpu_preset_keeps_each_recipe_on_the_full_dataset(tmp_path):
-    preset, data = PRESETS["gpu"], Data(root="/data/CUB_200_2011")
+    preset, data = PRESETS["gpu"], Data(root="/data/CUB_200_2011", weights="/w")
     for cell in CELLS:
         recipe = load_config_file(os.path.join(REPO, "configs", cell.recipe))
         c = cell_config(cell, preset, 0, data, str(tmp_path))
         assert c.data.root == "/data/CUB_200_2011" and c.data.kind == recipe.data.kind
         same = ("image_size", "train_split", "test_split")
         assert [c.data[f] for f in same] == [recipe.data[f] for f in same], cell.name
-        assert (c.model.arch, c.model.init_from) == (recipe.model.arch, recipe.model.init_from)
+        assert c.model.arch == recipe.model.arch
         assert c.train.num_epochs == recipe.train.num_epochs, cell.name
+        # every backbone (the untrained row's too) from the ImageNet weights of its paper
+        imagenet = "swin_large_patch4_window12_384_22k" if cell.name == "herbs" else "resnet50"
+        assert c.model.init_from.startswith(f"/w/{imagenet}"), cell.name
+        if recipe.model.init_from:  # the recipes that name their file: the same file
+            assert c.model.init_from == f"/w/{recipe.model.init_from}", cell.name
+        if cell.name == "leadpp":
+            assert (c.leadpp.teacher_weights, c.leadpp.prototypes) == (
+                f"/w/{recipe.leadpp.teacher_weights}",
+                f"/w/{recipe.leadpp.prototypes}",
+            )
         splits = eval_overrides(cell, preset, data)
         assert (splits["data.train_split"], splits["data.test_split"]) == ("train", "test")
 
@@ -204,3 +214,38 @@ def test_the_gap_row_reads_the_backbone_not_the_methods_embedding(tmp_path):
     own = np.asarray(feature_embed(run.method, "pooled")(state, images))
     np.testing.assert_allclose(gap, stage4, rtol=1e-5, atol=1e-6)
     assert gap.shape == own.shape and np.abs(gap - own).max() > 0.1
+
+
+def test_the_untrained_row_starts_from_the_presets_pretrained_weights(tiny_table, monkeypatch):
+    """The GPU preset's untrained row is the ImageNet backbone itself: `run_cell` loads
+    `config.model.init_from` into the network it does not train. Given the tiny MoCo
+    cell's workdir as that file, its rows are the trained MoCo rows."""
+    import fgjax.cli.table as table_module
+    from fgjax.bench.presets import PRESETS, Data
+
+    out, _, results = tiny_table
+    moco = os.path.join(out, "moco", "seed0")
+    real = table_module.cell_config
+
+    def from_moco(*args, **kwargs):
+        c = real(*args, **kwargs)
+        c.model.init_from = moco
+        return c
+
+    monkeypatch.setattr(table_module, "cell_config", from_moco)
+    cell = next(c for c in CELLS if c.name == "untrained")
+    loaded = table_module.run_cell(cell, PRESETS["tiny"], 0, Data(root=""), out + "_init")
+    assert loaded["rows"] == results[1]["rows"] != results[0]["rows"]
+
+
+def test_the_gpu_preset_names_every_missing_pretrained_file_before_training(tmp_path):
+    (tmp_path / "CUB_200_2011").mkdir()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "resnet50-19c8e357.pth").write_bytes(b"")
+    argv = ["--preset", "gpu", "--data", str(tmp_path / "CUB_200_2011"), "--out"]
+    argv += [str(tmp_path / "t"), "--weights", str(tmp_path / "weights"), "--cells"]
+    with pytest.raises(FileNotFoundError) as err:
+        table([*argv, "untrained,herbs,leadpp"])
+    text = str(err.value)
+    assert "swin_large_patch4_window12_384_22k.pth" in text and "ViT-B-16.pt" in text
+    assert "resnet50-19c8e357.pth" not in text and not os.path.exists(tmp_path / "t" / "herbs")

@@ -25,7 +25,8 @@ class Cell:
     """One row group of the table: `recipe` (a file of configs/) switched to `method` when
     given, trained on `labels` ('none', 'coarse' or 'fine'); `zero_shot`: trained on the
     first half of the classes only; `trained` False: the recipe's network as initialised
-    (the floor every method has to beat). `package`: the method package it needs."""
+    (the floor every method has to beat). `package`: the method package it needs;
+    `pretrained`: the file of the weights its paper starts from (the GPU preset's)."""
 
     name: str
     title: str
@@ -35,6 +36,7 @@ class Cell:
     zero_shot: bool = False
     trained: bool = True
     package: str = ""
+    pretrained: str = "resnet50-19c8e357.pth"  # torchvision's supervised ImageNet-1k (V1)
 
 
 CELLS = (
@@ -46,7 +48,14 @@ CELLS = (
     Cell("leadpp", "LEAD++", "none", "cub_leadpp.py", package="leadpp"),
     Cell("bucsfr", "BuCSFR", "coarse", "cub_bucsfr.py", package="bucsfr"),
     Cell("supervised", "supervised (cross-entropy)", "fine", "cub_moco.py", method="supervised"),
-    Cell("herbs", "HERBS", "fine", "cub_herbs.py", package="herbs"),
+    Cell(
+        "herbs",
+        "HERBS",
+        "fine",
+        "cub_herbs.py",
+        package="herbs",
+        pretrained="swin_large_patch4_window12_384_22k.pth",  # timm's ImageNet-22k Swin-L
+    ),
     *(
         Cell(name, title, "fine", f"cub_{name}.py", zero_shot=True, package="cfga")
         for name, title in (
@@ -111,8 +120,9 @@ PRESETS = {
     ),
     "gpu": Preset(
         "gpu",
-        "CUB-200-2011 at each recipe's size (224 px; HERBS 384) with each recipe's "
-        "initialisation (ImageNet where the paper uses it) and epochs",
+        "CUB-200-2011 at each recipe's size (224 px; HERBS 384) and epochs, every "
+        "backbone from the ImageNet weights its paper starts from (the untrained row: "
+        "the ImageNet ResNet-50 itself)",
         data="a CUB_200_2011 folder as distributed",
         epochs=0,
         image_size=0,
@@ -140,12 +150,14 @@ def recipes_folder() -> str:
 class Data:
     """Where a preset's data is: `root` (--data), and for the CPU preset the manifests
     `manifest` (official split) and `zero_shot` (train rows of the first half of the
-    classes), written once into the table's folder; `num_classes` of the dataset."""
+    classes), written once into the table's folder; `num_classes` of the dataset;
+    `weights`: the folder of the pretrained files (GPU preset; --weights)."""
 
     root: str
     manifest: str = ""
     zero_shot: str = ""
     num_classes: int = 0
+    weights: str = ""
 
 
 def cell_config(cell: Cell, preset: Preset, seed: int, data: Data, out: str):
@@ -163,6 +175,7 @@ def cell_config(cell: Cell, preset: Preset, seed: int, data: Data, out: str):
         _manifest_data(c, cell, data)
     else:
         c.data.root = data.root
+        _pretrained(c, cell, data.weights)
     if preset.epochs:
         c.train.num_epochs = preset.epochs
         c.train.max_steps = 0
@@ -268,6 +281,24 @@ def _shrink(c: ml_collections.ConfigDict, cell: Cell, preset: Preset) -> None:
             c.train.batch_size = c.data.pk_classes * c.data.pk_images
     else:
         c.train.batch_size = preset.batch_size
+
+
+def _pretrained(c: ml_collections.ConfigDict, cell: Cell, folder: str) -> None:
+    """The papers' starting points (the recipes leave most to --config.model.init_from):
+    the backbone from `folder`/`cell.pretrained`, LEAD++'s CLIP teacher and text
+    prototypes from `folder` too."""
+    c.model.init_from = os.path.join(folder, cell.pretrained)
+    if c.method == "leadpp":
+        c.leadpp.teacher_weights = os.path.join(folder, c.leadpp.teacher_weights)
+        c.leadpp.prototypes = os.path.join(folder, c.leadpp.prototypes)
+
+
+def pretrained_files(c: ml_collections.ConfigDict) -> list[str]:
+    """The weight files a cell's config reads before training (none: [])."""
+    files = [c.model.init_from] if c.model.init_from else []
+    if c.method == "leadpp":
+        files += [c.leadpp.teacher_weights, c.leadpp.prototypes]
+    return files
 
 
 def _leadpp_stand_ins(c: ml_collections.ConfigDict, data: Data, out: str, seed: int) -> None:

@@ -45,6 +45,7 @@ from fgjax.bench.presets import (
     Preset,
     cell_config,
     eval_overrides,
+    pretrained_files,
 )
 from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", required=True, choices=sorted(PRESETS))
     p.add_argument("--out", required=True, help="the table's folder (one workdir per cell)")
     p.add_argument("--data", default="", help="the preset's data folder (not for tiny)")
+    p.add_argument(
+        "--weights",
+        default=".",
+        help="gpu preset: the folder of the pretrained files (resnet50-19c8e357.pth, "
+        "swin_large_patch4_window12_384_22k.pth, LEAD++'s ViT-B-16.pt and prototypes)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="default: the preset's")
     p.add_argument(
         "--cells", default=",".join(CELL_NAMES), help=f"comma-separated of {', '.join(CELL_NAMES)}"
@@ -73,14 +80,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare_data(preset: Preset, data: str, out: str) -> Data:
-    """The preset's `Data`; for the CPU preset its two manifests, written into `out`."""
+def prepare_data(preset: Preset, data: str, out: str, weights: str = ".") -> Data:
+    """The preset's `Data`; for the CPU preset its two manifests, written into `out`;
+    for the GPU preset `weights`, the folder of the pretrained files."""
     if preset.name == "tiny":
         return Data(root="")
     if not os.path.isdir(data):
         raise FileNotFoundError(f"--data {data!r}: no folder there ({preset.data})")
     if preset.name == "gpu":
-        return Data(root=os.path.abspath(data))
+        if not os.path.isdir(weights):
+            raise FileNotFoundError(f"--weights {weights!r}: no folder there")
+        return Data(root=os.path.abspath(data), weights=os.path.abspath(weights))
     root = os.path.abspath(data)
     manifest = write_manifest(root, os.path.join(out, "manifest.csv"), names=True)
     zero_shot = os.path.join(out, "manifest_zero_shot.csv")
@@ -91,6 +101,8 @@ def prepare_data(preset: Preset, data: str, out: str) -> Data:
 def cell_command(preset: Preset, a: argparse.Namespace, cell: str, seed: int) -> str:
     """The command that (re)runs one cell and seed alone."""
     data = f" --data {a.data}" if a.data else ""
+    if preset.name == "gpu" and a.weights != ".":
+        data += f" --weights {a.weights}"
     return f"fgjax table --preset {preset.name} --out {a.out}{data} --cells {cell} --seeds {seed}"
 
 
@@ -172,7 +184,8 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
     if cell.trained:
         state, step = load_weights(model, seed, None, workdir)
     else:
-        fresh = create_train_state(model.method, None, model.image_shape, seed)
+        init_from = config.model.init_from  # the GPU preset's: the ImageNet backbone
+        fresh = create_train_state(model.method, None, model.image_shape, seed, init_from)
         state, step = put_replicated(fresh, model.mesh), 0
     rows = {}
     backbone = "layer4" if config.model.arch.startswith("swin") else "stage4"
@@ -202,6 +215,19 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
             json.dump(result, f, indent=1)
         os.replace(path + ".partial", path)
     return result
+
+
+def _check_pretrained(cells: Sequence[Cell], preset: Preset, data: Data, out: str) -> None:
+    """Fail before any training when a cell's pretrained file is missing (all named)."""
+    wanted = {
+        f for cell in cells for f in pretrained_files(cell_config(cell, preset, 0, data, out))
+    }
+    missing = sorted(f for f in wanted if not os.path.exists(f))
+    if missing:
+        raise FileNotFoundError(
+            f"--weights {data.weights}: missing {', '.join(missing)} (the weights the papers "
+            "start from; see docs/benchmarks.md)"
+        )
 
 
 def finished_results(out: str) -> list[dict[str, Any]]:
@@ -278,7 +304,8 @@ def table(argv: list[str]) -> dict[str, Any]:
                 )
         return {}
     os.makedirs(a.out, exist_ok=True)
-    data = prepare_data(preset, a.data, a.out)
+    data = prepare_data(preset, a.data, a.out, a.weights)
+    _check_pretrained(cells, preset, data, a.out)
     results = []
     for cell in cells:
         if cell.package and not _has_package(cell.package):

@@ -13,7 +13,14 @@ from conftest import REPO
 
 from fgjax.bench import summary
 from fgjax.bench.cub100 import write_manifest
-from fgjax.bench.presets import CELLS, PRESETS, Data, cell_config, eval_overrides
+from fgjax.bench.presets import (
+    CELLS,
+    PRESETS,
+    Data,
+    cell_config,
+    eval_overrides,
+    required_inputs,
+)
 from fgjax.cli.table import finished_results, table
 from fgjax.config import load_config_file
 
@@ -40,6 +47,8 @@ def test_every_cell_builds_under_the_cpu_preset_with_one_budget(tmp_path):
         if c.model.arch == "resnet50":
             assert c.model.overrides.width == 8 and c.model.overrides.stage_sizes == (1, 1, 1, 3)
         evaluations.append(eval_overrides(cell, preset, data))
+        if cell.name != "leadpp":  # nothing read but the data (LEAD++: its stand-ins)
+            assert required_inputs(c) == [], cell.name
     assert all(e == evaluations[0] for e in evaluations)  # one evaluation for every row
     assert evaluations[0]["data.root"] == "/m.csv" and evaluations[0]["eval.recall_ks"] == (
         1,
@@ -64,6 +73,7 @@ def test_every_cell_builds_under_the_cpu_preset_with_one_budget(tmp_path):
     } <= methods
     # LEAD++'s stand-in prototypes: one unit row per class, the head's width
     lead = cell_config(next(c for c in CELLS if c.name == "leadpp"), preset, 0, data, str(tmp_path))
+    assert required_inputs(lead) == [lead.leadpp.prototypes]  # a random-init teacher
     protos = np.load(lead.leadpp.prototypes)
     assert protos.shape == (100, lead.leadpp.dim)
     np.testing.assert_allclose(np.linalg.norm(protos, axis=1), 1.0, rtol=1e-5)
@@ -238,7 +248,7 @@ def test_the_untrained_row_starts_from_the_presets_pretrained_weights(tiny_table
     assert loaded["rows"] == results[1]["rows"] != results[0]["rows"]
 
 
-def test_the_gpu_preset_names_every_missing_pretrained_file_before_training(tmp_path):
+def test_the_gpu_preset_names_every_missing_file_before_training(tmp_path):
     (tmp_path / "CUB_200_2011").mkdir()
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "resnet50-19c8e357.pth").write_bytes(b"")
@@ -248,4 +258,5 @@ def test_the_gpu_preset_names_every_missing_pretrained_file_before_training(tmp_
         table([*argv, "untrained,herbs,leadpp"])
     text = str(err.value)
     assert "swin_large_patch4_window12_384_22k.pth" in text and "ViT-B-16.pt" in text
+    assert "cub_ddt_crops" in text  # LEAD++'s views 3 and 4
     assert "resnet50-19c8e357.pth" not in text and not os.path.exists(tmp_path / "t" / "herbs")

@@ -293,12 +293,14 @@ def _pretrained(c: ml_collections.ConfigDict, cell: Cell, folder: str) -> None:
         c.leadpp.prototypes = os.path.join(folder, c.leadpp.prototypes)
 
 
-def pretrained_files(c: ml_collections.ConfigDict) -> list[str]:
-    """The weight files a cell's config reads before training (none: [])."""
-    files = [c.model.init_from] if c.model.init_from else []
+def required_inputs(c: ml_collections.ConfigDict) -> list[str]:
+    """What a cell's config reads besides its dataset: the pretrained files and the
+    views' image folders (LEAD++'s DDT crops); none: []."""
+    paths = [c.model.init_from] if c.model.init_from else []
     if c.method == "leadpp":
-        files += [c.leadpp.teacher_weights, c.leadpp.prototypes]
-    return files
+        paths += [c.leadpp.teacher_weights, c.leadpp.prototypes]
+    paths += [view.root for view in c.views.values() if view.get("root")]
+    return [p for p in paths if p]  # '' : not read (a stand-in teacher, the originals)
 
 
 def _leadpp_stand_ins(c: ml_collections.ConfigDict, data: Data, out: str, seed: int) -> None:

@@ -45,7 +45,7 @@ from fgjax.bench.presets import (
     Preset,
     cell_config,
     eval_overrides,
-    pretrained_files,
+    required_inputs,
 )
 from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
@@ -217,16 +217,15 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
     return result
 
 
-def _check_pretrained(cells: Sequence[Cell], preset: Preset, data: Data, out: str) -> None:
-    """Fail before any training when a cell's pretrained file is missing (all named)."""
-    wanted = {
-        f for cell in cells for f in pretrained_files(cell_config(cell, preset, 0, data, out))
-    }
-    missing = sorted(f for f in wanted if not os.path.exists(f))
+def _check_inputs(cells: Sequence[Cell], preset: Preset, data: Data, out: str) -> None:
+    """Fail before any training when a cell's weights or crops are missing (all named)."""
+    wanted = {p for cell in cells for p in required_inputs(cell_config(cell, preset, 0, data, out))}
+    missing = sorted(p for p in wanted if not os.path.exists(p))
     if missing:
         raise FileNotFoundError(
-            f"--weights {data.weights}: missing {', '.join(missing)} (the weights the papers "
-            "start from; see docs/benchmarks.md)"
+            f"missing {', '.join(missing)}: the pretrained files go in --weights "
+            f"({data.weights}); LEAD++'s DDT crops are written by `fgjax ddt` (see "
+            "docs/benchmarks.md), or leave a cell out with --cells"
         )
 
 
@@ -305,7 +304,7 @@ def table(argv: list[str]) -> dict[str, Any]:
         return {}
     os.makedirs(a.out, exist_ok=True)
     data = prepare_data(preset, a.data, a.out, a.weights)
-    _check_pretrained(cells, preset, data, a.out)
+    _check_inputs(cells, preset, data, a.out)
     results = []
     for cell in cells:
         if cell.package and not _has_package(cell.package):

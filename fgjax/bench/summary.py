@@ -144,37 +144,65 @@ def paired_table(results, reference: tuple[str, str], metric: str, title: str) -
     return "\n".join(lines)
 
 
+def _regime(cell) -> str:
+    return f"{cell.labels} labels" + (", zero-shot" if cell.zero_shot else "")
+
+
 def draw_figure(path: str, results: Sequence[dict[str, Any]], cells, metrics=METRICS) -> str:
-    """`path`: one panel per metric, a bar per row (mean over seeds) with the sample std
-    as its error bar, rows grouped by cell in `cells` order."""
+    """`path`: one panel per metric; per cell (a group, named with its label regime) a
+    bar per feature row in its own colour, at the mean over seeds with the sample std as
+    its error bar and each seed as a dot; a dashed line at the untrained embedding's mean
+    (the floor), when that row is in `results`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = rows_of(results)
-    order = [(c.name, f) for c in cells for (n, f) in rows if n == c.name]
-    shown = [(k, t) for k, t in metrics if any(k in rows[r] for r in order)]
+    cells = [c for c in cells if any(n == c.name for n, _ in rows)]
+    features = [f for f in FEATURE_TITLES if any(k == f for _, k in rows)]
+    shown = [(k, t) for k, t in metrics if any(k in row for row in rows.values())]
+    colours = plt.get_cmap("tab10").colors
+    height = 0.8 / len(features)
     cols = 3
+    nrows = -(-len(shown) // cols)
     fig, axes = plt.subplots(
-        -(-len(shown) // cols),
+        nrows,
         cols,
-        figsize=(5.5 * cols, 0.28 * len(order) * -(-len(shown) // cols) + 2),
+        figsize=(5.5 * cols, 0.32 * len(cells) * len(features) * nrows / 2 + 2),
         squeeze=False,
     )
-    labels = [f"{cell} / {feature}" for cell, feature in order]
     for ax, (key, title) in zip(axes.flat, shown, strict=False):
-        stats = [mean_std(rows[r][key]) if key in rows[r] else (np.nan, 0.0) for r in order]
-        y = np.arange(len(order))
-        ax.barh(y, [100 * m for m, _ in stats], xerr=[100 * s for _, s in stats], capsize=2)
-        ax.set_yticks(y)
-        ax.set_yticklabels(labels, fontsize=7)
+        for j, feature in enumerate(features):
+            for i, cell in enumerate(cells):
+                values = rows.get((cell.name, feature), {}).get(key)
+                if not values:
+                    continue
+                y = i + (j - (len(features) - 1) / 2) * height
+                mean, std = mean_std(values)
+                ax.barh(
+                    y,
+                    100 * mean,
+                    height,
+                    xerr=100 * std,
+                    capsize=2,
+                    color=colours[j],
+                    label=FEATURE_TITLES[feature] if i == 0 else None,
+                )
+                ax.plot(100 * np.asarray(values), [y] * len(values), "k.", markersize=3)
+        floor = rows.get(("untrained", "embedding"), {}).get(key)
+        if floor:
+            ax.axvline(100 * mean_std(floor)[0], color="0.4", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(cells)))
+        ax.set_yticklabels([f"{c.title}\n({_regime(c)})" for c in cells], fontsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{title} (%)")
         ax.grid(axis="x", alpha=0.3)
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(features), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

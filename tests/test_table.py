@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+import scipy.stats
 from conftest import REPO
 
 from fgjax.bench import summary
@@ -104,7 +105,7 @@ def test_the_gpu_preset_keeps_each_recipe_on_the_full_dataset(tmp_path):
 
 
 def test_summary_statistics_against_numpy(tmp_path):
-    r1 = {"moco": [0.30, 0.34, 0.29], "lcr": [0.35, 0.36, 0.31]}
+    r1 = {"moco": [0.30, 0.34, 0.29], "lcr": [0.35, 0.38, 0.33]}
     results = [_fake(c, s, v) for c, values in r1.items() for s, v in enumerate(values)]
     rows = summary.rows_of(results)
     assert rows[("lcr", "embedding")]["retrieval_recall@1"] == r1["lcr"]
@@ -114,14 +115,19 @@ def test_summary_statistics_against_numpy(tmp_path):
     text = summary.markdown_table(results, cells)
     assert f"| {100 * mean:.1f} +- {100 * std:.1f} |" in text
     diff = np.subtract(r1["lcr"], r1["moco"])
+    ttest = scipy.stats.ttest_rel(r1["lcr"], r1["moco"])
     found = summary.paired_differences(results, ("moco", "embedding"), "retrieval_recall@1")
-    assert found[("lcr", "embedding")][:3] == pytest.approx((diff.mean(), diff.std(ddof=1), 3))
+    assert found[("lcr", "embedding")] == pytest.approx(
+        (diff.mean(), diff.std(ddof=1), 3, ttest.pvalue)
+    )
     paired = summary.paired_table(results, ("moco", "embedding"), "retrieval_recall@1", "R@1")
-    # +3.0 points, differences' std 1.7: 3.0 > 2 * 1.7 / sqrt(3), and above lcr's seed std 2.6
-    assert "| lcr / the method's embedding | +3.0 | 1.7 | 3 | better |" in paired
+    assert (
+        f"| lcr / the method's embedding | +4.3 | 0.6 | 3 | {ttest.pvalue:.3f} | better |" in paired
+    )
     results[3]["rows"]["embedding"]["retrieval_recall@1"] = 0.25  # lcr seed 0 now worse
+    p = scipy.stats.ttest_rel([0.25, *r1["lcr"][1:]], r1["moco"]).pvalue
     paired = summary.paired_table(results, ("moco", "embedding"), "retrieval_recall@1", "R@1")
-    assert "| lcr / the method's embedding | -0.3 | 4.0 | 3 | within seed noise |" in paired
+    assert f"| +1.0 | 5.2 | 3 | {p:.3f} | within seed noise |" in paired
     path = summary.write_csv(str(tmp_path / "t.csv"), results)
     got = {(r["cell"], r["metric"]): r for r in csv.DictReader(open(path))}
     assert float(got[("moco", "retrieval_recall@1")]["std"]) == pytest.approx(

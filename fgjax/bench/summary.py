@@ -100,8 +100,8 @@ def paired_differences(
     results: Sequence[dict[str, Any]], reference: tuple[str, str], metric: str
 ) -> dict[tuple[str, str], tuple[float, float, int, float]]:
     """Per row against `reference` (cell, feature) on `metric`, over the seeds both have:
-    `(mean difference, std of the per-seed differences, n, seed std of the row)`; a
-    difference smaller than its std (or than the seed noise) is not a finding."""
+    `(mean difference, std of the per-seed differences, n, p)`, p the two-sided paired
+    t-test's (1 when n < 2; a constant nonzero difference: 0)."""
     per_seed: dict[tuple[str, str], dict[int, float]] = {}
     for result in results:
         for feature, metrics in result["rows"].items():
@@ -113,34 +113,42 @@ def paired_differences(
         common = sorted(set(values) & set(base))
         if row == reference or not common:
             continue
-        diff = [values[s] - base[s] for s in common]
-        _, noise = mean_std([values[s] for s in common])
-        mean, std = mean_std(diff)
-        found[row] = (mean, std, len(common), noise)
+        mean, std = mean_std([values[s] - base[s] for s in common])
+        found[row] = (mean, std, len(common), _paired_p(mean, std, len(common)))
     return found
+
+
+def _paired_p(mean: float, std: float, n: int) -> float:
+    if n < 2 or mean == 0:
+        return 1.0
+    if std == 0:
+        return 0.0
+    from scipy.stats import t  # scipy is slow to import; only the summary needs it
+
+    return float(2 * t.sf(abs(mean) / (std / math.sqrt(n)), n - 1))
 
 
 def paired_table(results, reference: tuple[str, str], metric: str, title: str) -> str:
     """Markdown of `paired_differences` for the rows of the reference's feature, in
-    points, with a verdict per row."""
+    points, with a verdict per row: better / worse where the paired t-test gives
+    p < 0.05 over at least 3 seeds, else "within seed noise"."""
     lines = [
         f"Paired with {reference[0]} ({FEATURE_TITLES.get(reference[1], reference[1])}) on "
-        f"{title}, per seed (points):",
+        f"{title}, per seed (points; p: two-sided paired t-test over the seeds):",
         "",
-        "| row | mean difference | std of differences | seeds | verdict |",
-        "|---|---|---|---|---|",
+        "| row | mean difference | std of differences | seeds | p | verdict |",
+        "|---|---|---|---|---|---|",
     ]
-    for (cell, feature), (mean, std, n, noise) in paired_differences(
+    for (cell, feature), (mean, std, n, p) in paired_differences(
         results, reference, metric
     ).items():
         if feature != reference[1]:  # like with like: embeddings against the embedding
             continue
-        clear = abs(mean) > 2 * std / math.sqrt(n) and abs(mean) > noise
-        verdict = ("better" if mean > 0 else "worse") if clear else "within seed noise"
+        verdict = ("better" if mean > 0 else "worse") if p < 0.05 else "within seed noise"
         if n < 3:  # two differences say nothing about their spread
             verdict = "too few seeds"
         row = f"{cell} / {FEATURE_TITLES.get(feature, feature)}"
-        lines.append(f"| {row} | {100 * mean:+.1f} | {100 * std:.1f} | {n} | {verdict} |")
+        lines.append(f"| {row} | {100 * mean:+.1f} | {100 * std:.1f} | {n} | {p:.3f} | {verdict} |")
     return "\n".join(lines)
 
 

@@ -170,7 +170,7 @@ def test_tiny_table_rows_and_outputs(tiny_table):
     # MoCo's embedding is the backbone's GAP: the two rows are one feature
     assert moco["rows"]["embedding"] == moco["rows"]["gap"]
     assert moco["steps"] == 2 * (480 // 64) and results[0]["steps"] == 0
-    for name in ("table.md", "table.csv", "table.png"):
+    for name in ("table.md", "table.csv", "table.png", "table_recall1.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     text = open(os.path.join(out, "table.md")).read()
     assert f"fgjax table --preset tiny --out {out} --cells moco --seeds 0" in text

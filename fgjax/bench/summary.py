@@ -172,12 +172,12 @@ def draw_figure(path: str, results: Sequence[dict[str, Any]], cells, metrics=MET
     shown = [(k, t) for k, t in metrics if any(k in row for row in rows.values())]
     colours = plt.get_cmap("tab10").colors
     height = 0.8 / len(features)
-    cols = 3
+    cols = min(3, len(shown))
     nrows = -(-len(shown) // cols)
     fig, axes = plt.subplots(
         nrows,
         cols,
-        figsize=(5.5 * cols, 0.32 * len(cells) * len(features) * nrows / 2 + 2),
+        figsize=(max(5.5 * cols, 8.0), 0.32 * len(cells) * len(features) * nrows / 2 + 2),
         squeeze=False,
     )
     for ax, (key, title) in zip(axes.flat, shown, strict=False):
@@ -209,8 +209,10 @@ def draw_figure(path: str, results: Sequence[dict[str, Any]], cells, metrics=MET
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(features), frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    ncol = len(features) if cols > 1 else 2  # one panel: the legend in two columns
+    fig.legend(handles, labels, loc="upper center", ncol=ncol, frameon=False)
+    legend_inches = 0.3 * -(-len(features) // ncol) + 0.2
+    fig.tight_layout(rect=(0, 0, 1, 1 - legend_inches / fig.get_figheight()))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

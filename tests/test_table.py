@@ -254,7 +254,7 @@ def test_the_untrained_row_starts_from_the_presets_pretrained_weights(tiny_table
     assert loaded["rows"] == results[1]["rows"] != results[0]["rows"]
 
 
-def test_the_gpu_preset_names_every_missing_file_before_training(tmp_path):
+def test_the_gpu_preset_names_every_missing_file_before_training(tmp_path, monkeypatch):
     (tmp_path / "CUB_200_2011").mkdir()
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "resnet50-19c8e357.pth").write_bytes(b"")
@@ -266,3 +266,10 @@ def test_the_gpu_preset_names_every_missing_file_before_training(tmp_path):
     assert "swin_large_patch4_window12_384_22k.pth" in text and "ViT-B-16.pt" in text
     assert "cub_ddt_crops" in text  # LEAD++'s views 3 and 4
     assert "resnet50-19c8e357.pth" not in text and not os.path.exists(tmp_path / "t" / "herbs")
+    # an install without the herbs package skips its cell and does not ask for its weights
+    import fgjax.cli.table as table_module
+
+    monkeypatch.setattr(table_module, "_has_package", lambda name: name != "herbs")
+    with pytest.raises(FileNotFoundError) as err:
+        table([*argv, "untrained,herbs,leadpp"])
+    assert "ViT-B-16.pt" in str(err.value) and "swin_large" not in str(err.value)

@@ -307,12 +307,12 @@ def table(argv: list[str]) -> dict[str, Any]:
         return {}
     os.makedirs(a.out, exist_ok=True)
     data = prepare_data(preset, a.data, a.out, a.weights)
+    for cell in [c for c in cells if c.package and not _has_package(c.package)]:
+        print(f"skipped {cell.name}: this install has no fgjax/methods/{cell.package}/")
+        cells.remove(cell)
     _check_inputs(cells, preset, data, a.out)
     results = []
     for cell in cells:
-        if cell.package and not _has_package(cell.package):
-            print(f"skipped {cell.name}: this install has no fgjax/methods/{cell.package}/")
-            continue
         for seed in seeds:
             print(f"== {cell.name} seed {seed}  ({cell_command(preset, a, cell.name, seed)})")
             results.append(run_cell(cell, preset, seed, data, a.out))

@@ -100,6 +100,10 @@ def test_the_gpu_preset_keeps_each_recipe_on_the_full_dataset(tmp_path):
                 f"/w/{recipe.leadpp.teacher_weights}",
                 f"/w/{recipe.leadpp.prototypes}",
             )
+            crops = Data(root="/d", weights="/w", ddt_crops="/crops")
+            moved = cell_config(cell, preset, 0, crops, str(tmp_path))
+            for name, view in recipe.views.items():  # only the views that read crops
+                assert moved.views[name].root == ("/crops" if view.root else ""), name
         splits = eval_overrides(cell, preset, data)
         assert (splits["data.train_split"], splits["data.test_split"]) == ("train", "test")
 

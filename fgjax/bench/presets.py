@@ -151,13 +151,15 @@ class Data:
     """Where a preset's data is: `root` (--data), and for the CPU preset the manifests
     `manifest` (official split) and `zero_shot` (train rows of the first half of the
     classes), written once into the table's folder; `num_classes` of the dataset;
-    `weights`: the folder of the pretrained files (GPU preset; --weights)."""
+    `weights`: the folder of the pretrained files, `ddt_crops` LEAD++'s DDT crops (GPU
+    preset; --weights, --ddt-crops; '' keeps the recipe's path)."""
 
     root: str
     manifest: str = ""
     zero_shot: str = ""
     num_classes: int = 0
     weights: str = ""
+    ddt_crops: str = ""
 
 
 def cell_config(cell: Cell, preset: Preset, seed: int, data: Data, out: str):
@@ -175,7 +177,7 @@ def cell_config(cell: Cell, preset: Preset, seed: int, data: Data, out: str):
         _manifest_data(c, cell, data)
     else:
         c.data.root = data.root
-        _pretrained(c, cell, data.weights)
+        _pretrained(c, cell, data)
     if preset.epochs:
         c.train.num_epochs = preset.epochs
         c.train.max_steps = 0
@@ -283,14 +285,17 @@ def _shrink(c: ml_collections.ConfigDict, cell: Cell, preset: Preset) -> None:
         c.train.batch_size = preset.batch_size
 
 
-def _pretrained(c: ml_collections.ConfigDict, cell: Cell, folder: str) -> None:
+def _pretrained(c: ml_collections.ConfigDict, cell: Cell, data: Data) -> None:
     """The papers' starting points (the recipes leave most to --config.model.init_from):
-    the backbone from `folder`/`cell.pretrained`, LEAD++'s CLIP teacher and text
-    prototypes from `folder` too."""
-    c.model.init_from = os.path.join(folder, cell.pretrained)
+    the backbone from `data.weights`/`cell.pretrained`, LEAD++'s CLIP teacher and text
+    prototypes from that folder too, and its DDT-crop views from `data.ddt_crops`."""
+    c.model.init_from = os.path.join(data.weights, cell.pretrained)
     if c.method == "leadpp":
-        c.leadpp.teacher_weights = os.path.join(folder, c.leadpp.teacher_weights)
-        c.leadpp.prototypes = os.path.join(folder, c.leadpp.prototypes)
+        c.leadpp.teacher_weights = os.path.join(data.weights, c.leadpp.teacher_weights)
+        c.leadpp.prototypes = os.path.join(data.weights, c.leadpp.prototypes)
+        for view in c.views.values():
+            if view.get("root") and data.ddt_crops:
+                view.root = data.ddt_crops
 
 
 def required_inputs(c: ml_collections.ConfigDict) -> list[str]:

@@ -72,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         help="gpu preset: the folder of the pretrained files (resnet50-19c8e357.pth, "
         "swin_large_patch4_window12_384_22k.pth, LEAD++'s ViT-B-16.pt and prototypes)",
     )
+    p.add_argument(
+        "--ddt-crops",
+        default="",
+        help="gpu preset: LEAD++'s DDT crops (`fgjax ddt`; default the recipe's "
+        "data/cub_ddt_crops)",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="default: the preset's")
     p.add_argument(
         "--cells", default=",".join(CELL_NAMES), help=f"comma-separated of {', '.join(CELL_NAMES)}"
@@ -80,9 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare_data(preset: Preset, data: str, out: str, weights: str = ".") -> Data:
+def prepare_data(
+    preset: Preset, data: str, out: str, weights: str = ".", ddt_crops: str = ""
+) -> Data:
     """The preset's `Data`; for the CPU preset its two manifests, written into `out`;
-    for the GPU preset `weights`, the folder of the pretrained files."""
+    for the GPU preset `weights`, the folder of the pretrained files, and `ddt_crops`."""
     if preset.name == "tiny":
         return Data(root="")
     if not os.path.isdir(data):
@@ -90,7 +98,8 @@ def prepare_data(preset: Preset, data: str, out: str, weights: str = ".") -> Dat
     if preset.name == "gpu":
         if not os.path.isdir(weights):
             raise FileNotFoundError(f"--weights {weights!r}: no folder there")
-        return Data(root=os.path.abspath(data), weights=os.path.abspath(weights))
+        crops = os.path.abspath(ddt_crops) if ddt_crops else ""
+        return Data(os.path.abspath(data), weights=os.path.abspath(weights), ddt_crops=crops)
     root = os.path.abspath(data)
     manifest = write_manifest(root, os.path.join(out, "manifest.csv"), names=True)
     zero_shot = os.path.join(out, "manifest_zero_shot.csv")
@@ -103,6 +112,8 @@ def cell_command(preset: Preset, a: argparse.Namespace, cell: str, seed: int) ->
     data = f" --data {a.data}" if a.data else ""
     if preset.name == "gpu" and a.weights != ".":
         data += f" --weights {a.weights}"
+    if preset.name == "gpu" and a.ddt_crops:
+        data += f" --ddt-crops {a.ddt_crops}"
     return f"fgjax table --preset {preset.name} --out {a.out}{data} --cells {cell} --seeds {seed}"
 
 
@@ -224,8 +235,8 @@ def _check_inputs(cells: Sequence[Cell], preset: Preset, data: Data, out: str) -
     if missing:
         raise FileNotFoundError(
             f"missing {', '.join(missing)}: the pretrained files go in --weights "
-            f"({data.weights}); LEAD++'s DDT crops are written by `fgjax ddt` (see "
-            "docs/benchmarks.md), or leave a cell out with --cells"
+            f"({data.weights}); LEAD++'s DDT crops (--ddt-crops) are written by `fgjax ddt` "
+            "(see docs/benchmarks.md), or leave a cell out with --cells"
         )
 
 
@@ -306,7 +317,7 @@ def table(argv: list[str]) -> dict[str, Any]:
                 )
         return {}
     os.makedirs(a.out, exist_ok=True)
-    data = prepare_data(preset, a.data, a.out, a.weights)
+    data = prepare_data(preset, a.data, a.out, a.weights, a.ddt_crops)
     for cell in [c for c in cells if c.package and not _has_package(c.package)]:
         print(f"skipped {cell.name}: this install has no fgjax/methods/{cell.package}/")
         cells.remove(cell)

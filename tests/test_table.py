@@ -277,3 +277,30 @@ def test_the_gpu_preset_names_every_missing_file_before_training(tmp_path, monke
     with pytest.raises(FileNotFoundError) as err:
         table([*argv, "untrained,herbs,leadpp"])
     assert "ViT-B-16.pt" in str(err.value) and "swin_large" not in str(err.value)
+
+
+def test_the_docs_gpu_budget_is_the_recipes_arithmetic(tmp_path):
+    """docs/benchmarks.md's GPU budget per cell (epochs, batch, steps, images seen) against
+    each cell's config: CUB-200's 5,994 train images, 5,864 in the zero-shot half."""
+    from fgjax.data.train_loader import steps_per_epoch
+
+    text = open(os.path.join(REPO, "docs", "benchmarks.md")).read()
+    header = "| cells | px | epochs | batch | steps | images seen |"
+    table_rows = text[text.index(header) :].split("\n\n")[0].strip().splitlines()[2:]
+    documented = {}
+    for line in table_rows:
+        names, px, epochs, batch, steps, seen = (f.strip() for f in line.strip(" |").split("|"))
+        for name in names.split(", "):
+            fields = (px, epochs, batch, steps, seen)  # "42 (3,000 steps)" -> 42; "" -> 0
+            documented[name] = [int((f or "0").split()[0].replace(",", "")) for f in fields]
+    assert set(documented) == {c.name for c in CELLS}
+    data = Data(root="/d", weights="/w")
+    for cell in CELLS:
+        c = cell_config(cell, PRESETS["gpu"], 0, data, str(tmp_path))
+        images = 5864 if cell.zero_shot else 5994
+        epochs = c.train.num_epochs if cell.trained else 0
+        steps = epochs * steps_per_epoch(images, c.train.batch_size, c.train.keep_last_batch)
+        steps = min(steps, c.train.max_steps or steps)
+        seen = epochs * images if c.train.keep_last_batch else steps * c.train.batch_size
+        batch = c.train.batch_size if cell.trained else 0
+        assert documented[cell.name] == [c.data.image_size, epochs, batch, steps, seen], cell.name

@@ -183,17 +183,14 @@ def test_tiny_table_rows_and_outputs(tiny_table):
 def test_tiny_table_numbers_against_numpy(tiny_table):
     """Recall@1 of the trained MoCo row from features extracted through the public run
     API and ranked with numpy (cosine, leave-one-out)."""
-    from fgjax.bench.presets import PRESETS, Data, cell_config, eval_overrides
+    from fgjax.bench.presets import PRESETS, Data, cell_config, eval_config
     from fgjax.train.evaluation import load_weights
     from fgjax.train.run import Run, feature_embed
 
     out, _, results = tiny_table
     cell = next(c for c in CELLS if c.name == "moco")
     config = cell_config(cell, PRESETS["tiny"], 0, Data(root=""), out)
-    for field, value in eval_overrides(cell, PRESETS["tiny"], Data(root="")).items():
-        section, key = field.split(".")
-        config[section][key] = value
-    run = Run(config)
+    run = Run(eval_config(config, cell, PRESETS["tiny"], Data(root="")))
     state, _ = load_weights(run, 0, None, os.path.join(out, "moco", "seed0"))
     test = run.extractor.extract("test", feature_embed(run.method, "pooled"), state)
     x = test.features / np.linalg.norm(test.features, axis=1, keepdims=True)
@@ -221,15 +218,14 @@ def test_tiny_table_rerun_skips_and_redoes_a_lost_result(tiny_table):
 def test_the_gap_row_reads_the_backbone_not_the_methods_embedding(tmp_path):
     """LCR's embedding is not its backbone's GAP (MoCo's is, so the tiny table cannot tell
     them apart): the "gap" row must be the average-pooled stage-4 map of LCR's own network."""
-    from fgjax.cli.table import gap_embed
-    from fgjax.train.run import Run, feature_embed
+    from fgjax.train.run import Run, backbone_embed, feature_embed
     from fgjax.train.state import create_train_state
 
     cell = next(c for c in CELLS if c.name == "lcr")
     run = Run(cell_config(cell, PRESETS["tiny"], 0, Data(root=""), str(tmp_path)))
     state = create_train_state(run.method, None, run.image_shape, 0)
     images = np.random.default_rng(0).normal(size=(4, *run.image_shape[1:])).astype(np.float32)
-    gap = np.asarray(gap_embed(run, "stage4")(state, images))
+    gap = np.asarray(backbone_embed(run.method, "stage4")(state, images))
     stage4 = np.asarray(feature_embed(run.method, "stage4")(state, images))
     own = np.asarray(feature_embed(run.method, "pooled")(state, images))
     np.testing.assert_allclose(gap, stage4, rtol=1e-5, atol=1e-6)
@@ -273,7 +269,7 @@ def test_the_gpu_preset_names_every_missing_file_before_training(tmp_path, monke
     # an install without the herbs package skips its cell and does not ask for its weights
     import fgjax.cli.table as table_module
 
-    monkeypatch.setattr(table_module, "_has_package", lambda name: name != "herbs")
+    monkeypatch.setattr(table_module, "has_method_package", lambda name: name != "herbs")
     with pytest.raises(FileNotFoundError) as err:
         table([*argv, "untrained,herbs,leadpp"])
     assert "ViT-B-16.pt" in str(err.value) and "swin_large" not in str(err.value)
@@ -304,3 +300,19 @@ def test_the_docs_gpu_budget_is_the_recipes_arithmetic(tmp_path):
         seen = epochs * images if c.train.keep_last_batch else steps * c.train.batch_size
         batch = c.train.batch_size if cell.trained else 0
         assert documented[cell.name] == [c.data.image_size, epochs, batch, steps, seen], cell.name
+
+
+def test_images_seen_counts_a_kept_partial_batch_by_its_images():
+    """The CPU preset's budgets: MoCo drops the partial batch (4 x 46 steps of 64), HERBS
+    keeps it (4 x 94 steps of 32 over 2,999 images: the last batch of each epoch 23)."""
+    from types import SimpleNamespace
+
+    from fgjax.cli.table import images_seen
+
+    def run(batch, steps_per_epoch):
+        info = SimpleNamespace(batch_size=batch, num_train_examples=2999)
+        return SimpleNamespace(info=info, steps_per_epoch=steps_per_epoch)
+
+    assert images_seen(run(64, 46), False, 184) == 184 * 64
+    assert images_seen(run(32, 94), True, 376) == 4 * 2999
+    assert images_seen(run(32, 94), True, 380) == 4 * 2999 + 4 * 32  # into a fifth epoch

@@ -9,6 +9,7 @@ its recipe from `configs/` with the preset's changes (`cell_config`); everything
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 
@@ -212,6 +213,15 @@ def eval_overrides(cell: Cell, preset: Preset, data: Data) -> dict[str, object]:
     return changes
 
 
+def eval_config(
+    config: ml_collections.ConfigDict, cell: Cell, preset: Preset, data: Data
+) -> ml_collections.ConfigDict:
+    """A copy of `cell`'s training `config` with `eval_overrides` applied."""
+    c = copy.deepcopy(config)
+    c.update_from_flattened_dict(eval_overrides(cell, preset, data))
+    return c
+
+
 def _as_method(c: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
     """`c` (a recipe of another method) for `method`, with its own section's defaults:
     data, views, model, optimiser and schedule stay the recipe's."""
@@ -301,11 +311,10 @@ def _pretrained(c: ml_collections.ConfigDict, cell: Cell, data: Data) -> None:
 def required_inputs(c: ml_collections.ConfigDict) -> list[str]:
     """What a cell's config reads besides its dataset: the pretrained files and the
     views' image folders (LEAD++'s DDT crops); none: []."""
-    paths = [c.model.init_from] if c.model.init_from else []
+    paths = [c.model.init_from, *(view.get("root", "") for view in c.views.values())]
     if c.method == "leadpp":
         paths += [c.leadpp.teacher_weights, c.leadpp.prototypes]
-    paths += [view.root for view in c.views.values() if view.get("root")]
-    return [p for p in paths if p]  # '' : not read (a stand-in teacher, the originals)
+    return [p for p in paths if p]  # '' : not read (from scratch, a stand-in, the originals)
 
 
 def _leadpp_stand_ins(c: ml_collections.ConfigDict, data: Data, out: str, seed: int) -> None:

@@ -64,9 +64,9 @@ def markdown_table(results: Sequence[dict[str, Any]], cells: Sequence[Any], metr
     """One line per (cell, feature): label regime, zero-shot, seeds, then each metric in %
     as mean +- std over seeds; `cells` (presets.Cell) give the order and the regimes."""
     rows = rows_of(results)
-    seeds = {
-        r["cell"]: sorted({q["seed"] for q in results if q["cell"] == r["cell"]}) for r in results
-    }
+    seeds: dict[str, set[int]] = {}
+    for result in results:
+        seeds.setdefault(result["cell"], set()).add(result["seed"])
     head = ["method", "feature", "labels", "zero-shot", "seeds", *(t for _, t in metrics)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in cells:

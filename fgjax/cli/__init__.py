@@ -56,14 +56,18 @@ METHOD_COMMANDS = {
 
 
 def missing_package(name: str) -> str | None:
-    """The method package command `name` needs when this install lacks it, else None.
-
-    Looks for the folder without importing anything (`fgjax.methods` imports jax)."""
+    """The method package command `name` needs when this install lacks it, else None."""
     package = METHOD_COMMANDS.get(name)
-    if package is None:
+    if package is None or has_method_package(package):
         return None
+    return package
+
+
+def has_method_package(package: str) -> bool:
+    """Whether this install has `fgjax/methods/<package>/`, found without importing
+    anything (`fgjax.methods` imports jax)."""
     folders = [os.path.join(os.path.dirname(path), "methods") for path in __path__]
-    return None if importlib.machinery.PathFinder.find_spec(package, folders) else package
+    return importlib.machinery.PathFinder.find_spec(package, folders) is not None
 
 
 def usage() -> str:

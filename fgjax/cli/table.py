@@ -23,7 +23,6 @@ metric with error bars (`OUT/table_recall1.png`: Recall@1 alone).
 from __future__ import annotations
 
 import argparse
-import copy
 import glob
 import json
 import os
@@ -44,17 +43,17 @@ from fgjax.bench.presets import (
     Data,
     Preset,
     cell_config,
-    eval_overrides,
+    eval_config,
     required_inputs,
 )
+from fgjax.cli import has_method_package
 from fgjax.core.cli import command
 from fgjax.core.sharding import put_replicated
-from fgjax.eval.features import Features, MissingFeatureError, select_feature
+from fgjax.eval.features import Features, MissingFeatureError
 from fgjax.eval.protocols import get_protocol
-from fgjax.methods import backbone_variables
 from fgjax.train.evaluation import load_weights
 from fgjax.train.loop import train_and_evaluate
-from fgjax.train.run import Run, feature_embed
+from fgjax.train.run import Run, backbone_embed, feature_embed
 from fgjax.train.state import create_train_state
 
 RESULT = "table.json"
@@ -117,22 +116,14 @@ def cell_command(preset: Preset, a: argparse.Namespace, cell: str, seed: int) ->
     return f"fgjax table --preset {preset.name} --out {a.out}{data} --cells {cell} --seeds {seed}"
 
 
-def gap_embed(run: Run, name: str):
-    """Plain GAP of the backbone's last stage (`name`: 'stage4', Swin's 'layer4') whatever
-    the method's own network adds (heads, attention, projections)."""
-    backbone = run.method.backbone()
-
-    def embed(state, images):
-        variables = backbone_variables(state.params, state.model_state)
-        return select_feature(backbone.apply(variables, images, train=False), name)
-
-    return embed
+def _roles(config, protocols: Sequence[str]) -> list[str]:
+    """The splits ('train', 'test') the protocols read."""
+    return sorted({r for name in protocols for r in get_protocol(name).splits(config)})
 
 
 def _features(run: Run, embed, state, config, protocols: Sequence[str]) -> dict[str, Features]:
     """The splits the protocols read, extracted with `embed`."""
-    roles = {r for name in protocols for r in get_protocol(name).splits(config)}
-    return {role: run.extractor.extract(role, embed, state) for role in sorted(roles)}
+    return {role: run.extractor.extract(role, embed, state) for role in _roles(config, protocols)}
 
 
 def score(features: dict[str, Features], config, protocols: Sequence[str]) -> dict[str, float]:
@@ -145,28 +136,20 @@ def score(features: dict[str, Features], config, protocols: Sequence[str]) -> di
     return results
 
 
-def _eval_config(config, cell: Cell, preset: Preset, data: Data):
-    c = copy.deepcopy(config)
-    for field, value in eval_overrides(cell, preset, data).items():
-        section, key = field.split(".")
-        c[section][key] = value
-    return c
-
-
 def _descriptor_rows(run: Run, config, state, preset: Preset) -> dict[str, dict[str, float]]:
     """SCDA and CFGA+ of the backbone (training-free; GAP is the "gap" row) on each split
     of the evaluation `run`, through its test transform, scored by the preset's protocols
     (needs cfga); `config`: the run's."""
     from fgjax.cli.describe import Pipeline, compute_descriptors
 
-    size = config.data.image_size
-    pipeline = Pipeline(short=round(size / 0.875), crop=size, lcc=False, batch_size=64)
+    size = config.data.image_size  # the evaluation's Resize + CenterCrop
+    short = round(size / config.data.eval_resize_ratio)
+    pipeline = Pipeline(short=short, crop=size, lcc=False, batch_size=64)
     weights = (state.params, state.model_state)
-    splits = {r for name in preset.protocols for r in get_protocol(name).splits(config)}
     per_split = {}
-    for role in sorted(splits):
+    for role in _roles(config, preset.protocols):
         values, labels = compute_descriptors(
-            run, weights, list(DESCRIPTORS), pipeline, 64, config.data, False, role
+            run, weights, list(DESCRIPTORS), pipeline, pipeline.batch_size, config.data, False, role
         )
         coarse = run.sources[role].coarse_labels
         per_split[role] = {n: Features(values[n], labels, coarse) for n in DESCRIPTORS}
@@ -190,7 +173,7 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
         train_and_evaluate(config, workdir)
     trained_at = time.time()
     model = Run(config)  # the trained structure (a zero-shot cell: its own classes)
-    evaluation = _eval_config(config, cell, preset, data)
+    evaluation = eval_config(config, cell, preset, data)
     run = Run(evaluation)  # the evaluation splits and transform, alike for every cell
     if cell.trained:
         state, step = load_weights(model, seed, None, workdir)
@@ -200,7 +183,10 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
         state, step = put_replicated(fresh, model.mesh), 0
     rows = {}
     backbone = "layer4" if config.model.arch.startswith("swin") else "stage4"
-    embeds = {"embedding": feature_embed(model.method, "pooled"), "gap": gap_embed(model, backbone)}
+    embeds = {
+        "embedding": feature_embed(model.method, "pooled"),
+        "gap": backbone_embed(model.method, backbone),
+    }
     for row, embed in embeds.items():
         try:
             feats = _features(run, embed, state, evaluation, preset.protocols)
@@ -208,7 +194,7 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
             print(f"{cell.name}: no {row} row: {err}")
             continue
         rows[row] = score(feats, evaluation, preset.protocols)
-    if backbone == "stage4" and _has_package("cfga"):
+    if backbone == "stage4" and has_method_package("cfga"):
         rows.update(_descriptor_rows(run, evaluation, state, preset))
     result = {
         "cell": cell.name,
@@ -216,7 +202,7 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
         "preset": preset.name,
         "rows": rows,
         "steps": int(step or 0),
-        "images_seen": int(step or 0) * config.train.batch_size,
+        "images_seen": images_seen(model, config.train.keep_last_batch, int(step or 0)),
         "train_seconds": round(trained_at - start, 1),
         "eval_seconds": round(time.time() - trained_at, 1),
     }
@@ -226,6 +212,15 @@ def run_cell(cell: Cell, preset: Preset, seed: int, data: Data, out: str) -> dic
             json.dump(result, f, indent=1)
         os.replace(path + ".partial", path)
     return result
+
+
+def images_seen(run: Run, keep_last: bool, steps: int) -> int:
+    """The training images `steps` steps of `run` read: `steps` full batches, but with
+    `keep_last` each finished epoch's partial last batch counts only its images."""
+    if not keep_last:
+        return steps * run.info.batch_size
+    epochs, rest = divmod(steps, run.steps_per_epoch)
+    return epochs * run.info.num_train_examples + rest * run.info.batch_size
 
 
 def _check_inputs(cells: Sequence[Cell], preset: Preset, data: Data, out: str) -> None:
@@ -248,11 +243,6 @@ def finished_results(out: str) -> list[dict[str, Any]]:
             with open(path) as f:
                 found.append(json.load(f))
     return found
-
-
-def _has_package(name: str) -> bool:
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.isdir(os.path.join(here, "methods", name))
 
 
 def write_outputs(out: str, results: list[dict[str, Any]], cells: list[Cell], preset, a) -> str:
@@ -318,15 +308,14 @@ def table(argv: list[str]) -> dict[str, Any]:
         return {}
     os.makedirs(a.out, exist_ok=True)
     data = prepare_data(preset, a.data, a.out, a.weights, a.ddt_crops)
-    for cell in [c for c in cells if c.package and not _has_package(c.package)]:
+    for cell in [c for c in cells if c.package and not has_method_package(c.package)]:
         print(f"skipped {cell.name}: this install has no fgjax/methods/{cell.package}/")
         cells.remove(cell)
     _check_inputs(cells, preset, data, a.out)
-    results = []
     for cell in cells:
         for seed in seeds:
             print(f"== {cell.name} seed {seed}  ({cell_command(preset, a, cell.name, seed)})")
-            results.append(run_cell(cell, preset, seed, data, a.out))
+            run_cell(cell, preset, seed, data, a.out)
     done = finished_results(a.out)
     print(write_outputs(a.out, done, list(CELLS), preset, a))
     return {"results": done}

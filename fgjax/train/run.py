@@ -160,16 +160,26 @@ def feature_embed(method: Method, feature: str) -> Embed:
     if feature == "pooled":
         return lambda state, images: method.embed(state.params, state.model_state, images)
     net = getattr(method, "net", None)
+    if net is None:  # a method without one network: the backbone's outputs only
+        return backbone_embed(method, feature)
+    extra = {"predict": feature == "pred"} if isinstance(net, Encoder) else {}
 
     def embed(state: Any, images: jax.Array) -> jax.Array:
-        if net is None:  # a method without one network: the backbone's outputs only
-            variables = backbone_variables(state.params, state.model_state)
-            outputs = method.backbone().apply(variables, images, train=False)
-        else:
-            extra = {"predict": feature == "pred"} if isinstance(net, Encoder) else {}
-            variables = {"params": state.params, **state.model_state}
-            outputs = net.apply(variables, images, train=False, **extra)
-        return select_feature(outputs, feature)
+        variables = {"params": state.params, **state.model_state}
+        return select_feature(net.apply(variables, images, train=False, **extra), feature)
+
+    return embed
+
+
+def backbone_embed(method: Method, feature: str) -> Embed:
+    """`embed(state, images) -> [B, D]` of the method's backbone alone (a stage map such
+    as 'stage4' or Swin's 'layer4' average-pooled), whatever its network adds (heads,
+    attention, projections)."""
+    backbone = method.backbone()
+
+    def embed(state: Any, images: jax.Array) -> jax.Array:
+        variables = backbone_variables(state.params, state.model_state)
+        return select_feature(backbone.apply(variables, images, train=False), feature)
 
     return embed
 

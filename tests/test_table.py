@@ -316,3 +316,13 @@ def test_images_seen_counts_a_kept_partial_batch_by_its_images():
     assert images_seen(run(64, 46), False, 184) == 184 * 64
     assert images_seen(run(32, 94), True, 376) == 4 * 2999
     assert images_seen(run(32, 94), True, 380) == 4 * 2999 + 4 * 32  # into a fifth epoch
+
+
+def test_each_printed_command_reruns_its_cell_with_the_same_inputs(capsys):
+    argv = ["--preset", "gpu", "--data", "/d/CUB_200_2011", "--out", "/o", "--weights", "/w"]
+    table([*argv, "--ddt-crops", "/c", "--cells", "leadpp,herbs", "--seeds", "2", "--list"])
+    lines = capsys.readouterr().out.splitlines()
+    common = "--preset gpu --out /o --data /d/CUB_200_2011 --weights /w --ddt-crops /c"
+    assert [line.split(maxsplit=2)[2] for line in lines] == [
+        f"fgjax table {common} --cells {cell} --seeds 2" for cell in ("leadpp", "herbs")
+    ]
